@@ -1,0 +1,155 @@
+// EchoDriver: `echo`, a loopback device. Bytes written are read back in order.
+// A read with nothing to read pends in a cancel-safe queue until a write
+// arrives or the reader is interrupted; a write into a full buffer waits the
+// same way. DO_BUFFERED_IO. Device parameter: `BufferSize` (default 64 KiB).
+
+import Synchronization
+import WDM
+
+public enum EchoDriver {
+    public static let name = "Echo"
+    public static let defaultBufferSize = 64 << 10
+
+    /// The ring buffer. Only touched with `Extension.lock` held.
+    struct Ring {
+        var head = 0
+        var count = 0
+    }
+
+    /// The echo device's extension.
+    public final class Extension: @unchecked Sendable {
+        let storage: PoolMemory
+        let lock = Mutex(Ring())
+        /// Reads waiting for data.
+        public let readers = CancelSafeQueue()
+        /// Writes waiting for room.
+        public let writers = CancelSafeQueue()
+
+        init(capacity: Int) { storage = PoolMemory(byteCount: capacity, tag: "Echo") }
+        deinit { storage.free() }
+
+        /// Bytes buffered now.
+        public var buffered: Int { lock.withLock { $0.count } }
+
+        /// Moves up to `into.count` bytes out of the ring; called with the lock held.
+        func take(_ ring: inout Ring, into: UnsafeMutableRawBufferPointer) -> Int {
+            let n = min(ring.count, into.count)
+            var done = 0
+            while done < n {
+                let chunk = min(n - done, storage.count - ring.head)
+                (into.baseAddress! + done).copyMemory(from: storage.baseAddress + ring.head, byteCount: chunk)
+                ring.head = (ring.head + chunk) % storage.count
+                done += chunk
+            }
+            ring.count -= n
+            return n
+        }
+
+        /// Moves up to the free room of `from` into the ring; called with the lock held.
+        func put(_ ring: inout Ring, from: UnsafeMutableRawBufferPointer) -> Int {
+            let n = min(storage.count - ring.count, from.count)
+            var done = 0
+            while done < n {
+                let tail = (ring.head + ring.count) % storage.count
+                let chunk = min(n - done, storage.count - tail)
+                (storage.baseAddress + tail).copyMemory(from: from.baseAddress! + done, byteCount: chunk)
+                ring.count += chunk
+                done += chunk
+            }
+            return n
+        }
+
+        /// Completes waiting readers while there is data, and waiting writers while there is room.
+        func service() {
+            var progress = true
+            while progress {
+                progress = false
+                let r: (IRP, Int)? = lock.withLock { ring in
+                    guard ring.count > 0, let irp = readers.removeNext() else { return nil }
+                    return (irp, take(&ring, into: irp.transferBuffer))
+                }
+                if let (irp, n) = r { irp.complete(.success, information: n); progress = true }
+                let w: (IRP, Int)? = lock.withLock { ring in
+                    guard ring.count < storage.count, let irp = writers.removeNext() else { return nil }
+                    return (irp, put(&ring, from: irp.transferBuffer))
+                }
+                if let (irp, n) = w { irp.complete(.success, information: n); progress = true }
+            }
+        }
+    }
+
+    /// `DriverEntry`
+    public static let driverEntry: DriverEntry = { driver in
+        driver.addDevice = { driver, pdo in
+            var capacity = defaultBufferSize
+            if let s = pdo.deviceNode?.parameters["BufferSize"] {
+                guard let v = Int(s), v > 0 else { return .invalidParameter }
+                capacity = v
+            }
+            do throws(NTStatus) {
+                try driver.createFunctionDevice(
+                    for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension(capacity: capacity))
+                return .success
+            } catch { return error }
+        }
+        driver.majorFunction.succeed([.create, .close, .flushBuffers])
+        driver.majorFunction[.read] = read
+        driver.majorFunction[.write] = write
+        driver.majorFunction[.cleanup] = { device, irp in
+            // The handle is gone: nobody is left to receive what its IRPs wait for.
+            let ext = device.deviceExtension(as: Extension.self)
+            if let file = irp.fileObject {
+                ext.readers.cancelAll(for: file)
+                ext.writers.cancelAll(for: file)
+            }
+            irp.complete(.success)
+            return .success
+        }
+        driver.majorFunction[.queryInformation] = { _, irp in irp.completeQueryStandardInformation(size: 0) }
+        return .success
+    }
+
+    static let read: DispatchRoutine = { device, irp in
+        let ext = device.deviceExtension(as: Extension.self)
+        let buffer = irp.transferBuffer
+        if buffer.count == 0 {
+            irp.complete(.success)
+            return .success
+        }
+        // Taking data and queueing the reader happen under one lock, so a write
+        // that lands in between cannot miss this reader.
+        let n: Int? = ext.lock.withLock { ring in
+            if ring.count > 0, ext.readers.count == 0 { return ext.take(&ring, into: buffer) }
+            _ = ext.readers.insert(irp)
+            return nil
+        }
+        guard let n else {
+            ext.service()
+            return .pending
+        }
+        irp.complete(.success, information: n)
+        ext.service()
+        return .success
+    }
+
+    static let write: DispatchRoutine = { device, irp in
+        let ext = device.deviceExtension(as: Extension.self)
+        let buffer = irp.transferBuffer
+        if buffer.count == 0 {
+            irp.complete(.success)
+            return .success
+        }
+        let n: Int? = ext.lock.withLock { ring in
+            if ring.count < ext.storage.count, ext.writers.count == 0 { return ext.put(&ring, from: buffer) }
+            _ = ext.writers.insert(irp)
+            return nil
+        }
+        guard let n else {
+            ext.service()
+            return .pending
+        }
+        irp.complete(.success, information: n)
+        ext.service()
+        return .success
+    }
+}

@@ -1,0 +1,99 @@
+// IoctlDemoDriver: `ioctl-demo`, the four IOCTL buffering methods side by side.
+// The same exchange (output = input in upper case) is offered through
+// METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT and METHOD_NEITHER, so
+// the only difference between the four handlers is where each method puts the
+// input and the output. Two more codes show RequiredAccess: one needs read
+// access, one write access.
+
+import Synchronization
+import WDM
+
+public enum IoctlDemoDriver {
+    public static let name = "IoctlDemo"
+
+    /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x800 + method, method, FILE_ANY_ACCESS)`:
+    /// 0x00222000, 0x00222005, 0x0022200A, 0x0022200F.
+    public static func upperCode(_ method: TransferMethod) -> ControlCode {
+        ControlCode(deviceType: DeviceType.unknown, function: 0x800 + method.rawValue, method: method, access: [])
+    }
+    /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x810, METHOD_BUFFERED, FILE_READ_ACCESS)` = 0x00226040:
+    /// four little-endian UInt64, the exchanges done per method.
+    public static let queryCounts = ControlCode(deviceType: DeviceType.unknown, function: 0x810, method: .buffered, access: .readData)
+    /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x811, METHOD_BUFFERED, FILE_WRITE_ACCESS)` = 0x0022A044:
+    /// sets the counts back to zero.
+    public static let resetCounts = ControlCode(deviceType: DeviceType.unknown, function: 0x811, method: .buffered, access: .writeData)
+
+    public final class Extension: Sendable {
+        let counts = Mutex<[UInt64]>([0, 0, 0, 0])
+    }
+
+    /// `DriverEntry`
+    public static let driverEntry: DriverEntry = { driver in
+        driver.addDevice = { driver, pdo in
+            do throws(NTStatus) {
+                try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension())
+                return .success
+            } catch { return error }
+        }
+        driver.majorFunction.succeed([.create, .cleanup, .close])
+        driver.majorFunction[.deviceControl] = deviceControl
+        return .success
+    }
+
+    static let deviceControl: DispatchRoutine = { device, irp in
+        let ext = device.deviceExtension(as: Extension.self)
+        let p = irp.parameters.deviceIoControl
+        let code = p.ioControlCode
+        if code == queryCounts {
+            guard p.outputBufferLength >= 32, let out = irp.systemBuffer else {
+                irp.complete(.bufferTooSmall)
+                return .bufferTooSmall
+            }
+            let counts = ext.counts.withLock { $0 }
+            for (i, c) in counts.enumerated() { out.storeBytes(of: c.littleEndian, toByteOffset: i * 8, as: UInt64.self) }
+            irp.complete(.success, information: 32)
+            return .success
+        }
+        if code == resetCounts {
+            ext.counts.withLock { $0 = [0, 0, 0, 0] }
+            irp.complete(.success)
+            return .success
+        }
+        guard code.deviceType == DeviceType.unknown, code.function == 0x800 + code.method.rawValue else {
+            irp.complete(.invalidDeviceRequest)
+            return .invalidDeviceRequest
+        }
+        // Where each method puts the caller's buffers.
+        let input: UnsafeMutableRawPointer?
+        let output: UnsafeMutableRawPointer?
+        switch code.method {
+        case .buffered:
+            input = irp.systemBuffer
+            output = irp.systemBuffer
+        case .inDirect, .outDirect:
+            input = irp.systemBuffer
+            output = irp.mdlAddress?.address
+        case .neither:
+            input = p.type3InputBuffer
+            output = irp.userBuffer
+        }
+        let inLen = p.inputBufferLength, outLen = p.outputBufferLength
+        if inLen > 0, outLen == 0 {
+            irp.complete(.bufferTooSmall)
+            return .bufferTooSmall
+        }
+        let n = min(inLen, outLen)
+        if n > 0, let input, let output {
+            // Byte by byte in place: input and output may be the same memory.
+            for i in 0..<n {
+                let b = input.load(fromByteOffset: i, as: UInt8.self)
+                output.storeBytes(of: (b >= 0x61 && b <= 0x7A) ? b - 0x20 : b, toByteOffset: i, as: UInt8.self)
+            }
+        }
+        ext.counts.withLock { $0[Int(code.method.rawValue)] += 1 }
+        // Output shorter than the input: the part that fits is valid, as STATUS_BUFFER_OVERFLOW says.
+        let status: NTStatus = outLen < inLen ? .bufferOverflow : .success
+        irp.complete(status, information: n)
+        return status
+    }
+}

@@ -1,0 +1,139 @@
+// RamDiskDriver: `ramdisk0`, a RAM disk. DO_DIRECT_IO by default, so reads and
+// writes arrive as an MDL over the caller's memory. Answers the disk IOCTLs a
+// Windows tool would send (length, geometry). Device parameters: `Size` in
+// bytes (default 64 MiB) and `Buffering` (direct, buffered or neither).
+
+import WDM
+
+public enum RamDiskDriver {
+    public static let name = "RamDisk"
+    public static let defaultSize = 64 << 20
+    public static let bytesPerSector = 512
+    public static let sectorsPerTrack = 32
+    public static let tracksPerCylinder = 2
+    /// `MEDIA_TYPE` FixedMedia
+    public static let fixedMedia: UInt32 = 12
+
+    /// The RAM disk's device extension: its storage.
+    public final class Extension: Sendable {
+        public let storage: PoolMemory
+        public var size: Int { storage.count }
+        init(size: Int) { storage = PoolMemory(byteCount: size, tag: "RamD") }
+        deinit { storage.free() }
+    }
+
+    /// `DriverEntry`
+    public static let driverEntry: DriverEntry = { driver in
+        driver.addDevice = addDevice
+        driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
+        driver.majorFunction[.read] = read
+        driver.majorFunction[.write] = write
+        driver.majorFunction[.deviceControl] = deviceControl
+        driver.majorFunction[.queryInformation] = { device, irp in
+            irp.completeQueryStandardInformation(size: Int64(device.deviceExtension(as: Extension.self).size))
+        }
+        return .success
+    }
+
+    static let addDevice: AddDeviceRoutine = { driver, pdo in
+        let params = pdo.deviceNode?.parameters ?? [:]
+        var size = defaultSize
+        if let s = params["Size"] {
+            guard let v = Int(s), v > 0, v % bytesPerSector == 0 else { return .invalidParameter }
+            size = v
+        }
+        let flags: DeviceFlags
+        switch params["Buffering"] ?? "direct" {
+        case "direct": flags = .directIO
+        case "buffered": flags = .bufferedIO
+        case "neither": flags = []
+        default: return .invalidParameter
+        }
+        do throws(NTStatus) {
+            try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: Extension(size: size))
+            return .success
+        } catch { return error }
+    }
+
+    /// The part of [offset, offset + length) inside the disk, or nil for a bad offset.
+    static func clamp(_ offset: Int64, _ length: Int, size: Int) -> Int? {
+        guard offset >= 0 else { return nil }
+        if offset >= Int64(size) { return 0 }
+        return min(length, size - Int(offset))
+    }
+
+    static let read: DispatchRoutine = { device, irp in
+        let disk = device.deviceExtension(as: Extension.self)
+        let p = irp.parameters.read
+        guard let n = clamp(p.byteOffset, p.length, size: disk.size) else {
+            irp.complete(.invalidParameter)
+            return .invalidParameter
+        }
+        // A read at or past the end returns no data, as end of file does.
+        if n > 0 {
+            irp.transferBuffer.baseAddress!.copyMemory(from: disk.storage.baseAddress + Int(p.byteOffset), byteCount: n)
+        }
+        irp.complete(.success, information: n)
+        return .success
+    }
+
+    static let write: DispatchRoutine = { device, irp in
+        let disk = device.deviceExtension(as: Extension.self)
+        let p = irp.parameters.write
+        guard let n = clamp(p.byteOffset, p.length, size: disk.size) else {
+            irp.complete(.invalidParameter)
+            return .invalidParameter
+        }
+        if n == 0 && p.length > 0 {
+            irp.complete(.diskFull)
+            return .diskFull
+        }
+        if n > 0 {
+            (disk.storage.baseAddress + Int(p.byteOffset)).copyMemory(from: irp.transferBuffer.baseAddress!, byteCount: n)
+        }
+        irp.complete(.success, information: n)
+        return .success
+    }
+
+    static let deviceControl: DispatchRoutine = { device, irp in
+        let disk = device.deviceExtension(as: Extension.self)
+        let p = irp.parameters.deviceIoControl
+        let out = irp.systemBuffer
+        func answer(_ needed: Int, _ fill: (UnsafeMutableRawPointer) -> Void) -> NTStatus {
+            guard p.outputBufferLength >= needed, let out else {
+                irp.complete(.bufferTooSmall)
+                return .bufferTooSmall
+            }
+            fill(out)
+            irp.complete(.success, information: needed)
+            return .success
+        }
+        switch p.ioControlCode {
+        case .diskGetLengthInfo:
+            // GET_LENGTH_INFORMATION { LARGE_INTEGER Length; }
+            return answer(8) { $0.storeBytes(of: Int64(disk.size).littleEndian, as: Int64.self) }
+        case .diskGetDriveGeometry:
+            return answer(24) { writeGeometry(disk.size, to: $0) }
+        case .diskGetDriveGeometryEx:
+            // DISK_GEOMETRY_EX up to Data[]: Geometry, then LARGE_INTEGER DiskSize.
+            return answer(32) {
+                writeGeometry(disk.size, to: $0)
+                $0.storeBytes(of: Int64(disk.size).littleEndian, toByteOffset: 24, as: Int64.self)
+            }
+        default:
+            irp.complete(.invalidDeviceRequest)
+            return .invalidDeviceRequest
+        }
+    }
+
+    /// `DISK_GEOMETRY`: Cylinders (LARGE_INTEGER), MediaType, TracksPerCylinder,
+    /// SectorsPerTrack, BytesPerSector (ULONG each): 24 bytes.
+    static func writeGeometry(_ size: Int, to p: UnsafeMutableRawPointer) {
+        let cylinder = bytesPerSector * sectorsPerTrack * tracksPerCylinder
+        p.storeBytes(of: Int64(size / cylinder).littleEndian, toByteOffset: 0, as: Int64.self)
+        p.storeBytes(of: fixedMedia.littleEndian, toByteOffset: 8, as: UInt32.self)
+        p.storeBytes(of: UInt32(tracksPerCylinder).littleEndian, toByteOffset: 12, as: UInt32.self)
+        p.storeBytes(of: UInt32(sectorsPerTrack).littleEndian, toByteOffset: 16, as: UInt32.self)
+        p.storeBytes(of: UInt32(bytesPerSector).littleEndian, toByteOffset: 20, as: UInt32.self)
+    }
+}

@@ -1,0 +1,57 @@
+// swift-tools-version: 6.1
+// wdmfs: Windows-Driver-Model device stacks, written in Swift, exposed as files through FUSE.
+import PackageDescription
+
+// MARK: - Drivers (each depends on WDM only, as a third-party driver would)
+let driverNames: [(target: String, folder: String)] = [
+    ("NullDriver", "Null"),
+    ("ZeroDriver", "Zero"),
+    ("RamDiskDriver", "RamDisk"),
+    ("PassThroughFilter", "PassThroughFilter"),
+    ("EchoDriver", "Echo"),
+    ("IoctlDemoDriver", "IoctlDemo"),
+]
+let driverTargets: [Target] = driverNames.map {
+    .target(name: $0.target, dependencies: ["WDM"], path: "Drivers/\($0.folder)")
+}
+let driverDependencies: [Target.Dependency] = driverNames.map { .target(name: $0.target) }
+
+let package = Package(
+    name: "wdmfs",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "wdmfs", targets: ["wdmfs"]),
+        .library(name: "WDM", targets: ["WDM"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: - C
+        .systemLibrary(
+            name: "CFuse",
+            path: "Sources/CFuse",
+            pkgConfig: "fuse3",
+            providers: [.apt(["libfuse3-dev"])]
+        ),
+
+        // MARK: - Kernel model (pure Swift, no C, no FUSE)
+        .target(name: "WDM"),
+
+        // MARK: - Bridge (the only module that imports CFuse)
+        .target(name: "WDMFuse", dependencies: ["WDM", "CFuse"]),
+
+        // MARK: - Command-line tool
+        .executableTarget(
+            name: "wdmfs",
+            dependencies: [
+                "WDM", "WDMFuse",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ] + driverDependencies
+        ),
+
+        // MARK: - Tests
+        .testTarget(name: "WDMTests", dependencies: ["WDM"]),
+        .testTarget(name: "DriverTests", dependencies: ["WDM"] + driverDependencies),
+    ] + driverTargets
+)

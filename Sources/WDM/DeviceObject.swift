@@ -1,0 +1,95 @@
+// DeviceObject: one device in a stack (PDO, filter or FDO), with its flags,
+// stack size, the device attached above it and the one it is attached to.
+
+/// `DEVICE_OBJECT->Flags`.
+public struct DeviceFlags: OptionSet, Sendable, Hashable {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// `DO_BUFFERED_IO`: reads and writes through `IRP.systemBuffer`.
+    public static let bufferedIO = DeviceFlags(rawValue: 0x0000_0004)
+    /// `DO_DIRECT_IO`: reads and writes through `IRP.mdlAddress`.
+    public static let directIO = DeviceFlags(rawValue: 0x0000_0010)
+    /// `DO_DEVICE_INITIALIZING`: set by IoCreateDevice; AddDevice must clear it.
+    public static let deviceInitializing = DeviceFlags(rawValue: 0x0000_0080)
+    /// `DO_POWER_PAGABLE`
+    public static let powerPagable = DeviceFlags(rawValue: 0x0000_2000)
+}
+
+/// `DEVICE_OBJECT`.
+///
+/// Stack links change only while the tree is built or torn down (AddDevice,
+/// REMOVE_DEVICE); the I/O manager serializes those changes.
+public final class DeviceObject: @unchecked Sendable {
+    /// `DriverObject`: the driver that owns this device.
+    public unowned let driverObject: DriverObject
+    /// `DeviceType` (FILE_DEVICE_*).
+    public internal(set) var deviceType: UInt32
+    /// `Characteristics`.
+    public let characteristics: UInt32
+    /// `Flags`.
+    public var flags: DeviceFlags
+    /// `StackSize`: the stack locations an IRP needs to reach the bottom from here.
+    public internal(set) var stackSize: Int = 1
+    /// `AttachedDevice`: the device attached above this one, if any.
+    public internal(set) var attachedDevice: DeviceObject?
+    /// The device this one is attached to (what IoAttachDeviceToDeviceStack returned).
+    public internal(set) weak var lowerDevice: DeviceObject?
+    /// `DeviceExtension`: the driver's per-device state.
+    public var deviceExtension: AnyObject?
+    /// The `\Device\Name`, if created with one.
+    public let name: String?
+    /// The device node of the stack's PDO (set on PDOs by the bus, shared by the stack).
+    public internal(set) var deviceNode: DeviceNode?
+    /// True once IoDeleteDevice ran.
+    public internal(set) var deleted = false
+
+    init(driver: DriverObject, deviceType: UInt32, characteristics: UInt32, flags: DeviceFlags, name: String?) {
+        self.driverObject = driver
+        self.deviceType = deviceType
+        self.characteristics = characteristics
+        self.flags = flags
+        self.name = name
+    }
+
+    /// The device extension as the driver's own type.
+    @inlinable public func deviceExtension<T: AnyObject>(as type: T.Type) -> T {
+        unsafeDowncast(deviceExtension!, to: T.self)
+    }
+
+    /// `IoGetAttachedDevice`: the top of the stack this device belongs to.
+    public var topOfStack: DeviceObject {
+        var d = self
+        while let up = d.attachedDevice { d = up }
+        return d
+    }
+
+    /// `IoCallDriver(lowerDevice, irp)`.
+    @inlinable public func callLower(_ irp: IRP) -> NTStatus {
+        guard let lower = lowerDevice else {
+            driverObject.ioManager.verifier.report(.callDownWithNoLowerDevice, irp: irp, device: self)
+            irp.ioStatus = IOStatusBlock(status: .invalidDeviceRequest)
+            irp.complete()
+            return .invalidDeviceRequest
+        }
+        return driverObject.ioManager.callDriver(lower, irp)
+    }
+}
+
+/// A PDO's device node: the identity the bus reported and the settings the
+/// drivers of the stack read (the registry's "Device Parameters").
+public final class DeviceNode: @unchecked Sendable {
+    /// `DeviceInstanceId`-like name, unique in the tree (`ramdisk0`).
+    public let instanceName: String
+    /// `IRP_MN_QUERY_ID` BusQueryHardwareIDs.
+    public let hardwareIDs: [String]
+    /// Per-device settings, as `HKR\Device Parameters`.
+    public let parameters: [String: String]
+    public unowned let pdo: DeviceObject
+
+    init(instanceName: String, hardwareIDs: [String], parameters: [String: String], pdo: DeviceObject) {
+        self.instanceName = instanceName
+        self.hardwareIDs = hardwareIDs
+        self.parameters = parameters
+        self.pdo = pdo
+    }
+}

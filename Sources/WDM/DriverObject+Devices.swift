@@ -1,0 +1,61 @@
+// The AddDevice steps every driver repeats: IoCreateDevice, then
+// IoAttachDeviceToDeviceStack, then (for a function driver) IoCreateSymbolicLink,
+// then clearing DO_DEVICE_INITIALIZING.
+
+extension DriverObject {
+    /// Creates a function device object (FDO) for `pdo`, attaches it to the stack
+    /// and names it: the symbolic link is the device node's `SymbolicLinkName`
+    /// parameter, else its instance name.
+    @discardableResult
+    public func createFunctionDevice(
+        for pdo: DeviceObject, deviceType: UInt32, flags: DeviceFlags = [], extension ext: AnyObject? = nil
+    ) throws(NTStatus) -> DeviceObject {
+        let fdo = ioManager.createDevice(driver: self, deviceType: deviceType, flags: flags, extension: ext)
+        // A function driver chooses its own buffering, so set it after the attach mirrored the PDO's.
+        ioManager.attachDeviceToDeviceStack(fdo, to: pdo)
+        fdo.flags.subtract([.bufferedIO, .directIO])
+        fdo.flags.formUnion(flags.intersection([.bufferedIO, .directIO]))
+        if let node = pdo.deviceNode {
+            try ioManager.createSymbolicLink(node.parameters["SymbolicLinkName"] ?? node.instanceName, device: fdo)
+        }
+        fdo.flags.remove(.deviceInitializing)
+        return fdo
+    }
+
+    /// Creates a filter device object for `pdo`'s stack and attaches it on top.
+    /// It takes the device type and the buffering flags of the device below, as a filter must.
+    @discardableResult
+    public func createFilterDevice(for pdo: DeviceObject, extension ext: AnyObject? = nil) -> DeviceObject {
+        let filter = ioManager.createDevice(driver: self, deviceType: DeviceType.unknown, extension: ext)
+        let lower = ioManager.attachDeviceToDeviceStack(filter, to: pdo)
+        filter.deviceType = lower.deviceType
+        filter.flags.remove(.deviceInitializing)
+        return filter
+    }
+}
+
+extension DispatchTable {
+    /// Routines that complete the IRP with STATUS_SUCCESS and no data
+    /// (what a simple device does for CREATE, CLEANUP, CLOSE and FLUSH).
+    public mutating func succeed(_ majors: [MajorFunction]) {
+        set(majors) { _, irp in
+            irp.complete(.success)
+            return .success
+        }
+    }
+}
+
+extension IRP {
+    /// Answers IRP_MJ_QUERY_INFORMATION(FileStandardInformation) with `size`
+    /// as EndOfFile; other classes get STATUS_INVALID_PARAMETER. Returns the status.
+    public func completeQueryStandardInformation(size: Int64) -> NTStatus {
+        let p = parameters.queryFile
+        guard p.fileInformationClass == .standard, p.length >= FileStandardInformation.size, let buffer = systemBuffer else {
+            complete(.invalidParameter)
+            return .invalidParameter
+        }
+        FileStandardInformation.write(endOfFile: size, to: buffer)
+        complete(.success, information: FileStandardInformation.size)
+        return .success
+    }
+}

@@ -1,0 +1,68 @@
+// DriverObject: a loaded driver, with its dispatch table (MajorFunction[]),
+// its AddDevice and Unload routines, and the devices it created.
+
+import Synchronization
+
+/// `PDRIVER_DISPATCH`: handles one IRP sent to `device`.
+/// It completes the IRP, passes it down, or marks it pending and returns `.pending`.
+public typealias DispatchRoutine = @Sendable (_ device: DeviceObject, _ irp: IRP) -> NTStatus
+/// `PDRIVER_ADD_DEVICE`: create a device for `pdo` and attach it to the stack.
+public typealias AddDeviceRoutine = @Sendable (_ driver: DriverObject, _ pdo: DeviceObject) -> NTStatus
+/// `PDRIVER_UNLOAD`
+public typealias UnloadRoutine = @Sendable (_ driver: DriverObject) -> Void
+/// `DRIVER_INITIALIZE`: the driver's entry point, `DriverEntry`.
+public typealias DriverEntry = @Sendable (_ driver: DriverObject) -> NTStatus
+
+/// `DRIVER_OBJECT`.
+///
+/// Filled in by the driver's `DriverEntry` before any device exists, and not
+/// changed afterwards; that is why the dispatch table can be read without a lock.
+public final class DriverObject: @unchecked Sendable {
+    /// `DriverName`, such as `\Driver\RamDisk`.
+    public let name: String
+    /// The I/O manager the driver was loaded into.
+    public unowned let ioManager: IOManager
+    /// `MajorFunction[]`. Unset entries fail the IRP with STATUS_INVALID_DEVICE_REQUEST,
+    /// as `IopInvalidDeviceRequest` does.
+    public var majorFunction = DispatchTable()
+    /// `DriverExtension->AddDevice`.
+    public var addDevice: AddDeviceRoutine?
+    /// `DriverUnload`.
+    public var unload: UnloadRoutine?
+    /// Driver-wide state (the WDM driver extension's client area).
+    public var driverExtension: AnyObject?
+
+    let devices = Mutex<[DeviceObject]>([])
+
+    init(name: String, ioManager: IOManager) {
+        self.name = name
+        self.ioManager = ioManager
+    }
+
+    /// `DeviceObject` list: every device this driver created and has not deleted.
+    public var deviceObjects: [DeviceObject] { devices.withLock { $0 } }
+}
+
+/// A driver's dispatch table, indexed by major function.
+public struct DispatchTable: Sendable {
+    var routines: [DispatchRoutine?] = Array(repeating: nil, count: MajorFunction.tableSize)
+
+    public subscript(_ major: MajorFunction) -> DispatchRoutine? {
+        get { routines[Int(major.rawValue)] }
+        set { routines[Int(major.rawValue)] = newValue }
+    }
+
+    /// Sets one routine for several major functions (a filter's pass-through).
+    public mutating func set(_ majors: [MajorFunction], to routine: @escaping DispatchRoutine) {
+        for m in majors { self[m] = routine }
+    }
+
+    /// Sets `routine` for every major function, as a filter's DriverEntry loop does.
+    public mutating func setAll(_ routine: @escaping DispatchRoutine) {
+        for i in routines.indices { routines[i] = routine }
+    }
+
+    @inline(__always) func routine(_ major: MajorFunction) -> DispatchRoutine? {
+        routines[Int(major.rawValue)]
+    }
+}

@@ -1,0 +1,97 @@
+// NTStatus: the 32-bit status every IRP carries, with the real NTSTATUS codes.
+// Inside wdmfs this is the truth; only the FUSE bridge translates it to errno.
+
+/// An NTSTATUS value.
+///
+/// The top two bits are the severity: 0 success, 1 informational, 2 warning,
+/// 3 error. `isSuccess` is the `NT_SUCCESS` macro.
+public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible, Error {
+    public var rawValue: UInt32
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(_ rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// `NT_SUCCESS(Status)`: success and informational codes.
+    @inlinable public var isSuccess: Bool { Int32(bitPattern: rawValue) >= 0 }
+    /// `NT_INFORMATION(Status)`.
+    @inlinable public var isInformation: Bool { rawValue >> 30 == 1 }
+    /// `NT_WARNING(Status)`: not a success, but data may be valid (STATUS_BUFFER_OVERFLOW).
+    @inlinable public var isWarning: Bool { rawValue >> 30 == 2 }
+    /// `NT_ERROR(Status)`.
+    @inlinable public var isError: Bool { rawValue >> 30 == 3 }
+
+    /// `STATUS_SUCCESS`
+    public static let success = NTStatus(0x0000_0000)
+    /// `STATUS_PENDING`
+    public static let pending = NTStatus(0x0000_0103)
+    /// `STATUS_BUFFER_OVERFLOW` (warning: the partial data returned is valid)
+    public static let bufferOverflow = NTStatus(0x8000_0005)
+    /// `STATUS_DEVICE_BUSY` (warning)
+    public static let deviceBusy = NTStatus(0x8000_0011)
+    /// `STATUS_UNSUCCESSFUL`
+    public static let unsuccessful = NTStatus(0xC000_0001)
+    /// `STATUS_NOT_IMPLEMENTED`
+    public static let notImplemented = NTStatus(0xC000_0002)
+    /// `STATUS_INVALID_PARAMETER`
+    public static let invalidParameter = NTStatus(0xC000_000D)
+    /// `STATUS_NO_SUCH_DEVICE`
+    public static let noSuchDevice = NTStatus(0xC000_000E)
+    /// `STATUS_INVALID_DEVICE_REQUEST`
+    public static let invalidDeviceRequest = NTStatus(0xC000_0010)
+    /// `STATUS_END_OF_FILE`
+    public static let endOfFile = NTStatus(0xC000_0011)
+    /// `STATUS_MORE_PROCESSING_REQUIRED`: a completion routine keeps the IRP.
+    public static let moreProcessingRequired = NTStatus(0xC000_0016)
+    /// `STATUS_ACCESS_DENIED`
+    public static let accessDenied = NTStatus(0xC000_0022)
+    /// `STATUS_BUFFER_TOO_SMALL`
+    public static let bufferTooSmall = NTStatus(0xC000_0023)
+    /// `STATUS_DELETE_PENDING`
+    public static let deletePending = NTStatus(0xC000_0056)
+    /// `STATUS_DISK_FULL`
+    public static let diskFull = NTStatus(0xC000_007F)
+    /// `STATUS_INSUFFICIENT_RESOURCES`
+    public static let insufficientResources = NTStatus(0xC000_009A)
+    /// `STATUS_DEVICE_NOT_READY`
+    public static let deviceNotReady = NTStatus(0xC000_00A3)
+    /// `STATUS_IO_TIMEOUT`
+    public static let ioTimeout = NTStatus(0xC000_00B5)
+    /// `STATUS_NOT_SUPPORTED`
+    public static let notSupported = NTStatus(0xC000_00BB)
+    /// `STATUS_CANCELLED`
+    public static let cancelled = NTStatus(0xC000_0120)
+    /// `STATUS_DEVICE_REMOVED`
+    public static let deviceRemoved = NTStatus(0xC000_02B6)
+
+    /// Every status this model names, with its WDK name.
+    public static let knownNames: [(NTStatus, String)] = [
+        (.success, "STATUS_SUCCESS"), (.pending, "STATUS_PENDING"),
+        (.bufferOverflow, "STATUS_BUFFER_OVERFLOW"), (.deviceBusy, "STATUS_DEVICE_BUSY"),
+        (.unsuccessful, "STATUS_UNSUCCESSFUL"), (.notImplemented, "STATUS_NOT_IMPLEMENTED"),
+        (.invalidParameter, "STATUS_INVALID_PARAMETER"), (.noSuchDevice, "STATUS_NO_SUCH_DEVICE"),
+        (.invalidDeviceRequest, "STATUS_INVALID_DEVICE_REQUEST"), (.endOfFile, "STATUS_END_OF_FILE"),
+        (.moreProcessingRequired, "STATUS_MORE_PROCESSING_REQUIRED"),
+        (.accessDenied, "STATUS_ACCESS_DENIED"), (.bufferTooSmall, "STATUS_BUFFER_TOO_SMALL"),
+        (.deletePending, "STATUS_DELETE_PENDING"), (.diskFull, "STATUS_DISK_FULL"),
+        (.insufficientResources, "STATUS_INSUFFICIENT_RESOURCES"),
+        (.deviceNotReady, "STATUS_DEVICE_NOT_READY"), (.ioTimeout, "STATUS_IO_TIMEOUT"),
+        (.notSupported, "STATUS_NOT_SUPPORTED"), (.cancelled, "STATUS_CANCELLED"),
+        (.deviceRemoved, "STATUS_DEVICE_REMOVED"),
+    ]
+
+    /// The WDK name (`STATUS_ACCESS_DENIED`), or nil for a code this model does not name.
+    public var name: String? {
+        for (status, name) in NTStatus.knownNames where status == self { return name }
+        return nil
+    }
+
+    /// The name when known, else the hex code.
+    public var description: String {
+        name ?? "0x" + String(rawValue, radix: 16, uppercase: true).leftPadded(to: 8)
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int, with pad: Character = "0") -> String {
+        count >= width ? self : String(repeating: pad, count: width - count) + self
+    }
+}
