@@ -50,6 +50,8 @@ public final class IRP: @unchecked Sendable {
     public var requesterContext: UnsafeMutableRawPointer?
     /// The requester's own word (the bridge keeps the request kind here).
     public var requesterTag: Int = 0
+    /// The requester's buffer (the bridge's reply buffer or the request's memory).
+    public var requesterBuffer: UnsafeMutableRawPointer?
     /// True when completion ran on another thread after dispatch returned STATUS_PENDING.
     public internal(set) var completedAsynchronously = false
 
@@ -257,6 +259,7 @@ public final class IRP: @unchecked Sendable {
         requester = nil
         requesterContext = nil
         requesterTag = 0
+        requesterBuffer = nil
         completedAsynchronously = false
         dispatchState.store(Dispatch.idle.rawValue, ordering: .relaxed)
     }
