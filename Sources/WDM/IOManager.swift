@@ -265,7 +265,7 @@ public final class IOManager: @unchecked Sendable {
     }
 
     /// `IoCompleteRequest`.
-    func completeRequest(_ irp: IRP) {
+    func completeRequest(_ irp: IRP, setting newStatus: IOStatusBlock?) {
         var spins = 0
         while true {
             let (ok, seen) = irp.life.compareExchange(
@@ -282,6 +282,7 @@ public final class IOManager: @unchecked Sendable {
             verifier.report(.completedTwice, irp: irp)
             return
         }
+        if let newStatus { irp.ioStatus = newStatus }
         if irp.ioStatus.status == .pending { verifier.report(.completedWithPendingStatus, irp: irp) }
         if irp.setCancelRoutine(nil) != nil { verifier.report(.completedWithCancelRoutine, irp: irp) }
         if irp.ioStatus.status == .cancelled { counters.cancelled.add(1, ordering: .relaxed) }

@@ -161,13 +161,12 @@ public final class IRP: @unchecked Sendable {
     /// the completion routines, then hands the IRP back to its requester.
     /// Completing an IRP twice is caught by the verifier and ignored.
     public func complete() {
-        ioManager.completeRequest(self)
+        ioManager.completeRequest(self, setting: nil)
     }
 
-    /// Sets `ioStatus` and completes.
+    /// Sets `ioStatus` and completes. On an IRP already completed, neither happens.
     public func complete(_ status: NTStatus, information: Int = 0) {
-        ioStatus = IOStatusBlock(status: status, information: information)
-        ioManager.completeRequest(self)
+        ioManager.completeRequest(self, setting: IOStatusBlock(status: status, information: information))
     }
 
     // MARK: - Cancel
