@@ -1,0 +1,199 @@
+// The default tree's drivers, in-process through the embedded host: no mount.
+
+import EchoDriver
+import Foundation
+import IoctlDemoDriver
+import NullDriver
+import PassThroughFilter
+import RamDiskDriver
+import Testing
+import WDM
+import ZeroDriver
+
+/// The default tree, as `wdmfs mount` builds it, with a small RAM disk.
+func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IOManager, EmbeddedHost) {
+    let io = IOManager()
+    let null = try io.loadDriver(name: NullDriver.name, entry: NullDriver.driverEntry)
+    let zero = try io.loadDriver(name: ZeroDriver.name, entry: ZeroDriver.driverEntry)
+    let ramdisk = try io.loadDriver(name: RamDiskDriver.name, entry: RamDiskDriver.driverEntry)
+    let filter = try io.loadDriver(name: PassThroughFilter.name, entry: PassThroughFilter.driverEntry)
+    let echo = try io.loadDriver(name: EchoDriver.name, entry: EchoDriver.driverEntry)
+    let demo = try io.loadDriver(name: IoctlDemoDriver.name, entry: IoctlDemoDriver.driverEntry)
+    try io.addRootDevice(instanceName: "null", functionDriver: null)
+    try io.addRootDevice(instanceName: "zero", functionDriver: zero)
+    try io.addRootDevice(instanceName: "ramdisk0", parameters: ["Size": String(ramdiskSize)], functionDriver: ramdisk, upperFilters: [filter])
+    try io.addRootDevice(instanceName: "echo", parameters: ["BufferSize": String(echoBuffer)], functionDriver: echo)
+    try io.addRootDevice(instanceName: "ioctl-demo", functionDriver: demo)
+    return (io, EmbeddedHost(io))
+}
+
+@Suite struct NullAndZeroTests {
+    @Test func nullReadsEndOfFileAndSwallowsWrites() throws {
+        let (_, host) = try defaultTree()
+        let f = try host.open("null")
+        let r = host.read(f, count: 100)
+        #expect(r.status == .endOfFile && r.data.isEmpty)
+        let w = host.write(f, Array(repeating: 7, count: 1000))
+        #expect(w.status == .success && w.information == 1000)
+        #expect(host.querySize(f) == 0)
+    }
+
+    @Test func zeroFillsTheWholeBufferInPlace() throws {
+        let (io, host) = try defaultTree()
+        let f = try host.open("zero")
+        let r = host.read(f, count: 3000, offset: 12345)  // the host pre-fills with 0xA5
+        #expect(r.status == .success)
+        #expect(r.data == [UInt8](repeating: 0, count: 3000))
+        #expect(io.statistics.bytesCopied == 0)
+    }
+}
+
+@Suite struct RamDiskTests {
+    @Test func stackIsAFilterOverTheDiskOverThePDO() throws {
+        let (io, host) = try defaultTree()
+        let f = try host.open("ramdisk0")
+        let top = io.target(of: f)
+        #expect(top.driverObject.name == "\\Driver\\PassThroughFilter")
+        #expect(top.stackSize == 3)
+        #expect(top.flags.contains(.directIO))
+        _ = host.read(f, count: 16)
+        let seen = top.deviceExtension(as: PassThroughFilter.Extension.self).seen.withLock { $0 }
+        #expect(seen[.read] == 1 && seen[.create] == 1)
+    }
+
+    @Test func writesAtScatteredOffsetsReadBack() throws {
+        let (_, host) = try defaultTree()
+        let f = try host.open("ramdisk0")
+        let offsets: [Int64] = [0, 511, 4096, 77_777, 1_000_000]
+        for (i, off) in offsets.enumerated() {
+            let data = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 31 + i) }
+            let n = min(1000, Int((1 << 20) - off))
+            let w = host.write(f, data, offset: off)
+            #expect(w.status == .success && w.information == n)
+            #expect(host.read(f, count: 1000, offset: off).data == Array(data.prefix(n)))
+        }
+    }
+
+    @Test func theEndOfTheDisk() throws {
+        let (_, host) = try defaultTree(ramdiskSize: 4096)
+        let f = try host.open("ramdisk0")
+        #expect(host.querySize(f) == 4096)
+        let atEnd = host.read(f, count: 10, offset: 4096)
+        #expect(atEnd.status == .success && atEnd.data.isEmpty)
+        #expect(host.write(f, [1, 2, 3], offset: 4096).status == .diskFull)
+        #expect(host.write(f, [1, 2, 3], offset: 5000).status == .diskFull)
+        let crossing = host.write(f, [9, 9, 9, 9], offset: 4094)
+        #expect(crossing.status == .success && crossing.information == 2)
+        #expect(host.read(f, count: 10, offset: 4090).data == [0, 0, 0, 0, 9, 9])
+        #expect(host.read(f, count: 1, offset: -1).status == .invalidParameter)
+    }
+
+    @Test func diskIoctlsUseTheRealCodesAndLayouts() throws {
+        let (_, host) = try defaultTree(ramdiskSize: 1 << 20)
+        let f = try host.open("ramdisk0", access: .readData)
+        let len = host.deviceIoControl(f, .diskGetLengthInfo, outputLength: 8)
+        #expect(len.status == .success && len.information == 8)
+        #expect(len.output == [0, 0, 0x10, 0, 0, 0, 0, 0])
+        let geo = host.deviceIoControl(f, .diskGetDriveGeometry, outputLength: 24)
+        #expect(geo.status == .success && geo.information == 24)
+        let u32 = { (o: Int) in geo.output[o..<o + 4].reversed().reduce(0) { $0 << 8 | UInt32($1) } }
+        #expect(geo.output[0] == 32)  // 1 MiB / (512 * 32 * 2) cylinders
+        #expect(u32(8) == 12 && u32(12) == 2 && u32(16) == 32 && u32(20) == 512)
+        let ex = host.deviceIoControl(f, .diskGetDriveGeometryEx, outputLength: 64)
+        #expect(ex.status == .success && ex.information == 32)
+        #expect(ex.output[24..<32] == [0, 0, 0x10, 0, 0, 0, 0, 0])
+        #expect(host.deviceIoControl(f, .diskGetLengthInfo, outputLength: 4).status == .bufferTooSmall)
+        #expect(host.deviceIoControl(f, ControlCode(rawValue: 0x0007_4FFC), outputLength: 8).status == .invalidDeviceRequest)
+    }
+}
+
+@Suite struct EchoTests {
+    @Test func bytesComeBackInOrder() throws {
+        let (_, host) = try defaultTree(echoBuffer: 64)
+        let f = try host.open("echo")
+        #expect(host.write(f, Array("hello ".utf8)).information == 6)
+        #expect(host.write(f, Array("world".utf8)).information == 5)
+        #expect(host.read(f, count: 4).data == Array("hell".utf8))
+        #expect(host.read(f, count: 100).data == Array("o world".utf8))
+    }
+
+    @Test func aReadWithNoDataPendsUntilAWriteArrives() throws {
+        let (_, host) = try defaultTree()
+        let reader = try host.open("echo")
+        let writer = try host.open("echo")
+        let pending = host.beginRead(reader, count: 10)
+        #expect(!pending.wait(seconds: 0.05))
+        #expect(host.write(writer, [1, 2, 3]).information == 3)
+        #expect(pending.wait(seconds: 5))
+        #expect(pending.status == .success && pending.data == [1, 2, 3])
+    }
+
+    @Test func aPendingReadIsCancelled() throws {
+        let (_, host) = try defaultTree()
+        let f = try host.open("echo")
+        let pending = host.beginRead(f, count: 10)
+        #expect(pending.cancel())
+        #expect(pending.wait(seconds: 5))
+        #expect(pending.status == .cancelled)
+        // The device still works afterwards.
+        #expect(host.write(f, [5]).information == 1)
+        #expect(host.read(f, count: 1).data == [5])
+    }
+
+    @Test func aWriteIntoAFullBufferWaitsForAReader() throws {
+        let (io, host) = try defaultTree(echoBuffer: 16)
+        let f = try host.open("echo")
+        #expect(host.write(f, Array(repeating: 1, count: 20)).information == 16)  // short: room for 16
+        // The next write pends; complete it from another thread by reading.
+        let done = Recorder()
+        let t = Thread { done.add("\(host.write(f, [2, 2]).information)") }
+        t.start()
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(done.all.isEmpty)
+        #expect(host.read(f, count: 16).data.count == 16)
+        for _ in 0..<200 where done.all.isEmpty { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(done.all == ["2"])
+        #expect(host.read(f, count: 16).data == [2, 2])
+        #expect(io.verifier.count == 0)
+    }
+
+    @Test func cleanupCancelsTheHandlesWaitingReads() throws {
+        let (_, host) = try defaultTree()
+        let f = try host.open("echo")
+        let pending = host.beginRead(f, count: 10)
+        host.close(f)
+        #expect(pending.wait(seconds: 5))
+        #expect(pending.status == .cancelled)
+    }
+}
+
+@Suite struct IoctlDemoTests {
+    @Test(arguments: TransferMethod.allCases)
+    func everyMethodGivesTheSameExchange(method: TransferMethod) throws {
+        let (io, host) = try defaultTree()
+        let f = try host.open("ioctl-demo")
+        let r = host.deviceIoControl(f, IoctlDemoDriver.upperCode(method), input: Array("Hello, wdm!".utf8), outputLength: 11)
+        #expect(r.status == .success)
+        #expect(String(decoding: r.output, as: UTF8.self) == "HELLO, WDM!")
+        let counts = host.deviceIoControl(f, IoctlDemoDriver.queryCounts, outputLength: 32).output
+        #expect(counts[Int(method.rawValue) * 8] == 1)
+        #expect(io.statistics.bytesCopied == 0)
+    }
+
+    @Test func aShortOutputBufferGivesBufferOverflowWithPartialData() throws {
+        let (_, host) = try defaultTree()
+        let f = try host.open("ioctl-demo")
+        let r = host.deviceIoControl(f, IoctlDemoDriver.upperCode(.buffered), input: Array("abcdef".utf8), outputLength: 3)
+        #expect(r.status == .bufferOverflow)
+        #expect(r.output == Array("ABC".utf8))
+    }
+
+    @Test func resetNeedsWriteAccess() throws {
+        let (_, host) = try defaultTree()
+        let ro = try host.open("ioctl-demo", access: .readData)
+        #expect(IoctlDemoDriver.resetCounts.rawValue == 0x0022_A044)
+        #expect(IoctlDemoDriver.queryCounts.rawValue == 0x0022_6040)
+        #expect(host.deviceIoControl(ro, IoctlDemoDriver.resetCounts).status == .accessDenied)
+        #expect(host.deviceIoControl(ro, IoctlDemoDriver.queryCounts, outputLength: 32).status == .success)
+    }
+}
