@@ -1,6 +1,7 @@
 // wdmfs: the command-line tool.
 
 import ArgumentParser
+import Foundation
 
 @main
 struct WDMFS: ParsableCommand {
@@ -13,6 +14,25 @@ struct WDMFS: ParsableCommand {
               cat /mnt/wdm/.stats
               wdmfs ioctl /mnt/wdm/ramdisk0 IOCTL_DISK_GET_LENGTH_INFO --out-size 8
               wdmfs unmount /mnt/wdm
+            Example: wdmfs mount --help
             """,
         subcommands: [Mount.self, Unmount.self, Ioctl.self])
+
+    /// Exit statuses: 0 success, 1 a request that ran and failed (an NTSTATUS),
+    /// 2 usage or system errors. ArgumentParser's own usage status (64) becomes 2.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            let message = fullMessage(for: error)
+            if code == .success {
+                if !message.isEmpty { print(message) }
+                Foundation.exit(0)
+            }
+            if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+            Foundation.exit(code == .validationFailure ? 2 : code.rawValue)
+        }
+    }
 }

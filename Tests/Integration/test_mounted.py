@@ -1,0 +1,406 @@
+"""The mounted tree, through real system calls: open, read, write, pread,
+pwrite, ioctl (fcntl), signals."""
+import ctypes
+import errno
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import envelope as env
+from conftest import mount_tree, unmount_tree, is_mounted
+
+MiB = 1 << 20
+
+
+def test_the_root_lists_the_default_devices(tree):
+    assert sorted(os.listdir(tree.path)) == sorted([".stats", "null", "zero", "ramdisk0", "echo", "ioctl-demo"])
+
+
+def test_the_ramdisk_shows_its_length(tree):
+    assert os.stat(tree.dev("ramdisk0")).st_size == 64 * MiB
+    assert os.stat(tree.dev("zero")).st_size == 0
+
+
+def test_null_reads_empty_and_takes_any_write(tree):
+    with open(tree.dev("null"), "rb") as f:
+        assert f.read() == b""
+    fd = os.open(tree.dev("null"), os.O_WRONLY)
+    try:
+        assert os.write(fd, b"x" * MiB) == MiB
+    finally:
+        os.close(fd)
+
+
+def test_zero_fills_the_whole_buffer(tree):
+    fd = os.open(tree.dev("zero"), os.O_RDONLY)
+    try:
+        for size in (1, 4096, 100_000, MiB):
+            data = os.read(fd, size)
+            assert data == bytes(size)
+    finally:
+        os.close(fd)
+
+
+def test_ramdisk_scattered_writes_read_back_identical(tree):
+    """Random writes at unaligned offsets (some overlapping), checked against a model of the disk."""
+    rng = random.Random(1234)
+    model = bytearray(64 * MiB)
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+    try:
+        os.pwrite(fd, bytes(64 * MiB), 0)
+        regions = []
+        for _ in range(64):
+            size = rng.choice([1, 511, 4096, 65536, 300_001])
+            off = rng.randrange(0, 64 * MiB - size)
+            data = rng.randbytes(size)
+            assert os.pwrite(fd, data, off) == size
+            model[off:off + size] = data
+            regions.append((off, size))
+        for off, size in regions:
+            assert hashlib.sha256(os.pread(fd, size, off)).digest() == hashlib.sha256(model[off:off + size]).digest()
+        whole = b"".join(os.pread(fd, MiB, i * MiB) for i in range(64))
+        assert hashlib.sha256(whole).digest() == hashlib.sha256(model).digest()
+    finally:
+        os.close(fd)
+
+
+def test_ramdisk_non_overlapping_regions_checksum(tree):
+    rng = random.Random(99)
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+    try:
+        regions = [(i * 4 * MiB + rng.randrange(0, MiB), rng.randbytes(rng.randrange(1, 2 * MiB))) for i in range(16)]
+        for off, data in regions:
+            assert os.pwrite(fd, data, off) == len(data)
+        for off, data in reversed(regions):
+            assert hashlib.md5(os.pread(fd, len(data), off)).hexdigest() == hashlib.md5(data).hexdigest()
+    finally:
+        os.close(fd)
+
+
+def test_ramdisk_end_of_disk(tree):
+    size = 64 * MiB
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+    try:
+        assert os.pread(fd, 100, size) == b""
+        assert os.pread(fd, 100, size + 12345) == b""
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"abc", size)
+        assert e.value.errno == errno.ENOSPC
+        assert os.pwrite(fd, b"0123456789", size - 4) == 4
+        assert os.pread(fd, 100, size - 4) == b"0123"
+    finally:
+        os.close(fd)
+
+
+def test_concurrent_readers_and_writers_on_different_handles(tree):
+    errors = []
+
+    def writer(k):
+        try:
+            fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+            rng = random.Random(k)
+            base = (32 + k) * MiB
+            for i in range(20):
+                data = rng.randbytes(64 * 1024)
+                off = base + i * 64 * 1024
+                os.pwrite(fd, data, off)
+                if os.pread(fd, len(data), off) != data:
+                    errors.append(f"writer {k} mismatch at {off}")
+            os.close(fd)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    def zero_reader():
+        try:
+            fd = os.open(tree.dev("zero"), os.O_RDONLY)
+            for _ in range(50):
+                if os.read(fd, 256 * 1024) != bytes(256 * 1024):
+                    errors.append("zero returned non-zero bytes")
+            os.close(fd)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    threads += [threading.Thread(target=zero_reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
+def test_echo_reads_back_what_was_written(tree):
+    w = os.open(tree.dev("echo"), os.O_WRONLY)
+    r = os.open(tree.dev("echo"), os.O_RDONLY)
+    try:
+        assert os.write(w, b"ping ") == 5
+        assert os.write(w, b"pong") == 4
+        assert os.read(r, 100) == b"ping pong"
+    finally:
+        os.close(w)
+        os.close(r)
+
+
+def test_a_blocked_echo_reader_wakes_when_a_write_arrives(tree):
+    r = os.open(tree.dev("echo"), os.O_RDONLY)
+    got = []
+    t = threading.Thread(target=lambda: got.append(os.read(r, 64)))
+    t.start()
+    time.sleep(0.2)
+    assert got == []
+    w = os.open(tree.dev("echo"), os.O_WRONLY)
+    os.write(w, b"wake up")
+    t.join(5)
+    os.close(w)
+    os.close(r)
+    assert got == [b"wake up"]
+
+
+READER = r"""
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+signal.signal(signal.SIGINT, lambda *a: None)  # a handler: the read must return, not the process die
+fd = os.open(sys.argv[1], os.O_RDONLY)
+buf = ctypes.create_string_buffer(64)
+print("ready", flush=True)
+t = time.monotonic()
+n = libc.read(fd, buf, 64)
+e = ctypes.get_errno()
+print(n, e, round(time.monotonic() - t, 3), flush=True)
+"""
+
+
+def test_sigint_interrupts_a_blocked_echo_reader_within_a_second(tree):
+    before = tree.stats()["irps_cancelled"]
+    p = subprocess.Popen([sys.executable, "-c", READER, tree.dev("echo")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # let it block in read()
+        sent = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        n, e, _ = p.stdout.readline().split()
+        elapsed = time.monotonic() - sent
+        p.wait(5)
+    finally:
+        p.kill()
+    assert int(n) == -1 and int(e) == errno.EINTR
+    assert elapsed < 1.0
+    assert tree.stats()["irps_cancelled"] == before + 1
+    # The device still serves.
+    w = os.open(tree.dev("echo"), os.O_RDWR)
+    os.write(w, b"after")
+    assert os.read(w, 10) == b"after"
+    os.close(w)
+
+
+def test_a_killed_reader_has_its_irp_cancelled_at_cleanup(tree):
+    before = tree.stats()["irps_cancelled"]
+    p = subprocess.Popen(["cat", tree.dev("echo")], stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(2) != 0
+    for _ in range(100):
+        if tree.stats()["irps_cancelled"] == before + 1:
+            break
+        time.sleep(0.02)
+    assert tree.stats()["irps_cancelled"] == before + 1
+
+
+# --- the ioctl envelope -------------------------------------------------------
+
+def test_disk_ioctls_through_the_envelope(tree):
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDONLY)
+    try:
+        status, info, out = env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)
+        assert (status, info) == (env.STATUS_SUCCESS, 8)
+        assert int.from_bytes(out, "little") == 64 * MiB
+        status, info, out = env.call(fd, env.IOCTL_DISK_GET_DRIVE_GEOMETRY, out_len=24)
+        assert (status, info) == (env.STATUS_SUCCESS, 24)
+        cylinders, media, tracks, sectors, bps = __import__("struct").unpack("<qIIII", out)
+        assert cylinders * tracks * sectors * bps == 64 * MiB and media == 12
+        status, info, out = env.call(fd, env.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX, out_len=64)
+        assert (status, info) == (env.STATUS_SUCCESS, 32)
+        assert int.from_bytes(out[24:32], "little") == 64 * MiB
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("method", ["buffered", "in_direct", "out_direct", "neither"])
+def test_the_four_buffering_methods_give_the_same_exchange(tree, method):
+    fd = os.open(tree.dev("ioctl-demo"), os.O_RDWR)
+    try:
+        status, info, out = env.call(fd, env.IOCTL_DEMO_UPPER[method], b"Hello, envelope", out_len=15)
+        assert (status, info, out) == (env.STATUS_SUCCESS, 15, b"HELLO, ENVELOPE")
+    finally:
+        os.close(fd)
+
+
+def test_a_warning_status_comes_back_with_its_partial_data(tree):
+    fd = os.open(tree.dev("ioctl-demo"), os.O_RDWR)
+    try:
+        status, info, out = env.call(fd, env.IOCTL_DEMO_UPPER["buffered"], b"abcdef", out_len=3)
+        assert (status, info, out) == (env.STATUS_BUFFER_OVERFLOW, 3, b"ABC")
+    finally:
+        os.close(fd)
+
+
+def test_an_unknown_ioctl_is_invalid_device_request_in_the_header(tree):
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+    try:
+        status, info, out = env.call(fd, 0x00224FFC, b"x", out_len=8)
+        assert status == env.STATUS_INVALID_DEVICE_REQUEST and out == b""
+    finally:
+        os.close(fd)
+
+
+def test_an_ioctl_that_needs_write_access_is_denied_on_a_read_only_handle(tree):
+    ro = os.open(tree.dev("ioctl-demo"), os.O_RDONLY)
+    rw = os.open(tree.dev("ioctl-demo"), os.O_RDWR)
+    try:
+        assert env.call(ro, env.IOCTL_DEMO_RESET_COUNTS)[0] == env.STATUS_ACCESS_DENIED
+        assert env.call(ro, env.IOCTL_DEMO_QUERY_COUNTS, out_len=32)[0] == env.STATUS_SUCCESS
+        assert env.call(rw, env.IOCTL_DEMO_RESET_COUNTS)[0] == env.STATUS_SUCCESS
+    finally:
+        os.close(ro)
+        os.close(rw)
+
+
+def malformed_requests():
+    good = env.HEADER.pack(0x0007405C, 0, 8, 0, 0) + bytes(8)
+    return {
+        "too short for the header": (env.request(10), bytearray(10)),
+        "input length past the capacity": (env.request(32), bytearray(env.HEADER.pack(0x0007405C, 9, 8, 0, 0) + bytes(8))),
+        "output length past the capacity": (env.request(32), bytearray(env.HEADER.pack(0x0007405C, 0, 9, 0, 0) + bytes(8))),
+        "another nr": (env.request(32, nr=1), bytearray(good)),
+        "another type": (env.request(32, typ=ord("X")), bytearray(good)),
+        "write-only direction": (env.request(32, direction=1), bytearray(good)),
+    }
+
+
+@pytest.mark.parametrize("case", list(malformed_requests()))
+def test_a_malformed_envelope_gets_einval_and_the_daemon_keeps_serving(tree, case):
+    import fcntl
+    req, buf = malformed_requests()[case]
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as e:
+            fcntl.ioctl(fd, req, buf)
+        assert e.value.errno == errno.EINVAL
+        status, _, out = env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)
+        assert status == env.STATUS_SUCCESS and int.from_bytes(out, "little") == 64 * MiB
+    finally:
+        os.close(fd)
+
+
+def test_the_copy_counter_stays_zero_across_reads_writes_and_ioctls(fresh_tree):
+    t = fresh_tree
+    fd = os.open(t.dev("ramdisk0"), os.O_RDWR)
+    os.pwrite(fd, os.urandom(MiB), 0)
+    os.pread(fd, MiB, 0)
+    env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)
+    os.close(fd)
+    fd = os.open(t.dev("echo"), os.O_RDWR)
+    os.write(fd, b"abc")
+    os.read(fd, 3)
+    os.close(fd)
+    fd = os.open(t.dev("ioctl-demo"), os.O_RDWR)
+    for code in env.IOCTL_DEMO_UPPER.values():
+        env.call(fd, code, b"data", out_len=4)
+    os.close(fd)
+    with open(t.dev("zero"), "rb") as f:
+        f.read(MiB)
+    s = t.stats()
+    assert s["irps_completed"] > 10
+    assert s["bytes_copied"] == 0
+    assert s["verifier_violations"] == 0
+
+
+def test_bounce_buffers_make_the_copy_counter_count():
+    m = mount_tree(["--bounce-buffers"])
+    try:
+        fd = os.open(m.dev("ioctl-demo"), os.O_RDWR)
+        assert env.call(fd, env.IOCTL_DEMO_UPPER["buffered"], b"abcd", out_len=4)[2] == b"ABCD"
+        os.close(fd)
+        assert m.stats()["bytes_copied"] == 8
+    finally:
+        unmount_tree(m)
+
+
+# --- the command line ----------------------------------------------------------
+
+def run(tree, *args):
+    return subprocess.run([tree.wdmfs, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_wdmfs_ioctl_prints_the_output_and_exits_by_ntstatus(tree):
+    r = run(tree, "ioctl", tree.dev("ramdisk0"), "IOCTL_DISK_GET_LENGTH_INFO", "--out-size", "8")
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, "0000000400000000", "")
+    r = run(tree, "ioctl", tree.dev("ramdisk0"), "0x00224FFC")
+    assert r.returncode == 1 and "STATUS_INVALID_DEVICE_REQUEST" in r.stderr
+    r = run(tree, "ioctl", tree.dev("ioctl-demo"), "0x00222000", "--in", "616263646566", "--out-size", "3")
+    assert r.returncode == 1 and r.stdout.strip() == "414243" and "STATUS_BUFFER_OVERFLOW" in r.stderr
+    r = run(tree, "ioctl", tree.dev("ioctl-demo"), "0x0022A044", "--read-only")
+    assert r.returncode == 1 and "STATUS_ACCESS_DENIED" in r.stderr
+
+
+def test_wdmfs_ioctl_usage_and_system_errors_exit_2(tree):
+    assert run(tree, "ioctl", tree.dev("ramdisk0"), "0x7405C", "--in", "zz").returncode == 2
+    assert run(tree, "ioctl", tree.dev("ramdisk0"), "NOT_A_CODE").returncode == 2
+    assert run(tree, "ioctl", tree.dev("no-such-device"), "0x7405C").returncode == 2
+    assert run(tree, "ioctl", tree.dev("ramdisk0"), "0x7405C", "--out-size", "20000").returncode == 2
+
+
+def test_every_command_has_help_with_an_example(tree):
+    for cmd in ([], ["mount"], ["unmount"], ["ioctl"]):
+        r = run(tree, *cmd, "--help")
+        assert r.returncode == 0 and "xample" in r.stdout, cmd
+
+
+def test_unmount_unloads_every_driver_and_the_daemon_exits():
+    m = mount_tree()
+    try:
+        r = subprocess.run([m.wdmfs, "unmount", m.path], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(m.path)
+        log = open(m.log).read()
+        for driver in ("Null", "Zero", "RamDisk", "PassThroughFilter", "Echo", "IoctlDemo"):
+            assert f"unloaded \\Driver\\{driver}" in log
+    finally:
+        unmount_tree(m)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_unmounts_a_foreground_daemon_which_exits_0(sig):
+    from conftest import require_fuse, wdmfs_binary
+    import tempfile
+    require_fuse()
+    path = tempfile.mkdtemp(prefix="wdmfs-test-")
+    p = subprocess.Popen([wdmfs_binary(), "mount", path, "--foreground"], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if is_mounted(path):
+                break
+            time.sleep(0.02)
+        assert is_mounted(path)
+        p.send_signal(sig)
+        assert p.wait(10) == 0
+        assert not is_mounted(path)
+        assert "unloaded \\Driver\\RamDisk" in p.stderr.read()
+    finally:
+        p.kill()
+        if is_mounted(path):
+            subprocess.run(["fusermount3", "-uz", path])
+        os.rmdir(path)
+
+
+def test_mount_refuses_a_missing_directory_clearly():
+    from conftest import wdmfs_binary
+    r = subprocess.run([wdmfs_binary(), "mount", "/nonexistent/wdmfs"], capture_output=True, text=True)
+    assert r.returncode != 0 and "not a directory" in r.stderr
