@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what wdmfs needs on a Debian machine with the Swift toolchain, then builds.
+# Run as root:  bash mount-scripts/setup.sh [debug|release]
+set -eu
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in libfuse3-dev fuse3 pkg-config bats bats-assert bats-support; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || true
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! python3 -c 'import pytest' 2>/dev/null; then
+    echo "setup: installing pytest"
+    python3 -m pip install -q pytest
+fi
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: FUSE cannot work on this machine" >&2; exit 1; }
+
+config=${1:-debug}
+echo "setup: swift build -c $config"
+swift build -c "$config" 2>&1 | tail -n 3
