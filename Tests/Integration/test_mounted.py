@@ -404,3 +404,74 @@ def test_mount_refuses_a_missing_directory_clearly():
     from conftest import wdmfs_binary
     r = subprocess.run([wdmfs_binary(), "mount", "/nonexistent/wdmfs"], capture_output=True, text=True)
     assert r.returncode != 0 and "not a directory" in r.stderr
+
+
+C_CLIENT = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "wdmfs_ioctl.h"
+int main(int argc, char **argv) {
+    struct { struct wdmfs_ioctl_header h; unsigned char data[8]; } e;
+    memset(&e, 0, sizeof e);
+    e.h.code = 0x0007405C;
+    e.h.output_length = 8;
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0 || ioctl(fd, WDMFS_IOCTL(8), &e) != 0) { perror("ioctl"); return 2; }
+    unsigned long long len; memcpy(&len, e.data, 8);
+    printf("%d %08x %llu %llu\n", WDMFS_NT_SUCCESS(e.h.status), e.h.status, (unsigned long long)e.h.information, len);
+    return 0;
+}
+"""
+
+
+def test_the_c_header_describes_the_envelope(tree, tmp_path):
+    import shutil
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is needed for this test"
+    src = tmp_path / "client.c"
+    src.write_text(C_CLIENT)
+    include = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "include")
+    subprocess.run([cc, "-I", include, "-o", str(tmp_path / "client"), str(src)], check=True)
+    out = subprocess.run([str(tmp_path / "client"), tree.dev("ramdisk0")], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "00000000", "8", str(64 * MiB)]
+
+
+def test_an_echo_writer_waits_for_room_and_nothing_is_lost(tree):
+    data = os.urandom(300_000)  # more than the 64 KiB ring
+    got = bytearray()
+    r = os.open(tree.dev("echo"), os.O_RDONLY)
+    w = os.open(tree.dev("echo"), os.O_WRONLY)
+
+    def write_all():
+        view = memoryview(data)
+        while view:
+            n = os.write(w, view)
+            view = view[n:]
+
+    t = threading.Thread(target=write_all)
+    t.start()
+    time.sleep(0.2)  # the writer has filled the ring and waits
+    assert t.is_alive()
+    while len(got) < len(data):
+        got += os.read(r, 50_000)
+    t.join(10)
+    os.close(r)
+    os.close(w)
+    assert bytes(got) == data
+
+
+def test_fsync_is_irp_mj_flush_buffers(tree):
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+    try:
+        os.fsync(fd)  # the RAM disk answers FLUSH_BUFFERS
+    finally:
+        os.close(fd)
+    fd = os.open(tree.dev("ioctl-demo"), os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)  # no FLUSH_BUFFERS routine: STATUS_INVALID_DEVICE_REQUEST
+        assert e.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
