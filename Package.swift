@@ -22,9 +22,11 @@ let package = Package(
     products: [
         .executable(name: "wdmfs", targets: ["wdmfs"]),
         .library(name: "WDM", targets: ["WDM"]),
+        .library(name: "WDMDrivers", targets: driverNames.map(\.target)),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         // MARK: - C
@@ -48,6 +50,14 @@ let package = Package(
                 "WDM", "WDMFuse",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ] + driverDependencies
+        ),
+
+        // MARK: - Benchmarks (`swift package benchmark`; Benchmarks/run.sh adds the FUSE comparison)
+        .executableTarget(
+            name: "IRPPath",
+            dependencies: ["WDM", .product(name: "Benchmark", package: "benchmark")] + driverDependencies,
+            path: "Benchmarks/IRPPath",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
 
         // MARK: - Tests

@@ -10,8 +10,9 @@ import ZeroDriver
 
 enum DefaultTree {
     /// Loads the drivers and builds one stack per device:
-    /// null, zero, ramdisk0 (RAM disk under a pass-through filter), echo, ioctl-demo.
-    static func build(into io: IOManager) throws(NTStatus) {
+    /// null, zero, ramdisk0 (RAM disk under a pass-through filter), echo, ioctl-demo;
+    /// the bench tree adds zero-stacked (zero under two pass-through filters).
+    static func build(into io: IOManager, bench: Bool = false) throws(NTStatus) {
         let null = try io.loadDriver(name: NullDriver.name, entry: NullDriver.driverEntry)
         let zero = try io.loadDriver(name: ZeroDriver.name, entry: ZeroDriver.driverEntry)
         let ramdisk = try io.loadDriver(name: RamDiskDriver.name, entry: RamDiskDriver.driverEntry)
@@ -27,5 +28,10 @@ enum DefaultTree {
             functionDriver: ramdisk, upperFilters: [filter])
         try io.addRootDevice(instanceName: "echo", hardwareIDs: ["Root\\Echo"], functionDriver: echo)
         try io.addRootDevice(instanceName: "ioctl-demo", hardwareIDs: ["Root\\IoctlDemo"], functionDriver: demo)
+        if bench {
+            // What each layer costs: the zero device under two pass-through filters.
+            try io.addRootDevice(
+                instanceName: "zero-stacked", hardwareIDs: ["Root\\Zero"], functionDriver: zero, upperFilters: [filter, filter])
+        }
     }
 }

@@ -29,6 +29,13 @@ struct Mount: ParsableCommand {
     @Flag(help: "Give METHOD_BUFFERED and DO_BUFFERED_IO a separate SystemBuffer, copied in and out as Windows does (counted in .stats bytes_copied).")
     var bounceBuffers = false
 
+    @Option(help: "Which tree: default, or bench (adds zero-stacked: zero under two filters).")
+    var tree: TreeName = .default
+
+    enum TreeName: String, ExpressibleByArgument, CaseIterable {
+        case `default`, bench
+    }
+
     @Flag(help: .hidden)
     var notifyReady = false
 
@@ -47,6 +54,7 @@ struct Mount: ParsableCommand {
             var args = ["mount", path, "--foreground", "--notify-ready"]
             if let logFile { args += ["--log-file", Daemon.absolute(logFile.hasPrefix("/") ? logFile : FileManager.default.currentDirectoryPath + "/" + logFile)] }
             if bounceBuffers { args.append("--bounce-buffers") }
+            if tree != .default { args += ["--tree", tree.rawValue] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)
                 print("""
@@ -70,7 +78,7 @@ struct Mount: ParsableCommand {
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }
         do {
-            try DefaultTree.build(into: io)
+            try DefaultTree.build(into: io, bench: tree == .bench)
         } catch {
             fail("could not build the device tree: \(error)")
         }

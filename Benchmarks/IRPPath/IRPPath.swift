@@ -1,0 +1,112 @@
+// IRPPath: the cost of one IRP through a stack three devices deep (two filters
+// over a function driver, one of them with a completion routine), in-process,
+// with no FUSE; and the heap allocations per IRP in steady state, counted by
+// the malloc interposer. The IRPs are built, sent and freed with the same
+// I/O-manager calls the FUSE bridge makes.
+//
+//   swift package benchmark --target IRPPath
+
+import Benchmark
+import IoctlDemoDriver
+import NullDriver
+import PassThroughFilter
+import WDM
+import ZeroDriver
+
+/// Frees each IRP when it comes back, as the bridge does after replying.
+final class Recycler: IRPRequester {
+    func irpCompleted(_ irp: IRP) { irp.ioManager.freeIrp(irp) }
+}
+
+/// A filter that wants to see every result: it copies its stack location down
+/// and sets a completion routine (which looks at the status and lets it go on).
+enum CompletionFilter {
+    static let driverEntry: DriverEntry = { driver in
+        driver.addDevice = { driver, pdo in
+            driver.createFilterDevice(for: pdo)
+            return .success
+        }
+        driver.majorFunction.setAll { device, irp in
+            irp.copyCurrentStackLocationToNext()
+            irp.setCompletionRoutine { _, irp, _ in
+                if irp.pendingReturned { irp.markPending() }
+                return .success
+            }
+            return device.callLower(irp)
+        }
+        return .success
+    }
+}
+
+/// Three stacks: zero, null and ioctl-demo, each under a completion filter and a pass-through filter.
+final class Rig: @unchecked Sendable {
+    let io = IOManager()
+    let recycler = Recycler()
+    let zero: FileObject, null: FileObject, demo: FileObject
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+
+    init() throws {
+        let z = try io.loadDriver(name: ZeroDriver.name, entry: ZeroDriver.driverEntry)
+        let n = try io.loadDriver(name: NullDriver.name, entry: NullDriver.driverEntry)
+        let d = try io.loadDriver(name: IoctlDemoDriver.name, entry: IoctlDemoDriver.driverEntry)
+        let c = try io.loadDriver(name: "CompletionFilter", entry: CompletionFilter.driverEntry)
+        let p = try io.loadDriver(name: PassThroughFilter.name, entry: PassThroughFilter.driverEntry)
+        try io.addRootDevice(instanceName: "zero", functionDriver: z, upperFilters: [c, p])
+        try io.addRootDevice(instanceName: "null", functionDriver: n, upperFilters: [c, p])
+        try io.addRootDevice(instanceName: "demo", functionDriver: d, upperFilters: [c, p])
+        zero = try io.makeFileObject(link: "zero", access: .readData)
+        null = try io.makeFileObject(link: "null", access: .writeData)
+        demo = try io.makeFileObject(link: "demo", access: [.readData, .writeData])
+    }
+
+    @inline(__always) func read(_ length: Int) -> NTStatus {
+        let irp = io.makeIrp(.read, file: zero)
+        io.prepareTransfer(irp, buffer: buffer, length: length, offset: 0)
+        irp.requester = recycler
+        return io.submit(irp, to: io.target(of: zero))
+    }
+
+    @inline(__always) func write(_ length: Int) -> NTStatus {
+        let irp = io.makeIrp(.write, file: null)
+        io.prepareTransfer(irp, buffer: buffer, length: length, offset: 0)
+        irp.requester = recycler
+        return io.submit(irp, to: io.target(of: null))
+    }
+
+    @inline(__always) func ioctl(_ length: Int) -> NTStatus {
+        let irp = io.makeIrp(.deviceControl, file: demo)
+        try! io.prepareDeviceControl(
+            irp, code: IoctlDemoDriver.upperCode(.buffered), buffer: buffer, capacity: length,
+            inputLength: length, outputLength: length)
+        irp.requester = recycler
+        return io.submit(irp, to: io.target(of: demo))
+    }
+}
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .mallocCountTotal, .throughput],
+        warmupIterations: 3,
+        scalingFactor: .kilo,
+        maxDuration: .seconds(2),
+        maxIterations: 1_000
+    )
+    let rig = try! Rig()
+
+    Benchmark("read 4 KiB IRP, 3-deep stack") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(rig.read(4096)) }
+    }
+    Benchmark("write 4 KiB IRP, 3-deep stack") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(rig.write(4096)) }
+    }
+    Benchmark("ioctl 64 B IRP, 3-deep stack") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(rig.ioctl(64)) }
+    }
+    // The control: the embedded host's convenience API copies into Swift arrays,
+    // so the malloc counter must show allocations here (proof it is counting).
+    let host = EmbeddedHost(rig.io)
+    let file = try! host.open("zero", access: .readData)
+    Benchmark("control: read through EmbeddedHost (allocates)") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(host.read(file, count: 64)) }
+    }
+}

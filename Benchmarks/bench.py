@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""wdmfs against the C libfuse yardstick, in the same run.
+
+Mounts both, then for several rounds runs each case on the yardstick and on
+wdmfs, alternating (A B, B A, ...), and prints the medians and the ratio
+wdmfs / yardstick. Then runs the in-process IRP benchmark (ordo-one/benchmark:
+time per IRP and mallocs per IRP). Usage (root):
+
+    bash Benchmarks/run.sh [--rounds N]
+"""
+import argparse
+import datetime
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, ".build", "bench")
+MiB, GiB = 1 << 20, 1 << 30
+IOCTL_DEMO_BUFFERED = "0x00222000"
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def loadgen(*args):
+    return float(sh(os.path.join(OUT, "loadgen"), *map(str, args)).strip())
+
+
+def is_mounted(path):
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def stats(mp):
+    with open(os.path.join(mp, ".stats")) as f:
+        return dict(line.split() for line in f if line.strip())
+
+
+class Side:
+    def __init__(self, name, mp, zero, sink, ioctl_file, stacked):
+        self.name, self.mp = name, mp
+        self.zero, self.sink, self.ioctl_file, self.stacked = zero, sink, ioctl_file, stacked
+
+
+def cases(read_total, small_count, ioctl_count):
+    """(label, unit, scale, function(side) -> value)."""
+    return [
+        ("1 MiB sequential reads (zero)", "GB/s", 1e9,
+         lambda s: loadgen("read", s.zero, MiB, read_total, 1)),
+        ("1 MiB sequential writes (null / sink)", "GB/s", 1e9,
+         lambda s: loadgen("write", s.sink, MiB, read_total, 1)),
+        ("4 KiB reads (zero)", "k req/s", 1e3,
+         lambda s: loadgen("read", s.zero, 4096, small_count * 4096, 1) / 4096),
+        ("64 B ioctl round trips", "k req/s", 1e3,
+         lambda s: loadgen("ioctl", s.ioctl_file, ioctl_count, 64, IOCTL_DEMO_BUFFERED)),
+        ("1 MiB reads, two filters over zero", "GB/s", 1e9,
+         lambda s: loadgen("read", s.stacked, MiB, read_total, 1)),
+        ("1 MiB reads, two concurrent readers", "GB/s", 1e9,
+         lambda s: loadgen("read", s.zero, MiB, 2 * read_total, 2)),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="smaller transfers (a smoke run, not a measurement)")
+    ap.add_argument("--skip-in-process", action="store_true")
+    a = ap.parse_args()
+    read_total = (256 * MiB) if a.quick else 2 * GiB
+    small_count = 20_000 if a.quick else 100_000
+    ioctl_count = 10_000 if a.quick else 50_000
+
+    wdmfs = os.path.join(ROOT, ".build", "release", "wdmfs")
+    ymp, wmp = tempfile.mkdtemp(prefix="wdmfs-bench-y."), tempfile.mkdtemp(prefix="wdmfs-bench-w.")
+    results = {}
+    try:
+        sh(os.path.join(OUT, "yardstick"), ymp)
+        sh(wdmfs, "mount", wmp, "--tree", "bench")
+        yard = Side("yardstick", ymp, f"{ymp}/zero", f"{ymp}/sink", f"{ymp}/echo", f"{ymp}/zero")
+        wdm = Side("wdmfs", wmp, f"{wmp}/zero", f"{wmp}/null", f"{wmp}/ioctl-demo", f"{wmp}/zero-stacked")
+        table = cases(read_total, small_count, ioctl_count)
+        for label, *_ in table:
+            results[label] = {"yardstick": [], "wdmfs": []}
+        for r in range(a.rounds):
+            order = (yard, wdm) if r % 2 == 0 else (wdm, yard)
+            for label, _, _, fn in table:
+                for side in order:
+                    results[label][side.name].append(fn(side))
+            print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
+        copied = stats(wmp)["bytes_copied"]
+        violations = stats(wmp)["verifier_violations"]
+    finally:
+        if is_mounted(ymp):
+            subprocess.run(["fusermount3", "-u", ymp])
+        if is_mounted(wmp):
+            subprocess.run([wdmfs, "unmount", wmp])
+        for d in (ymp, wmp):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+    cores = os.cpu_count()
+    print(f"\nwdmfs vs the C libfuse yardstick, {datetime.date.today()}, {cores} cores, "
+          f"{a.rounds} rounds alternating, medians{' (QUICK: smoke sizes)' if a.quick else ''}\n")
+    print("| case | yardstick | wdmfs | wdmfs / yardstick |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, unit, scale, _ in cases(read_total, small_count, ioctl_count):
+        y = statistics.median(results[label]["yardstick"]) / scale
+        w = statistics.median(results[label]["wdmfs"]) / scale
+        print(f"| {label} | {y:.2f} {unit} | {w:.2f} {unit} | {w / y:.2f} |")
+    one, two = "1 MiB sequential reads (zero)", "1 MiB reads, two concurrent readers"
+    for side in ("yardstick", "wdmfs"):
+        s = statistics.median(results[two][side]) / statistics.median(results[one][side])
+        print(f"| two readers / one reader, {side} | | | {s:.2f} |")
+    print(f"\nwdmfs copy counter after the run: bytes_copied {copied}, verifier_violations {violations}")
+
+    if not a.skip_in_process:
+        print("\nIn-process IRP path (ordo-one/benchmark; p50 per IRP, no FUSE):\n")
+        out = subprocess.run(
+            ["swift", "package", "--allow-writing-to-package-directory", "benchmark", "--target", "IRPPath",
+             "--no-progress"], cwd=ROOT, text=True, capture_output=True)
+        if out.returncode != 0:
+            print(out.stdout[-3000:], out.stderr[-3000:])
+            sys.exit(1)
+        print("| IRP | time (ns) | mallocs |")
+        print("| --- | ---: | ---: |")
+        for name, body in re.findall(r"\n(\S[^\n]*)\n╒[^\n]*\n(.*?)╘", out.stdout, re.S):
+            row = {}
+            for metric in ("Time (wall clock) (ns)", "Malloc (total)"):
+                m = re.search(re.escape(metric) + r"[^│]*│\s*\S+\s*│\s*\S+\s*│\s*(\S+)", body)
+                row[metric] = m.group(1) if m else "?"
+            print(f"| {name} | {row['Time (wall clock) (ns)']} | {row['Malloc (total)']} |")
+
+
+if __name__ == "__main__":
+    main()
