@@ -11,8 +11,12 @@ let driverNames: [(target: String, folder: String)] = [
     ("EchoDriver", "Echo"),
     ("IoctlDemoDriver", "IoctlDemo"),
 ]
+// The IRP path runs per request: release builds drop the run-time exclusivity
+// checks there (debug builds, and so the tests, keep them).
+let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
 let driverTargets: [Target] = driverNames.map {
-    .target(name: $0.target, dependencies: ["WDM"], path: "Drivers/\($0.folder)")
+    .target(name: $0.target, dependencies: ["WDM"], path: "Drivers/\($0.folder)", swiftSettings: hotPath)
 }
 let driverDependencies: [Target.Dependency] = driverNames.map { .target(name: $0.target) }
 
@@ -38,10 +42,10 @@ let package = Package(
         ),
 
         // MARK: - Kernel model (pure Swift, no C, no FUSE)
-        .target(name: "WDM"),
+        .target(name: "WDM", swiftSettings: hotPath),
 
         // MARK: - Bridge (the only module that imports CFuse)
-        .target(name: "WDMFuse", dependencies: ["WDM", "CFuse"]),
+        .target(name: "WDMFuse", dependencies: ["WDM", "CFuse"], swiftSettings: hotPath),
 
         // MARK: - Command-line tool
         .executableTarget(

@@ -24,7 +24,30 @@ public enum IoctlDemoDriver {
     public static let resetCounts = ControlCode(deviceType: DeviceType.unknown, function: 0x811, method: .buffered, access: .writeData)
 
     public final class Extension: Sendable {
-        let counts = Mutex<[UInt64]>([0, 0, 0, 0])
+        /// Exchanges done per method, indexed by METHOD_* value.
+        let buffered = Atomic<UInt64>(0), inDirect = Atomic<UInt64>(0)
+        let outDirect = Atomic<UInt64>(0), neither = Atomic<UInt64>(0)
+
+        func count(_ method: TransferMethod) {
+            switch method {
+            case .buffered: buffered.add(1, ordering: .relaxed)
+            case .inDirect: inDirect.add(1, ordering: .relaxed)
+            case .outDirect: outDirect.add(1, ordering: .relaxed)
+            case .neither: neither.add(1, ordering: .relaxed)
+            }
+        }
+
+        var counts: [UInt64] {
+            [buffered.load(ordering: .relaxed), inDirect.load(ordering: .relaxed),
+             outDirect.load(ordering: .relaxed), neither.load(ordering: .relaxed)]
+        }
+
+        func reset() {
+            buffered.store(0, ordering: .relaxed)
+            inDirect.store(0, ordering: .relaxed)
+            outDirect.store(0, ordering: .relaxed)
+            neither.store(0, ordering: .relaxed)
+        }
     }
 
     /// `DriverEntry`
@@ -49,13 +72,13 @@ public enum IoctlDemoDriver {
                 irp.complete(.bufferTooSmall)
                 return .bufferTooSmall
             }
-            let counts = ext.counts.withLock { $0 }
+            let counts = ext.counts
             for (i, c) in counts.enumerated() { out.storeBytes(of: c.littleEndian, toByteOffset: i * 8, as: UInt64.self) }
             irp.complete(.success, information: 32)
             return .success
         }
         if code == resetCounts {
-            ext.counts.withLock { $0 = [0, 0, 0, 0] }
+            ext.reset()
             irp.complete(.success)
             return .success
         }
@@ -90,7 +113,7 @@ public enum IoctlDemoDriver {
                 output.storeBytes(of: (b >= 0x61 && b <= 0x7A) ? b - 0x20 : b, toByteOffset: i, as: UInt8.self)
             }
         }
-        ext.counts.withLock { $0[Int(code.method.rawValue)] += 1 }
+        ext.count(code.method)
         // Output shorter than the input: the part that fits is valid, as STATUS_BUFFER_OVERFLOW says.
         let status: NTStatus = outLen < inLen ? .bufferOverflow : .success
         irp.complete(status, information: n)

@@ -24,7 +24,6 @@ static inline int cfuse_session_loop_mt(struct fuse_session *se, unsigned max_th
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
     if (!cfg) return -1;
     fuse_loop_cfg_set_max_threads(cfg, max_threads);
-    fuse_loop_cfg_set_idle_threads(cfg, 10);
     int r = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
     return r;

@@ -236,6 +236,9 @@ public final class IOManager: @unchecked Sendable {
         counters.submitted.add(1, ordering: .relaxed)
         irp.dispatchState.store(IRP.Dispatch.dispatching.rawValue, ordering: .releasing)
         let status = callDriver(device, irp)
+        // The requester hears of the pending state while delivery is still held back:
+        // a completion racing with this only marks the IRP, and the delivery happens below.
+        if status == .pending { irp.requester?.irpPending(irp) }
         let (exchanged, _) = irp.dispatchState.compareExchange(
             expected: IRP.Dispatch.dispatching.rawValue, desired: IRP.Dispatch.returnedPending.rawValue,
             ordering: .acquiringAndReleasing)

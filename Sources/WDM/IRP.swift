@@ -13,6 +13,15 @@ public protocol IRPRequester: AnyObject, Sendable {
     /// Called exactly once, after the last completion routine ran. For an IRP
     /// whose dispatch returned STATUS_PENDING this runs on the thread that completed it.
     func irpCompleted(_ irp: IRP)
+
+    /// Called on the submitting thread when dispatch returned STATUS_PENDING,
+    /// before `irpCompleted` can run anywhere: the request the IRP stands for is
+    /// still unanswered while this runs (the bridge arms FUSE interrupts here).
+    func irpPending(_ irp: IRP)
+}
+
+extension IRPRequester {
+    public func irpPending(_ irp: IRP) {}
 }
 
 /// `IRP`.

@@ -249,20 +249,31 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
         irp.requesterContext = UnsafeMutableRawPointer(req)
         irp.requesterTag = kind.rawValue | (word << 8)
         irp.requesterBuffer = buffer
-        fuse_req_interrupt_func(req, fuseInterrupt, Unmanaged.passUnretained(irp).toOpaque())
     }
+
+    /// The IRP pends: from now on a FUSE interrupt (a signal to the caller) cancels it.
+    /// libfuse runs the callback at once if the interrupt already arrived.
+    public func irpPending(_ irp: IRP) {
+        irp.requesterTag |= FuseBridge.interruptArmed
+        fuse_req_interrupt_func(OpaquePointer(irp.requesterContext), fuseInterrupt, Unmanaged.passUnretained(irp).toOpaque())
+    }
+
+    /// A bit of `requesterTag`: an interrupt callback was registered for the request.
+    static let interruptArmed = 0x80
 
     // MARK: - Completion
 
     public func irpCompleted(_ irp: IRP) {
         let req = OpaquePointer(irp.requesterContext)
-        // Waits for an interrupt callback that is running now, and stops new ones:
-        // after this the IRP may be reused.
-        fuse_req_interrupt_func(req, nil, nil)
+        if irp.requesterTag & FuseBridge.interruptArmed != 0 {
+            // Waits for an interrupt callback that is running now, and stops new ones:
+            // after this the IRP may be reused.
+            fuse_req_interrupt_func(req, nil, nil)
+        }
         let status = irp.ioStatus.status
         let information = irp.ioStatus.information
         let word = irp.requesterTag >> 8
-        switch RequestKind(rawValue: irp.requesterTag & 0xFF) {
+        switch RequestKind(rawValue: irp.requesterTag & 0x7F) {
         case .read:
             let buffer = irp.requesterBuffer!
             if status.isSuccess || status == .bufferOverflow {
