@@ -230,3 +230,62 @@ import Testing
         #expect(seen.all == ["create", "cleanup cancels 1", "close"])
     }
 }
+
+@Suite struct RequesterTests {
+    /// Records what the I/O manager tells the requester, in order.
+    final class Log: IRPRequester, @unchecked Sendable {
+        let events = Recorder()
+        let done = DispatchSemaphore(value: 0)
+        func irpPending(_ irp: IRP) { events.add("pending") }
+        func irpCompleted(_ irp: IRP) {
+            events.add("completed \(irp.ioStatus.status) async=\(irp.completedAsynchronously)")
+            done.signal()
+        }
+    }
+
+    func send(_ io: IOManager, _ requester: Log) throws -> NTStatus {
+        let file = try io.makeFileObject(link: "dev", access: .readData)
+        let irp = io.makeIrp(.read, file: file)
+        var byte: UInt8 = 0
+        io.prepareTransfer(irp, buffer: &byte, length: 1, offset: 0)
+        irp.requester = requester
+        return io.submit(irp, to: io.target(of: file))
+    }
+
+    @Test func aPendingIrpIsAnnouncedBeforeItIsDeliveredFromTheCompletingThread() throws {
+        let io = IOManager()
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.markPending()
+            DispatchQueue.global().asyncAfter(deadline: .now() + 0.05) { irp.complete(.success) }
+            return .pending
+        }])
+        let log = Log()
+        #expect(try send(io, log) == .pending)
+        #expect(log.done.wait(timeout: .now() + 5) == .success)
+        #expect(log.events.all == ["pending", "completed STATUS_SUCCESS async=true"])
+    }
+
+    @Test func anIrpCompletedBeforeDispatchReturnsPendingIsDeliveredOnTheSubmittingThread() throws {
+        let io = IOManager()
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.markPending()
+            irp.complete(.success)  // legal: marked pending, so it must return STATUS_PENDING
+            return .pending
+        }])
+        let log = Log()
+        #expect(try send(io, log) == .success)
+        #expect(log.events.all == ["pending", "completed STATUS_SUCCESS async=false"])
+        #expect(io.verifier.count == 0)
+    }
+
+    @Test func aSynchronousIrpIsNeverAnnouncedAsPending() throws {
+        let io = IOManager()
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success)
+            return .success
+        }])
+        let log = Log()
+        #expect(try send(io, log) == .success)
+        #expect(log.events.all == ["completed STATUS_SUCCESS async=false"])
+    }
+}
