@@ -47,13 +47,14 @@ let package = Package(
         // MARK: - Bridge (the only module that imports CFuse)
         .target(name: "WDMFuse", dependencies: ["WDM", "CFuse"], swiftSettings: hotPath),
 
-        // MARK: - Command-line tool
+        // MARK: - The default device tree, and the command-line tool that mounts it
+        .target(name: "DefaultTree", dependencies: ["WDM"] + driverDependencies),
         .executableTarget(
             name: "wdmfs",
             dependencies: [
-                "WDM", "WDMFuse",
+                "WDM", "WDMFuse", "DefaultTree",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ] + driverDependencies
+            ]
         ),
 
         // MARK: - Benchmarks (`swift package benchmark`; Benchmarks/run.sh adds the FUSE comparison)
@@ -66,6 +67,6 @@ let package = Package(
 
         // MARK: - Tests
         .testTarget(name: "WDMTests", dependencies: ["WDM"]),
-        .testTarget(name: "DriverTests", dependencies: ["WDM"] + driverDependencies),
+        .testTarget(name: "DriverTests", dependencies: ["WDM", "DefaultTree"] + driverDependencies),
     ] + driverTargets
 )

@@ -109,16 +109,17 @@ def main():
     cores = os.cpu_count()
     print(f"\nwdmfs vs the C libfuse yardstick, {datetime.date.today()}, {cores} cores, "
           f"{a.rounds} rounds alternating, medians{' (QUICK: smoke sizes)' if a.quick else ''}\n")
-    print("| case | yardstick | wdmfs | wdmfs / yardstick |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| case | yardstick | wdmfs | wdmfs / yardstick | per-round ratios, min to max |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for label, unit, scale, _ in cases(read_total, small_count, ioctl_count):
-        y = statistics.median(results[label]["yardstick"]) / scale
-        w = statistics.median(results[label]["wdmfs"]) / scale
-        print(f"| {label} | {y:.2f} {unit} | {w:.2f} {unit} | {w / y:.2f} |")
+        ys, ws = results[label]["yardstick"], results[label]["wdmfs"]
+        y, w = statistics.median(ys) / scale, statistics.median(ws) / scale
+        per_round = [b / a for a, b in zip(ys, ws)]
+        print(f"| {label} | {y:.2f} {unit} | {w:.2f} {unit} | {w / y:.2f} | {min(per_round):.2f} to {max(per_round):.2f} |")
     one, two = "1 MiB sequential reads (zero)", "1 MiB reads, two concurrent readers"
     for side in ("yardstick", "wdmfs"):
         s = statistics.median(results[two][side]) / statistics.median(results[one][side])
-        print(f"| two readers / one reader, {side} | | | {s:.2f} |")
+        print(f"| two readers / one reader, {side} | | | {s:.2f} | |")
     print(f"\nwdmfs copy counter after the run: bytes_copied {copied}, verifier_violations {violations}")
 
     if not a.skip_in_process:

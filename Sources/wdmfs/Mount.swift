@@ -1,6 +1,7 @@
 // `wdmfs mount`: builds the device tree and serves it through FUSE.
 
 import ArgumentParser
+import DefaultTree
 import Foundation
 import WDM
 import WDMFuse
@@ -78,7 +79,7 @@ struct Mount: ParsableCommand {
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }
         do {
-            try DefaultTree.build(into: io, bench: tree == .bench)
+            try DefaultTree.build(into: io, options: .init(bench: tree == .bench))
         } catch {
             fail("could not build the device tree: \(error)")
         }

@@ -1,5 +1,6 @@
 // The default tree's drivers, in-process through the embedded host: no mount.
 
+import DefaultTree
 import EchoDriver
 import Foundation
 import IoctlDemoDriver
@@ -10,20 +11,10 @@ import Testing
 import WDM
 import ZeroDriver
 
-/// The default tree, as `wdmfs mount` builds it, with a small RAM disk.
+/// The default tree, as `wdmfs mount` builds it, with a small RAM disk and echo buffer.
 func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IOManager, EmbeddedHost) {
     let io = IOManager()
-    let null = try io.loadDriver(name: NullDriver.name, entry: NullDriver.driverEntry)
-    let zero = try io.loadDriver(name: ZeroDriver.name, entry: ZeroDriver.driverEntry)
-    let ramdisk = try io.loadDriver(name: RamDiskDriver.name, entry: RamDiskDriver.driverEntry)
-    let filter = try io.loadDriver(name: PassThroughFilter.name, entry: PassThroughFilter.driverEntry)
-    let echo = try io.loadDriver(name: EchoDriver.name, entry: EchoDriver.driverEntry)
-    let demo = try io.loadDriver(name: IoctlDemoDriver.name, entry: IoctlDemoDriver.driverEntry)
-    try io.addRootDevice(instanceName: "null", functionDriver: null)
-    try io.addRootDevice(instanceName: "zero", functionDriver: zero)
-    try io.addRootDevice(instanceName: "ramdisk0", parameters: ["Size": String(ramdiskSize)], functionDriver: ramdisk, upperFilters: [filter])
-    try io.addRootDevice(instanceName: "echo", parameters: ["BufferSize": String(echoBuffer)], functionDriver: echo)
-    try io.addRootDevice(instanceName: "ioctl-demo", functionDriver: demo)
+    try DefaultTree.build(into: io, options: .init(ramdiskSize: ramdiskSize, echoBufferSize: echoBuffer))
     return (io, EmbeddedHost(io))
 }
 

@@ -1,4 +1,5 @@
 // DefaultTree: the devices `wdmfs mount` shows when no configuration is given.
+// The tool mounts it; the driver tests build it in-process, smaller.
 
 import EchoDriver
 import IoctlDemoDriver
@@ -8,11 +9,25 @@ import RamDiskDriver
 import WDM
 import ZeroDriver
 
-enum DefaultTree {
-    /// Loads the drivers and builds one stack per device:
-    /// null, zero, ramdisk0 (RAM disk under a pass-through filter), echo, ioctl-demo;
-    /// the bench tree adds zero-stacked (zero under two pass-through filters).
-    static func build(into io: IOManager, bench: Bool = false) throws(NTStatus) {
+public enum DefaultTree {
+    public struct Options: Sendable {
+        /// ramdisk0's length in bytes.
+        public var ramdiskSize = RamDiskDriver.defaultSize
+        /// echo's buffer in bytes.
+        public var echoBufferSize = EchoDriver.defaultBufferSize
+        /// Adds zero-stacked: zero under two pass-through filters (for benchmarks).
+        public var bench = false
+
+        public init(ramdiskSize: Int = RamDiskDriver.defaultSize, echoBufferSize: Int = EchoDriver.defaultBufferSize, bench: Bool = false) {
+            self.ramdiskSize = ramdiskSize
+            self.echoBufferSize = echoBufferSize
+            self.bench = bench
+        }
+    }
+
+    /// Loads the drivers and builds one stack per device: null, zero, ramdisk0
+    /// (a RAM disk under a pass-through filter), echo, ioctl-demo.
+    public static func build(into io: IOManager, options: Options = Options()) throws(NTStatus) {
         let null = try io.loadDriver(name: NullDriver.name, entry: NullDriver.driverEntry)
         let zero = try io.loadDriver(name: ZeroDriver.name, entry: ZeroDriver.driverEntry)
         let ramdisk = try io.loadDriver(name: RamDiskDriver.name, entry: RamDiskDriver.driverEntry)
@@ -24,12 +39,13 @@ enum DefaultTree {
         try io.addRootDevice(instanceName: "zero", hardwareIDs: ["Root\\Zero"], functionDriver: zero)
         try io.addRootDevice(
             instanceName: "ramdisk0", hardwareIDs: ["Root\\RamDisk"],
-            parameters: ["Size": String(RamDiskDriver.defaultSize), "Buffering": "direct"],
+            parameters: ["Size": String(options.ramdiskSize), "Buffering": "direct"],
             functionDriver: ramdisk, upperFilters: [filter])
-        try io.addRootDevice(instanceName: "echo", hardwareIDs: ["Root\\Echo"], functionDriver: echo)
+        try io.addRootDevice(
+            instanceName: "echo", hardwareIDs: ["Root\\Echo"],
+            parameters: ["BufferSize": String(options.echoBufferSize)], functionDriver: echo)
         try io.addRootDevice(instanceName: "ioctl-demo", hardwareIDs: ["Root\\IoctlDemo"], functionDriver: demo)
-        if bench {
-            // What each layer costs: the zero device under two pass-through filters.
+        if options.bench {
             try io.addRootDevice(
                 instanceName: "zero-stacked", hardwareIDs: ["Root\\Zero"], functionDriver: zero, upperFilters: [filter, filter])
         }
