@@ -21,7 +21,9 @@ public struct DeviceFlags: OptionSet, Sendable, Hashable {
 /// REMOVE_DEVICE); the I/O manager serializes those changes.
 public final class DeviceObject: @unchecked Sendable {
     /// `DriverObject`: the driver that owns this device.
-    public unowned let driverObject: DriverObject
+    // unowned(unsafe): the I/O manager keeps every driver alive while its devices exist,
+    // and this is read on every IRP, where a checked unowned reference costs a retain.
+    public unowned(unsafe) let driverObject: DriverObject
     /// `DeviceType` (FILE_DEVICE_*).
     public internal(set) var deviceType: UInt32
     /// `Characteristics`.

@@ -21,7 +21,8 @@ public final class DriverObject: @unchecked Sendable {
     /// `DriverName`, such as `\Driver\RamDisk`.
     public let name: String
     /// The I/O manager the driver was loaded into.
-    public unowned let ioManager: IOManager
+    // unowned(unsafe): the I/O manager outlives what it owns; read on every IRP.
+    public unowned(unsafe) let ioManager: IOManager
     /// `MajorFunction[]`. Unset entries fail the IRP with STATUS_INVALID_DEVICE_REQUEST,
     /// as `IopInvalidDeviceRequest` does.
     public var majorFunction = DispatchTable()

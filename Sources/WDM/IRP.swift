@@ -51,7 +51,8 @@ public final class IRP: @unchecked Sendable {
     public var driverContext: AnyObject?
 
     /// The I/O manager this IRP belongs to.
-    public unowned let ioManager: IOManager
+    // unowned(unsafe): the I/O manager outlives what it owns; read on every IRP.
+    public unowned(unsafe) let ioManager: IOManager
 
     // Requester side: not for drivers.
     public var requester: (any IRPRequester)?

@@ -188,3 +188,15 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
         #expect(host.deviceIoControl(ro, IoctlDemoDriver.queryCounts, outputLength: 32).status == .success)
     }
 }
+
+@Suite struct UpperCaseTests {
+    @Test func wordAtATimeUpperCaseMatchesByteAtATimeForEveryByte() {
+        // Every byte value at every position of a word, plus a ragged tail.
+        var input = [UInt8](0...255) + [UInt8](0...255).reversed() + Array("mixed Case {z}`a@".utf8)
+        let expected = input.map { ($0 >= 0x61 && $0 <= 0x7A) ? $0 - 0x20 : $0 }
+        input.withUnsafeMutableBytes { raw in
+            IoctlDemoDriver.upperCase(from: raw.baseAddress!, to: raw.baseAddress!, count: raw.count)
+        }
+        #expect(input == expected)
+    }
+}
