@@ -16,8 +16,8 @@ trap 'rm -f "$log"' EXIT
 echo "== swift test (in-process: core and drivers)"
 swift test 2>&1 | tee "$log" | grep -E '^(✘|✔ Test run|error:)' || true
 rc=${PIPESTATUS[0]}
-p=$(grep -cE '^✔ Test [^r].* passed' "$log" || true)
-f=$(grep -cE '^✘ Test [^r].* failed' "$log" || true)
+p=$(grep -E '^✔ Test .* passed' "$log" | grep -vc '^✔ Test run with' || true)
+f=$(grep -E '^✘ Test .* failed' "$log" | grep -vc '^✘ Test run with' || true)
 if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
 passed=$((passed + p)) failed=$((failed + f))
 
