@@ -84,6 +84,15 @@ extension FuseBridge {
             FuseBridge.of(req).ioctl(req, Int32(bitPattern: UInt32(truncatingIfNeeded: cmd)), fi, flags, inBuf, inSize, outSize)
         }
         ops.fsync = { req, _, _, fi in FuseBridge.of(req).fsync(req, fi) }
+        // The tree is the drivers' to shape: names are not created, removed or moved from userland.
+        ops.create = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.mkdir = { req, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.unlink = { req, _, _ in fuse_reply_err(req, EPERM) }
+        ops.rmdir = { req, _, _ in fuse_reply_err(req, EPERM) }
+        ops.rename = { req, _, _, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.symlink = { req, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.link = { req, _, _, _ in fuse_reply_err(req, EPERM) }
         return ops
     }
 

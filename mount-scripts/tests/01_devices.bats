@@ -94,3 +94,13 @@ teardown() { rm -rf "$WORK"; }
     assert_line "bytes_copied 0"
     assert_line "verifier_violations 0"
 }
+
+@test "names cannot be created, removed or moved, and the devices keep working" {
+    run dd if=/dev/zero of="$MP/new-device" bs=1 count=1 status=none
+    assert_failure
+    assert_output --partial "Operation not permitted"
+    run dd if="$MP/null" of="$MP/zero/x" status=none
+    assert_failure
+    run head -c 4 "$MP/zero"
+    assert_success
+}

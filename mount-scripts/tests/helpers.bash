@@ -3,7 +3,11 @@
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
 
-WDMFS=${WDMFS_BIN:-$(command -v wdmfs || echo "$BATS_TEST_DIRNAME/../../.build/debug/wdmfs")}
+# This checkout's build first (so a stale wdmfs on the PATH is not what gets tested).
+local_build="$BATS_TEST_DIRNAME/../../.build/debug/wdmfs"
+if [ -n "${WDMFS_BIN:-}" ]; then WDMFS=$WDMFS_BIN
+elif [ -x "$local_build" ]; then WDMFS=$local_build
+else WDMFS=$(command -v wdmfs || echo "$local_build"); fi
 
 mount_tree() {
     [ -e /dev/fuse ] || { echo "FUSE is missing (/dev/fuse)" >&2; return 1; }
