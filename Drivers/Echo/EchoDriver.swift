@@ -86,11 +86,8 @@ public enum EchoDriver {
                 guard let v = Int(s), v > 0 else { return .invalidParameter }
                 capacity = v
             }
-            do throws(NTStatus) {
-                try driver.createFunctionDevice(
-                    for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension(capacity: capacity))
-                return .success
-            } catch { return error }
+            return driver.addFunctionDevice(
+                for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension(capacity: capacity))
         }
         driver.majorFunction.succeed([.create, .close, .flushBuffers])
         driver.majorFunction[.read] = read
@@ -109,39 +106,25 @@ public enum EchoDriver {
         return .success
     }
 
-    static let read: DispatchRoutine = { device, irp in
-        let ext = device.deviceExtension(as: Extension.self)
-        let buffer = irp.transferBuffer
-        if buffer.count == 0 {
-            irp.complete(.success)
-            return .success
-        }
-        // Taking data and queueing the reader happen under one lock, so a write
-        // that lands in between cannot miss this reader.
-        let n: Int? = ext.lock.withLock { ring in
-            if ring.count > 0, ext.readers.count == 0 { return ext.take(&ring, into: buffer) }
-            _ = ext.readers.insert(irp)
-            return nil
-        }
-        guard let n else {
-            ext.service()
-            return .pending
-        }
-        irp.complete(.success, information: n)
-        ext.service()
-        return .success
-    }
+    static let read: DispatchRoutine = { device, irp in transfer(device, irp, reading: true) }
+    static let write: DispatchRoutine = { device, irp in transfer(device, irp, reading: false) }
 
-    static let write: DispatchRoutine = { device, irp in
+    /// A read takes what is buffered, a write adds what fits; with nothing to
+    /// take (or no room) the IRP waits in its queue until `service` can finish it.
+    static func transfer(_ device: DeviceObject, _ irp: IRP, reading: Bool) -> NTStatus {
         let ext = device.deviceExtension(as: Extension.self)
         let buffer = irp.transferBuffer
         if buffer.count == 0 {
             irp.complete(.success)
             return .success
         }
+        let queue = reading ? ext.readers : ext.writers
+        // Moving data and queueing the IRP happen under one lock, so an IRP of the
+        // other direction that lands in between cannot miss this one.
         let n: Int? = ext.lock.withLock { ring in
-            if ring.count < ext.storage.count, ext.writers.count == 0 { return ext.put(&ring, from: buffer) }
-            _ = ext.writers.insert(irp)
+            let ready = reading ? ring.count > 0 : ring.count < ext.storage.count
+            if ready, queue.count == 0 { return reading ? ext.take(&ring, into: buffer) : ext.put(&ring, from: buffer) }
+            _ = queue.insert(irp)
             return nil
         }
         guard let n else {

@@ -53,10 +53,7 @@ public enum IoctlDemoDriver {
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in
-            do throws(NTStatus) {
-                try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension())
-                return .success
-            } catch { return error }
+            driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension())
         }
         driver.majorFunction.succeed([.create, .cleanup, .close])
         driver.majorFunction[.deviceControl] = deviceControl

@@ -8,12 +8,7 @@ public enum NullDriver {
 
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in
-            do throws(NTStatus) {
-                try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.null)
-                return .success
-            } catch { return error }
-        }
+        driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.null) }
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
         driver.majorFunction[.read] = { _, irp in
             irp.complete(.endOfFile)

@@ -49,10 +49,7 @@ public enum RamDiskDriver {
         case "neither": flags = []
         default: return .invalidParameter
         }
-        do throws(NTStatus) {
-            try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: Extension(size: size))
-            return .success
-        } catch { return error }
+        return driver.addFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: Extension(size: size))
     }
 
     /// The part of [offset, offset + length) inside the disk, or nil for a bad offset.

@@ -9,10 +9,7 @@ public enum ZeroDriver {
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in
-            do throws(NTStatus) {
-                try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: .directIO)
-                return .success
-            } catch { return error }
+            driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: .directIO)
         }
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
         driver.majorFunction[.read] = { _, irp in

@@ -22,6 +22,18 @@ extension DriverObject {
         return fdo
     }
 
+    /// `createFunctionDevice` as an AddDevice routine's result: STATUS_SUCCESS, or why it failed.
+    public func addFunctionDevice(
+        for pdo: DeviceObject, deviceType: UInt32, flags: DeviceFlags = [], extension ext: AnyObject? = nil
+    ) -> NTStatus {
+        do throws(NTStatus) {
+            try createFunctionDevice(for: pdo, deviceType: deviceType, flags: flags, extension: ext)
+            return .success
+        } catch {
+            return error
+        }
+    }
+
     /// Creates a filter device object for `pdo`'s stack and attaches it on top.
     /// It takes the device type and the buffering flags of the device below, as a filter must.
     @discardableResult

@@ -22,12 +22,7 @@ func buildStack(
     let fdoDriver = try io.loadDriver(name: "TestFunction") { d in
         d.majorFunction.succeed([.create, .cleanup, .close])
         for (m, r) in routines { d.majorFunction[m] = r }
-        d.addDevice = { d, pdo in
-            do throws(NTStatus) {
-                try d.createFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: flags)
-                return .success
-            } catch { return error }
-        }
+        d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: flags) }
         return .success
     }
     var filterDrivers: [DriverObject] = []
