@@ -132,7 +132,7 @@ public enum Daemon {
         defer { fclose(f) }
         var line = [CChar](repeating: 0, count: 4096)
         while fgets(&line, Int32(line.count), f) != nil {
-            let fields = String(cString: line).split(separator: " ")
+            let fields = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.split(separator: " ")
             if fields.count > 2, fields[1] == target, fields[2].hasPrefix("fuse") { return true }
         }
         return false

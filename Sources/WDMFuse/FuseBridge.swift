@@ -239,7 +239,9 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
     func readStats(_ req: fuse_req_t?, _ size: Int, _ off: Int) {
         let text = Array(statsText.utf8)
         let from = min(max(off, 0), text.count), to = min(from + size, text.count)
-        text.withUnsafeBytes { fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self).advanced(by: from), to - from) }
+        _ = text.withUnsafeBytes {
+            fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self).advanced(by: from), to - from)
+        }
     }
 
     /// Ties the IRP to the request and lets a FUSE interrupt cancel it.
