@@ -247,6 +247,10 @@ public final class IRP: @unchecked Sendable {
 
     /// Blocks until a pending IRP's requester signals it (`signalDone`).
     public func waitUntilDone() { done.wait() }
+    /// Blocks until `signalDone` or until `seconds` pass; false on timeout.
+    public func waitUntilDone(seconds: Double) -> Bool {
+        done.wait(timeout: .now() + seconds) == .success
+    }
     /// Wakes the thread blocked in `waitUntilDone`.
     public func signalDone() { done.signal() }
 

@@ -66,16 +66,22 @@ public enum Daemon {
 
     /// Unmounts `mountpoint` and waits (up to `timeout` seconds) for the daemon
     /// serving it to exit. Returns nil on success or the reason it failed.
-    public static func unmount(_ mountpoint: String, timeout: Double = 10) -> String? {
+    /// With `lazy`, a mount still in use is detached now and the daemon ends when
+    /// its last file is closed (umount -l).
+    public static func unmount(_ mountpoint: String, lazy: Bool = false, timeout: Double = 10) -> String? {
         let path = absolute(mountpoint)
         let daemons = daemonPids(for: path)
-        if umount2(path, 0) != 0 {
+        if umount2(path, lazy ? Int32(MNT_DETACH) : 0) != 0 {
             let e = errno
-            // Not root, or busy: let fusermount3 try (it handles user mounts).
-            if !runFusermount(path) {
+            // Not root: let fusermount3 try (it handles user mounts).
+            if e == EBUSY {
+                return "cannot unmount \(path): a file on it is still open (close it, or use --lazy)"
+            }
+            if !runFusermount(path, lazy: lazy) {
                 return "cannot unmount \(path): \(String(cString: strerror(e)))"
             }
         }
+        if lazy { return nil }
         let deadline = monotonicSeconds() + timeout
         while monotonicSeconds() < deadline {
             if daemons.allSatisfy({ kill($0, 0) != 0 }) { return nil }
@@ -84,8 +90,8 @@ public enum Daemon {
         return "unmounted \(path), but the daemon is still running"
     }
 
-    static func runFusermount(_ path: String) -> Bool {
-        let strings: [String] = ["/bin/fusermount3", "-u", path]
+    static func runFusermount(_ path: String, lazy: Bool) -> Bool {
+        let strings: [String] = ["/bin/fusermount3", lazy ? "-uz" : "-u", path]
         let argv: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0

@@ -36,6 +36,8 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
     }
     /// Inode n is nodes[n - 1]: 1 the root, 2 `.stats`, then one per symbolic link.
     let nodes: [(name: String, node: Node)]
+    /// The libfuse session while `serve` runs.
+    nonisolated(unsafe) var session: OpaquePointer?
 
     enum RequestKind: Int {
         case read = 1, write, ioctl, flush
@@ -180,8 +182,7 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
         start(irp, req, .write, word: size, buffer: payload)
         if io.submit(irp, to: io.target(of: file)) == .pending {
             // The payload is the request's memory: hold it until the IRP is done.
-            irp.waitUntilDone()
-            io.freeIrp(irp)
+            waitForBorrowing(irp)
         }
     }
 
@@ -221,8 +222,7 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
         }
         start(irp, req, .ioctl, word: header.outputLength, buffer: envelope)
         if io.submit(irp, to: io.target(of: file)) == .pending {
-            irp.waitUntilDone()
-            io.freeIrp(irp)
+            waitForBorrowing(irp)
         }
     }
 
@@ -242,6 +242,18 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
         _ = text.withUnsafeBytes {
             fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self).advanced(by: from), to - from)
         }
+    }
+
+    /// Waits on the worker thread for a pending IRP that works on the request's
+    /// memory, then frees it. When the session is ending (a signal, an unmount) the
+    /// IRP is cancelled: libfuse joins its workers before it returns, so a worker
+    /// left waiting on a driver that never completes would keep the daemon alive.
+    private func waitForBorrowing(_ irp: IRP) {
+        let generation = irp.generation
+        while !irp.waitUntilDone(seconds: 0.1) {
+            if let session, fuse_session_exited(session) != 0 { irp.cancel(ifGeneration: generation) }
+        }
+        io.freeIrp(irp)
     }
 
     /// Ties the IRP to the request and lets a FUSE interrupt cancel it.

@@ -116,6 +116,8 @@ extension FuseBridge {
             throw MountError("could not mount at \(mountpoint) (does it exist, and is /dev/fuse usable?)")
         }
         onMounted()
+        session = se
+        defer { session = nil }
         let result = cfuse_session_loop_mt(se, maxThreads)
         fuse_session_unmount(se)
         return result
