@@ -103,6 +103,15 @@ public enum EchoDriver {
             return .success
         }
         driver.majorFunction[.queryInformation] = { _, irp in irp.completeQueryStandardInformation(size: 0) }
+        driver.readiness = { device, _ in
+            let ext = device.deviceExtension(as: Extension.self)
+            return ext.lock.withLock { ring in
+                var r: Readiness = []
+                if ring.count > 0 { r.insert(.readable) }
+                if ring.count < ext.storage.count { r.insert(.writable) }
+                return r
+            }
+        }
         return .success
     }
 
@@ -129,10 +138,13 @@ public enum EchoDriver {
         }
         guard let n else {
             ext.service()
+            device.driverObject.ioManager.readinessChanged(device)
             return .pending
         }
         irp.complete(.success, information: n)
         ext.service()
+        // Data arrived or room appeared: select and poll callers may go on.
+        device.driverObject.ioManager.readinessChanged(device)
         return .success
     }
 }

@@ -30,6 +30,9 @@ public final class DriverObject: @unchecked Sendable {
     public var addDevice: AddDeviceRoutine?
     /// `DriverUnload`.
     public var unload: UnloadRoutine?
+    /// wdmfs extension: how ready a device is to read and write without pending.
+    /// Drivers that never pend leave it nil (always ready).
+    public var readiness: ReadinessRoutine?
     /// Driver-wide state (the WDM driver extension's client area).
     public var driverExtension: AnyObject?
 

@@ -9,6 +9,8 @@ public final class IOManager: @unchecked Sendable {
     public let verifier = Verifier()
     /// Where the I/O manager says what it does (driver loads and unloads). Set before use.
     public nonisolated(unsafe) var log: (@Sendable (String) -> Void)?
+    /// Told when a device's readiness may have changed. Set before I/O starts.
+    public nonisolated(unsafe) weak var readinessObserver: (any ReadinessObserver)?
     /// When true, METHOD_BUFFERED and DO_BUFFERED_IO get a SystemBuffer of their
     /// own, filled and emptied by copies as Windows does. Off by default: the
     /// driver then works on the caller's memory and `bytesCopied` stays 0.

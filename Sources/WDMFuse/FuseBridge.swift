@@ -19,10 +19,11 @@
 import CFuse
 import Dispatch
 import Glibc
+import Synchronization
 import WDM
 
 /// A mounted device tree.
-public final class FuseBridge: IRPRequester, @unchecked Sendable {
+public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Sendable {
     public let io: IOManager
     let buffers = ReplyBufferPool()
     let mountTime = timespec(tv_sec: time(nil), tv_nsec: 0)
@@ -47,6 +48,16 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
         self.io = io
         self.log = log
         nodes = [("", .root), (".stats", .stats)] + io.symbolicLinks.map { ($0, .device($0)) }
+    }
+
+    /// Poll handles the kernel gave us, per open file: woken when the device's
+    /// readiness changes (`ReadinessObserver`), replaced by the next poll, destroyed at release.
+    let pollHandles = Mutex<[ObjectIdentifier: PollHandle]>([:])
+
+    /// A kernel poll handle (struct fuse_pollhandle *) and the device it waits on.
+    struct PollHandle: @unchecked Sendable {
+        let device: DeviceObject
+        let handle: OpaquePointer
     }
 
     /// The text of the `.stats` file.
@@ -147,6 +158,9 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
     func release(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         if let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) {
             let file = Unmanaged<FileObject>.fromOpaque(p).takeRetainedValue()
+            if let old = pollHandles.withLock({ $0.removeValue(forKey: ObjectIdentifier(file)) }) {
+                fuse_pollhandle_destroy(old.handle)
+            }
             // The last handle is gone: CLEANUP (drivers cancel what waits on it), then CLOSE.
             for major in [MajorFunction.cleanup, .close] {
                 let irp = io.makeIrp(major, file: file)
@@ -234,6 +248,33 @@ public final class FuseBridge: IRPRequester, @unchecked Sendable {
         let irp = io.makeIrp(.flushBuffers, file: file)
         start(irp, req, .flush, word: 0, buffer: nil)
         _ = io.submit(irp, to: io.target(of: file))
+    }
+
+    /// poll/select: the device's readiness now; with a handle, a wake-up when it changes.
+    func poll(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ handle: OpaquePointer?) {
+        guard let file = Self.file(fi) else {
+            if let handle { fuse_pollhandle_destroy(handle) }
+            fuse_reply_poll(req, UInt32(POLLIN | POLLOUT))
+            return
+        }
+        if let handle {
+            let device = io.target(of: file)
+            let old = pollHandles.withLock { $0.updateValue(PollHandle(device: device, handle: handle), forKey: ObjectIdentifier(file)) }
+            if let old { fuse_pollhandle_destroy(old.handle) }
+        }
+        let r = io.readiness(of: file)
+        var events: Int32 = 0
+        if r.contains(.readable) { events |= Int32(POLLIN | POLLRDNORM) }
+        if r.contains(.writable) { events |= Int32(POLLOUT | POLLWRNORM) }
+        fuse_reply_poll(req, UInt32(events))
+    }
+
+    public func readinessChanged(_ device: DeviceObject) {
+        pollHandles.withLock { handles in
+            for (_, entry) in handles where entry.device === device {
+                fuse_lowlevel_notify_poll(entry.handle)
+            }
+        }
     }
 
     func readStats(_ req: fuse_req_t?, _ size: Int, _ off: Int) {

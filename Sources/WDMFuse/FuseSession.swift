@@ -84,6 +84,7 @@ extension FuseBridge {
             FuseBridge.of(req).ioctl(req, Int32(bitPattern: UInt32(truncatingIfNeeded: cmd)), fi, flags, inBuf, inSize, outSize)
         }
         ops.fsync = { req, _, _, fi in FuseBridge.of(req).fsync(req, fi) }
+        ops.poll = { req, _, fi, ph in FuseBridge.of(req).poll(req, fi, ph) }
         // The tree is the drivers' to shape: names are not created, removed or moved from userland.
         ops.create = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
         ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
@@ -115,6 +116,7 @@ extension FuseBridge {
         guard fuse_session_mount(se, mountpoint) == 0 else {
             throw MountError("could not mount at \(mountpoint) (does it exist, and is /dev/fuse usable?)")
         }
+        io.readinessObserver = self
         onMounted()
         session = se
         defer { session = nil }

@@ -561,3 +561,54 @@ def test_lazy_unmount_detaches_a_busy_tree():
         os.close(fd)
     finally:
         unmount_tree(m)
+
+
+def test_select_and_poll_tell_the_truth_about_echo(tree):
+    """Empty echo: not readable, writable. Data written through another handle wakes
+    a reader blocked in poll. Devices that never pend are always ready."""
+    import select
+    r = os.open(tree.dev("echo"), os.O_RDONLY)
+    w = os.open(tree.dev("echo"), os.O_WRONLY)
+    try:
+        while select.select([r], [], [], 0)[0]:  # drain what earlier tests left
+            os.read(r, 65536)
+        assert select.select([r], [], [], 0.2)[0] == []
+        assert select.select([], [w], [], 0.2)[1] == [w]
+        p = select.poll()
+        p.register(r, select.POLLIN)
+        woke = []
+        t = threading.Thread(target=lambda: woke.append(p.poll(5000)))
+        t.start()
+        time.sleep(0.2)
+        assert woke == []
+        t0 = time.monotonic()
+        os.write(w, b"ready")
+        t.join(5)
+        assert woke and woke[0][0][1] & select.POLLIN
+        assert time.monotonic() - t0 < 1.0
+        assert os.read(r, 100) == b"ready"
+        z = os.open(tree.dev("zero"), os.O_RDONLY)
+        assert select.select([z], [], [], 0)[0] == [z]
+        os.close(z)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_full_echo_is_not_writable_until_someone_reads(tree):
+    import select
+    w = os.open(tree.dev("echo"), os.O_WRONLY | os.O_NONBLOCK)
+    r = os.open(tree.dev("echo"), os.O_RDONLY)
+    try:
+        filled = 0
+        while select.select([], [w], [], 0)[1]:
+            filled += os.write(w, bytes(8192))
+        assert filled == 64 * 1024
+        assert select.select([], [w], [], 0.2)[1] == []
+        assert len(os.read(r, 1000)) == 1000
+        assert select.select([], [w], [], 1)[1] == [w]
+        while select.select([r], [], [], 0)[0]:
+            os.read(r, 65536)
+    finally:
+        os.close(w)
+        os.close(r)
