@@ -181,7 +181,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         let buffer = buffers.take(size)
         let irp = io.makeIrp(.read, file: file)
         io.prepareTransfer(irp, buffer: buffer, length: size, offset: Int64(off))
-        start(irp, req, .read, word: size, buffer: buffer)
+        start(irp, req, .read, word: size, buffer: buffer, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
         _ = io.submit(irp, to: io.target(of: file))
     }
 
@@ -193,7 +193,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         let payload = UnsafeMutableRawPointer(mutating: data) ?? UnsafeMutableRawPointer(bitPattern: 1)!
         let irp = io.makeIrp(.write, file: file)
         io.prepareTransfer(irp, buffer: payload, length: size, offset: Int64(off))
-        start(irp, req, .write, word: size, buffer: payload)
+        start(irp, req, .write, word: size, buffer: payload, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
         if io.submit(irp, to: io.target(of: file)) == .pending {
             // The payload is the request's memory: hold it until the IRP is done.
             waitForBorrowing(irp)
@@ -299,22 +299,32 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
 
     /// Ties the IRP to the request and lets a FUSE interrupt cancel it.
     @inline(__always)
-    private func start(_ irp: IRP, _ req: fuse_req_t?, _ kind: RequestKind, word: Int, buffer: UnsafeMutableRawPointer?) {
+    private func start(
+        _ irp: IRP, _ req: fuse_req_t?, _ kind: RequestKind, word: Int, buffer: UnsafeMutableRawPointer?, nonBlocking: Bool = false
+    ) {
         irp.requester = self
         irp.requesterContext = UnsafeMutableRawPointer(req)
-        irp.requesterTag = kind.rawValue | (word << 8)
+        irp.requesterTag = kind.rawValue | (nonBlocking ? FuseBridge.nonBlocking : 0) | (word << 8)
         irp.requesterBuffer = buffer
     }
 
     /// The IRP pends: from now on a FUSE interrupt (a signal to the caller) cancels it.
     /// libfuse runs the callback at once if the interrupt already arrived.
     public func irpPending(_ irp: IRP) {
+        if irp.requesterTag & FuseBridge.nonBlocking != 0 {
+            // O_NONBLOCK: an IRP that would wait is called back at once; its
+            // STATUS_CANCELLED becomes EAGAIN. (Data that won the race is still delivered.)
+            irp.cancelIrp()
+            return
+        }
         irp.requesterTag |= FuseBridge.interruptArmed
         fuse_req_interrupt_func(OpaquePointer(irp.requesterContext), fuseInterrupt, Unmanaged.passUnretained(irp).toOpaque())
     }
 
     /// A bit of `requesterTag`: an interrupt callback was registered for the request.
     static let interruptArmed = 0x80
+    /// A bit of `requesterTag`: the file was opened (or set) O_NONBLOCK.
+    static let nonBlocking = 0x40
 
     // MARK: - Completion
 
@@ -328,7 +338,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         let status = irp.ioStatus.status
         let information = irp.ioStatus.information
         let word = irp.requesterTag >> 8
-        switch RequestKind(rawValue: irp.requesterTag & 0x7F) {
+        switch RequestKind(rawValue: irp.requesterTag & 0x3F) {
         case .read:
             let buffer = irp.requesterBuffer!
             if status.isSuccess || status == .bufferOverflow {
@@ -336,7 +346,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
             } else if status == .endOfFile {
                 fuse_reply_buf(req, nil, 0)
             } else {
-                fuse_reply_err(req, ErrnoTable.errno(for: status))
+                fuse_reply_err(req, Self.errno(for: status, tag: irp.requesterTag))
             }
             buffers.put(buffer, size: word)
             io.freeIrp(irp)
@@ -344,7 +354,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
             if status.isSuccess {
                 fuse_reply_write(req, checkedLength(information, word, irp))
             } else {
-                fuse_reply_err(req, ErrnoTable.errno(for: status))
+                fuse_reply_err(req, Self.errno(for: status, tag: irp.requesterTag))
             }
             finishBorrowing(irp)
         case .ioctl:
@@ -360,6 +370,12 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
             fuse_reply_err(req, EIO)
             io.freeIrp(irp)
         }
+    }
+
+    /// The errno table, except that a non-blocking caller's cancelled wait is EAGAIN.
+    @inline(__always)
+    static func errno(for status: NTStatus, tag: Int) -> Int32 {
+        status == .cancelled && tag & nonBlocking != 0 ? EAGAIN : ErrnoTable.errno(for: status)
     }
 
     /// Information may not exceed the buffer it describes (a verifier rule).

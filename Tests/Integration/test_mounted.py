@@ -612,3 +612,28 @@ def test_a_full_echo_is_not_writable_until_someone_reads(tree):
     finally:
         os.close(w)
         os.close(r)
+
+
+def test_o_nonblock_reads_and_writes_on_echo_say_eagain_instead_of_waiting(tree):
+    r = os.open(tree.dev("echo"), os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(tree.dev("echo"), os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:  # drain
+            try:
+                os.read(r, 65536)
+            except BlockingIOError:
+                break
+        with pytest.raises(BlockingIOError):
+            os.read(r, 10)
+        assert os.write(w, b"abc") == 3
+        assert os.read(r, 10) == b"abc"
+        filled = 0
+        with pytest.raises(BlockingIOError):
+            while True:
+                filled += os.write(w, bytes(8192))
+        assert filled == 64 * 1024
+        assert len(os.read(r, 65536)) == 65536
+    finally:
+        os.close(r)
+        os.close(w)
+    assert tree.stats()["verifier_violations"] == 0
