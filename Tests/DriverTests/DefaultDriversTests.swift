@@ -245,3 +245,26 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
         #expect(io.verifier.count == 0)
     }
 }
+
+@Suite struct ReadinessTests {
+    final class Observer: ReadinessObserver, @unchecked Sendable {
+        let seen = Recorder()
+        func readinessChanged(_ device: DeviceObject) { seen.add(device.driverObject.name) }
+    }
+
+    @Test func echoReportsReadinessAndSaysWhenItChanges() throws {
+        let (io, host) = try defaultTree(echoBuffer: 4)
+        let observer = Observer()
+        io.readinessObserver = observer
+        let f = try host.open("echo")
+        #expect(io.readiness(of: f) == .writable)
+        _ = host.write(f, [1, 2, 3, 4])
+        #expect(io.readiness(of: f) == .readable)  // full: not writable
+        #expect(observer.seen.all == ["\\Driver\\Echo"])
+        _ = host.read(f, count: 1)
+        #expect(io.readiness(of: f) == [.readable, .writable])
+        #expect(observer.seen.all.count == 2)
+        // Devices that never pend are always ready; filters are transparent.
+        #expect(io.readiness(of: try host.open("ramdisk0")) == [.readable, .writable])
+    }
+}
