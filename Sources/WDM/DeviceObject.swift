@@ -35,7 +35,9 @@ public final class DeviceObject: @unchecked Sendable {
     /// `AttachedDevice`: the device attached above this one, if any.
     public internal(set) var attachedDevice: DeviceObject?
     /// The device this one is attached to (what IoAttachDeviceToDeviceStack returned).
-    public internal(set) weak var lowerDevice: DeviceObject?
+    /// Strong, like `attachedDevice`: IoDetachDevice and IoDeleteDevice break the pair.
+    /// (A weak reference would put every retain of a device on the slow path.)
+    public internal(set) var lowerDevice: DeviceObject?
     /// `DeviceExtension`: the driver's per-device state.
     public var deviceExtension: AnyObject?
     /// The `\Device\Name`, if created with one.

@@ -9,8 +9,9 @@ public final class IOManager: @unchecked Sendable {
     public let verifier = Verifier()
     /// Where the I/O manager says what it does (driver loads and unloads). Set before use.
     public nonisolated(unsafe) var log: (@Sendable (String) -> Void)?
-    /// Told when a device's readiness may have changed. Set before I/O starts.
-    public nonisolated(unsafe) weak var readinessObserver: (any ReadinessObserver)?
+    /// Told when a device's readiness may have changed. Set before I/O starts, cleared
+    /// when the observer goes (strong, so the observer's retains stay on the fast path).
+    public nonisolated(unsafe) var readinessObserver: (any ReadinessObserver)?
     /// When true, METHOD_BUFFERED and DO_BUFFERED_IO get a SystemBuffer of their
     /// own, filled and emptied by copies as Windows does. Off by default: the
     /// driver then works on the caller's memory and `bytesCopied` stays 0.
@@ -124,6 +125,9 @@ public final class IOManager: @unchecked Sendable {
     /// `IoDeleteDevice`.
     public func deleteDevice(_ device: DeviceObject) {
         device.deleted = true
+        if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }
+        device.attachedDevice = nil
+        device.lowerDevice = nil
         device.driverObject.devices.withLock { $0.removeAll { $0 === device } }
         links.withLock { $0.removeAll { $0.device === device } }
     }

@@ -35,7 +35,9 @@ public final class IRP: @unchecked Sendable {
     public let stackCount: Int
     /// `CurrentLocation`: counts down from `stackCount + 1` (nothing current) to 1 (the bottom).
     public internal(set) var currentLocation: Int
-    @usableFromInline var locations: ContiguousArray<IOStackLocation>
+    /// The stack locations, allocated once for the IRP's life (the pool reuses it):
+    /// a plain buffer, so touching a location costs no uniqueness check.
+    @usableFromInline let locations: UnsafeMutablePointer<IOStackLocation>
 
     /// `IoStatus`
     public var ioStatus = IOStatusBlock()
@@ -86,8 +88,14 @@ public final class IRP: @unchecked Sendable {
     init(stackCount: Int, ioManager: IOManager) {
         self.stackCount = stackCount
         self.currentLocation = stackCount + 1
-        self.locations = ContiguousArray(repeating: IOStackLocation(), count: stackCount)
+        self.locations = .allocate(capacity: max(stackCount, 1))
+        self.locations.initialize(repeating: IOStackLocation(), count: stackCount)
         self.ioManager = ioManager
+    }
+
+    deinit {
+        locations.deinitialize(count: stackCount)
+        locations.deallocate()
     }
 
     enum Life: UInt8 { case free = 0, inFlight = 1, completed = 2 }
@@ -261,7 +269,7 @@ public final class IRP: @unchecked Sendable {
             state.routine = nil
             state.generation &+= 1
         }
-        for i in locations.indices { locations[i] = IOStackLocation() }
+        for i in 0..<stackCount { locations[i] = IOStackLocation() }
         currentLocation = stackCount + 1
         ioStatus = IOStatusBlock()
         systemBuffer = nil

@@ -117,6 +117,7 @@ extension FuseBridge {
             throw MountError("could not mount at \(mountpoint) (does it exist, and is /dev/fuse usable?)")
         }
         io.readinessObserver = self
+        defer { io.readinessObserver = nil }
         onMounted()
         session = se
         defer { session = nil }
