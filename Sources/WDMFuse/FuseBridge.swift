@@ -27,8 +27,6 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
     public let io: IOManager
     let buffers = ReplyBufferPool()
     let mountTime = timespec(tv_sec: time(nil), tv_nsec: 0)
-    /// Where the bridge reports problems (the daemon's log).
-    public let log: @Sendable (String) -> Void
 
     enum Node {
         case root
@@ -44,9 +42,8 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         case read = 1, write, ioctl, flush
     }
 
-    public init(io: IOManager, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(io: IOManager) {
         self.io = io
-        self.log = log
         nodes = [("", .root), (".stats", .stats)] + io.symbolicLinks.map { ($0, .device($0)) }
     }
 

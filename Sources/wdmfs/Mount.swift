@@ -83,7 +83,7 @@ struct Mount: ParsableCommand {
         } catch {
             fail("could not build the device tree: \(error)")
         }
-        let bridge = FuseBridge(io: io, log: { Daemon.log("wdmfs: \($0)") })
+        let bridge = FuseBridge(io: io)
         let result: Int32
         do {
             result = try bridge.serve(mountpoint: path) {
