@@ -92,6 +92,36 @@ import Testing
         #expect(seen.all.last == "lower sees STATUS_DEVICE_NOT_READY as TestFilter0")
     }
 
+    @Test func aCancelOnlyCompletionRoutineRunsOnlyForCancelledIrps() throws {
+        let io = IOManager()
+        let seen = Recorder()
+        let queue = CancelSafeQueue()
+        let fdo: DispatchRoutine = { _, irp in
+            if irp.parameters.read.length == 1 { return queue.insert(irp) }  // waits to be cancelled
+            irp.complete(.deviceNotReady)
+            return .deviceNotReady
+        }
+        let filter: DispatchRoutine = { device, irp in
+            irp.copyCurrentStackLocationToNext()
+            irp.setCompletionRoutine({ _, irp, _ in
+                seen.add("cancel routine saw \(irp.ioStatus.status)")
+                if irp.pendingReturned { irp.markPending() }
+                return .success
+            }, invokeOnSuccess: false, invokeOnError: false, invokeOnCancel: true)
+            return device.callLower(irp)
+        }
+        _ = try buildStack(io, function: [.read: fdo], filters: [[.read: filter]])
+        let host = EmbeddedHost(io)
+        let file = try host.open("dev")
+        #expect(host.read(file, count: 2).status == .deviceNotReady)
+        #expect(seen.all.isEmpty)
+        let pending = host.beginRead(file, count: 1)
+        #expect(pending.cancel())
+        #expect(pending.wait(seconds: 5))
+        #expect(pending.status == .cancelled)
+        #expect(seen.all == ["cancel routine saw STATUS_CANCELLED"])
+    }
+
     @Test func moreProcessingRequiredHandsTheIrpBackToTheDriver() throws {
         let io = IOManager()
         let seen = Recorder()
