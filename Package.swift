@@ -67,6 +67,7 @@ let package = Package(
 
         // MARK: - Tests
         .testTarget(name: "WDMTests", dependencies: ["WDM"]),
+        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMFuse"]),
         .testTarget(name: "DriverTests", dependencies: ["WDM", "DefaultTree"] + driverDependencies),
     ] + driverTargets
 )
