@@ -1,0 +1,59 @@
+// The driver shown in README.md under "Writing a driver", kept identical to it,
+// with the test that shows it works as the README says.
+
+import Foundation
+import Synchronization
+import Testing
+import WDM
+
+// --- begin README example ---
+public enum CountingDriver {
+    final class Extension: Sendable {
+        let bytes = Atomic<Int>(0)
+    }
+
+    public static let driverEntry: DriverEntry = { driver in
+        // IoCreateDevice + IoAttachDeviceToDeviceStack + IoCreateSymbolicLink, DO_DEVICE_INITIALIZING cleared
+        driver.addDevice = { driver, pdo in
+            driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension())
+        }
+        driver.majorFunction.succeed([.create, .cleanup, .close])
+        driver.majorFunction[.write] = { device, irp in
+            let ext = device.deviceExtension(as: Extension.self)
+            let buffer = irp.transferBuffer  // SystemBuffer here (DO_BUFFERED_IO): the caller's memory
+            ext.bytes.add(buffer.count, ordering: .relaxed)
+            irp.complete(.success, information: buffer.count)  // IoCompleteRequest
+            return .success
+        }
+        driver.majorFunction[.read] = { device, irp in
+            // The count so far, as text, cut to the caller's buffer.
+            let text = Array(String(device.deviceExtension(as: Extension.self).bytes.load(ordering: .relaxed)).utf8)
+            let buffer = irp.transferBuffer
+            let n = min(text.count, buffer.count)
+            if irp.parameters.read.byteOffset > 0 || n == 0 {
+                irp.complete(.endOfFile)
+                return .endOfFile
+            }
+            buffer.copyBytes(from: text.prefix(n))
+            irp.complete(.success, information: n)
+            return .success
+        }
+        return .success
+    }
+}
+// --- end README example ---
+
+@Suite struct ReadmeExampleTests {
+    @Test func theCountingDriverCountsWhatIsWritten() throws {
+        let io = IOManager()
+        let driver = try io.loadDriver(name: "Counting", entry: CountingDriver.driverEntry)
+        try io.addRootDevice(instanceName: "counter", functionDriver: driver)
+        let host = EmbeddedHost(io)
+        let f = try host.open("counter")
+        #expect(host.write(f, Array("hello".utf8)).information == 5)
+        #expect(host.write(f, Array("world!".utf8)).information == 6)
+        #expect(String(decoding: host.read(f, count: 64).data, as: UTF8.self) == "11")
+        #expect(host.read(f, count: 64, offset: 2).status == .endOfFile)
+        #expect(io.statistics.bytesCopied == 0)
+    }
+}
