@@ -637,3 +637,22 @@ def test_o_nonblock_reads_and_writes_on_echo_say_eagain_instead_of_waiting(tree)
         os.close(r)
         os.close(w)
     assert tree.stats()["verifier_violations"] == 0
+
+
+def test_wdmfs_ioctl_takes_its_input_from_a_file(tree, tmp_path):
+    data = tmp_path / "in.bin"
+    data.write_bytes(b"from a file")
+    r = run(tree, "ioctl", tree.dev("ioctl-demo"), "0x00222005", "--in-file", str(data), "--out-size", "11", "--raw")
+    assert (r.returncode, r.stdout) == (0, "FROM A FILE")
+    assert run(tree, "ioctl", tree.dev("ioctl-demo"), "0x00222005", "--in-file", str(tmp_path / "missing")).returncode == 2
+    assert run(tree, "ioctl", tree.dev("ioctl-demo"), "0x00222005", "--in", "00", "--in-file", str(data)).returncode == 2
+
+
+def test_the_readme_python_snippet_works_as_shown(tree):
+    import re
+    from conftest import ROOT
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1).replace("/mnt/wdm", tree.path)
+    r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0x0 67108864"
