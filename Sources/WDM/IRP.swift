@@ -269,7 +269,19 @@ public final class IRP: @unchecked Sendable {
             state.routine = nil
             state.generation &+= 1
         }
-        for i in 0..<stackCount { locations[i] = IOStackLocation() }
+        for i in 0..<stackCount {
+            // Field by field: cheaper than destroying and rebuilding the whole location,
+            // and the completion walk already cleared the routine and its context.
+            locations[i].majorFunction = .create
+            locations[i].minorFunction = 0
+            locations[i].flags = 0
+            locations[i].control = []
+            locations[i].parameters = IOStackLocation.Parameters()
+            locations[i].deviceObject = nil
+            locations[i].fileObject = nil
+            if locations[i].completionRoutine != nil { locations[i].completionRoutine = nil }
+            if locations[i].context != nil { locations[i].context = nil }
+        }
         currentLocation = stackCount + 1
         ioStatus = IOStatusBlock()
         systemBuffer = nil
