@@ -68,7 +68,7 @@ def cases(read_total, small_count, ioctl_count):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="smaller transfers (a smoke run, not a measurement)")
     ap.add_argument("--skip-in-process", action="store_true")
     a = ap.parse_args()

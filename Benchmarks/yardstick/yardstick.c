@@ -95,8 +95,8 @@ int main(int argc, char *argv[]) {
     if (se && fuse_set_signal_handlers(se) == 0) {
         if (fuse_session_mount(se, opts.mountpoint) == 0) {
             fuse_daemonize(opts.foreground);
+            /* libfuse's default loop configuration, as a hand-written daemon would use. */
             struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-            fuse_loop_cfg_set_max_threads(cfg, 64);
             rc = fuse_session_loop_mt(se, cfg) ? 1 : 0;
             fuse_loop_cfg_destroy(cfg);
             fuse_session_unmount(se);

@@ -121,7 +121,10 @@ extension FuseBridge {
         onMounted()
         session = se
         defer { session = nil }
-        let result = cfuse_session_loop_mt(se, maxThreads)
+        // Many workers may be needed at once (each pending write or ioctl holds one),
+        // but few are kept idle: the kernel hands requests to idle workers in turn,
+        // and a long rotation of cold threads costs every small request.
+        let result = cfuse_session_loop_mt(se, maxThreads, 4)
         fuse_session_unmount(se)
         return result
     }
