@@ -20,11 +20,10 @@
 #include <unistd.h>
 
 /* fuse_session_loop_mt is a macro over a versioned symbol. */
-static inline int cfuse_session_loop_mt(struct fuse_session *se, unsigned max_threads, unsigned max_idle) {
+static inline int cfuse_session_loop_mt(struct fuse_session *se, unsigned max_threads) {
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
     if (!cfg) return -1;
     fuse_loop_cfg_set_max_threads(cfg, max_threads);
-    fuse_loop_cfg_set_idle_threads(cfg, max_idle);
     int r = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
     return r;

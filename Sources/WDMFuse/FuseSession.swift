@@ -121,10 +121,10 @@ extension FuseBridge {
         onMounted()
         session = se
         defer { session = nil }
-        // Many workers may be needed at once (each pending write or ioctl holds one),
-        // but few are kept idle: the kernel hands requests to idle workers in turn,
-        // and a long rotation of cold threads costs every small request.
-        let result = cfuse_session_loop_mt(se, maxThreads, 4)
+        // Many workers may be needed at once (each pending write or ioctl holds one);
+        // idle workers are kept as libfuse keeps them by default (trimming them to a
+        // few made small requests about 9% slower: thread churn).
+        let result = cfuse_session_loop_mt(se, maxThreads)
         fuse_session_unmount(se)
         return result
     }
