@@ -63,14 +63,14 @@ final class Rig: @unchecked Sendable {
         let irp = io.makeIrp(.read, file: zero)
         io.prepareTransfer(irp, buffer: buffer, length: length, offset: 0)
         irp.requester = recycler
-        return io.submit(irp, to: io.target(of: zero))
+        return io.submit(irp)
     }
 
     @inline(__always) func write(_ length: Int) -> NTStatus {
         let irp = io.makeIrp(.write, file: null)
         io.prepareTransfer(irp, buffer: buffer, length: length, offset: 0)
         irp.requester = recycler
-        return io.submit(irp, to: io.target(of: null))
+        return io.submit(irp)
     }
 
     @inline(__always) func ioctl(_ length: Int) -> NTStatus {
@@ -79,7 +79,7 @@ final class Rig: @unchecked Sendable {
             irp, code: IoctlDemoDriver.upperCode(.buffered), buffer: buffer, capacity: length,
             inputLength: length, outputLength: length)
         irp.requester = recycler
-        return io.submit(irp, to: io.target(of: demo))
+        return io.submit(irp)
     }
 }
 

@@ -16,7 +16,7 @@ public final class EmbeddedHost: Sendable {
         let file = try io.makeFileObject(link: link, access: access)
         let irp = io.makeIrp(.create, file: file)
         io.prepareCreate(irp, access: access)
-        let status = io.callSynchronously(irp, to: io.target(of: file))
+        let status = io.callSynchronously(irp)
         io.freeIrp(irp)
         guard status.isSuccess else { throw status }
         return file
@@ -34,7 +34,7 @@ public final class EmbeddedHost: Sendable {
 
     private func simple(_ major: MajorFunction, _ file: FileObject) -> NTStatus {
         let irp = io.makeIrp(major, file: file)
-        let status = io.callSynchronously(irp, to: io.target(of: file))
+        let status = io.callSynchronously(irp)
         io.freeIrp(irp)
         return status
     }
@@ -46,7 +46,7 @@ public final class EmbeddedHost: Sendable {
         let (status, info) = buffer.withUnsafeMutableBytes { raw in
             let irp = io.makeIrp(.read, file: file)
             io.prepareTransfer(irp, buffer: raw.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!, length: count, offset: offset)
-            let status = io.callSynchronously(irp, to: io.target(of: file))
+            let status = io.callSynchronously(irp)
             let info = irp.ioStatus.information
             io.freeIrp(irp)
             return (status, info)
@@ -61,7 +61,7 @@ public final class EmbeddedHost: Sendable {
         return copy.withUnsafeMutableBytes { raw in
             let irp = io.makeIrp(.write, file: file)
             io.prepareTransfer(irp, buffer: raw.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!, length: data.count, offset: offset)
-            _ = io.callSynchronously(irp, to: io.target(of: file))
+            _ = io.callSynchronously(irp)
             let result = irp.ioStatus
             io.freeIrp(irp)
             return result
@@ -88,7 +88,7 @@ public final class EmbeddedHost: Sendable {
                 io.freeIrp(irp)
                 return (.unsuccessful, 0)
             }
-            let status = io.callSynchronously(irp, to: io.target(of: file))
+            let status = io.callSynchronously(irp)
             let info = irp.ioStatus.information
             io.freeIrp(irp)
             return (status, info)
@@ -104,7 +104,7 @@ public final class EmbeddedHost: Sendable {
         return info.withUnsafeMutableBytes { raw -> Int64? in
             let irp = io.makeIrp(.queryInformation, file: file)
             io.prepareQueryStandardInformation(irp, buffer: raw.baseAddress!)
-            let status = io.callSynchronously(irp, to: io.target(of: file))
+            let status = io.callSynchronously(irp)
             io.freeIrp(irp)
             return status.isSuccess ? FileStandardInformation.endOfFile(in: raw.baseAddress!) : nil
         }
@@ -117,7 +117,7 @@ public final class EmbeddedHost: Sendable {
         io.prepareTransfer(irp, buffer: pending.buffer, length: count, offset: offset)
         irp.requester = pending
         pending.start(irp, generation: irp.generation)
-        _ = io.submit(irp, to: io.target(of: file))
+        _ = io.submit(irp)
         return pending
     }
 }

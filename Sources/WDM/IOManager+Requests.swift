@@ -11,10 +11,12 @@ extension IOManager {
     }
 
     /// An IRP for `major` on `file`, sized for the top of its stack, with the
-    /// first location (the one the top device will see) filled in.
+    /// first location (the one the top device will see) filled in. `submit(_:)`
+    /// and `callSynchronously(_:)` send it to that top device.
     public func makeIrp(_ major: MajorFunction, file: FileObject) -> IRP {
         let top = file.deviceObject.topOfStack
         let irp = allocateIrp(stackSize: top.stackSize)
+        irp.targetDevice = top
         irp.nextStackLocation.majorFunction = major
         irp.nextStackLocation.fileObject = file
         return irp
@@ -38,7 +40,7 @@ extension IOManager {
         let loc = irp.currentLocation - 2
         irp.locations[loc].parameters.read.length = length
         irp.locations[loc].parameters.read.byteOffset = offset
-        let flags = irp.locations[loc].fileObject!.deviceObject.topOfStack.flags
+        let flags = (irp.targetDevice ?? irp.locations[loc].fileObject!.deviceObject.topOfStack).flags
         if flags.contains(.directIO) {
             irp.mdlAddress = MDL(address: buffer, byteCount: length)
         } else if flags.contains(.bufferedIO) {

@@ -266,6 +266,14 @@ public final class IOManager: @unchecked Sendable {
         return final
     }
 
+    /// `submit` to the device the IRP was made for (`makeIrp`).
+    @inline(__always)
+    public func submit(_ irp: IRP) -> NTStatus { submit(irp, to: irp.targetDevice!) }
+
+    /// `callSynchronously` to the device the IRP was made for (`makeIrp`).
+    @inline(__always)
+    public func callSynchronously(_ irp: IRP) -> NTStatus { callSynchronously(irp, to: irp.targetDevice!) }
+
     /// Submits and waits: the IRP is completed when this returns; the caller frees it.
     public func callSynchronously(_ irp: IRP, to device: DeviceObject) -> NTStatus {
         irp.requester = SynchronousRequester.shared

@@ -58,6 +58,9 @@ public final class IRP: @unchecked Sendable {
 
     // Requester side: not for drivers.
     public var requester: (any IRPRequester)?
+    /// The top of the stack a request IRP was built for (`IOManager.makeIrp`), where
+    /// `submit(_:)` sends it.
+    public internal(set) var targetDevice: DeviceObject?
     /// The requester's own pointer (the bridge keeps its fuse_req_t here).
     public var requesterContext: UnsafeMutableRawPointer?
     /// The requester's own word (the bridge keeps the request kind here).
@@ -293,6 +296,7 @@ public final class IRP: @unchecked Sendable {
         requesterContext = nil
         requesterTag = 0
         requesterBuffer = nil
+        targetDevice = nil
         completedAsynchronously = false
         dispatchState.store(Dispatch.idle.rawValue, ordering: .relaxed)
     }

@@ -98,7 +98,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         return withUnsafeTemporaryAllocation(byteCount: FileStandardInformation.size, alignment: 8) { raw in
             let irp = io.makeIrp(.queryInformation, file: file)
             io.prepareQueryStandardInformation(irp, buffer: raw.baseAddress!)
-            let status = io.callSynchronously(irp, to: io.target(of: file))
+            let status = io.callSynchronously(irp)
             io.freeIrp(irp)
             return status.isSuccess ? FileStandardInformation.endOfFile(in: raw.baseAddress!) : 0
         }
@@ -140,7 +140,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
             }
             let irp = io.makeIrp(.create, file: file)
             io.prepareCreate(irp, access: access)
-            let status = io.callSynchronously(irp, to: io.target(of: file))
+            let status = io.callSynchronously(irp)
             io.freeIrp(irp)
             guard status.isSuccess else {
                 fuse_reply_err(req, ErrnoTable.errno(for: status))
@@ -161,7 +161,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
             // The last handle is gone: CLEANUP (drivers cancel what waits on it), then CLOSE.
             for major in [MajorFunction.cleanup, .close] {
                 let irp = io.makeIrp(major, file: file)
-                _ = io.callSynchronously(irp, to: io.target(of: file))
+                _ = io.callSynchronously(irp)
                 io.freeIrp(irp)
             }
         }
@@ -179,7 +179,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         let irp = io.makeIrp(.read, file: file)
         io.prepareTransfer(irp, buffer: buffer, length: size, offset: Int64(off))
         start(irp, req, .read, word: size, buffer: buffer, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
-        _ = io.submit(irp, to: io.target(of: file))
+        _ = io.submit(irp)
     }
 
     func write(_ req: fuse_req_t?, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
@@ -191,7 +191,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         let irp = io.makeIrp(.write, file: file)
         io.prepareTransfer(irp, buffer: payload, length: size, offset: Int64(off))
         start(irp, req, .write, word: size, buffer: payload, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
-        if io.submit(irp, to: io.target(of: file)) == .pending {
+        if io.submit(irp) == .pending {
             // The payload is the request's memory: hold it until the IRP is done.
             waitForBorrowing(irp)
         }
@@ -232,7 +232,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
             return
         }
         start(irp, req, .ioctl, word: header.outputLength, buffer: envelope)
-        if io.submit(irp, to: io.target(of: file)) == .pending {
+        if io.submit(irp) == .pending {
             waitForBorrowing(irp)
         }
     }
@@ -244,7 +244,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         }
         let irp = io.makeIrp(.flushBuffers, file: file)
         start(irp, req, .flush, word: 0, buffer: nil)
-        _ = io.submit(irp, to: io.target(of: file))
+        _ = io.submit(irp)
     }
 
     /// poll/select: the device's readiness now; with a handle, a wake-up when it changes.

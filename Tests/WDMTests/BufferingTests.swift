@@ -55,7 +55,7 @@ import Testing
         let status = memory.withUnsafeMutableBytes { raw -> NTStatus in
             let irp = io.makeIrp(.deviceControl, file: file)
             try! io.prepareDeviceControl(irp, code: code, buffer: raw.baseAddress, capacity: 8, inputLength: 3, outputLength: 5)
-            let s = io.callSynchronously(irp, to: io.target(of: file))
+            let s = io.callSynchronously(irp)
             #expect(probe.systemBuffer == raw.baseAddress)  // the caller's memory itself
             io.freeIrp(irp)
             return s

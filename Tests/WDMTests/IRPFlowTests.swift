@@ -279,7 +279,7 @@ import Testing
         var byte: UInt8 = 0
         io.prepareTransfer(irp, buffer: &byte, length: 1, offset: 0)
         irp.requester = requester
-        return io.submit(irp, to: io.target(of: file))
+        return io.submit(irp)
     }
 
     @Test func aPendingIrpIsAnnouncedBeforeItIsDeliveredFromTheCompletingThread() throws {
