@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what wdmfs needs on a Debian machine with the Swift toolchain, then builds.
 # Run as root:  bash mount-scripts/setup.sh [debug|release]
-set -eu
+# Exits non-zero (and says why) when a package cannot be installed or the build fails.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libfuse3-dev fuse3 pkg-config bats bats-assert bats-support; do
+for pkg in libfuse3-dev fuse3 pkg-config bats bats-assert bats-support fio e2fsprogs; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -22,4 +23,11 @@ fi
 
 config=${1:-debug}
 echo "setup: swift build -c $config"
-swift build -c "$config" 2>&1 | tail -n 3
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! swift build -c "$config" >"$log" 2>&1; then
+    grep -E 'error:' "$log" | head -n 20 >&2 || tail -n 20 "$log" >&2
+    echo "setup: the build failed" >&2
+    exit 1
+fi
+tail -n 1 "$log"

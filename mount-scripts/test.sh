@@ -2,44 +2,74 @@
 # The whole test suite: in-process Swift tests, mounted integration tests
 # (pytest) and the shell device tests (bats). Installs what is missing first.
 #   bash mount-scripts/test.sh
-# Ends with one line "N passed, N failed"; exits non-zero if anything failed.
+# Ends with one line "N passed, N failed, N skipped"; exits non-zero if anything
+# failed. A failed build, a stage that could not run and a missing tool each
+# count as a failure; skipped tests are counted apart, never as passes.
 set -u
+set -o pipefail
 cd "$(dirname "$0")/.."
 export CI=${CI:-}
 
-bash mount-scripts/setup.sh debug || { echo "0 passed, 1 failed (setup or build)"; exit 1; }
-export WDMFS_BIN="$PWD/.build/debug/wdmfs"
-passed=0 failed=0
+passed=0 failed=0 skipped=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-echo "== swift test (in-process: core and drivers)"
-swift test 2>&1 | tee "$log" | grep -E '^(✘|✔ Test run|error:)' || true
-rc=${PIPESTATUS[0]}
-p=$(grep -E '^✔ Test .* passed' "$log" | grep -vc '^✔ Test run with' || true)
-f=$(grep -E '^✘ Test .* failed' "$log" | grep -vc '^✘ Test run with' || true)
-if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-passed=$((passed + p)) failed=$((failed + f))
+finish() {
+    echo "$passed passed, $failed failed, $skipped skipped"
+    [ "$failed" -eq 0 ]
+    exit
+}
 
-echo "== pytest Tests/Integration (mounted, real system calls)"
-python3 -m pytest -q -p no:cacheprovider Tests/Integration 2>&1 | tee "$log" | tail -n 15
-rc=${PIPESTATUS[0]}
-summary=$(tail -n 1 "$log")
-p=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
-f=$(( $(echo "$summary" | grep -oE '[0-9]+ (failed|error|errors)' | grep -oE '[0-9]+' | paste -sd+ | bc 2>/dev/null || echo 0) ))
-if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-passed=$((passed + p)) failed=$((failed + f))
+# count PATTERN: how many lines of the stage's log match (0 when none).
+count() { grep -cE "$1" "$log" || true; }
 
-echo "== bats mount-scripts/tests (shell device tests)"
-bats --tap mount-scripts/tests 2>&1 | tee "$log"
+# stage_result RC P F S: adds a stage's counts; a non-zero exit with no failure
+# counted (a crash, a harness error) is one failure.
+stage_result() {
+    local rc=$1 p=$2 f=$3 s=$4
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "(the stage exited with status $rc)"; fi
+    passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+}
+
+if ! bash mount-scripts/setup.sh debug; then
+    echo "setup or build failed: nothing was tested"
+    failed=$((failed + 1))
+    finish
+fi
+for tool in swift python3 bats fusermount3; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool"; failed=$((failed + 1)); }
+done
+[ "$failed" -eq 0 ] || finish
+export WDMFS_BIN="$PWD/.build/debug/wdmfs"
+
+echo "== swift test (in-process: core, drivers, bridge mapping)"
+swift test 2>&1 | tee "$log" | grep -E '^(✘|✔ Test run|➜|error:)'
 rc=${PIPESTATUS[0]}
-p=$(grep -cE '^ok ' "$log" || true)
-f=$(grep -cE '^not ok ' "$log" || true)
-if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-passed=$((passed + p)) failed=$((failed + f))
+stage_result "$rc" \
+    "$(grep -E '^✔ Test .* passed after' "$log" | grep -vc '^✔ Test run with' || true)" \
+    "$(grep -E '^✘ Test .* failed after' "$log" | grep -vc '^✘ Test run with' || true)" \
+    "$(count '^➜ Test .* skipped')"
+
+if [ -d Tests/Integration ]; then
+    echo "== pytest Tests/Integration (mounted, real system calls)"
+    python3 -m pytest -q -rs -p no:cacheprovider Tests/Integration 2>&1 | tee "$log" | tail -n 15
+    rc=${PIPESTATUS[0]}
+    summary=$(grep -E '^=*.*(passed|failed|skipped|error|no tests ran)' "$log" | tail -n 1)
+    n() { echo "$summary" | grep -oE "[0-9]+ $1" | grep -oE '^[0-9]+' | awk '{s+=$1} END {print s+0}'; }
+    stage_result "$rc" "$(n passed)" "$(( $(n failed) + $(n errors?) ))" "$(n skipped)"
+fi
+
+if [ -d mount-scripts/tests ]; then
+    echo "== bats mount-scripts/tests (shell device tests)"
+    bats --tap mount-scripts/tests 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    stage_result "$rc" \
+        "$(grep -E '^ok ' "$log" | grep -vc '# skip' || true)" \
+        "$(count '^not ok ')" \
+        "$(count '^ok .*# skip')"
+fi
 
 stale=$(awk '$3 ~ /^fuse/ && $2 ~ /wdmfs-/ {print $2}' /proc/mounts)
 if [ -n "$stale" ]; then echo "stale mounts left behind: $stale"; failed=$((failed + 1)); fi
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

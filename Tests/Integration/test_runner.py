@@ -1,0 +1,78 @@
+"""The test runner tells the truth: run mount-scripts/test.sh in a scratch copy
+whose build is broken, and in one whose tests pass, fail and skip at every
+level (Swift Testing, pytest, bats), and read its last line and exit status."""
+import os
+import shutil
+import subprocess
+import textwrap
+
+from conftest import ROOT
+
+PACKAGE = """\
+// swift-tools-version: 6.1
+import PackageDescription
+let package = Package(
+    name: "scratch",
+    targets: [
+        .target(name: "Scratch"),
+        .testTarget(name: "ScratchTests", dependencies: ["Scratch"]),
+    ]
+)
+"""
+
+
+def scratch(tmp_path, source):
+    root = tmp_path / "project"
+    (root / "mount-scripts").mkdir(parents=True)
+    for script in ("setup.sh", "test.sh"):
+        shutil.copy(os.path.join(ROOT, "mount-scripts", script), root / "mount-scripts" / script)
+    (root / "Package.swift").write_text(PACKAGE)
+    (root / "Sources/Scratch").mkdir(parents=True)
+    (root / "Sources/Scratch/Scratch.swift").write_text(source)
+    return root
+
+
+def run(root):
+    env = {k: v for k, v in os.environ.items() if k != "WDMFS_BIN"}
+    r = subprocess.run(["bash", "mount-scripts/test.sh"], cwd=root, capture_output=True, text=True, timeout=540, env=env)
+    last = r.stdout.strip().splitlines()[-1]
+    return r.returncode, last, r.stdout + r.stderr
+
+
+def test_a_broken_build_is_a_failure_and_nothing_is_tested(tmp_path):
+    root = scratch(tmp_path, "public func f() -> Int { return \"not an int\" }\n")
+    (root / "Tests/ScratchTests").mkdir(parents=True)
+    (root / "Tests/ScratchTests/T.swift").write_text("import Testing\n@Test func t() {}\n")
+    rc, last, out = run(root)
+    assert rc != 0, out
+    assert last == "0 passed, 1 failed, 0 skipped", out
+    assert "build failed" in out
+
+
+def test_passes_failures_and_skips_are_counted_at_every_level(tmp_path):
+    root = scratch(tmp_path, "public func answer() -> Int { 42 }\n")
+    (root / "Tests/ScratchTests").mkdir(parents=True)
+    (root / "Tests/ScratchTests/T.swift").write_text(textwrap.dedent("""\
+        import Testing
+        import Scratch
+        @Test func passes() { #expect(answer() == 42) }
+        @Test func fails() { #expect(answer() == 41) }
+        @Test(.disabled("on purpose")) func skipped() {}
+        """))
+    (root / "Tests/Integration").mkdir(parents=True)
+    (root / "Tests/Integration/test_scratch.py").write_text(textwrap.dedent("""\
+        import pytest
+        def test_passes(): assert True
+        def test_fails(): assert False
+        @pytest.mark.skip(reason="on purpose")
+        def test_skipped(): pass
+        """))
+    (root / "mount-scripts/tests").mkdir(parents=True)
+    (root / "mount-scripts/tests/scratch.bats").write_text(textwrap.dedent("""\
+        @test "passes" { true; }
+        @test "fails" { false; }
+        @test "skipped" { skip "on purpose"; }
+        """))
+    rc, last, out = run(root)
+    assert rc != 0, out
+    assert last == "3 passed, 3 failed, 3 skipped", out
