@@ -11,12 +11,11 @@ let driverNames: [(target: String, folder: String)] = [
     ("EchoDriver", "Echo"),
     ("IoctlDemoDriver", "IoctlDemo"),
 ]
-// The IRP path runs per request: release builds drop the run-time exclusivity
-// checks there (debug builds, and so the tests, keep them).
-let hotPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
-
+// No unsafeFlags anywhere: a package that depends on this one by version must
+// be able to build WDM and the drivers (SwiftPM refuses unsafeFlags there). The
+// hot stored properties carry @exclusivity(unchecked) instead.
 let driverTargets: [Target] = driverNames.map {
-    .target(name: $0.target, dependencies: ["WDM"], path: "Drivers/\($0.folder)", swiftSettings: hotPath)
+    .target(name: $0.target, dependencies: ["WDM"], path: "Drivers/\($0.folder)")
 }
 let driverDependencies: [Target.Dependency] = driverNames.map { .target(name: $0.target) }
 
@@ -26,6 +25,7 @@ let package = Package(
     products: [
         .executable(name: "wdmfs", targets: ["wdmfs"]),
         .library(name: "WDM", targets: ["WDM"]),
+        .library(name: "WDMClient", targets: ["WDMClient"]),
         .library(name: "WDMDrivers", targets: driverNames.map(\.target)),
     ],
     dependencies: [
@@ -41,18 +41,23 @@ let package = Package(
             providers: [.apt(["libfuse3-dev"])]
         ),
 
+        .target(name: "CWDMSys"),
+
         // MARK: - Kernel model (pure Swift, no C, no FUSE)
-        .target(name: "WDM", swiftSettings: hotPath),
+        .target(name: "WDM"),
+
+        // MARK: - Client side: the envelope, process plumbing (no libfuse)
+        .target(name: "WDMClient", dependencies: ["WDM", "CWDMSys"]),
 
         // MARK: - Bridge (the only module that imports CFuse)
-        .target(name: "WDMFuse", dependencies: ["WDM", "CFuse"], swiftSettings: hotPath),
+        .target(name: "WDMFuse", dependencies: ["WDM", "WDMClient", "CFuse"]),
 
         // MARK: - The default device tree, and the command-line tool that mounts it
         .target(name: "DefaultTree", dependencies: ["WDM"] + driverDependencies),
         .executableTarget(
             name: "wdmfs",
             dependencies: [
-                "WDM", "WDMFuse", "DefaultTree",
+                "WDM", "WDMClient", "WDMFuse", "DefaultTree",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -67,7 +72,7 @@ let package = Package(
 
         // MARK: - Tests
         .testTarget(name: "WDMTests", dependencies: ["WDM"]),
-        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMFuse"]),
+        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMClient", "WDMFuse", "CFuse", "DefaultTree"] + driverDependencies),
         .testTarget(name: "DriverTests", dependencies: ["WDM", "DefaultTree"] + driverDependencies),
     ] + driverTargets
 )

@@ -1,8 +1,8 @@
 // IRPPath: the cost of one IRP through a stack three devices deep (two filters
 // over a function driver, one of them with a completion routine), in-process,
 // with no FUSE; and the heap allocations per IRP in steady state, counted by
-// the malloc interposer. The IRPs are built, sent and freed with the same
-// I/O-manager calls the FUSE bridge makes.
+// the malloc interposer. Requests go through the same seam the FUSE bridge
+// uses (IOManager.send on an open handle).
 //
 //   swift package benchmark --target IRPPath
 
@@ -13,9 +13,9 @@ import PassThroughFilter
 import WDM
 import ZeroDriver
 
-/// Frees each IRP when it comes back, as the bridge does after replying.
+/// Takes each IRP back, as the bridge does when it replies (the I/O manager frees it).
 final class Recycler: IRPRequester {
-    func irpCompleted(_ irp: IRP) { irp.ioManager.freeIrp(irp) }
+    func irpCompleted(_ irp: IRP) {}
 }
 
 /// A filter that wants to see every result: it copies its stack location down
@@ -40,12 +40,13 @@ enum CompletionFilter {
 
 /// Three stacks: zero, null and ioctl-demo, each under a completion filter and a pass-through filter.
 final class Rig: @unchecked Sendable {
-    let io = IOManager()
+    let io: IOManager
     let recycler = Recycler()
     let zero: FileObject, null: FileObject, demo: FileObject
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096)
 
-    init() throws {
+    init(verifierRules: Bool) throws {
+        io = IOManager(verifierRules: verifierRules)
         let z = try io.loadDriver(name: ZeroDriver.name, entry: ZeroDriver.driverEntry)
         let n = try io.loadDriver(name: NullDriver.name, entry: NullDriver.driverEntry)
         let d = try io.loadDriver(name: IoctlDemoDriver.name, entry: IoctlDemoDriver.driverEntry)
@@ -54,32 +55,23 @@ final class Rig: @unchecked Sendable {
         try io.addRootDevice(instanceName: "zero", functionDriver: z, upperFilters: [c, p])
         try io.addRootDevice(instanceName: "null", functionDriver: n, upperFilters: [c, p])
         try io.addRootDevice(instanceName: "demo", functionDriver: d, upperFilters: [c, p])
-        zero = try io.makeFileObject(link: "zero", access: .readData)
-        null = try io.makeFileObject(link: "null", access: .writeData)
-        demo = try io.makeFileObject(link: "demo", access: [.readData, .writeData])
+        zero = try io.open("zero", access: .readData)
+        null = try io.open("null", access: .writeData)
+        demo = try io.open("demo", access: [.readData, .writeData])
     }
 
     @inline(__always) func read(_ length: Int) -> NTStatus {
-        let irp = io.makeIrp(.read, file: zero)
-        io.prepareTransfer(irp, buffer: buffer, length: length, offset: 0)
-        irp.requester = recycler
-        return io.submit(irp)
+        io.send(.read(buffer: buffer, length: length, offset: 0), on: zero, requester: recycler)
     }
 
     @inline(__always) func write(_ length: Int) -> NTStatus {
-        let irp = io.makeIrp(.write, file: null)
-        io.prepareTransfer(irp, buffer: buffer, length: length, offset: 0)
-        irp.requester = recycler
-        return io.submit(irp)
+        io.send(.write(buffer: buffer, length: length, offset: 0, borrowedFrom: buffer), on: null, requester: recycler)
     }
 
     @inline(__always) func ioctl(_ length: Int) -> NTStatus {
-        let irp = io.makeIrp(.deviceControl, file: demo)
-        try! io.prepareDeviceControl(
-            irp, code: IoctlDemoDriver.upperCode(.buffered), buffer: buffer, capacity: length,
-            inputLength: length, outputLength: length)
-        irp.requester = recycler
-        return io.submit(irp)
+        io.send(.deviceControl(code: IoctlDemoDriver.upperCode(.buffered), buffer: buffer, capacity: length,
+                               inputLength: length, outputLength: length, borrowedFrom: buffer),
+                on: demo, requester: recycler)
     }
 }
 
@@ -91,7 +83,8 @@ let benchmarks: @Sendable () -> Void = {
         maxDuration: .seconds(2),
         maxIterations: 1_000
     )
-    let rig = try! Rig()
+    let rig = try! Rig(verifierRules: false)
+    let checked = try! Rig(verifierRules: true)
 
     Benchmark("read 4 KiB IRP, 3-deep stack") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(rig.read(4096)) }
@@ -101,6 +94,13 @@ let benchmarks: @Sendable () -> Void = {
     }
     Benchmark("ioctl 64 B IRP, 3-deep stack") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(rig.ioctl(64)) }
+    }
+    // The same with Driver Verifier's rules observing both choke points (the daemon's default).
+    Benchmark("read 4 KiB IRP, 3-deep stack, verifier rules") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(checked.read(4096)) }
+    }
+    Benchmark("ioctl 64 B IRP, 3-deep stack, verifier rules") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(checked.ioctl(64)) }
     }
     // The control: the embedded host's convenience API copies into Swift arrays,
     // so the malloc counter must show allocations here (proof it is counting).

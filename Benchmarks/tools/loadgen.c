@@ -65,7 +65,7 @@ int main(int argc, char **argv) {
         int fd = open(argv[2], O_RDWR);
         unsigned char *env = calloc(1, 24 + size);
         if (fd < 0 || !env) { perror("loadgen"); return 1; }
-        unsigned long req = _IOC(_IOC_READ | _IOC_WRITE, 'W', 0, 24 + size);
+        unsigned long req = _IOC(_IOC_READ | _IOC_WRITE, 'W', 1, 24 + size);
         double t0 = now();
         for (long i = 0; i < count; i++) {
             uint32_t hdr[3] = { code, (uint32_t)size, (uint32_t)size };

@@ -23,7 +23,18 @@ public enum IoctlDemoDriver {
     /// sets the counts back to zero.
     public static let resetCounts = ControlCode(deviceType: DeviceType.unknown, function: 0x811, method: .buffered, access: .writeData)
 
+    /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x820, METHOD_BUFFERED, FILE_ANY_ACCESS)` = 0x00222080:
+    /// the inverted call. The IRP pends until someone sends `signalWaiters`; its
+    /// output is then the signaller's input (up to the output length).
+    public static let waitForSignal = ControlCode(deviceType: DeviceType.unknown, function: 0x820, method: .buffered, access: [])
+    /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x821, METHOD_BUFFERED, FILE_ANY_ACCESS)` = 0x00222084:
+    /// completes every waiting `waitForSignal` IRP with this IRP's input; Information
+    /// (and a 4-byte output, if asked) is how many waiters it released.
+    public static let signalWaiters = ControlCode(deviceType: DeviceType.unknown, function: 0x821, method: .buffered, access: [])
+
     public final class Extension: Sendable {
+        /// IRPs waiting for a signal.
+        public let waiters = CancelSafeQueue()
         /// Exchanges done per method, indexed by METHOD_* value.
         let buffered = Atomic<UInt64>(0), inDirect = Atomic<UInt64>(0)
         let outDirect = Atomic<UInt64>(0), neither = Atomic<UInt64>(0)
@@ -55,7 +66,12 @@ public enum IoctlDemoDriver {
         driver.addDevice = { driver, pdo in
             driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension())
         }
-        driver.majorFunction.succeed([.create, .cleanup, .close])
+        driver.majorFunction.succeed([.create, .close])
+        driver.majorFunction[.cleanup] = { device, irp in
+            if let file = irp.fileObject { device.deviceExtension(as: Extension.self).waiters.cancelAll(for: file) }
+            irp.complete(.success)
+            return .success
+        }
         driver.majorFunction[.deviceControl] = deviceControl
         return .success
     }
@@ -72,6 +88,27 @@ public enum IoctlDemoDriver {
             let counts = ext.counts
             for (i, c) in counts.enumerated() { out.storeBytes(of: c.littleEndian, toByteOffset: i * 8, as: UInt64.self) }
             irp.complete(.success, information: 32)
+            return .success
+        }
+        if code == waitForSignal {
+            return ext.waiters.insert(irp)
+        }
+        if code == signalWaiters {
+            let input = irp.systemBuffer.map { UnsafeRawBufferPointer(start: $0, count: p.inputBufferLength) }
+            var released = 0
+            while let waiter = ext.waiters.removeNext() {
+                let wanted = waiter.parameters.deviceIoControl.outputBufferLength
+                let n = min(wanted, input?.count ?? 0)
+                if n > 0, let out = waiter.systemBuffer, let input { out.copyMemory(from: input.baseAddress!, byteCount: n) }
+                waiter.complete(.success, information: n)
+                released += 1
+            }
+            if p.outputBufferLength >= 4, let out = irp.systemBuffer {
+                out.storeBytes(of: UInt32(released).littleEndian, as: UInt32.self)
+                irp.complete(.success, information: 4)
+            } else {
+                irp.complete(.success, information: 0)
+            }
             return .success
         }
         if code == resetCounts {

@@ -49,7 +49,13 @@ public enum RamDiskDriver {
         case "neither": flags = []
         default: return .invalidParameter
         }
-        return driver.addFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: Extension(size: size))
+        do throws(NTStatus) {
+            let fdo = try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: Extension(size: size))
+            fdo.publishedSize = Int64(size)  // what `ls -l` shows
+            return .success
+        } catch {
+            return error
+        }
     }
 
     /// The part of [offset, offset + length) inside the disk, or nil for a bad offset.

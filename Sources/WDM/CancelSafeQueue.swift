@@ -72,7 +72,7 @@ public final class CancelSafeQueue: @unchecked Sendable {
     private static let cancelRoutine: CancelRoutine = { _, irp in
         let queue = unsafeDowncast(irp.driverContext!, to: CancelSafeQueue.self)
         let found = queue.items.withLock { list -> Bool in
-            guard let i = list.firstIndex(where: { $0 === irp }) else { return false }
+            guard let i = list.firstIndex(where: { $0 == irp }) else { return false }
             list.remove(at: i)
             return true
         }

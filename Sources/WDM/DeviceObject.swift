@@ -1,3 +1,5 @@
+import Synchronization
+
 // DeviceObject: one device in a stack (PDO, filter or FDO), with its flags,
 // stack size, the device attached above it and the one it is attached to.
 
@@ -25,25 +27,33 @@ public final class DeviceObject: @unchecked Sendable {
     // and this is read on every IRP, where a checked unowned reference costs a retain.
     public unowned(unsafe) let driverObject: DriverObject
     /// `DeviceType` (FILE_DEVICE_*).
-    public internal(set) var deviceType: UInt32
+    public var deviceType: UInt32
     /// `Characteristics`.
-    public let characteristics: UInt32
+    public var characteristics: UInt32
     /// `Flags`.
-    public var flags: DeviceFlags
+    @exclusivity(unchecked) public var flags: DeviceFlags
     /// `StackSize`: the stack locations an IRP needs to reach the bottom from here.
-    public internal(set) var stackSize: Int = 1
+    @exclusivity(unchecked) public internal(set) var stackSize: Int = 1
     /// `AttachedDevice`: the device attached above this one, if any.
-    public internal(set) var attachedDevice: DeviceObject?
+    @exclusivity(unchecked) public internal(set) var attachedDevice: DeviceObject?
     /// The device this one is attached to (what IoAttachDeviceToDeviceStack returned).
     /// Strong, like `attachedDevice`: IoDetachDevice and IoDeleteDevice break the pair.
     /// (A weak reference would put every retain of a device on the slow path.)
-    public internal(set) var lowerDevice: DeviceObject?
+    @exclusivity(unchecked) public internal(set) var lowerDevice: DeviceObject?
     /// `DeviceExtension`: the driver's per-device state.
-    public var deviceExtension: AnyObject?
+    @exclusivity(unchecked) public var deviceExtension: AnyObject?
     /// The `\Device\Name`, if created with one.
     public let name: String?
     /// The device node of the stack's PDO (set on PDOs by the bus, shared by the stack).
     public internal(set) var deviceNode: DeviceNode?
+    /// wdmfs extension: the size the device publishes for its node (what `ls -l`
+    /// shows without opening it), or nil. On Windows a size is asked of an open
+    /// handle; a host that has none reads this instead of sending an IRP.
+    public var publishedSize: Int64? {
+        get { sizeWord.load(ordering: .relaxed) < 0 ? nil : sizeWord.load(ordering: .relaxed) }
+        set { sizeWord.store(newValue ?? -1, ordering: .relaxed) }
+    }
+    private let sizeWord = Atomic<Int64>(-1)
     /// True once IoDeleteDevice ran.
     public internal(set) var deleted = false
 
@@ -71,8 +81,7 @@ public final class DeviceObject: @unchecked Sendable {
     @inlinable public func callLower(_ irp: IRP) -> NTStatus {
         guard let lower = lowerDevice else {
             driverObject.ioManager.verifier.report(.callDownWithNoLowerDevice, irp: irp, device: self)
-            irp.ioStatus = IOStatusBlock(status: .invalidDeviceRequest)
-            irp.complete()
+            irp.complete(.invalidDeviceRequest)
             return .invalidDeviceRequest
         }
         return driverObject.ioManager.callDriver(lower, irp)

@@ -11,10 +11,7 @@ extension DriverObject {
         for pdo: DeviceObject, deviceType: UInt32, flags: DeviceFlags = [], extension ext: AnyObject? = nil
     ) throws(NTStatus) -> DeviceObject {
         let fdo = ioManager.createDevice(driver: self, deviceType: deviceType, flags: flags, extension: ext)
-        // A function driver chooses its own buffering, so set it after the attach mirrored the PDO's.
         ioManager.attachDeviceToDeviceStack(fdo, to: pdo)
-        fdo.flags.subtract([.bufferedIO, .directIO])
-        fdo.flags.formUnion(flags.intersection([.bufferedIO, .directIO]))
         if let node = pdo.deviceNode {
             try ioManager.createSymbolicLink(node.parameters["SymbolicLinkName"] ?? node.instanceName, device: fdo)
         }
@@ -35,14 +32,26 @@ extension DriverObject {
     }
 
     /// Creates a filter device object for `pdo`'s stack and attaches it on top.
-    /// It takes the device type and the buffering flags of the device below, as a filter must.
+    /// Attaching copies nothing (as on Windows), so this does what a filter's
+    /// AddDevice must: it takes DO_BUFFERED_IO, DO_DIRECT_IO and DO_POWER_PAGABLE,
+    /// the DeviceType and the Characteristics of the device below.
     @discardableResult
     public func createFilterDevice(for pdo: DeviceObject, extension ext: AnyObject? = nil) -> DeviceObject {
         let filter = ioManager.createDevice(driver: self, deviceType: DeviceType.unknown, extension: ext)
         let lower = ioManager.attachDeviceToDeviceStack(filter, to: pdo)
-        filter.deviceType = lower.deviceType
+        filter.copyAttributes(from: lower)
         filter.flags.remove(.deviceInitializing)
         return filter
+    }
+}
+
+extension DeviceObject {
+    /// What a filter copies from the device it attached to.
+    public func copyAttributes(from lower: DeviceObject) {
+        let copied: DeviceFlags = [.bufferedIO, .directIO, .powerPagable]
+        flags = flags.subtracting(copied).union(lower.flags.intersection(copied))
+        deviceType = lower.deviceType
+        characteristics = lower.characteristics
     }
 }
 

@@ -25,7 +25,7 @@ public final class DriverObject: @unchecked Sendable {
     public unowned(unsafe) let ioManager: IOManager
     /// `MajorFunction[]`. Unset entries fail the IRP with STATUS_INVALID_DEVICE_REQUEST,
     /// as `IopInvalidDeviceRequest` does.
-    public var majorFunction = DispatchTable()
+    @exclusivity(unchecked) public var majorFunction = DispatchTable()
     /// `DriverExtension->AddDevice`.
     public var addDevice: AddDeviceRoutine?
     /// `DriverUnload`.
@@ -41,6 +41,13 @@ public final class DriverObject: @unchecked Sendable {
     init(name: String, ioManager: IOManager) {
         self.name = name
         self.ioManager = ioManager
+    }
+
+    /// At unload: forgets the devices and the driver's own state, so nothing the
+    /// driver built stays referenced.
+    func release() {
+        devices.withLock { $0.removeAll() }
+        driverExtension = nil
     }
 
     /// `DeviceObject` list: every device this driver created and has not deleted.

@@ -1,9 +1,11 @@
 // EmbeddedHost: a Win32-like synchronous API (CreateFile, ReadFile, WriteFile,
 // DeviceIoControl, CloseHandle) over an in-process I/O manager, so drivers are
-// tested with no mount. It builds IRPs with the same I/O-manager code the FUSE
-// bridge uses.
+// tested with no mount. It goes through the same seam as the FUSE bridge
+// (`IOManager.open`, `send`, `call`, `close`), so a driver sees the same IRPs
+// and the verifier the same rules in both.
 
 import Dispatch
+import Synchronization
 
 /// Drives an `IOManager` in-process, as an application would through Win32.
 public final class EmbeddedHost: Sendable {
@@ -13,45 +15,24 @@ public final class EmbeddedHost: Sendable {
 
     /// `CreateFile`: IRP_MJ_CREATE to the top of the named device's stack.
     public func open(_ link: String, access: AccessMask = [.readData, .writeData]) throws(NTStatus) -> FileObject {
-        let file = try io.makeFileObject(link: link, access: access)
-        let irp = io.makeIrp(.create, file: file)
-        io.prepareCreate(irp, access: access)
-        let status = io.callSynchronously(irp)
-        io.freeIrp(irp)
-        guard status.isSuccess else { throw status }
-        return file
+        try io.open(link, access: access)
     }
 
     /// `CloseHandle` on the last handle: IRP_MJ_CLEANUP, then IRP_MJ_CLOSE.
-    /// Returns the two statuses.
     @discardableResult
-    public func close(_ file: FileObject) -> (cleanup: NTStatus, close: NTStatus) {
-        (simple(.cleanup, file), simple(.close, file))
-    }
+    public func close(_ file: FileObject) -> (cleanup: NTStatus, close: NTStatus) { io.close(file) }
 
     /// `FlushFileBuffers`: IRP_MJ_FLUSH_BUFFERS.
-    public func flush(_ file: FileObject) -> NTStatus { simple(.flushBuffers, file) }
-
-    private func simple(_ major: MajorFunction, _ file: FileObject) -> NTStatus {
-        let irp = io.makeIrp(major, file: file)
-        let status = io.callSynchronously(irp)
-        io.freeIrp(irp)
-        return status
-    }
+    public func flush(_ file: FileObject) -> NTStatus { io.call(.flush, on: file).status }
 
     /// `ReadFile` of up to `count` bytes at `offset`.
     public func read(_ file: FileObject, count: Int, offset: Int64 = 0) -> (status: NTStatus, data: [UInt8]) {
         var buffer = [UInt8](repeating: 0xA5, count: count)
         let io = self.io
-        let (status, info) = buffer.withUnsafeMutableBytes { raw in
-            let irp = io.makeIrp(.read, file: file)
-            io.prepareTransfer(irp, buffer: raw.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!, length: count, offset: offset)
-            let status = io.callSynchronously(irp)
-            let info = irp.ioStatus.information
-            io.freeIrp(irp)
-            return (status, info)
+        let result = buffer.withUnsafeMutableBytes { raw in
+            io.call(.read(buffer: raw.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!, length: count, offset: offset), on: file)
         }
-        return (status, status.isError ? [] : Array(buffer.prefix(max(0, min(info, count)))))
+        return (result.status, result.status.isError ? [] : Array(buffer.prefix(max(0, min(result.information, count)))))
     }
 
     /// `WriteFile` of `data` at `offset`; returns the status and the bytes written.
@@ -59,42 +40,27 @@ public final class EmbeddedHost: Sendable {
         var copy = data
         let io = self.io
         return copy.withUnsafeMutableBytes { raw in
-            let irp = io.makeIrp(.write, file: file)
-            io.prepareTransfer(irp, buffer: raw.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!, length: data.count, offset: offset)
-            _ = io.callSynchronously(irp)
-            let result = irp.ioStatus
-            io.freeIrp(irp)
-            return result
+            io.call(.write(buffer: raw.baseAddress ?? UnsafeMutableRawPointer(bitPattern: 1)!, length: data.count, offset: offset, borrowedFrom: nil), on: file)
         }
     }
 
-    /// `DeviceIoControl` with one buffer of max(input, output) bytes shared by both directions.
+    /// `DeviceIoControl` with separate input and output, laid out in one host
+    /// buffer as the wdmfs envelope lays them out (`DirectLayout`).
     public func deviceIoControl(
         _ file: FileObject, _ code: ControlCode, input: [UInt8] = [], outputLength: Int = 0
     ) -> (status: NTStatus, information: Int, output: [UInt8]) {
-        let capacity = max(input.count, outputLength)
+        let direct = code.method == .inDirect || code.method == .outDirect
+        let capacity = direct ? DirectLayout.capacity(inputLength: input.count, outputLength: outputLength)
+            : max(input.count, outputLength)
+        let outputAt = direct ? DirectLayout.outputOffset(inputLength: input.count) : 0
         var buffer = input + [UInt8](repeating: 0, count: capacity - input.count)
         let io = self.io
-        let (status, info) = buffer.withUnsafeMutableBytes { raw -> (NTStatus, Int) in
-            let irp = io.makeIrp(.deviceControl, file: file)
-            do {
-                try io.prepareDeviceControl(
-                    irp, code: code, buffer: raw.baseAddress, capacity: capacity,
-                    inputLength: input.count, outputLength: outputLength)
-            } catch let error as NTStatus {
-                io.freeIrp(irp)
-                return (error, 0)
-            } catch {
-                io.freeIrp(irp)
-                return (.unsuccessful, 0)
-            }
-            let status = io.callSynchronously(irp)
-            let info = irp.ioStatus.information
-            io.freeIrp(irp)
-            return (status, info)
+        let result = buffer.withUnsafeMutableBytes { raw in
+            io.call(.deviceControl(code: code, buffer: raw.baseAddress, capacity: capacity,
+                                   inputLength: input.count, outputLength: outputLength, borrowedFrom: nil), on: file)
         }
-        let n = status.isError ? 0 : max(0, min(info, outputLength))
-        return (status, info, Array(buffer.prefix(n)))
+        let n = result.status.isError ? 0 : max(0, min(result.information, outputLength))
+        return (result.status, result.information, Array(buffer[outputAt..<outputAt + n]))
     }
 
     /// The size the stack reports through IRP_MJ_QUERY_INFORMATION, or nil if it does not answer.
@@ -102,62 +68,100 @@ public final class EmbeddedHost: Sendable {
         var info = [UInt8](repeating: 0, count: FileStandardInformation.size)
         let io = self.io
         return info.withUnsafeMutableBytes { raw -> Int64? in
-            let irp = io.makeIrp(.queryInformation, file: file)
-            io.prepareQueryStandardInformation(irp, buffer: raw.baseAddress!)
-            let status = io.callSynchronously(irp)
-            io.freeIrp(irp)
+            let status = io.call(.queryStandardInformation(buffer: raw.baseAddress!), on: file).status
             return status.isSuccess ? FileStandardInformation.endOfFile(in: raw.baseAddress!) : nil
         }
     }
 
-    /// Starts a read that may pend; the result is collected with `PendingRead.wait`.
-    public func beginRead(_ file: FileObject, count: Int, offset: Int64 = 0) -> PendingRead {
-        let pending = PendingRead(io: io, count: count)
-        let irp = io.makeIrp(.read, file: file)
-        io.prepareTransfer(irp, buffer: pending.buffer, length: count, offset: offset)
-        irp.requester = pending
-        pending.start(irp, generation: irp.generation)
-        _ = io.submit(irp)
+    /// Starts a read that may pend; the result is collected with `PendingRequest.wait`.
+    public func beginRead(_ file: FileObject, count: Int, offset: Int64 = 0) -> PendingRequest {
+        let pending = PendingRequest(capacity: count)
+        let io = self.io
+        pending.start { io.send(.read(buffer: pending.buffer, length: count, offset: offset), on: file, requester: pending) }
+        return pending
+    }
+
+    /// Starts a write that may pend. Its data is borrowed (as the bridge's are): if
+    /// the IRP pends, the I/O manager copies it, and the host's buffer is at once
+    /// overwritten with 0xEE to prove the driver no longer reads it.
+    public func beginWrite(_ file: FileObject, _ data: [UInt8], offset: Int64 = 0) -> PendingRequest {
+        let pending = PendingRequest(capacity: data.count)
+        pending.buffer.copyMemory(from: data, byteCount: data.count)
+        let io = self.io
+        pending.start {
+            let s = io.send(.write(buffer: pending.buffer, length: data.count, offset: offset, borrowedFrom: pending.buffer), on: file, requester: pending)
+            if s == .pending { pending.buffer.initializeMemory(as: UInt8.self, repeating: 0xEE, count: data.count) }
+            return s
+        }
+        return pending
+    }
+
+    /// Starts an IOCTL that may pend, with borrowed input (see `beginWrite`).
+    public func beginDeviceIoControl(_ file: FileObject, _ code: ControlCode, input: [UInt8] = [], outputLength: Int = 0) -> PendingRequest {
+        let direct = code.method == .inDirect || code.method == .outDirect
+        let capacity = direct ? DirectLayout.capacity(inputLength: input.count, outputLength: outputLength) : max(input.count, outputLength)
+        let pending = PendingRequest(capacity: capacity, outputAt: direct ? DirectLayout.outputOffset(inputLength: input.count) : 0, outputLength: outputLength)
+        pending.buffer.initializeMemory(as: UInt8.self, repeating: 0, count: capacity)
+        pending.buffer.copyMemory(from: input, byteCount: input.count)
+        let io = self.io
+        pending.start {
+            let s = io.send(.deviceControl(code: code, buffer: pending.buffer, capacity: capacity, inputLength: input.count,
+                                           outputLength: outputLength, borrowedFrom: pending.buffer), on: file, requester: pending)
+            if s == .pending { pending.buffer.initializeMemory(as: UInt8.self, repeating: 0xEE, count: capacity) }
+            return s
+        }
         return pending
     }
 }
 
-/// A read in flight from `EmbeddedHost.beginRead`.
-public final class PendingRead: IRPRequester, @unchecked Sendable {
-    let io: IOManager
+/// A request in flight from `EmbeddedHost.begin…`.
+public final class PendingRequest: IRPRequester, @unchecked Sendable {
     let buffer: UnsafeMutableRawPointer
-    let count: Int
+    let capacity: Int
+    let outputAt: Int
+    let outputLength: Int?
     private let finished = DispatchSemaphore(value: 0)
-    private var irp: IRP?
-    private var generation: UInt64 = 0
-    /// The final status and data, once `wait` returned true.
-    public private(set) var status: NTStatus = .pending
-    public private(set) var data: [UInt8] = []
+    private let irp = Mutex<IRP?>(nil)
+    private let result = Mutex<(NTStatus, Int, [UInt8])>((.pending, 0, []))
+    /// True when `send` returned STATUS_PENDING.
+    public private(set) var pended = false
 
-    init(io: IOManager, count: Int) {
-        self.io = io
-        self.count = count
-        buffer = .allocate(byteCount: max(count, 1), alignment: 16)
+    init(capacity: Int, outputAt: Int = 0, outputLength: Int? = nil) {
+        self.capacity = capacity
+        self.outputAt = outputAt
+        self.outputLength = outputLength
+        buffer = .allocate(byteCount: max(capacity, 1), alignment: 16)
     }
 
     deinit { buffer.deallocate() }
 
-    func start(_ irp: IRP, generation: UInt64) {
-        self.irp = irp
-        self.generation = generation
-    }
+    func start(_ send: () -> NTStatus) { pended = send() == .pending }
+
+    public func irpPending(_ irp: IRP) { self.irp.withLock { $0 = irp } }
 
     public func irpCompleted(_ irp: IRP) {
-        status = irp.ioStatus.status
-        let n = status.isError ? 0 : min(irp.ioStatus.information, count)
-        data = Array(UnsafeRawBufferPointer(start: buffer, count: n))
-        io.freeIrp(irp)
+        let status = irp.ioStatus.status
+        let info = irp.ioStatus.information
+        let limit = outputLength ?? capacity
+        let n = status.isError ? 0 : max(0, min(info, limit))
+        // The data is where the IRP left it: the host's buffer, or the I/O manager's copy.
+        let base = (irp.hostBuffer ?? buffer) + outputAt
+        let data = Array(UnsafeRawBufferPointer(start: base, count: n))
+        result.withLock { $0 = (status, info, data) }
+        self.irp.withLock { $0 = nil }
         finished.signal()
     }
 
-    /// `CancelIo`: cancels the read if it is still in flight.
+    /// The final status, once `wait` returned true.
+    public var status: NTStatus { result.withLock { $0.0 } }
+    /// The final Information.
+    public var information: Int { result.withLock { $0.1 } }
+    /// The data read (or an IOCTL's output).
+    public var data: [UInt8] { result.withLock { $0.2 } }
+
+    /// `CancelIo`: cancels the request if it is still in flight.
     @discardableResult
-    public func cancel() -> Bool { irp?.cancel(ifGeneration: generation) ?? false }
+    public func cancel() -> Bool { irp.withLock { $0 }?.cancelIrp(reportingStale: false) ?? false }
 
     /// Waits for completion; false on timeout.
     public func wait(seconds: Double = 5) -> Bool {
@@ -168,3 +172,6 @@ public final class PendingRead: IRPRequester, @unchecked Sendable {
         return false
     }
 }
+
+/// The name earlier tests used for a pending read.
+public typealias PendingRead = PendingRequest

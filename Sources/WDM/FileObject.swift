@@ -1,5 +1,6 @@
 // FileObject: one open handle to a device, with the access granted at open
-// and the driver's per-open context.
+// and the driver's per-open context. Made only by `IOManager.open`, after
+// IRP_MJ_CREATE succeeded.
 
 import Synchronization
 
@@ -16,7 +17,13 @@ public final class FileObject: @unchecked Sendable {
     /// `FsContext2`.
     public var fsContext2: AnyObject?
 
-    public init(deviceObject: DeviceObject, grantedAccess: AccessMask, fileName: String) {
+    enum State: UInt8 { case creating = 0, open = 1, closed = 2 }
+    let state = Atomic<UInt8>(State.creating.rawValue)
+
+    /// True between a successful IRP_MJ_CREATE and the close.
+    public var isOpen: Bool { state.load(ordering: .acquiring) == State.open.rawValue }
+
+    init(deviceObject: DeviceObject, grantedAccess: AccessMask, fileName: String) {
         self.deviceObject = deviceObject
         self.grantedAccess = grantedAccess
         self.fileName = fileName

@@ -1,11 +1,14 @@
 // IOManager: the kernel's I/O manager. Loads drivers, creates and stacks
-// devices, owns the IRP pool, and implements IoCallDriver and IoCompleteRequest.
+// devices, owns the IRP pool, and implements IoCallDriver and IoCompleteRequest,
+// the two choke points every IRP passes (where the observers sit).
 
+import Dispatch
 import Synchronization
 
 /// The I/O manager.
 public final class IOManager: @unchecked Sendable {
-    /// Driver Verifier's I/O checks.
+    /// Driver Verifier: records violations. The rules that watch IRPs are an
+    /// observer (`VerifierRules`) installed when `verifierRules` is true.
     public let verifier = Verifier()
     /// Where the I/O manager says what it does (driver loads and unloads). Set before use.
     public nonisolated(unsafe) var log: (@Sendable (String) -> Void)?
@@ -16,17 +19,52 @@ public final class IOManager: @unchecked Sendable {
     /// own, filled and emptied by copies as Windows does. Off by default: the
     /// driver then works on the caller's memory and `bytesCopied` stays 0.
     public let bounceBuffers: Bool
+    /// Checked mode: memory a request borrowed is poisoned when the request ends,
+    /// so a driver that kept a buffer after completion reads garbage, and a host's
+    /// pooled buffer that changes after it was poisoned is reported.
+    public let checkedBuffers: Bool
+    /// Polled by synchronous waits: when it says true (the host is shutting down),
+    /// a wait cancels its IRP and gives up after `shutdownGrace` seconds.
+    public nonisolated(unsafe) var isShuttingDown: (@Sendable () -> Bool)?
+    /// How long a cancelled IRP may take to complete before the I/O manager stops
+    /// waiting for it (at shutdown, after a host's cancel). Windows waits 5 minutes.
+    public nonisolated(unsafe) var shutdownGrace: Double = 1.0
+
+    /// The observers at IoCallDriver and IoCompleteRequest, in call order. Nil when
+    /// there are none: the IRP path then pays one load and one branch per choke point.
+    @exclusivity(unchecked) @usableFromInline nonisolated(unsafe) var observers: ObserverChain?
 
     let counters = IOCounters()
-    private let pool = IRPPool()
+    let pool = IRPPool()
     private let links = Mutex<[(name: String, device: DeviceObject)]>([])
     private let drivers = Mutex<[DriverObject]>([])
     private let rootNodes = Mutex<[DeviceNode]>([])
     private let deviceCount = Atomic<Int>(0)
-    private(set) lazy var rootBus: DriverObject = makeRootBus()
+    private var rootBusObject: DriverObject?
+    var rootBus: DriverObject {
+        if let b = rootBusObject { return b }
+        let b = makeRootBus()
+        rootBusObject = b
+        return b
+    }
 
-    public init(bounceBuffers: Bool = false) {
+    /// `verifierRules`: install Driver Verifier's IRP rules as an observer (the
+    /// daemon's default; Windows enables Verifier per driver).
+    public init(bounceBuffers: Bool = false, verifierRules: Bool = true, checkedBuffers: Bool = false) {
         self.bounceBuffers = bounceBuffers
+        self.checkedBuffers = checkedBuffers
+        if verifierRules { addObserver(VerifierRules(verifier)) }
+    }
+
+    /// Adds an observer at the end of the chain. Call before I/O starts.
+    public func addObserver(_ observer: any IRPObserver) {
+        observers = ObserverChain((observers?.list ?? []) + [observer])
+    }
+
+    /// Removes every observer of type `T`. Call while no I/O runs.
+    public func removeObservers<T: IRPObserver>(of type: T.Type) {
+        let rest = (observers?.list ?? []).filter { !($0 is T) }
+        observers = rest.isEmpty ? nil : ObserverChain(rest)
     }
 
     /// The counters, as a snapshot.
@@ -63,7 +101,8 @@ public final class IOManager: @unchecked Sendable {
     public var loadedDrivers: [DriverObject] { drivers.withLock { $0 } }
 
     /// Tears down every stack (top first, each device detached and deleted),
-    /// then calls each driver's Unload in reverse load order.
+    /// then calls each driver's Unload in reverse load order. Afterwards nothing
+    /// the tree built is referenced any more (drivers, devices, extensions).
     public func unloadAll() {
         let nodes = rootNodes.withLock { n in defer { n.removeAll() }; return n }
         for node in nodes.reversed() {
@@ -81,8 +120,28 @@ public final class IOManager: @unchecked Sendable {
                 verifier.report(.unloadWithDevices, device: driver.deviceObjects.first)
             }
             log?("unloaded \(driver.name)")
+            driver.release()
         }
         links.withLock { $0.removeAll() }
+        rootBusObject?.release()
+        readinessObserver = nil
+        pool.drain()
+    }
+
+    deinit {
+        // A tree dropped without an unmount (tests, embedded hosts): break the links
+        // that hold stacks together so everything it built is freed. No Unload runs.
+        let nodes = rootNodes.withLock { n in defer { n.removeAll() }; return n }
+        for node in nodes {
+            var top: DeviceObject? = node.pdo.topOfStack
+            while let d = top {
+                top = d.lowerDevice
+                d.attachedDevice = nil
+                d.lowerDevice = nil
+            }
+        }
+        for driver in drivers.withLock({ $0 }) { driver.release() }
+        rootBusObject?.release()
     }
 
     // MARK: - Devices
@@ -103,7 +162,8 @@ public final class IOManager: @unchecked Sendable {
 
     /// `IoAttachDeviceToDeviceStack`: attaches `source` above the top of `target`'s
     /// stack and returns the device it attached to. The new device's stack size is
-    /// one more than the one below, and it mirrors the buffering flags below it.
+    /// one more than the one below; nothing else is copied (as on Windows: a filter
+    /// copies the buffering flags, DeviceType and Characteristics itself).
     @discardableResult
     public func attachDeviceToDeviceStack(_ source: DeviceObject, to target: DeviceObject) -> DeviceObject {
         let lower = target.topOfStack
@@ -111,8 +171,6 @@ public final class IOManager: @unchecked Sendable {
         source.lowerDevice = lower
         source.stackSize = lower.stackSize + 1
         source.deviceNode = lower.deviceNode
-        source.flags.subtract([.bufferedIO, .directIO])
-        source.flags.formUnion(lower.flags.intersection([.bufferedIO, .directIO]))
         return lower
     }
 
@@ -168,8 +226,11 @@ public final class IOManager: @unchecked Sendable {
         let node = DeviceNode(instanceName: instanceName, hardwareIDs: hardwareIDs, parameters: parameters, pdo: pdo)
         pdo.deviceNode = node
         pdo.flags.remove(.deviceInitializing)
+        rootNodes.withLock { $0.append(node) }
+        let filters = Set((lowerFilters + upperFilters).map(ObjectIdentifier.init))
         for driver in lowerFilters + [functionDriver] + upperFilters {
             guard let add = driver.addDevice else { throw NTStatus.invalidDeviceRequest }
+            let below = pdo.topOfStack
             let status = add(driver, pdo)
             guard status.isSuccess else { throw status }
             let top = pdo.topOfStack
@@ -177,9 +238,26 @@ public final class IOManager: @unchecked Sendable {
                 verifier.report(.deviceInitializingLeftSet, device: top)
                 top.flags.remove(.deviceInitializing)
             }
+            if top !== below, driver !== functionDriver || filters.contains(ObjectIdentifier(driver)) {
+                checkFilterCopied(top, from: below)
+            }
         }
-        rootNodes.withLock { $0.append(node) }
         return pdo
+    }
+
+    /// A filter must look like the device below it: the same buffering and
+    /// power-pagable flags, DeviceType and Characteristics (Verifier 0x244/0x23F/0x246).
+    private func checkFilterCopied(_ filter: DeviceObject, from lower: DeviceObject) {
+        let copied: DeviceFlags = [.bufferedIO, .directIO, .powerPagable]
+        if filter.flags.intersection(copied) != lower.flags.intersection(copied) {
+            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Flags \(filter.flags.intersection(copied)) below: \(lower.flags.intersection(copied))")
+        }
+        if filter.deviceType != lower.deviceType {
+            verifier.report(.filterFlagsNotCopied, device: filter, detail: "DeviceType 0x\(String(filter.deviceType, radix: 16)), below: 0x\(String(lower.deviceType, radix: 16))")
+        }
+        if filter.characteristics != lower.characteristics {
+            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Characteristics differ from the device below")
+        }
     }
 
     private func makeRootBus() -> DriverObject {
@@ -198,175 +276,347 @@ public final class IOManager: @unchecked Sendable {
 
     /// `IoAllocateIrp`: an IRP from the pool, with `stackSize` locations.
     public func allocateIrp(stackSize: Int) -> IRP {
-        let irp = pool.take(stackSize: stackSize) ?? IRP(stackCount: stackSize, ioManager: self)
-        irp.life.store(IRP.Life.inFlight.rawValue, ordering: .releasing)
-        return irp
+        let p = pool.take(stackSize: stackSize) ?? pool.make(stackSize: stackSize, ioManager: self)
+        let g = p.cancelState.withLock { s in
+            s.cancel = false
+            s.routine = nil
+            s.generation &+= 1
+            return s.generation
+        }
+        p.state.store(IRPPacket.word(g, .inFlight), ordering: .releasing)
+        return IRP(packet: p, generation: g)
     }
 
     /// `IoFreeIrp`: returns a completed (or never sent) IRP to the pool.
     public func freeIrp(_ irp: IRP) {
-        let d = irp.dispatchState.load(ordering: .acquiring)
-        if irp.life.load(ordering: .acquiring) == IRP.Life.inFlight.rawValue, d != IRP.Dispatch.idle.rawValue {
+        let p = irp.packet
+        guard p.generation == irp.generation, p.life != .free else {
+            verifier.report(.staleIrpUsed, irp: irp, detail: "IoFreeIrp on an IRP already freed")
+            return
+        }
+        let d = p.dispatchState.load(ordering: .acquiring)
+        if p.life == .inFlight, d != IRPPacket.Dispatch.idle.rawValue {
             verifier.report(.freedInFlight, irp: irp)
             return
         }
-        releaseBounceBuffer(irp)
-        irp.reset()
-        irp.life.store(IRP.Life.free.rawValue, ordering: .releasing)
-        pool.put(irp)
+        releaseBounceBuffer(p)
+        if let copy = p.ownedCopy {
+            if checkedBuffers { copy.initializeMemory(as: UInt8.self, repeating: Poison.byte, count: p.borrowedCount) }
+            copy.deallocate()
+            p.ownedCopy = nil
+        }
+        p.reset()
+        p.state.store(IRPPacket.word(irp.generation, .free), ordering: .releasing)
+        pool.put(p)
     }
 
     /// `IoCallDriver`: moves to the next stack location and calls `device`'s dispatch routine.
     @inline(__always)
     public func callDriver(_ device: DeviceObject, _ irp: IRP) -> NTStatus {
-        guard irp.currentLocation > 1 else {
+        let p = irp.packet
+        guard p.currentLocation > 1 else {
             verifier.report(.noStackLocationsLeft, irp: irp, device: device)
             irp.complete(.invalidDeviceRequest)
             return .invalidDeviceRequest
         }
-        irp.currentLocation -= 1
-        let i = irp.currentLocation - 1
-        irp.locations[i].deviceObject = device
-        guard let routine = device.driverObject.majorFunction.routine(irp.locations[i].majorFunction) else {
-            irp.complete(.invalidDeviceRequest)
-            return .invalidDeviceRequest
+        p.currentLocation -= 1
+        let location = p.currentLocation
+        p.locations[location - 1].deviceObject = device
+        let routine = device.driverObject.majorFunction.routine(p.locations[location - 1].majorFunction)
+        guard let observers else {
+            guard let routine else { return invalidRequest(irp) }
+            return routine(device, irp)
         }
-        return routine(device, irp)
+        observers.callingDriver(device, irp, location: location)
+        let status = routine.map { $0(device, irp) } ?? invalidRequest(irp)
+        observers.driverReturned(device, irp, location: location, status: status)
+        return status
     }
 
-    /// Sends a new IRP to the top of a stack and arranges for its requester to be
-    /// called once. Returns STATUS_PENDING if and only if the requester will be
-    /// called later, from the thread that completes the IRP; otherwise the requester
-    /// has already been called when this returns, and the result is the final status.
-    public func submit(_ irp: IRP, to device: DeviceObject) -> NTStatus {
+    private func invalidRequest(_ irp: IRP) -> NTStatus {
+        irp.complete(.invalidDeviceRequest)
+        return .invalidDeviceRequest
+    }
+
+    /// Sends an IRP built by `makeIrp` to the top of its stack and arranges for its
+    /// requester to be called once. Returns STATUS_PENDING if and only if the
+    /// requester will be called later, from the thread that completes the IRP;
+    /// otherwise the requester has already been called when this returns, and the
+    /// result is the final status.
+    func submit(_ irp: IRP) -> NTStatus {
+        let p = irp.packet
+        let device = p.targetDevice!
         counters.submitted.add(1, ordering: .relaxed)
-        irp.dispatchState.store(IRP.Dispatch.dispatching.rawValue, ordering: .releasing)
+        p.dispatchState.store(IRPPacket.Dispatch.dispatching.rawValue, ordering: .releasing)
         let status = callDriver(device, irp)
-        // The requester hears of the pending state while delivery is still held back:
-        // a completion racing with this only marks the IRP, and the delivery happens below.
-        if status == .pending { irp.requester?.irpPending(irp) }
-        let (exchanged, _) = irp.dispatchState.compareExchange(
-            expected: IRP.Dispatch.dispatching.rawValue, desired: IRP.Dispatch.returnedPending.rawValue,
+        if status == .pending || p.dispatchState.load(ordering: .acquiring) == IRPPacket.Dispatch.dispatching.rawValue {
+            // Not completed (yet): memory borrowed from the host must outlive this
+            // call (a driver that marked the IRP pending already moved it), and the
+            // requester hears of the pending state while delivery is still held
+            // back: a completion racing with this only marks the IRP.
+            if p.borrowed { relocateBorrowedMemory(p) }
+            p.requester?.irpPending(irp)
+        }
+        let (exchanged, _) = p.dispatchState.compareExchange(
+            expected: IRPPacket.Dispatch.dispatching.rawValue, desired: IRPPacket.Dispatch.returnedPending.rawValue,
             ordering: .acquiringAndReleasing)
         if exchanged {
-            // Not completed yet: it must have been marked pending.
             counters.pended.add(1, ordering: .relaxed)
-            if status != .pending { verifier.report(.returnedWithoutCompleting, device: device) }
             return .pending
         }
-        // Completed during dispatch: the requester is told here, on this thread.
-        let final = irp.ioStatus.status
-        if status == .pending {
-            if !irp.pendingReturned { verifier.report(.pendingWithoutMark, device: device) }
-        } else {
-            if irp.pendingReturned { verifier.report(.markedPendingReturnedOther, device: device) }
-            if status != final { verifier.report(.statusMismatch, device: device) }
-        }
         deliver(irp, asynchronously: false)
-        return final
+        return p.ioStatus.status
     }
 
-    /// `submit` to the device the IRP was made for (`makeIrp`).
-    @inline(__always)
-    public func submit(_ irp: IRP) -> NTStatus { submit(irp, to: irp.targetDevice!) }
-
-    /// `callSynchronously` to the device the IRP was made for (`makeIrp`).
-    @inline(__always)
-    public func callSynchronously(_ irp: IRP) -> NTStatus { callSynchronously(irp, to: irp.targetDevice!) }
-
-    /// Submits and waits: the IRP is completed when this returns; the caller frees it.
-    public func callSynchronously(_ irp: IRP, to device: DeviceObject) -> NTStatus {
-        irp.requester = SynchronousRequester.shared
-        if submit(irp, to: device) == .pending { irp.waitUntilDone() }
-        return irp.ioStatus.status
+    /// Submits and waits: the IRP is completed when this returns, unless the host
+    /// is shutting down and the driver did not complete it within `shutdownGrace`
+    /// after a cancel (then STATUS_CANCELLED, and the IRP is abandoned to the driver).
+    /// The caller frees a completed IRP.
+    func callSynchronously(_ irp: IRP) -> (status: NTStatus, completed: Bool) {
+        irp.packet.requester = SynchronousRequester.shared
+        if submit(irp) == .pending {
+            var cancelledAt: Double?
+            while !irp.packet.done.wait(timeout: .now() + 0.1).isSuccess {
+                guard isShuttingDown?() == true else { continue }
+                let now = Self.now
+                if let t = cancelledAt {
+                    if now - t > shutdownGrace, irp.packet.abandoned.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged {
+                        verifier.report(.neverCompleted, irp: irp, detail: "a synchronous request abandoned at shutdown")
+                        return (.cancelled, false)
+                    }
+                } else {
+                    cancelledAt = now
+                    irp.cancelIrp(reportingStale: false)
+                }
+            }
+        }
+        return (irp.packet.ioStatus.status, true)
     }
+
+    static var now: Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
     /// `IoCompleteRequest`.
     func completeRequest(_ irp: IRP, setting newStatus: IOStatusBlock?) {
-        var spins = 0
+        let p = irp.packet
+        let g = irp.generation
+        let inFlight = IRPPacket.word(g, .inFlight), walking = IRPPacket.word(g, .walking)
         while true {
-            let (ok, seen) = irp.life.compareExchange(
-                expected: IRP.Life.inFlight.rawValue, desired: IRP.Life.completed.rawValue + 1,
-                ordering: .acquiringAndReleasing)
+            let (ok, seen) = p.state.compareExchange(expected: inFlight, desired: walking, ordering: .acquiringAndReleasing)
             if ok { break }
-            // completed + 1 marks a walk under way: a completion routine that returned
-            // STATUS_MORE_PROCESSING_REQUIRED may hand the IRP to a thread that completes
-            // it again before the walk has given ownership back.
-            if seen == IRP.Life.completed.rawValue + 1, spins < 1_000_000 {
-                spins += 1
+            if seen == walking {
+                // The walk is still running: a completion routine returned (or is about to
+                // return) STATUS_MORE_PROCESSING_REQUIRED after handing the IRP to this
+                // thread. Leave the completion for the walk to pick up; nobody waits.
+                p.queuedStatus = newStatus ?? p.ioStatus
+                let (queued, _) = p.state.compareExchange(
+                    expected: walking, desired: IRPPacket.word(g, .walkingQueued), ordering: .acquiringAndReleasing)
+                if queued { return }
                 continue
             }
-            verifier.report(.completedTwice, irp: irp)
+            if UInt32(truncatingIfNeeded: seen >> 8) != g || seen & 0xFF == UInt64(IRPPacket.Life.free.rawValue) {
+                verifier.report(.staleIrpUsed, irp: irp, detail: "IoCompleteRequest on an IRP that was freed or reused")
+            } else {
+                verifier.report(.completedTwice, irp: irp)
+            }
             return
         }
-        if let newStatus { irp.ioStatus = newStatus }
-        if irp.ioStatus.status == .pending { verifier.report(.completedWithPendingStatus, irp: irp) }
-        if irp.setCancelRoutine(nil) != nil { verifier.report(.completedWithCancelRoutine, irp: irp) }
-        if irp.ioStatus.status == .cancelled { counters.cancelled.add(1, ordering: .relaxed) }
+        if let newStatus { p.ioStatus = newStatus }
+        walk(irp)
+    }
 
-        while irp.currentLocation <= irp.stackCount {
-            let i = irp.currentLocation - 1
-            let control = irp.locations[i].control
-            let routine = irp.locations[i].completionRoutine
-            let context = irp.locations[i].context
-            irp.locations[i].completionRoutine = nil
-            irp.locations[i].context = nil
-            irp.locations[i].control = []
-            irp.currentLocation += 1
-            irp.pendingReturned = control.contains(.pendingReturned)
-            let status = irp.ioStatus.status
+    /// The completion walk: from the current location up, calling completion routines.
+    private func walk(_ irp: IRP) {
+        let p = irp.packet
+        let g = irp.generation
+        let observers = self.observers
+        observers?.completing(irp)
+        if p.setCancelRoutineCleared() { verifier.report(.completedWithCancelRoutine, irp: irp) }
+        if p.ioStatus.status == .cancelled { counters.cancelled.add(1, ordering: .relaxed) }
+
+        while p.currentLocation <= p.stackCount {
+            let i = p.currentLocation - 1
+            let control = p.locations[i].control
+            let routine = p.locations[i].completionRoutine
+            let context = p.locations[i].context
+            p.locations[i].completionRoutine = nil
+            p.locations[i].context = nil
+            p.locations[i].completedStatus = p.ioStatus.status
+            p.currentLocation += 1
+            p.pendingReturned = control.contains(.pendingReturned)
+            let status = p.ioStatus.status
+            let above = p.currentLocation <= p.stackCount ? p.locations[p.currentLocation - 1].deviceObject : nil
             if let routine,
                (status.isSuccess && control.contains(.invokeOnSuccess))
                 || (!status.isSuccess && control.contains(.invokeOnError))
                 || (irp.cancel && control.contains(.invokeOnCancel))
             {
-                let above = irp.currentLocation <= irp.stackCount ? irp.locations[irp.currentLocation - 1].deviceObject : nil
-                if routine(above, irp, context) == .moreProcessingRequired {
-                    irp.life.store(IRP.Life.inFlight.rawValue, ordering: .releasing)
-                    return
+                let pendingReturned = p.pendingReturned
+                let result = routine(above, irp, context)
+                observers?.completionRoutineReturned(above, irp, pendingReturned: pendingReturned, result: result)
+                if result == .moreProcessingRequired {
+                    // The routine's driver owns the IRP again. If it already completed
+                    // it again (on another thread), go on with that completion here.
+                    let (ok, _) = p.state.compareExchange(
+                        expected: IRPPacket.word(g, .walking), desired: IRPPacket.word(g, .inFlight),
+                        ordering: .acquiringAndReleasing)
+                    if ok { return }
+                    p.state.store(IRPPacket.word(g, .walking), ordering: .releasing)
+                    if let q = p.queuedStatus { p.ioStatus = q }
+                    p.queuedStatus = nil
+                    continue
                 }
-            } else if irp.pendingReturned, irp.currentLocation <= irp.stackCount {
-                irp.locations[irp.currentLocation - 1].control.insert(.pendingReturned)
+            } else if p.pendingReturned, p.currentLocation <= p.stackCount {
+                p.locations[p.currentLocation - 1].control.insert(.pendingReturned)
             }
         }
+        let (finished, _) = p.state.compareExchange(
+            expected: IRPPacket.word(g, .walking), desired: IRPPacket.word(g, .completed), ordering: .acquiringAndReleasing)
+        if !finished {
+            // Completed again while the walk ran, and no routine asked for it back.
+            verifier.report(.completedTwice, irp: irp)
+            p.queuedStatus = nil
+            p.state.store(IRPPacket.word(g, .completed), ordering: .releasing)
+        }
         counters.completed.add(1, ordering: .relaxed)
-        copyBackBounceBuffer(irp)
-        irp.life.store(IRP.Life.completed.rawValue, ordering: .releasing)
-        let (duringDispatch, _) = irp.dispatchState.compareExchange(
-            expected: IRP.Dispatch.dispatching.rawValue, desired: IRP.Dispatch.completedWhileDispatching.rawValue,
+        copyBackBounceBuffer(p)
+        observers?.completed(irp)
+        let (duringDispatch, _) = p.dispatchState.compareExchange(
+            expected: IRPPacket.Dispatch.dispatching.rawValue, desired: IRPPacket.Dispatch.completedWhileDispatching.rawValue,
             ordering: .acquiringAndReleasing)
         if duringDispatch { return }  // `submit` delivers it when dispatch returns
         deliver(irp, asynchronously: true)
     }
 
+    /// Hands a completed IRP to its requester, then frees it (a synchronous caller frees its own).
     private func deliver(_ irp: IRP, asynchronously: Bool) {
-        irp.completedAsynchronously = asynchronously
-        if let requester = irp.requester {
-            requester.irpCompleted(irp)
+        let p = irp.packet
+        p.completedAsynchronously = asynchronously
+        guard let requester = p.requester else { return }
+        if requester === SynchronousRequester.shared {
+            if asynchronously {
+                // A caller that gave up at shutdown is gone: the IRP is ours to free.
+                if p.abandoned.load(ordering: .acquiring) { freeIrp(irp) } else { p.done.signal() }
+            }
+            return
+        }
+        requester.irpCompleted(irp)
+        freeIrp(irp)
+    }
+
+    // MARK: - Borrowed host memory
+
+    /// The IRP is about to outlive the host's call: copy what it borrowed into
+    /// memory the I/O manager owns and point every buffer of the IRP there.
+    func relocateBorrowedMemory(_ p: IRPPacket) {
+        guard p.borrowed, let old = p.borrowBase else { p.borrowed = false; return }
+        p.borrowed = false
+        let n = p.borrowedCount
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: max(n, 1), alignment: 16)
+        copyBytes(from: old, to: copy, count: n)
+        p.ownedCopy = copy
+        func rebase(_ q: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+            guard let q, q >= old, q <= old + n else { return q }
+            return copy + (q - old)
+        }
+        p.hostBuffer = rebase(p.hostBuffer)
+        p.systemBuffer = rebase(p.systemBuffer)
+        p.userBuffer = rebase(p.userBuffer)
+        p.bounceCaller = rebase(p.bounceCaller)
+        if let mdl = p.mdlAddress, let a = rebase(mdl.address) { p.mdlAddress = MDL(address: a, byteCount: mdl.byteCount) }
+        for i in 0..<p.stackCount {
+            if let t = p.locations[i].parameters.deviceIoControl.type3InputBuffer {
+                p.locations[i].parameters.deviceIoControl.type3InputBuffer = rebase(t)
+            }
+        }
+    }
+
+    // MARK: - Outstanding IRPs
+
+    /// IRPs sent by a host that have not been handed back yet.
+    public var outstandingIrps: [IRP] {
+        pool.all.compactMap { p in
+            let w = p.state.load(ordering: .acquiring)
+            let life = IRPPacket.Life(rawValue: UInt8(truncatingIfNeeded: w)) ?? .free
+            let d = p.dispatchState.load(ordering: .acquiring)
+            guard life != .free, life != .completed, d != IRPPacket.Dispatch.idle.rawValue, !p.abandoned.load(ordering: .relaxed) else { return nil }
+            return IRP(packet: p, generation: UInt32(truncatingIfNeeded: w >> 8))
+        }
+    }
+
+    /// At shutdown: cancels every outstanding IRP, waits up to `grace` seconds for
+    /// the drivers to complete them, and reports each one that is still not
+    /// completed (Windows would wait 5 minutes for a cancelled IRP, then bug check).
+    /// Returns the IRPs left with the drivers.
+    @discardableResult
+    public func cancelOutstanding(grace: Double) -> [IRP] {
+        for irp in outstandingIrps { irp.cancelIrp(reportingStale: false) }
+        let deadline = Self.now + grace
+        var left = outstandingIrps
+        while !left.isEmpty, Self.now < deadline {
+            _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.01)
+            left = outstandingIrps
+        }
+        for irp in left {
+            verifier.report(.neverCompleted, irp: irp, device: irp.packet.targetDevice, detail: "still not completed \(grace) s after IoCancelIrp at shutdown")
+        }
+        return left
+    }
+}
+
+/// The requester of `callSynchronously`: the waiting thread reads the result.
+final class SynchronousRequester: IRPRequester {
+    static let shared = SynchronousRequester()
+    func irpCompleted(_ irp: IRP) {}
+}
+
+extension IRPPacket {
+    /// Clears the cancel routine at completion; true if one was still set.
+    func setCancelRoutineCleared() -> Bool {
+        cancelState.withLock { s in
+            defer { s.routine = nil }
+            return s.routine != nil
         }
     }
 }
 
-/// The requester of `callSynchronously`: wakes the waiting thread.
-final class SynchronousRequester: IRPRequester {
-    static let shared = SynchronousRequester()
-    func irpCompleted(_ irp: IRP) {
-        if irp.completedAsynchronously { irp.signalDone() }
-    }
-}
-
-/// Free IRPs by stack size. IRPs are never released while the I/O manager lives,
-/// which keeps a late cancel (`IRP.cancel(ifGeneration:)`) pointing at valid memory.
+/// Free IRPs by stack size. Packets are never released while the I/O manager
+/// serves, which keeps a late cancel or completion (an IRP a driver kept)
+/// pointing at valid memory that the generation check then refuses.
 final class IRPPool: Sendable {
-    private let lists = Mutex<[[IRP]]>(Array(repeating: [], count: 17))
+    private let lists = Mutex<[[IRPPacket]]>(Array(repeating: [], count: 17))
+    private let every = Mutex<[IRPPacket]>([])
 
-    func take(stackSize: Int) -> IRP? {
+    func take(stackSize: Int) -> IRPPacket? {
         guard stackSize < 17 else { return nil }
         return lists.withLock { $0[stackSize].popLast() }
     }
 
-    func put(_ irp: IRP) {
-        guard irp.stackCount < 17 else { return }
-        lists.withLock { $0[irp.stackCount].append(irp) }
+    func make(stackSize: Int, ioManager: IOManager) -> IRPPacket {
+        let p = IRPPacket(stackCount: stackSize, ioManager: ioManager)
+        every.withLock { $0.append(p) }
+        return p
     }
+
+    func put(_ p: IRPPacket) {
+        guard p.stackCount < 17 else { return }
+        lists.withLock { $0[p.stackCount].append(p) }
+    }
+
+    var all: [IRPPacket] { every.withLock { $0 } }
+
+    /// Forgets the free packets (at unload); packets still with drivers stay known.
+    func drain() {
+        let free = lists.withLock { l in defer { for i in l.indices { l[i].removeAll() } }; return l.flatMap { $0 } }
+        let ids = Set(free.map(ObjectIdentifier.init))
+        every.withLock { $0.removeAll { ids.contains(ObjectIdentifier($0)) } }
+    }
+}
+
+/// The byte checked mode fills finished buffers with.
+public enum Poison {
+    public static let byte: UInt8 = 0xDB
+}
+
+extension DispatchTimeoutResult {
+    var isSuccess: Bool { self == .success }
 }

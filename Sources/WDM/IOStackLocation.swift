@@ -26,6 +26,13 @@ public struct IOStackLocation: @unchecked Sendable {
     public internal(set) var completionRoutine: CompletionRoutine?
     /// `Context`
     public internal(set) var context: AnyObject?
+    /// The status the completion walk carried when it left this location (what
+    /// this location's driver saw as the result; the verifier compares it with
+    /// what the driver returned).
+    public internal(set) var completedStatus: NTStatus = .success
+    /// The verifier's note: this location's driver returned STATUS_PENDING before
+    /// the location was marked; it must be marked by the time the walk passes it.
+    var returnedPendingUnmarked = false
 
     public init() {}
 

@@ -1,5 +1,12 @@
 // IRP: an I/O request packet. One stack location per device in the stack;
-// one owner at a time; completed exactly once (the verifier catches a second).
+// one owner at a time; completed exactly once.
+//
+// Packets are pooled and reused, so what a driver holds is not the packet but
+// an `IRP`: the packet plus the incarnation (generation) it was handed out as.
+// Every operation that changes an IRP's life (complete, cancel, mark pending,
+// set a cancel routine) checks the generation: a driver that kept an IRP after
+// it completed and touches it once the packet serves another request is caught
+// by the verifier and changes nothing.
 
 import Dispatch
 import Synchronization
@@ -8,15 +15,18 @@ import Synchronization
 public typealias CancelRoutine = @Sendable (_ device: DeviceObject?, _ irp: IRP) -> Void
 
 /// Who issued an IRP at the top of the stack and gets it back when it is done
-/// (the FUSE bridge, the embedded host, a driver that built the IRP).
+/// (the FUSE bridge, the embedded host, a benchmark). Hosts reach the I/O
+/// manager through `IOManager.send(_:on:requester:)` (see IOManager+Host.swift).
 public protocol IRPRequester: AnyObject, Sendable {
     /// Called exactly once, after the last completion routine ran. For an IRP
     /// whose dispatch returned STATUS_PENDING this runs on the thread that completed it.
+    /// The I/O manager frees the IRP when this returns: keep nothing of it.
     func irpCompleted(_ irp: IRP)
 
-    /// Called on the submitting thread when dispatch returned STATUS_PENDING,
-    /// before `irpCompleted` can run anywhere: the request the IRP stands for is
-    /// still unanswered while this runs (the bridge arms FUSE interrupts here).
+    /// Called on the submitting thread when dispatch returned without completing
+    /// the IRP (STATUS_PENDING, or a driver bug), before `irpCompleted` can run
+    /// anywhere: the request is still unanswered while this runs (the bridge arms
+    /// FUSE interrupts here).
     func irpPending(_ irp: IRP)
 }
 
@@ -24,67 +34,277 @@ extension IRPRequester {
     public func irpPending(_ irp: IRP) {}
 }
 
-/// `IRP`.
-///
-/// Ownership: whoever holds the IRP last (the driver that is dispatching it, a
-/// queue, a completion routine that returned STATUS_MORE_PROCESSING_REQUIRED)
-/// is the only one that may touch it. IRPs are pooled by the I/O manager and
-/// reused, so no reference may be kept after completion.
-public final class IRP: @unchecked Sendable {
-    /// `StackCount`
-    public let stackCount: Int
-    /// `CurrentLocation`: counts down from `stackCount + 1` (nothing current) to 1 (the bottom).
-    public internal(set) var currentLocation: Int
-    /// The stack locations, allocated once for the IRP's life (the pool reuses it):
-    /// a plain buffer, so touching a location costs no uniqueness check.
-    @usableFromInline let locations: UnsafeMutablePointer<IOStackLocation>
+/// `IRP`: what drivers, completion routines, cancel routines and requesters hold.
+public struct IRP: @unchecked Sendable, Equatable {
+    @usableFromInline let packet: IRPPacket
+    /// The incarnation of the packet this IRP is. Bumped each time the pool hands it out.
+    public let generation: UInt32
 
-    /// `IoStatus`
-    public var ioStatus = IOStatusBlock()
-    /// `AssociatedIrp.SystemBuffer`
-    public var systemBuffer: UnsafeMutableRawPointer?
-    /// `MdlAddress`
-    public var mdlAddress: MDL?
-    /// `UserBuffer`
-    public var userBuffer: UnsafeMutableRawPointer?
-    /// `PendingReturned`: set during completion from the location below's SL_PENDING_RETURNED.
-    public internal(set) var pendingReturned = false
-    /// `Tail.Overlay.DriverContext`: for the driver that currently owns the IRP (queues use it).
-    public var driverContext: AnyObject?
+    @inlinable init(packet: IRPPacket, generation: UInt32) {
+        self.packet = packet
+        self.generation = generation
+    }
+
+    public static func == (a: IRP, b: IRP) -> Bool { a.packet === b.packet && a.generation == b.generation }
+
+    /// True while this IRP is the packet's current incarnation and not yet freed.
+    public var isCurrent: Bool { packet.generation == generation && packet.life != .free }
 
     /// The I/O manager this IRP belongs to.
-    // unowned(unsafe): the I/O manager outlives what it owns; read on every IRP.
-    public unowned(unsafe) let ioManager: IOManager
+    @inlinable public var ioManager: IOManager { packet.ioManager }
+    /// `StackCount`
+    @inlinable public var stackCount: Int { packet.stackCount }
+    /// `CurrentLocation`: counts down from `stackCount + 1` (nothing current) to 1 (the bottom).
+    @inlinable public var currentLocation: Int { packet.currentLocation }
 
-    // Requester side: not for drivers.
-    public var requester: (any IRPRequester)?
-    /// The top of the stack a request IRP was built for (`IOManager.makeIrp`), where
-    /// `submit(_:)` sends it.
-    public internal(set) var targetDevice: DeviceObject?
-    /// The requester's own pointer (the bridge keeps its fuse_req_t here).
-    public var requesterContext: UnsafeMutableRawPointer?
-    /// The requester's own word (the bridge keeps the request kind here).
-    public var requesterTag: Int = 0
-    /// The requester's buffer (the bridge's reply buffer or the request's memory).
-    public var requesterBuffer: UnsafeMutableRawPointer?
+    /// `IoStatus`
+    @inlinable public var ioStatus: IOStatusBlock {
+        get { packet.ioStatus }
+        nonmutating set { packet.ioStatus = newValue }
+    }
+    /// `AssociatedIrp.SystemBuffer`
+    @inlinable public var systemBuffer: UnsafeMutableRawPointer? {
+        get { packet.systemBuffer }
+        nonmutating set { packet.systemBuffer = newValue }
+    }
+    /// `MdlAddress`
+    @inlinable public var mdlAddress: MDL? {
+        get { packet.mdlAddress }
+        nonmutating set { packet.mdlAddress = newValue }
+    }
+    /// `UserBuffer`
+    @inlinable public var userBuffer: UnsafeMutableRawPointer? {
+        get { packet.userBuffer }
+        nonmutating set { packet.userBuffer = newValue }
+    }
+    /// `PendingReturned`: set during completion from the location below's SL_PENDING_RETURNED.
+    public var pendingReturned: Bool { packet.pendingReturned }
+    /// `Tail.Overlay.DriverContext`: for the driver that currently owns the IRP (queues use it).
+    public var driverContext: AnyObject? {
+        get { packet.driverContext }
+        nonmutating set { packet.driverContext = newValue }
+    }
+    /// The requester the IRP goes back to.
+    public var requester: (any IRPRequester)? { packet.requester }
     /// True when completion ran on another thread after dispatch returned STATUS_PENDING.
-    public internal(set) var completedAsynchronously = false
+    public var completedAsynchronously: Bool { packet.completedAsynchronously }
+    /// The host's buffer for this request (a read's reply buffer, a write's payload, an
+    /// ioctl's envelope data). If the IRP pended while it borrowed the host's memory,
+    /// this is the I/O manager's copy, where the driver's output now is.
+    public var hostBuffer: UnsafeMutableRawPointer? { packet.hostBuffer }
+
+    // MARK: - Stack locations
+
+    /// `IoGetCurrentIrpStackLocation`.
+    @inlinable public var currentStackLocation: IOStackLocation {
+        get { packet.locations[packet.currentLocation - 1] }
+        nonmutating _modify { yield &packet.locations[packet.currentLocation - 1] }
+    }
+
+    /// `IoGetNextIrpStackLocation`: the location the next lower driver will see.
+    @inlinable public var nextStackLocation: IOStackLocation {
+        get { packet.locations[packet.currentLocation - 2] }
+        nonmutating _modify { yield &packet.locations[packet.currentLocation - 2] }
+    }
+
+    /// The current location's major function.
+    @inlinable public var majorFunction: MajorFunction { packet.locations[packet.currentLocation - 1].majorFunction }
+    /// The current location's minor function.
+    @inlinable public var minorFunction: UInt8 { packet.locations[packet.currentLocation - 1].minorFunction }
+    /// The current location's parameters.
+    @inlinable public var parameters: IOStackLocation.Parameters { packet.locations[packet.currentLocation - 1].parameters }
+    /// The current location's file object.
+    @inlinable public var fileObject: FileObject? { packet.locations[packet.currentLocation - 1].fileObject }
+
+    /// The buffer of a read or write, whichever way the device asked for it:
+    /// the MDL (DO_DIRECT_IO), SystemBuffer (DO_BUFFERED_IO) or UserBuffer;
+    /// `Parameters.Read.Length` bytes.
+    public var transferBuffer: UnsafeMutableRawBufferPointer {
+        let p = packet
+        if let mdl = p.mdlAddress { return mdl.systemAddress }
+        let length = p.locations[p.currentLocation - 1].parameters.read.length
+        if let sb = p.systemBuffer { return UnsafeMutableRawBufferPointer(start: sb, count: length) }
+        return UnsafeMutableRawBufferPointer(start: p.userBuffer, count: p.userBuffer == nil ? 0 : length)
+    }
+
+    /// `IoSkipCurrentIrpStackLocation`: the next driver sees this location as its own.
+    @inlinable public func skipCurrentStackLocation() {
+        packet.currentLocation += 1
+    }
+
+    /// `IoCopyCurrentIrpStackLocationToNext`: copies everything but the completion routine.
+    public func copyCurrentStackLocationToNext() {
+        let p = packet
+        var next = p.locations[p.currentLocation - 1]
+        next.completionRoutine = nil
+        next.context = nil
+        next.control = []
+        next.deviceObject = nil
+        p.locations[p.currentLocation - 2] = next
+    }
+
+    /// `IoSetCompletionRoutine`: called when the lower driver completes the IRP,
+    /// if the final status matches one of the flags (InvokeOnCancel: if the IRP
+    /// was cancelled, whatever the status).
+    public func setCompletionRoutine(
+        _ routine: @escaping CompletionRoutine, context: AnyObject? = nil,
+        invokeOnSuccess: Bool = true, invokeOnError: Bool = true, invokeOnCancel: Bool = true
+    ) {
+        let p = packet
+        let i = p.currentLocation - 2
+        p.locations[i].completionRoutine = routine
+        p.locations[i].context = context
+        var c = p.locations[i].control.intersection(.pendingReturned)
+        if invokeOnSuccess { c.insert(.invokeOnSuccess) }
+        if invokeOnError { c.insert(.invokeOnError) }
+        if invokeOnCancel { c.insert(.invokeOnCancel) }
+        p.locations[i].control = c
+    }
+
+    /// `IoMarkIrpPending`. A dispatch routine that calls it must return `.pending`.
+    /// If the IRP still borrows the host's memory (a write's payload, an ioctl's
+    /// envelope), that memory moves to a copy the I/O manager owns here, before
+    /// the IRP can reach another thread: the host's request may end first.
+    public func markPending() {
+        let p = packet
+        guard p.generation == generation else {
+            p.ioManager.verifier.report(.staleIrpUsed, irp: self)
+            return
+        }
+        p.locations[p.currentLocation - 1].control.insert(.pendingReturned)
+        if p.borrowed { p.ioManager.relocateBorrowedMemory(p) }
+    }
+
+    /// Whether the current location was marked pending.
+    public var isMarkedPending: Bool {
+        let p = packet
+        return p.currentLocation <= p.stackCount && p.locations[p.currentLocation - 1].control.contains(.pendingReturned)
+    }
+
+    // MARK: - Completion
+
+    /// `IoCompleteRequest`: set `ioStatus` first. Walks the stack upward calling
+    /// the completion routines, then hands the IRP back to its requester.
+    /// Completing an IRP twice, or one that has been reused, is caught by the
+    /// verifier and ignored.
+    public func complete() {
+        packet.ioManager.completeRequest(self, setting: nil)
+    }
+
+    /// Sets `ioStatus` and completes. On an IRP already completed, neither happens.
+    public func complete(_ status: NTStatus, information: Int = 0) {
+        packet.ioManager.completeRequest(self, setting: IOStatusBlock(status: status, information: information))
+    }
+
+    // MARK: - Cancel
+
+    /// `Irp->Cancel`.
+    public var cancel: Bool { packet.cancelState.withLock { $0.cancel } }
+
+    /// `IoSetCancelRoutine`: sets the routine and returns the previous one.
+    /// A queue that gets nil back when clearing knows a cancel is under way.
+    @discardableResult
+    public func setCancelRoutine(_ routine: CancelRoutine?) -> CancelRoutine? {
+        let g = generation
+        return packet.cancelState.withLock { state in
+            guard state.generation == g else { return nil }
+            let old = state.routine
+            state.routine = routine
+            return old
+        }
+    }
+
+    /// Sets the cancel routine unless the IRP was already cancelled; returns false then.
+    /// The check and the set are one step, which is what makes queues cancel-safe.
+    public func setCancelRoutineUnlessCancelled(_ routine: @escaping CancelRoutine) -> Bool {
+        let g = generation
+        return packet.cancelState.withLock { state in
+            if state.cancel || state.generation != g { return false }
+            state.routine = routine
+            return true
+        }
+    }
+
+    /// `IoCancelIrp`: marks the IRP cancelled and calls its cancel routine, if any.
+    /// Returns true if a cancel routine ran. On an IRP that is no longer this
+    /// incarnation (completed and reused, or freed) it does nothing and the
+    /// verifier reports it when a driver asked (`report`); hosts, which learn of
+    /// cancels asynchronously, pass false.
+    @discardableResult
+    public func cancelIrp(reportingStale report: Bool = true) -> Bool {
+        let p = packet
+        let g = generation
+        let routine: CancelRoutine?? = p.cancelState.withLock { state in
+            guard state.generation == g, p.life != .free, p.life != .completed else { return .none }
+            state.cancel = true
+            let r = state.routine
+            state.routine = nil
+            return .some(r)
+        }
+        guard case .some(let r) = routine else {
+            if report, p.generation != g || p.life == .free { p.ioManager.verifier.report(.staleIrpUsed, irp: self) }
+            return false
+        }
+        guard let r else { return false }
+        let device = p.currentLocation <= p.stackCount ? p.locations[p.currentLocation - 1].deviceObject : nil
+        r(device, self)
+        return true
+    }
+}
+
+/// The pooled packet behind an `IRP`. Only the I/O manager touches it directly.
+public final class IRPPacket: @unchecked Sendable {
+    @usableFromInline let stackCount: Int
+    @exclusivity(unchecked) @usableFromInline var currentLocation: Int
+    /// The stack locations, allocated once for the packet's life: a plain buffer,
+    /// so touching a location costs no uniqueness check.
+    @usableFromInline let locations: UnsafeMutablePointer<IOStackLocation>
+
+    @exclusivity(unchecked) @usableFromInline var ioStatus = IOStatusBlock()
+    @exclusivity(unchecked) @usableFromInline var systemBuffer: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) @usableFromInline var mdlAddress: MDL?
+    @exclusivity(unchecked) @usableFromInline var userBuffer: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) var pendingReturned = false
+    @exclusivity(unchecked) var driverContext: AnyObject?
+    // unowned(unsafe): the I/O manager outlives what it owns; read on every IRP.
+    @usableFromInline unowned(unsafe) let ioManager: IOManager
+
+    // Requester side.
+    @exclusivity(unchecked) var requester: (any IRPRequester)?
+    /// The top of the stack the IRP was built for, where `submit` sends it.
+    @exclusivity(unchecked) var targetDevice: DeviceObject?
+    @exclusivity(unchecked) var completedAsynchronously = false
+    /// The host's buffer (see `IRP.hostBuffer`).
+    @exclusivity(unchecked) var hostBuffer: UnsafeMutableRawPointer?
+    /// True while the IRP points into host memory that is valid only until `send` returns.
+    @exclusivity(unchecked) var borrowed = false
+    @exclusivity(unchecked) var borrowedCount = 0
+    /// Where the borrowed region starts (at or before `hostBuffer`).
+    @exclusivity(unchecked) var borrowBase: UnsafeMutableRawPointer?
+    /// The I/O manager's copy of borrowed memory, once the IRP pended.
+    @exclusivity(unchecked) var ownedCopy: UnsafeMutableRawPointer?
+    /// The buffer lengths the verifier checks Information against (0: not checked).
+    @exclusivity(unchecked) var informationLimit = -1
+    /// A synchronous caller gave up waiting (shutdown): its late completion is dropped.
+    let abandoned = Atomic<Bool>(false)
 
     // Bounce buffering (IOManager.bounceBuffers): the caller's memory while the
     // driver works on a SystemBuffer of its own.
-    var bounceCaller: UnsafeMutableRawPointer?
-    var bounceSystem: UnsafeMutableRawPointer?
-    var bounceCopyBack = 0
+    @exclusivity(unchecked) var bounceCaller: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) var bounceSystem: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) var bounceCopyBack = 0
 
     struct CancelState {
         var cancel = false
         var routine: CancelRoutine?
-        var generation: UInt64 = 0
+        var generation: UInt32 = 0
     }
     let cancelState = Mutex(CancelState())
-    /// 0 free, 1 in flight, 2 completed.
-    let life = Atomic<UInt8>(0)
-    /// 0 not submitted, 1 dispatching, 2 dispatch returned STATUS_PENDING, 3 completed while dispatching.
+    /// The generation (high bits) and the life (low byte), changed together.
+    let state = Atomic<UInt64>(0)
+    /// A completion that arrived while the completion walk was still running.
+    @exclusivity(unchecked) var queuedStatus: IOStatusBlock?
+    /// 0 not submitted, 1 dispatching, 2 dispatch returned without completion, 3 completed while dispatching.
     let dispatchState = Atomic<UInt8>(0)
     let done = DispatchSemaphore(value: 0)
 
@@ -101,184 +321,26 @@ public final class IRP: @unchecked Sendable {
         locations.deallocate()
     }
 
-    enum Life: UInt8 { case free = 0, inFlight = 1, completed = 2 }
+    enum Life: UInt8 {
+        case free = 0, inFlight = 1, walking = 2, walkingQueued = 3, completed = 4
+    }
     enum Dispatch: UInt8 { case idle = 0, dispatching = 1, returnedPending = 2, completedWhileDispatching = 3 }
 
-    // MARK: - Stack locations
-
-    /// `IoGetCurrentIrpStackLocation`.
-    public var currentStackLocation: IOStackLocation {
-        get { locations[currentLocation - 1] }
-        _modify { yield &locations[currentLocation - 1] }
+    @inline(__always) static func word(_ generation: UInt32, _ life: Life) -> UInt64 {
+        UInt64(generation) << 8 | UInt64(life.rawValue)
     }
+    var generation: UInt32 { UInt32(truncatingIfNeeded: state.load(ordering: .acquiring) >> 8) }
+    var life: Life { Life(rawValue: UInt8(truncatingIfNeeded: state.load(ordering: .acquiring))) ?? .free }
 
-    /// `IoGetNextIrpStackLocation`: the location the next lower driver will see.
-    public var nextStackLocation: IOStackLocation {
-        get { locations[currentLocation - 2] }
-        _modify { yield &locations[currentLocation - 2] }
-    }
-
-    /// The current location's major function.
-    @inlinable public var majorFunction: MajorFunction { locations[currentLocation - 1].majorFunction }
-    /// The current location's parameters.
-    @inlinable public var parameters: IOStackLocation.Parameters { locations[currentLocation - 1].parameters }
-    /// The current location's file object.
-    @inlinable public var fileObject: FileObject? { locations[currentLocation - 1].fileObject }
-
-    /// The buffer of a read or write, whichever way the device asked for it:
-    /// the MDL (DO_DIRECT_IO), SystemBuffer (DO_BUFFERED_IO) or UserBuffer;
-    /// `Parameters.Read.Length` bytes.
-    public var transferBuffer: UnsafeMutableRawBufferPointer {
-        if let mdl = mdlAddress { return mdl.systemAddress }
-        let length = locations[currentLocation - 1].parameters.read.length
-        if let sb = systemBuffer { return UnsafeMutableRawBufferPointer(start: sb, count: length) }
-        return UnsafeMutableRawBufferPointer(start: userBuffer, count: userBuffer == nil ? 0 : length)
-    }
-
-    /// `IoSkipCurrentIrpStackLocation`: the next driver sees this location as its own.
-    public func skipCurrentStackLocation() {
-        currentLocation += 1
-    }
-
-    /// `IoCopyCurrentIrpStackLocationToNext`: copies everything but the completion routine.
-    public func copyCurrentStackLocationToNext() {
-        var next = locations[currentLocation - 1]
-        next.completionRoutine = nil
-        next.context = nil
-        next.control = []
-        next.deviceObject = nil
-        locations[currentLocation - 2] = next
-    }
-
-    /// `IoSetCompletionRoutine`: called when the lower driver completes the IRP,
-    /// if the final status matches one of the flags.
-    public func setCompletionRoutine(
-        _ routine: @escaping CompletionRoutine, context: AnyObject? = nil,
-        invokeOnSuccess: Bool = true, invokeOnError: Bool = true, invokeOnCancel: Bool = true
-    ) {
-        let i = currentLocation - 2
-        locations[i].completionRoutine = routine
-        locations[i].context = context
-        var c = locations[i].control.intersection(.pendingReturned)
-        if invokeOnSuccess { c.insert(.invokeOnSuccess) }
-        if invokeOnError { c.insert(.invokeOnError) }
-        if invokeOnCancel { c.insert(.invokeOnCancel) }
-        locations[i].control = c
-    }
-
-    /// `IoMarkIrpPending`. A dispatch routine that calls it must return `.pending`.
-    public func markPending() {
-        locations[currentLocation - 1].control.insert(.pendingReturned)
-    }
-
-    /// Whether the current location was marked pending.
-    public var isMarkedPending: Bool {
-        currentLocation <= stackCount && locations[currentLocation - 1].control.contains(.pendingReturned)
-    }
-
-    // MARK: - Completion
-
-    /// `IoCompleteRequest`: set `ioStatus` first. Walks the stack upward calling
-    /// the completion routines, then hands the IRP back to its requester.
-    /// Completing an IRP twice is caught by the verifier and ignored.
-    public func complete() {
-        ioManager.completeRequest(self, setting: nil)
-    }
-
-    /// Sets `ioStatus` and completes. On an IRP already completed, neither happens.
-    public func complete(_ status: NTStatus, information: Int = 0) {
-        ioManager.completeRequest(self, setting: IOStatusBlock(status: status, information: information))
-    }
-
-    // MARK: - Cancel
-
-    /// `Irp->Cancel`.
-    public var cancel: Bool { cancelState.withLock { $0.cancel } }
-
-    /// `IoSetCancelRoutine`: sets the routine and returns the previous one.
-    /// A queue that gets nil back when clearing knows a cancel is under way.
-    @discardableResult
-    public func setCancelRoutine(_ routine: CancelRoutine?) -> CancelRoutine? {
-        cancelState.withLock { state in
-            let old = state.routine
-            state.routine = routine
-            return old
-        }
-    }
-
-    /// Sets the cancel routine unless the IRP was already cancelled; returns false then.
-    /// The check and the set are one step, which is what makes queues cancel-safe.
-    public func setCancelRoutineUnlessCancelled(_ routine: @escaping CancelRoutine) -> Bool {
-        cancelState.withLock { state in
-            if state.cancel { return false }
-            state.routine = routine
-            return true
-        }
-    }
-
-    /// `IoCancelIrp`: marks the IRP cancelled and calls its cancel routine, if any.
-    @discardableResult
-    public func cancelIrp() -> Bool {
-        let routine: CancelRoutine? = cancelState.withLock { state in
-            state.cancel = true
-            let r = state.routine
-            state.routine = nil
-            return r
-        }
-        guard let routine else { return false }
-        let device = currentLocation <= stackCount ? locations[currentLocation - 1].deviceObject : nil
-        routine(device, self)
-        return true
-    }
-
-    /// The IRP's incarnation: bumped each time the pool hands it out again.
-    public var generation: UInt64 { cancelState.withLock { $0.generation } }
-
-    /// `IoCancelIrp`, but only if the IRP is still the incarnation `generation`
-    /// and still in flight. Used by requesters that learn of a cancel asynchronously
-    /// (a FUSE interrupt) when the IRP may have been completed and reused meanwhile.
-    @discardableResult
-    public func cancel(ifGeneration generation: UInt64) -> Bool {
-        let routine: CancelRoutine?? = cancelState.withLock { state in
-            guard state.generation == generation, life.load(ordering: .acquiring) == Life.inFlight.rawValue else {
-                return .none
-            }
-            state.cancel = true
-            let r = state.routine
-            state.routine = nil
-            return .some(r)
-        }
-        guard case .some(let r) = routine else { return false }
-        if let r {
-            let device = currentLocation <= stackCount ? locations[currentLocation - 1].deviceObject : nil
-            r(device, self)
-        }
-        return true
-    }
-
-    /// Blocks until a pending IRP's requester signals it (`signalDone`).
-    public func waitUntilDone() { done.wait() }
-    /// Blocks until `signalDone` or until `seconds` pass; false on timeout.
-    public func waitUntilDone(seconds: Double) -> Bool {
-        done.wait(timeout: .now() + seconds) == .success
-    }
-    /// Wakes the thread blocked in `waitUntilDone`.
-    public func signalDone() { done.signal() }
-
-    /// Reinitializes for reuse (`IoReuseIrp`).
+    /// Reinitializes for reuse (`IoReuseIrp`) and starts the next generation.
     func reset() {
-        cancelState.withLock { state in
-            state.cancel = false
-            state.routine = nil
-            state.generation &+= 1
-        }
         for i in 0..<stackCount {
-            // Field by field: cheaper than destroying and rebuilding the whole location,
-            // and the completion walk already cleared the routine and its context.
+            // Field by field: cheaper than destroying and rebuilding the whole location.
             locations[i].majorFunction = .create
             locations[i].minorFunction = 0
             locations[i].flags = 0
             locations[i].control = []
+            locations[i].returnedPendingUnmarked = false
             locations[i].parameters = IOStackLocation.Parameters()
             locations[i].deviceObject = nil
             locations[i].fileObject = nil
@@ -293,11 +355,15 @@ public final class IRP: @unchecked Sendable {
         pendingReturned = false
         driverContext = nil
         requester = nil
-        requesterContext = nil
-        requesterTag = 0
-        requesterBuffer = nil
         targetDevice = nil
+        hostBuffer = nil
+        borrowed = false
+        borrowedCount = 0
+        borrowBase = nil
+        informationLimit = -1
+        queuedStatus = nil
         completedAsynchronously = false
+        abandoned.store(false, ordering: .relaxed)
         dispatchState.store(Dispatch.idle.rawValue, ordering: .relaxed)
     }
 }

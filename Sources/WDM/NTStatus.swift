@@ -20,54 +20,56 @@ public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
     @inlinable public var isError: Bool { rawValue >> 30 == 3 }
 
     /// `STATUS_SUCCESS`
-    public static let success = NTStatus(0x0000_0000)
+    @inlinable public static var success: NTStatus { NTStatus(0x0000_0000) }
     /// `STATUS_PENDING`
-    public static let pending = NTStatus(0x0000_0103)
+    @inlinable public static var pending: NTStatus { NTStatus(0x0000_0103) }
     /// `STATUS_BUFFER_OVERFLOW` (warning: the partial data returned is valid)
-    public static let bufferOverflow = NTStatus(0x8000_0005)
+    @inlinable public static var bufferOverflow: NTStatus { NTStatus(0x8000_0005) }
     /// `STATUS_DEVICE_BUSY` (warning)
-    public static let deviceBusy = NTStatus(0x8000_0011)
+    @inlinable public static var deviceBusy: NTStatus { NTStatus(0x8000_0011) }
     /// `STATUS_UNSUCCESSFUL`
-    public static let unsuccessful = NTStatus(0xC000_0001)
+    @inlinable public static var unsuccessful: NTStatus { NTStatus(0xC000_0001) }
     /// `STATUS_NOT_IMPLEMENTED`
-    public static let notImplemented = NTStatus(0xC000_0002)
+    @inlinable public static var notImplemented: NTStatus { NTStatus(0xC000_0002) }
+    /// `STATUS_INVALID_HANDLE`: a request on a handle that was never opened or is closed.
+    @inlinable public static var invalidHandle: NTStatus { NTStatus(0xC000_0008) }
     /// `STATUS_INVALID_PARAMETER`
-    public static let invalidParameter = NTStatus(0xC000_000D)
+    @inlinable public static var invalidParameter: NTStatus { NTStatus(0xC000_000D) }
     /// `STATUS_NO_SUCH_DEVICE`
-    public static let noSuchDevice = NTStatus(0xC000_000E)
+    @inlinable public static var noSuchDevice: NTStatus { NTStatus(0xC000_000E) }
     /// `STATUS_INVALID_DEVICE_REQUEST`
-    public static let invalidDeviceRequest = NTStatus(0xC000_0010)
+    @inlinable public static var invalidDeviceRequest: NTStatus { NTStatus(0xC000_0010) }
     /// `STATUS_END_OF_FILE`
-    public static let endOfFile = NTStatus(0xC000_0011)
+    @inlinable public static var endOfFile: NTStatus { NTStatus(0xC000_0011) }
     /// `STATUS_MORE_PROCESSING_REQUIRED`: a completion routine keeps the IRP.
-    public static let moreProcessingRequired = NTStatus(0xC000_0016)
+    @inlinable public static var moreProcessingRequired: NTStatus { NTStatus(0xC000_0016) }
     /// `STATUS_ACCESS_DENIED`
-    public static let accessDenied = NTStatus(0xC000_0022)
+    @inlinable public static var accessDenied: NTStatus { NTStatus(0xC000_0022) }
     /// `STATUS_BUFFER_TOO_SMALL`
-    public static let bufferTooSmall = NTStatus(0xC000_0023)
+    @inlinable public static var bufferTooSmall: NTStatus { NTStatus(0xC000_0023) }
     /// `STATUS_DELETE_PENDING`
-    public static let deletePending = NTStatus(0xC000_0056)
+    @inlinable public static var deletePending: NTStatus { NTStatus(0xC000_0056) }
     /// `STATUS_DISK_FULL`
-    public static let diskFull = NTStatus(0xC000_007F)
+    @inlinable public static var diskFull: NTStatus { NTStatus(0xC000_007F) }
     /// `STATUS_INSUFFICIENT_RESOURCES`
-    public static let insufficientResources = NTStatus(0xC000_009A)
+    @inlinable public static var insufficientResources: NTStatus { NTStatus(0xC000_009A) }
     /// `STATUS_DEVICE_NOT_READY`
-    public static let deviceNotReady = NTStatus(0xC000_00A3)
+    @inlinable public static var deviceNotReady: NTStatus { NTStatus(0xC000_00A3) }
     /// `STATUS_IO_TIMEOUT`
-    public static let ioTimeout = NTStatus(0xC000_00B5)
+    @inlinable public static var ioTimeout: NTStatus { NTStatus(0xC000_00B5) }
     /// `STATUS_NOT_SUPPORTED`
-    public static let notSupported = NTStatus(0xC000_00BB)
+    @inlinable public static var notSupported: NTStatus { NTStatus(0xC000_00BB) }
     /// `STATUS_CANCELLED`
-    public static let cancelled = NTStatus(0xC000_0120)
+    @inlinable public static var cancelled: NTStatus { NTStatus(0xC000_0120) }
     /// `STATUS_DEVICE_REMOVED`
-    public static let deviceRemoved = NTStatus(0xC000_02B6)
+    @inlinable public static var deviceRemoved: NTStatus { NTStatus(0xC000_02B6) }
 
     /// Every status this model names, with its WDK name.
     public static let knownNames: [(NTStatus, String)] = [
         (.success, "STATUS_SUCCESS"), (.pending, "STATUS_PENDING"),
         (.bufferOverflow, "STATUS_BUFFER_OVERFLOW"), (.deviceBusy, "STATUS_DEVICE_BUSY"),
         (.unsuccessful, "STATUS_UNSUCCESSFUL"), (.notImplemented, "STATUS_NOT_IMPLEMENTED"),
-        (.invalidParameter, "STATUS_INVALID_PARAMETER"), (.noSuchDevice, "STATUS_NO_SUCH_DEVICE"),
+        (.invalidHandle, "STATUS_INVALID_HANDLE"), (.invalidParameter, "STATUS_INVALID_PARAMETER"), (.noSuchDevice, "STATUS_NO_SUCH_DEVICE"),
         (.invalidDeviceRequest, "STATUS_INVALID_DEVICE_REQUEST"), (.endOfFile, "STATUS_END_OF_FILE"),
         (.moreProcessingRequired, "STATUS_MORE_PROCESSING_REQUIRED"),
         (.accessDenied, "STATUS_ACCESS_DENIED"), (.bufferTooSmall, "STATUS_BUFFER_TOO_SMALL"),

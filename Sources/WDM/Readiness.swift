@@ -28,7 +28,7 @@ extension IOManager {
     /// has a readiness routine answers (filters are transparent); a stack with none
     /// is always ready, as a regular file is.
     public func readiness(of file: FileObject) -> Readiness {
-        var device: DeviceObject? = target(of: file)
+        var device: DeviceObject? = file.deviceObject.topOfStack
         while let d = device {
             if let routine = d.driverObject.readiness { return routine(d, file) }
             device = d.lowerDevice

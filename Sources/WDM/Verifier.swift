@@ -1,15 +1,20 @@
-// Verifier: the rules Driver Verifier's I/O verification checks, caught at run
-// time. A violation is recorded (and logged) instead of stopping the machine,
-// and the I/O manager keeps the system consistent where it can.
+// Verifier: Driver Verifier's I/O checks. `Verifier` records violations (and
+// hands them to a log); `VerifierRules` is the observer that checks each IRP
+// at the call-down and completion choke points. The I/O manager itself reports
+// what it must act on to stay consistent (a second completion, a reused IRP, a
+// cancel routine left set), and keeps the system consistent where it can
+// instead of stopping the machine.
 
 import Synchronization
 
 /// Driver Verifier for the model.
 public final class Verifier: @unchecked Sendable {
-    /// The rule a driver broke.
-    public enum Rule: String, Sendable {
+    /// The rule a driver broke, with the code Windows shows for it.
+    public enum Rule: String, Sendable, CaseIterable {
         /// IoCompleteRequest on an IRP already completed.
         case completedTwice
+        /// An IRP used (completed, cancelled, freed, marked pending) after it was freed or reused.
+        case staleIrpUsed
         /// IoCompleteRequest with IoStatus.Status == STATUS_PENDING.
         case completedWithPendingStatus
         /// IoCompleteRequest while a cancel routine is still set.
@@ -22,6 +27,8 @@ public final class Verifier: @unchecked Sendable {
         case returnedWithoutCompleting
         /// Dispatch returned a status that differs from IoStatus.Status of the completed IRP.
         case statusMismatch
+        /// A completion routine ran after the lower driver returned STATUS_PENDING and did not mark the IRP pending.
+        case pendingNotPropagated
         /// IoCallDriver with no stack location left.
         case noStackLocationsLeft
         /// A driver passed an IRP down from the bottom of the stack.
@@ -32,16 +39,62 @@ public final class Verifier: @unchecked Sendable {
         case freedInFlight
         /// AddDevice returned with DO_DEVICE_INITIALIZING still set.
         case deviceInitializingLeftSet
+        /// A filter did not copy the buffering / power-pagable flags, DeviceType or Characteristics from the device below.
+        case filterFlagsNotCopied
         /// A driver unloaded with devices it never deleted.
         case unloadWithDevices
+        /// Checked mode: a request's buffer changed after the request completed (a driver kept it).
+        case bufferWrittenAfterCompletion
+        /// An IRP still not completed when its request had to be answered (a signal or shutdown, after a cancel and a grace period).
+        case neverCompleted
+
+        /// What Windows shows: the bug check and, for 0xC9, Verifier's code.
+        public var windowsCode: String {
+            switch self {
+            case .completedTwice: "bug check 0x44"
+            case .staleIrpUsed: "bug check 0x44"
+            case .completedWithPendingStatus: "0xC9/0x06"
+            case .completedWithCancelRoutine: "0xC9/0x07 (0x23C)"
+            case .pendingWithoutMark: "0xC9/0x23D"
+            case .markedPendingReturnedOther: "0xC9/0x23E"
+            case .returnedWithoutCompleting: "0xC9/0x226"
+            case .statusMismatch: "0xC9/0x224"
+            case .pendingNotPropagated: "0xC9/0x228"
+            case .noStackLocationsLeft: "bug check 0x35"
+            case .callDownWithNoLowerDevice: "bug check 0x35"
+            case .informationExceedsBuffer: "0xC9/0x312"
+            case .freedInFlight: "0xC9/0x20A"
+            case .deviceInitializingLeftSet: "0xC9/0x243"
+            case .filterFlagsNotCopied: "0xC9/0x244, 0x23F, 0x246"
+            case .unloadWithDevices: "bug check 0xCE"
+            case .bufferWrittenAfterCompletion: "none (Special Pool would catch it)"
+            case .neverCompleted: "none (Windows waits 5 minutes for a cancelled IRP)"
+            }
+        }
     }
 
     public struct Violation: Sendable, CustomStringConvertible {
         public let rule: Rule
         public let majorFunction: MajorFunction?
+        public let minorFunction: UInt8?
         public let driver: String?
+        public let device: String?
+        /// The IRP as `packet-address#generation`.
+        public let irp: String?
+        public let detail: String?
         public var description: String {
-            "verifier: \(rule.rawValue)" + (majorFunction.map { " on \($0.wdmName)" } ?? "") + (driver.map { " by \($0)" } ?? "")
+            var s = "verifier: \(rule.rawValue) [\(rule.windowsCode)]"
+            if let majorFunction {
+                s += " on \(majorFunction.wdmName)"
+                if let minorFunction, minorFunction != 0 || majorFunction == .pnp || majorFunction == .power {
+                    s += " minor 0x" + String(minorFunction, radix: 16, uppercase: true)
+                }
+            }
+            if let driver { s += " by \(driver)" }
+            if let device { s += " device \(device)" }
+            if let irp { s += " irp \(irp)" }
+            if let detail { s += ": \(detail)" }
+            return s
         }
     }
 
@@ -52,13 +105,28 @@ public final class Verifier: @unchecked Sendable {
 
     public init() {}
 
-    /// Records a violation.
-    public func report(_ rule: Rule, irp: IRP? = nil, device: DeviceObject? = nil) {
-        var major: MajorFunction?
-        if let irp, irp.currentLocation >= 1, irp.currentLocation <= irp.stackCount {
-            major = irp.currentStackLocation.majorFunction
+    /// Records a violation. `device` defaults to the device at the IRP's current location.
+    public func report(_ rule: Rule, irp: IRP? = nil, device: DeviceObject? = nil, detail: String? = nil) {
+        var major: MajorFunction?, minor: UInt8?
+        var dev = device
+        var irpName: String?
+        if let irp {
+            let p = irp.packet
+            irpName = "0x" + String(UInt(bitPattern: ObjectIdentifier(p).hashValue), radix: 16) + "#\(irp.generation)"
+            // Only read the locations of the IRP's own incarnation.
+            if p.generation == irp.generation {
+                let loc = min(max(p.currentLocation, 1), p.stackCount)
+                if p.stackCount > 0 {
+                    major = p.locations[loc - 1].majorFunction
+                    minor = p.locations[loc - 1].minorFunction
+                    if dev == nil { dev = p.locations[loc - 1].deviceObject ?? p.targetDevice }
+                }
+            }
         }
-        let v = Violation(rule: rule, majorFunction: major, driver: device?.driverObject.name)
+        let v = Violation(
+            rule: rule, majorFunction: major, minorFunction: minor, driver: dev?.driverObject.name,
+            device: dev.map { $0.name ?? $0.deviceNode.map { "(\($0.instanceName))" } ?? "(unnamed)" },
+            irp: irpName, detail: detail)
         total.add(1, ordering: .relaxed)
         log.withLock {
             if $0.count >= 256 { $0.removeFirst() }
@@ -71,4 +139,65 @@ public final class Verifier: @unchecked Sendable {
     public var violations: [Violation] { log.withLock { $0 } }
     /// How many violations were reported in all.
     public var count: Int { total.load(ordering: .relaxed) }
+}
+
+/// Driver Verifier's IRP rules, as an observer at the choke points.
+public final class VerifierRules: IRPObserver, @unchecked Sendable {
+    unowned let verifier: Verifier
+    public init(_ verifier: Verifier) { self.verifier = verifier }
+
+    public func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {
+        let p = irp.packet
+        let marked = p.locations[location - 1].control.contains(.pendingReturned)
+        let life = p.life
+        if status == .pending {
+            guard !marked else { return }
+            if life == .completed || (life == .inFlight && p.currentLocation > location) {
+                verifier.report(.pendingWithoutMark, irp: irp, device: device)
+            } else {
+                // Not completed yet: a completion routine of this driver may still mark
+                // its location (a filter returning the lower driver's STATUS_PENDING).
+                p.locations[location - 1].returnedPendingUnmarked = true
+            }
+            return
+        }
+        if marked { verifier.report(.markedPendingReturnedOther, irp: irp, device: device) }
+        // A walk running on another thread right now: its outcome is not known yet.
+        if life == .walking || life == .walkingQueued { return }
+        // The walk has passed this location if the IRP was completed below (or here).
+        if p.currentLocation <= location {
+            verifier.report(.returnedWithoutCompleting, irp: irp, device: device, detail: "returned \(status)")
+        } else if status != p.locations[location - 1].completedStatus {
+            verifier.report(.statusMismatch, irp: irp, device: device,
+                            detail: "returned \(status), completed with \(p.locations[location - 1].completedStatus)")
+        }
+    }
+
+    public func completing(_ irp: IRP) {
+        if irp.packet.ioStatus.status == .pending { verifier.report(.completedWithPendingStatus, irp: irp) }
+    }
+
+    public func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {
+        let p = irp.packet
+        guard pendingReturned, result != .moreProcessingRequired, p.currentLocation <= p.stackCount else { return }
+        if !p.locations[p.currentLocation - 1].control.contains(.pendingReturned) {
+            verifier.report(.pendingNotPropagated, irp: irp, device: device)
+        }
+    }
+
+    public func completed(_ irp: IRP) {
+        let p = irp.packet
+        for i in 0..<p.stackCount where p.locations[i].returnedPendingUnmarked {
+            p.locations[i].returnedPendingUnmarked = false
+            if !p.locations[i].control.contains(.pendingReturned) {
+                verifier.report(.pendingWithoutMark, irp: irp, device: p.locations[i].deviceObject,
+                                detail: "returned STATUS_PENDING; the location was never marked")
+            }
+        }
+        let limit = p.informationLimit
+        if limit >= 0, !p.ioStatus.status.isError, p.ioStatus.information > limit || p.ioStatus.information < 0 {
+            verifier.report(.informationExceedsBuffer, irp: irp, device: p.targetDevice,
+                            detail: "Information \(p.ioStatus.information), buffer \(limit)")
+        }
+    }
 }

@@ -2,7 +2,7 @@
 // write, fsync and close. (IOCTLs do not use it: their envelope carries the
 // NTSTATUS itself.) README.md shows the same table to users.
 
-import CFuse
+import Glibc
 import WDM
 
 /// NTSTATUS → errno.

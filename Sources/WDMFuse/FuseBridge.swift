@@ -1,32 +1,37 @@
-// FuseBridge: the one place where FUSE low-level operations become IRPs and
-// completed IRPs become FUSE replies.
+// FuseBridge: the one place where FUSE low-level operations become requests on
+// the I/O manager's host seam (IOManager.open / send / close) and completed
+// IRPs become FUSE replies (through the ReplySink).
 //
-//   open    -> IRP_MJ_CREATE (access from O_ACCMODE)
-//   read    -> IRP_MJ_READ at the offset, into a reply buffer sent as is
-//   write   -> IRP_MJ_WRITE over the request's own payload
-//   ioctl   -> IRP_MJ_DEVICE_CONTROL over the request's own envelope
+//   open    -> IOManager.open: IRP_MJ_CREATE (access from O_ACCMODE)
+//   read    -> IRP_MJ_READ at the offset, into a pooled reply buffer sent as is
+//   write   -> IRP_MJ_WRITE over the request's own payload (borrowed)
+//   ioctl   -> IRP_MJ_DEVICE_CONTROL over the request's own envelope (borrowed)
 //   fsync   -> IRP_MJ_FLUSH_BUFFERS
-//   release -> IRP_MJ_CLEANUP, then IRP_MJ_CLOSE
-//   getattr -> IRP_MJ_QUERY_INFORMATION (FileStandardInformation) for the size
+//   release -> IOManager.close: IRP_MJ_CLEANUP, then IRP_MJ_CLOSE
+//   getattr -> the size the stack publishes (no IRP: no handle is open)
 //
-// Replies are sent by whoever finishes the IRP: the worker thread when the
-// driver completed it during dispatch, otherwise the thread that completed it
-// later (STATUS_PENDING). A write or ioctl whose IRP pends keeps its worker
-// thread waiting, because the request memory the driver works on is only valid
-// until the FUSE callback returns. A FUSE interrupt (a signal to the caller)
-// cancels the IRP; the cancelled IRP's reply is EINTR.
+// Every request is answered exactly once: synchronous operations consume their
+// FuseReply on the spot; I/O requests hand it to a PendingFuseRequest, which
+// the completing thread, the interrupt timeout or the shutdown drain claims.
+// Borrowed memory (a write's payload, an ioctl's envelope) is moved by the I/O
+// manager if the IRP pends, so no worker thread waits for a driver.
 
 import CFuse
 import Dispatch
 import Glibc
 import Synchronization
 import WDM
+import WDMClient
 
 /// A mounted device tree.
-public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Sendable {
+public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public let io: IOManager
-    let buffers = ReplyBufferPool()
+    public let sink: any ReplySink
+    let buffers: ReplyBufferPool
+    let requests = RequestPool()
     let mountTime = timespec(tv_sec: time(nil), tv_nsec: 0)
+    /// Seconds a cancelled IRP may take before its caller is answered anyway.
+    public var cancelGrace: Double = 1.0
 
     enum Node {
         case root
@@ -38,12 +43,10 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
     /// The libfuse session while `serve` runs.
     nonisolated(unsafe) var session: OpaquePointer?
 
-    enum RequestKind: Int {
-        case read = 1, write, ioctl, flush
-    }
-
-    public init(io: IOManager) {
+    public init(io: IOManager, sink: (any ReplySink)? = nil) {
         self.io = io
+        self.sink = sink ?? LibfuseSink(log: { line in io.log?(line) })
+        buffers = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier)
         nodes = [("", .root), (".stats", .stats)] + io.symbolicLinks.map { ($0, .device($0)) }
     }
 
@@ -60,7 +63,7 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
     /// The text of the `.stats` file.
     public var statsText: String { io.statistics.text }
 
-    // MARK: - Attributes
+    // MARK: - Names and attributes
 
     func node(_ ino: fuse_ino_t) -> Node? {
         ino >= 1 && ino <= UInt64(nodes.count) ? nodes[Int(ino) - 1].node : nil
@@ -86,22 +89,62 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         case .device(let link):
             st.st_mode = Glibc.S_IFREG | 0o666
             st.st_nlink = 1
-            st.st_size = Int(deviceSize(link))
+            st.st_size = Int(publishedSize(link))
             st.st_blocks = (st.st_size + 511) / 512
         }
         return st
     }
 
-    /// The size the device's stack reports through IRP_MJ_QUERY_INFORMATION; 0 if it does not answer.
-    func deviceSize(_ link: String) -> Int64 {
-        guard let file = try? io.makeFileObject(link: link, access: []) else { return 0 }
-        return withUnsafeTemporaryAllocation(byteCount: FileStandardInformation.size, alignment: 8) { raw in
-            let irp = io.makeIrp(.queryInformation, file: file)
-            io.prepareQueryStandardInformation(irp, buffer: raw.baseAddress!)
-            let status = io.callSynchronously(irp)
-            io.freeIrp(irp)
-            return status.isSuccess ? FileStandardInformation.endOfFile(in: raw.baseAddress!) : 0
+    /// The size the device's stack publishes (the first device from the top that
+    /// publishes one); 0 if none does. No IRP is sent: nothing is open here.
+    func publishedSize(_ link: String) -> Int64 {
+        var d = io.device(forLink: link)?.topOfStack
+        while let device = d {
+            if let size = device.publishedSize { return size }
+            d = device.lowerDevice
         }
+        return 0
+    }
+
+    func lookup(_ req: FuseRequestHandle, _ parent: fuse_ino_t, _ name: String?) {
+        let reply = FuseReply(req, sink)
+        guard parent == 1, let name,
+              let i = nodes.indices.dropFirst().first(where: { nodes[$0].name == name }),
+              let attr = attributes(fuse_ino_t(i + 1))
+        else {
+            reply.error(ENOENT)
+            return
+        }
+        var e = fuse_entry_param()
+        e.ino = fuse_ino_t(i + 1)
+        e.attr = attr
+        e.attr_timeout = fuseEntryTimeout
+        e.entry_timeout = fuseEntryTimeout
+        reply.entry(&e)
+    }
+
+    func getattr(_ req: FuseRequestHandle, _ ino: fuse_ino_t) {
+        let reply = FuseReply(req, sink)
+        guard var st = attributes(ino) else {
+            reply.error(ENOENT)
+            return
+        }
+        reply.attr(&st, timeout: fuseEntryTimeout)
+    }
+
+    /// Truncation (O_TRUNC, dd without conv=notrunc) is ignored, as for /dev
+    /// nodes; the mode, the owner and the times belong to the tree: EPERM.
+    func setattr(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ toSet: Int32) {
+        let reply = FuseReply(req, sink)
+        guard var st = attributes(ino) else {
+            reply.error(ENOENT)
+            return
+        }
+        if toSet & ~Int32(FUSE_SET_ATTR_SIZE) != 0 {
+            reply.error(EPERM)
+            return
+        }
+        reply.attr(&st, timeout: fuseEntryTimeout)
     }
 
     // MARK: - Handles
@@ -111,20 +154,22 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
         return Unmanaged<FileObject>.fromOpaque(p).takeUnretainedValue()
     }
 
-    func open(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+    func open(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        let reply = FuseReply(req, sink)
         switch node(ino) {
         case nil:
-            fuse_reply_err(req, ENOENT)
+            reply.error(ENOENT)
         case .root:
-            fuse_reply_err(req, EISDIR)
+            reply.error(EISDIR)
         case .stats:
             if fi.pointee.flags & O_ACCMODE != O_RDONLY {
-                fuse_reply_err(req, EACCES)
+                reply.error(EACCES)
                 return
             }
-            fi.pointee.fh = 0
+            // One snapshot per open, served by offset: small reads never mix two.
+            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(statsText)).toOpaque()))
             cfuse_fi_set_direct_io(fi)
-            fuse_reply_open(req, fi)
+            reply.open(fi)
         case .device(let link):
             let access: AccessMask = switch fi.pointee.flags & O_ACCMODE {
             case O_RDONLY: .readData
@@ -133,274 +178,206 @@ public final class FuseBridge: IRPRequester, ReadinessObserver, @unchecked Senda
             }
             let file: FileObject
             do throws(NTStatus) {
-                file = try io.makeFileObject(link: link, access: access)
+                file = try io.open(link, access: access)
             } catch {
-                fuse_reply_err(req, ErrnoTable.errno(for: error))
-                return
-            }
-            let irp = io.makeIrp(.create, file: file)
-            io.prepareCreate(irp, access: access)
-            let status = io.callSynchronously(irp)
-            io.freeIrp(irp)
-            guard status.isSuccess else {
-                fuse_reply_err(req, ErrnoTable.errno(for: status))
+                reply.error(ErrnoTable.errno(for: error))
                 return
             }
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
             cfuse_fi_set_direct_io(fi)
-            fuse_reply_open(req, fi)
+            reply.open(fi)
         }
     }
 
-    func release(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    func release(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        let reply = FuseReply(req, sink)
         if let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) {
-            let file = Unmanaged<FileObject>.fromOpaque(p).takeRetainedValue()
-            if let old = pollHandles.withLock({ $0.removeValue(forKey: ObjectIdentifier(file)) }) {
-                fuse_pollhandle_destroy(old.handle)
-            }
-            // The last handle is gone: CLEANUP (drivers cancel what waits on it), then CLOSE.
-            for major in [MajorFunction.cleanup, .close] {
-                let irp = io.makeIrp(major, file: file)
-                _ = io.callSynchronously(irp)
-                io.freeIrp(irp)
+            if ino == 2 {
+                Unmanaged<StatsSnapshot>.fromOpaque(p).release()
+            } else {
+                let file = Unmanaged<FileObject>.fromOpaque(p).takeRetainedValue()
+                if let old = pollHandles.withLock({ $0.removeValue(forKey: ObjectIdentifier(file)) }) {
+                    sink.destroyPollHandle(old.handle)
+                }
+                // The last handle is gone: CLEANUP (drivers cancel what waits on it), then CLOSE.
+                io.close(file)
             }
         }
-        fuse_reply_err(req, 0)
+        reply.error(0)
     }
 
     // MARK: - Data path
 
-    func read(_ req: fuse_req_t?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    func read(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        if ino == 2 {
+            readStats(FuseReply(req, sink), size, off, fi)
+            return
+        }
         guard let file = Self.file(fi) else {
-            readStats(req, size, off)
+            FuseReply(req, sink).error(EBADF)
             return
         }
         let buffer = buffers.take(size)
-        let irp = io.makeIrp(.read, file: file)
-        io.prepareTransfer(irp, buffer: buffer, length: size, offset: Int64(off))
-        start(irp, req, .read, word: size, buffer: buffer, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
-        _ = io.submit(irp)
+        let r = requests.take(self)
+        r.begin(FuseReply(req, sink), kind: .read, size: size, buffer: buffer, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
+        _ = io.send(.read(buffer: buffer, length: size, offset: Int64(off)), on: file, requester: r)
     }
 
-    func write(_ req: fuse_req_t?, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    func write(_ req: FuseRequestHandle, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard let file = Self.file(fi) else {
-            fuse_reply_err(req, EBADF)
+            FuseReply(req, sink).error(EBADF)
             return
         }
         let payload = UnsafeMutableRawPointer(mutating: data) ?? UnsafeMutableRawPointer(bitPattern: 1)!
-        let irp = io.makeIrp(.write, file: file)
-        io.prepareTransfer(irp, buffer: payload, length: size, offset: Int64(off))
-        start(irp, req, .write, word: size, buffer: payload, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
-        if io.submit(irp) == .pending {
-            // The payload is the request's memory: hold it until the IRP is done.
-            waitForBorrowing(irp)
-        }
+        let r = requests.take(self)
+        r.begin(FuseReply(req, sink), kind: .write, size: size, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
+        // The payload is the request's memory, valid until this returns: borrowed.
+        _ = io.send(.write(buffer: payload, length: size, offset: Int64(off), borrowedFrom: payload), on: file, requester: r)
     }
 
     func ioctl(
-        _ req: fuse_req_t?, _ cmd: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ flags: UInt32,
+        _ req: FuseRequestHandle, _ cmd: UInt32, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ flags: UInt32,
         _ inBuf: UnsafeRawPointer?, _ inSize: Int, _ outSize: Int
     ) {
-        guard let file = Self.file(fi), flags & UInt32(FUSE_IOCTL_DIR) == 0 else {
-            fuse_reply_err(req, ENOTTY)
+        let reply = FuseReply(req, sink)
+        // Not the envelope: the kernel's convention for an unknown request (TCGETS,
+        // BLKGETSIZE64, FS_IOC_GETFLAGS...), so isatty, stty and lsattr say so plainly.
+        guard let file = Self.file(fi), flags & UInt32(FUSE_IOCTL_DIR) == 0, IoctlEnvelope.isEnvelopeFamily(cmd) else {
+            reply.error(ENOTTY)
             return
         }
         // A malformed envelope never reaches a driver.
-        guard let capacity = IoctlEnvelope.capacity(ofRequest: UInt32(bitPattern: cmd)),
+        guard let capacity = IoctlEnvelope.capacity(ofRequest: cmd),
               inSize == IoctlEnvelope.headerSize + capacity, outSize == inSize, let inBuf
         else {
-            fuse_reply_err(req, EINVAL)
+            reply.error(EINVAL)
             return
         }
         let envelope = UnsafeMutableRawPointer(mutating: inBuf)
         let header = IoctlEnvelope.Header(from: envelope)
-        guard header.inputLength <= capacity, header.outputLength <= capacity else {
-            fuse_reply_err(req, EINVAL)
+        let outputAt = IoctlEnvelope.outputOffset(code: header.code, inputLength: header.inputLength)
+        guard header.inputLength <= capacity, header.outputLength <= capacity - min(outputAt, capacity) || header.outputLength == 0 else {
+            reply.error(EINVAL)
             return
         }
-        let irp = io.makeIrp(.deviceControl, file: file)
-        do throws(NTStatus) {
-            try io.prepareDeviceControl(
-                irp, code: ControlCode(rawValue: header.code),
-                buffer: capacity > 0 ? envelope + IoctlEnvelope.headerSize : nil, capacity: capacity,
-                inputLength: header.inputLength, outputLength: header.outputLength)
-        } catch {
-            // Refused by the I/O manager (RequiredAccess): the status still travels in the header.
-            io.freeIrp(irp)
-            IoctlEnvelope.storeResult(status: error, information: 0, into: envelope)
-            fuse_reply_ioctl(req, 0, envelope, IoctlEnvelope.headerSize)
-            return
-        }
-        start(irp, req, .ioctl, word: header.outputLength, buffer: envelope)
-        if io.submit(irp) == .pending {
-            waitForBorrowing(irp)
-        }
+        let r = requests.take(self)
+        r.begin(reply, kind: .ioctl, size: header.outputLength)
+        r.outputOffset = outputAt
+        _ = io.send(
+            .deviceControl(code: ControlCode(rawValue: header.code), buffer: envelope + IoctlEnvelope.headerSize, capacity: capacity,
+                           inputLength: header.inputLength, outputLength: header.outputLength, borrowedFrom: envelope),
+            on: file, requester: r)
     }
 
-    func fsync(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    func fsync(_ req: FuseRequestHandle, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard let file = Self.file(fi) else {
-            fuse_reply_err(req, 0)
+            FuseReply(req, sink).error(0)
             return
         }
-        let irp = io.makeIrp(.flushBuffers, file: file)
-        start(irp, req, .flush, word: 0, buffer: nil)
-        _ = io.submit(irp)
+        let r = requests.take(self)
+        r.begin(FuseReply(req, sink), kind: .flush, size: 0)
+        _ = io.send(.flush, on: file, requester: r)
     }
 
     /// poll/select: the device's readiness now; with a handle, a wake-up when it changes.
-    func poll(_ req: fuse_req_t?, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ handle: OpaquePointer?) {
-        guard let file = Self.file(fi) else {
-            if let handle { fuse_pollhandle_destroy(handle) }
-            fuse_reply_poll(req, UInt32(POLLIN | POLLOUT))
+    func poll(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ handle: OpaquePointer?) {
+        let reply = FuseReply(req, sink)
+        guard ino != 2, let file = Self.file(fi) else {
+            if let handle { sink.destroyPollHandle(handle) }
+            reply.poll(UInt32(POLLIN | POLLOUT))
             return
         }
         if let handle {
-            let device = io.target(of: file)
+            let device = file.deviceObject.topOfStack
             let old = pollHandles.withLock { $0.updateValue(PollHandle(device: device, handle: handle), forKey: ObjectIdentifier(file)) }
-            if let old { fuse_pollhandle_destroy(old.handle) }
+            if let old { sink.destroyPollHandle(old.handle) }
         }
         let r = io.readiness(of: file)
         var events: Int32 = 0
         if r.contains(.readable) { events |= Int32(POLLIN | POLLRDNORM) }
         if r.contains(.writable) { events |= Int32(POLLOUT | POLLWRNORM) }
-        fuse_reply_poll(req, UInt32(events))
+        reply.poll(UInt32(events))
     }
 
     public func readinessChanged(_ device: DeviceObject) {
         pollHandles.withLock { handles in
             for (_, entry) in handles where entry.device === device {
-                fuse_lowlevel_notify_poll(entry.handle)
+                sink.notifyPoll(entry.handle)
             }
         }
     }
 
-    func readStats(_ req: fuse_req_t?, _ size: Int, _ off: Int) {
-        let text = Array(statsText.utf8)
-        let from = min(max(off, 0), text.count), to = min(from + size, text.count)
-        _ = text.withUnsafeBytes {
-            fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self).advanced(by: from), to - from)
-        }
-    }
-
-    /// Waits on the worker thread for a pending IRP that works on the request's
-    /// memory, then frees it. When the session is ending (a signal, an unmount) the
-    /// IRP is cancelled: libfuse joins its workers before it returns, so a worker
-    /// left waiting on a driver that never completes would keep the daemon alive.
-    private func waitForBorrowing(_ irp: IRP) {
-        let generation = irp.generation
-        while !irp.waitUntilDone(seconds: 0.1) {
-            if let session, fuse_session_exited(session) != 0 { irp.cancel(ifGeneration: generation) }
-        }
-        io.freeIrp(irp)
-    }
-
-    /// Ties the IRP to the request and lets a FUSE interrupt cancel it.
-    @inline(__always)
-    private func start(
-        _ irp: IRP, _ req: fuse_req_t?, _ kind: RequestKind, word: Int, buffer: UnsafeMutableRawPointer?, nonBlocking: Bool = false
-    ) {
-        irp.requester = self
-        irp.requesterContext = UnsafeMutableRawPointer(req)
-        irp.requesterTag = kind.rawValue | (nonBlocking ? FuseBridge.nonBlocking : 0) | (word << 8)
-        irp.requesterBuffer = buffer
-    }
-
-    /// The IRP pends: from now on a FUSE interrupt (a signal to the caller) cancels it.
-    /// libfuse runs the callback at once if the interrupt already arrived.
-    public func irpPending(_ irp: IRP) {
-        if irp.requesterTag & FuseBridge.nonBlocking != 0 {
-            // O_NONBLOCK: an IRP that would wait is called back at once; its
-            // STATUS_CANCELLED becomes EAGAIN. (Data that won the race is still delivered.)
-            irp.cancelIrp()
+    func readStats(_ reply: consuming FuseReply, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        guard let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) else {
+            reply.error(EBADF)
             return
         }
-        irp.requesterTag |= FuseBridge.interruptArmed
-        fuse_req_interrupt_func(OpaquePointer(irp.requesterContext), fuseInterrupt, Unmanaged.passUnretained(irp).toOpaque())
+        let text = Unmanaged<StatsSnapshot>.fromOpaque(p).takeUnretainedValue().bytes
+        let from = min(max(off, 0), text.count), to = min(from + max(size, 0), text.count)
+        reply.data(text.baseAddress.map { $0 + from }, to - from)
     }
 
-    /// A bit of `requesterTag`: an interrupt callback was registered for the request.
-    static let interruptArmed = 0x80
-    /// A bit of `requesterTag`: the file was opened (or set) O_NONBLOCK.
-    static let nonBlocking = 0x40
+    // MARK: - Completion: NTSTATUS and request kind -> reply
 
-    // MARK: - Completion
-
-    public func irpCompleted(_ irp: IRP) {
-        let req = OpaquePointer(irp.requesterContext)
-        if irp.requesterTag & FuseBridge.interruptArmed != 0 {
-            // Waits for an interrupt callback that is running now, and stops new ones:
-            // after this the IRP may be reused.
-            fuse_req_interrupt_func(req, nil, nil)
-        }
+    /// Answers a request whose IRP completed (called once, by the request that claimed its reply).
+    func answer(_ reply: consuming FuseReply, _ r: PendingFuseRequest, _ irp: IRP) {
         let status = irp.ioStatus.status
         let information = irp.ioStatus.information
-        let word = irp.requesterTag >> 8
-        switch RequestKind(rawValue: irp.requesterTag & 0x3F) {
+        switch r.kind {
         case .read:
-            let buffer = irp.requesterBuffer!
             if status.isSuccess || status == .bufferOverflow {
-                fuse_reply_buf(req, buffer.assumingMemoryBound(to: CChar.self), checkedLength(information, word, irp))
+                reply.data(irp.hostBuffer, Self.clamp(information, r.size))
             } else if status == .endOfFile {
-                fuse_reply_buf(req, nil, 0)
+                reply.data(nil, 0)
             } else {
-                fuse_reply_err(req, Self.errno(for: status, tag: irp.requesterTag))
+                reply.error(errno(for: status, r))
             }
-            buffers.put(buffer, size: word)
-            io.freeIrp(irp)
         case .write:
             if status.isSuccess {
-                fuse_reply_write(req, checkedLength(information, word, irp))
+                reply.written(Self.clamp(information, r.size))
             } else {
-                fuse_reply_err(req, Self.errno(for: status, tag: irp.requesterTag))
+                reply.error(errno(for: status, r))
             }
-            finishBorrowing(irp)
         case .ioctl:
-            let envelope = irp.requesterBuffer!
-            let n = status.isError ? 0 : checkedLength(information, word, irp)
+            // The envelope (or the I/O manager's copy of it, if the IRP pended).
+            let data = irp.hostBuffer!
+            let envelope = data - IoctlEnvelope.headerSize
+            let n = status.isError ? 0 : Self.clamp(information, r.size)
             IoctlEnvelope.storeResult(status: status, information: information, into: envelope)
-            fuse_reply_ioctl(req, 0, envelope, IoctlEnvelope.headerSize + n)
-            finishBorrowing(irp)
+            reply.ioctl(envelope, IoctlEnvelope.headerSize + (n > 0 ? r.outputOffset + n : 0))
         case .flush:
-            fuse_reply_err(req, status.isSuccess ? 0 : ErrnoTable.errno(for: status))
-            io.freeIrp(irp)
-        case nil:
-            fuse_reply_err(req, EIO)
-            io.freeIrp(irp)
+            reply.error(status.isSuccess ? 0 : ErrnoTable.errno(for: status))
         }
     }
 
     /// The errno table, except that a non-blocking caller's cancelled wait is EAGAIN.
     @inline(__always)
-    static func errno(for status: NTStatus, tag: Int) -> Int32 {
-        status == .cancelled && tag & nonBlocking != 0 ? EAGAIN : ErrnoTable.errno(for: status)
+    func errno(for status: NTStatus, _ r: PendingFuseRequest) -> Int32 {
+        status == .cancelled && r.nonBlocking ? EAGAIN : ErrnoTable.errno(for: status)
     }
 
-    /// Information may not exceed the buffer it describes (a verifier rule).
+    /// Never more than the buffer holds (the verifier reports a driver that claims more).
     @inline(__always)
-    private func checkedLength(_ information: Int, _ limit: Int, _ irp: IRP) -> Int {
-        if information > limit || information < 0 {
-            io.verifier.report(.informationExceedsBuffer, irp: irp)
-            return max(0, min(information, limit))
-        }
-        return information
-    }
+    static func clamp(_ information: Int, _ limit: Int) -> Int { max(0, min(information, limit)) }
 
-    /// A write or ioctl: if its worker is waiting for it, wake the worker, which frees it.
-    @inline(__always)
-    private func finishBorrowing(_ irp: IRP) {
-        if irp.completedAsynchronously {
-            irp.signalDone()
-        } else {
-            io.freeIrp(irp)
-        }
+    // MARK: - Shutdown
+
+    /// After the session loop ended: cancel what the drivers still hold, give them
+    /// `io.shutdownGrace` seconds, then answer every request still unanswered
+    /// (ENODEV) so no caller stays blocked. The verifier reports each IRP left.
+    public func drain() {
+        io.cancelOutstanding(grace: io.shutdownGrace)
+        for r in requests.all { r.answerAtShutdown() }
     }
 }
 
-/// FUSE_INTERRUPT: the caller got a signal. libfuse calls this with the request's
-/// lock held, and our reply needs that lock, so the cancel runs on another thread.
-private let fuseInterrupt: fuse_interrupt_func_t = { _, data in
-    guard let data else { return }
-    let irp = Unmanaged<IRP>.fromOpaque(data).takeUnretainedValue()
-    let generation = irp.generation
-    DispatchQueue.global().async { irp.cancel(ifGeneration: generation) }
+/// `.stats` as it was when a handle opened it.
+final class StatsSnapshot {
+    let bytes: UnsafeMutableRawBufferPointer
+    init(_ text: String) {
+        let utf8 = Array(text.utf8)
+        bytes = .allocate(byteCount: utf8.count, alignment: 1)
+        bytes.copyBytes(from: utf8)
+    }
+    deinit { bytes.deallocate() }
 }

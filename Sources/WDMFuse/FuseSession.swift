@@ -1,10 +1,11 @@
 // FuseSession: the libfuse low-level session: the operations table (each entry
 // hands the request to the FuseBridge found through fuse_req_userdata), mount,
-// the multi-threaded loop, unmount.
+// the multi-threaded loop, the shutdown drain, unmount.
 
 import CFuse
 import Glibc
 import WDM
+import WDMClient
 
 /// Seconds the kernel may cache names and attributes.
 let fuseEntryTimeout = 1.0
@@ -16,90 +17,63 @@ extension FuseBridge {
 
     static func operations() -> fuse_lowlevel_ops {
         var ops = fuse_lowlevel_ops()
-        ops.lookup = { req, parent, name in
-            let b = FuseBridge.of(req)
-            guard parent == 1, let name else {
-                fuse_reply_err(req, ENOENT)
-                return
-            }
-            let wanted = String(cString: name)
-            guard let i = b.nodes.indices.dropFirst().first(where: { b.nodes[$0].name == wanted }),
-                  let attr = b.attributes(fuse_ino_t(i + 1))
-            else {
-                fuse_reply_err(req, ENOENT)
-                return
-            }
-            var e = fuse_entry_param()
-            e.ino = fuse_ino_t(i + 1)
-            e.attr = attr
-            e.attr_timeout = fuseEntryTimeout
-            e.entry_timeout = fuseEntryTimeout
-            fuse_reply_entry(req, &e)
-        }
-        ops.getattr = { req, ino, _ in
-            guard var st = FuseBridge.of(req).attributes(ino) else {
-                fuse_reply_err(req, ENOENT)
-                return
-            }
-            fuse_reply_attr(req, &st, fuseEntryTimeout)
-        }
-        ops.setattr = { req, ino, _, _, _ in
-            // Device files keep their size: truncation (O_TRUNC, dd without
-            // conv=notrunc) is ignored, as it is for /dev nodes.
-            guard var st = FuseBridge.of(req).attributes(ino) else {
-                fuse_reply_err(req, ENOENT)
-                return
-            }
-            fuse_reply_attr(req, &st, fuseEntryTimeout)
-        }
-        ops.readdir = { req, ino, size, off, _ in
-            let b = FuseBridge.of(req)
-            guard ino == 1 else {
-                fuse_reply_err(req, ENOTDIR)
-                return
-            }
-            var entries: [(String, fuse_ino_t, mode_t)] = [(".", 1, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
-            for (i, n) in b.nodes.enumerated().dropFirst() { entries.append((n.name, fuse_ino_t(i + 1), Glibc.S_IFREG)) }
-            var buf = [CChar](repeating: 0, count: size)
-            var used = 0
-            buf.withUnsafeMutableBufferPointer { out in
-                var i = max(0, off)
-                while i < entries.count {
-                    var st = stat()
-                    st.st_ino = UInt(entries[i].1)
-                    st.st_mode = entries[i].2
-                    let n = fuse_add_direntry(req, out.baseAddress! + used, size - used, entries[i].0, &st, off_t(i + 1))
-                    if used + n > size { break }
-                    used += n
-                    i += 1
-                }
-                fuse_reply_buf(req, out.baseAddress, used)
-            }
-        }
+        ops.lookup = { req, parent, name in FuseBridge.of(req).lookup(req, parent, name.map { String(cString: $0) }) }
+        ops.getattr = { req, ino, _ in FuseBridge.of(req).getattr(req, ino) }
+        ops.setattr = { req, ino, _, toSet, _ in FuseBridge.of(req).setattr(req, ino, toSet) }
+        ops.readdir = { req, ino, size, off, _ in FuseBridge.of(req).readdir(req, ino, size, off) }
         ops.open = { req, ino, fi in FuseBridge.of(req).open(req, ino, fi!) }
-        ops.release = { req, _, fi in FuseBridge.of(req).release(req, fi) }
-        ops.read = { req, _, size, off, fi in FuseBridge.of(req).read(req, size, off, fi) }
+        ops.release = { req, ino, fi in FuseBridge.of(req).release(req, ino, fi) }
+        ops.read = { req, ino, size, off, fi in FuseBridge.of(req).read(req, ino, size, off, fi) }
         ops.write = { req, _, buf, size, off, fi in FuseBridge.of(req).write(req, buf, size, off, fi) }
         ops.ioctl = { req, _, cmd, _, fi, flags, inBuf, inSize, outSize in
-            FuseBridge.of(req).ioctl(req, Int32(bitPattern: UInt32(truncatingIfNeeded: cmd)), fi, flags, inBuf, inSize, outSize)
+            FuseBridge.of(req).ioctl(req, UInt32(truncatingIfNeeded: cmd), fi, flags, inBuf, inSize, outSize)
         }
         ops.fsync = { req, _, _, fi in FuseBridge.of(req).fsync(req, fi) }
-        ops.poll = { req, _, fi, ph in FuseBridge.of(req).poll(req, fi, ph) }
+        ops.poll = { req, ino, fi, ph in FuseBridge.of(req).poll(req, ino, fi, ph) }
         // The tree is the drivers' to shape: names are not created, removed or moved from userland.
-        ops.create = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.mknod = { req, _, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.mkdir = { req, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.unlink = { req, _, _ in fuse_reply_err(req, EPERM) }
-        ops.rmdir = { req, _, _ in fuse_reply_err(req, EPERM) }
-        ops.rename = { req, _, _, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.symlink = { req, _, _, _ in fuse_reply_err(req, EPERM) }
-        ops.link = { req, _, _, _ in fuse_reply_err(req, EPERM) }
+        ops.create = { req, _, _, _, _ in FuseBridge.of(req).refuse(req) }
+        ops.mknod = { req, _, _, _, _ in FuseBridge.of(req).refuse(req) }
+        ops.mkdir = { req, _, _, _ in FuseBridge.of(req).refuse(req) }
+        ops.unlink = { req, _, _ in FuseBridge.of(req).refuse(req) }
+        ops.rmdir = { req, _, _ in FuseBridge.of(req).refuse(req) }
+        ops.rename = { req, _, _, _, _, _ in FuseBridge.of(req).refuse(req) }
+        ops.symlink = { req, _, _, _ in FuseBridge.of(req).refuse(req) }
+        ops.link = { req, _, _, _ in FuseBridge.of(req).refuse(req) }
         return ops
     }
 
+    /// Creating, removing or moving a name: the tree is the drivers' to shape.
+    func refuse(_ req: FuseRequestHandle) { FuseReply(req, sink).error(EPERM) }
+
+    func readdir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int) {
+        let reply = FuseReply(req, sink)
+        guard ino == 1 else {
+            reply.error(ENOTDIR)
+            return
+        }
+        var entries: [(String, fuse_ino_t, mode_t)] = [(".", 1, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
+        for (i, n) in nodes.enumerated().dropFirst() { entries.append((n.name, fuse_ino_t(i + 1), Glibc.S_IFREG)) }
+        let out = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
+        defer { out.deallocate() }
+        var used = 0
+        var i = max(0, off)
+        while i < entries.count {
+            var st = stat()
+            st.st_ino = UInt(entries[i].1)
+            st.st_mode = entries[i].2
+            let n = fuse_add_direntry(req, out + used, size - used, entries[i].0, &st, off_t(i + 1))
+            if used + n > size { break }
+            used += n
+            i += 1
+        }
+        reply.data(out, used)
+    }
+
     /// Mounts at `mountpoint` and serves until unmounted or signalled (SIGINT,
-    /// SIGTERM, SIGHUP). `onMounted` runs once the tree is usable. Returns
-    /// libfuse's loop result, or throws when the mount could not be made.
+    /// SIGTERM, SIGHUP). `onMounted` runs once the tree is usable. When the loop
+    /// ends, requests the drivers still hold are cancelled and, after a grace
+    /// period, answered (`drain`). Returns libfuse's loop result, or throws when
+    /// the mount could not be made.
     public func serve(mountpoint: String, options: [String] = [], maxThreads: UInt32 = 64, onMounted: () -> Void) throws(MountError) -> Int32 {
         var ops = FuseBridge.operations()
         let argv = ["wdmfs", "-o", (["fsname=wdmfs", "subtype=wdmfs"] + options).joined(separator: ",")]
@@ -118,20 +92,27 @@ extension FuseBridge {
         }
         io.readinessObserver = self
         defer { io.readinessObserver = nil }
-        onMounted()
+        // A synchronous wait (CREATE, CLEANUP, CLOSE) on a driver that never completes
+        // must not keep a worker, and so the loop, alive once the session is ending.
+        let exited = SessionProbe(se)
+        io.isShuttingDown = { exited.ended }
+        defer { io.isShuttingDown = nil }
         session = se
         defer { session = nil }
-        // Many workers may be needed at once (each pending write or ioctl holds one);
-        // idle workers are kept as libfuse keeps them by default (trimming them to a
-        // few made small requests about 9% slower: thread churn).
+        onMounted()
+        // No worker ever waits for a driver (pending writes and ioctls no longer
+        // hold the request's memory), so libfuse's default worker limits serve.
         let result = cfuse_session_loop_mt(se, maxThreads)
+        drain()
         fuse_session_unmount(se)
+        requests.clear()
         return result
     }
 }
 
-/// Why a mount failed.
-public struct MountError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ d: String) { description = d }
+/// Whether a libfuse session has been told to exit (a signal, an unmount).
+private struct SessionProbe: @unchecked Sendable {
+    let session: OpaquePointer
+    init(_ s: OpaquePointer) { session = s }
+    var ended: Bool { fuse_session_exited(session) != 0 }
 }

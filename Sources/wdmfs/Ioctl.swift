@@ -3,7 +3,7 @@
 import ArgumentParser
 import Foundation
 import WDM
-import WDMFuse
+import WDMClient
 
 struct Ioctl: ParsableCommand {
     static let configuration = CommandConfiguration(

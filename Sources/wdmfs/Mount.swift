@@ -4,6 +4,7 @@ import ArgumentParser
 import DefaultTree
 import Foundation
 import WDM
+import WDMClient
 import WDMFuse
 
 struct Mount: ParsableCommand {

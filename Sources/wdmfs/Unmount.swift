@@ -1,7 +1,7 @@
 // `wdmfs unmount`: unmounts and waits for the daemon to unload its drivers.
 
 import ArgumentParser
-import WDMFuse
+import WDMClient
 
 struct Unmount: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -4,6 +4,7 @@
 import Glibc
 import Testing
 import WDM
+import WDMClient
 @testable import WDMFuse
 
 @Suite struct EnvelopeTests {
@@ -12,16 +13,18 @@ import WDM
             let request = IoctlEnvelope.request(capacity: capacity)
             #expect(IoctlEnvelope.capacity(ofRequest: UInt32(truncatingIfNeeded: request)) == capacity)
         }
-        // _IOC(_IOC_READ|_IOC_WRITE, 'W', 0, 24 + 64)
-        #expect(IoctlEnvelope.request(capacity: 64) == 0xC058_5700)
+        // _IOC(_IOC_READ|_IOC_WRITE, 'W', 1, 24 + 64): nr 1 is version 2 of the envelope
+        #expect(IoctlEnvelope.request(capacity: 64) == 0xC058_5701)
     }
 
     @Test func otherRequestNumbersAreNotEnvelopes() {
         let good = UInt32(truncatingIfNeeded: IoctlEnvelope.request(capacity: 8))
-        #expect(IoctlEnvelope.capacity(ofRequest: good | 1) == nil)            // nr 1
+        #expect(IoctlEnvelope.capacity(ofRequest: good) == 8)
+        #expect(IoctlEnvelope.capacity(ofRequest: good & ~0xFF) == nil)        // nr 0: version 1
+        #expect(IoctlEnvelope.capacity(ofRequest: good | 2) == nil)            // nr 3
         #expect(IoctlEnvelope.capacity(ofRequest: (good & ~0xFF00) | 0x5800) == nil)  // type 'X'
         #expect(IoctlEnvelope.capacity(ofRequest: good & ~0x8000_0000) == nil)  // write only
-        #expect(IoctlEnvelope.capacity(ofRequest: 0xC00A_5700) == nil)          // 10 bytes: shorter than the header
+        #expect(IoctlEnvelope.capacity(ofRequest: 0xC00A_5701) == nil)          // 10 bytes: shorter than the header
         #expect(IoctlEnvelope.capacity(ofRequest: 0x541B) == nil)               // FIONREAD
     }
 
@@ -43,12 +46,6 @@ import WDM
         #expect(ErrnoTable.errno(for: .invalidDeviceRequest) == EINVAL)
         #expect(ErrnoTable.errno(for: .deviceBusy) == EBUSY)
         #expect(ErrnoTable.errno(for: NTStatus(0xC000_0999)) == EIO)  // unmapped
-    }
-
-    @Test func aNonBlockingCallersCancelledWaitIsEAGAIN() {
-        #expect(FuseBridge.errno(for: .cancelled, tag: FuseBridge.nonBlocking) == EAGAIN)
-        #expect(FuseBridge.errno(for: .cancelled, tag: 0) == EINTR)
-        #expect(FuseBridge.errno(for: .diskFull, tag: FuseBridge.nonBlocking) == ENOSPC)
     }
 
     @Test func onlyFailuresAreMapped() {

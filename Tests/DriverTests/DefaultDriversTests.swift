@@ -43,7 +43,7 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
     @Test func stackIsAFilterOverTheDiskOverThePDO() throws {
         let (io, host) = try defaultTree()
         let f = try host.open("ramdisk0")
-        let top = io.target(of: f)
+        let top = f.deviceObject.topOfStack
         #expect(top.driverObject.name == "\\Driver\\PassThroughFilter")
         #expect(top.stackSize == 3)
         #expect(top.flags.contains(.directIO))
@@ -239,7 +239,7 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
         #expect(results.allSatisfy { $0 == "<cancelled>" || $0.allSatisfy { $0 == "x" } })
         // Every byte written was either read or is still buffered.
         let read = results.filter { $0 != "<cancelled>" }.map(\.count).reduce(0, +)
-        let ext = io.target(of: file).deviceExtension(as: EchoDriver.Extension.self)
+        let ext = file.deviceObject.topOfStack.deviceExtension(as: EchoDriver.Extension.self)
         #expect(read + ext.buffered == sent)
         #expect(ext.readers.count == 0)
         #expect(io.verifier.count == 0)

@@ -1,7 +1,8 @@
 """The wdmfs ioctl envelope from Python (fcntl), as the README shows it.
 
-    request = _IOC(_IOC_READ | _IOC_WRITE, 'W', 0, 24 + capacity)
+    request = _IOC(_IOC_READ | _IOC_WRITE, 'W', 1, 24 + capacity)   (nr 1: envelope version 2)
     header  = <code u32, input_length u32, output_length u32, status u32, information u64>
+    output  at data[0], or for METHOD_IN_DIRECT / METHOD_OUT_DIRECT at data[align8(input_length)]
 """
 import fcntl
 import struct
@@ -10,19 +11,26 @@ HEADER = struct.Struct("<IIIIQ")
 MAX_TOTAL = 16383
 
 
-def request(total_size, nr=0, typ=ord("W"), direction=3):
+def request(total_size, nr=1, typ=ord("W"), direction=3):
     """_IOC(dir, type, nr, size) as Linux defines it on x86_64 and arm64."""
     return (direction << 30) | (total_size << 16) | (typ << 8) | nr
 
 
 def call(fd, code, data=b"", out_len=0):
     """One DeviceIoControl. Returns (status, information, output bytes)."""
-    capacity = max(len(data), out_len)
+    at = output_offset(code, len(data))
+    capacity = (at + out_len if out_len else len(data)) if code & 3 in (1, 2) else max(len(data), out_len)
     buf = bytearray(HEADER.pack(code, len(data), out_len, 0, 0) + data.ljust(capacity, b"\0"))
     fcntl.ioctl(fd, request(len(buf)), buf)  # mutates buf in place
     _, _, _, status, info = HEADER.unpack_from(buf)
     n = 0 if status >> 30 == 3 else min(info, out_len)
-    return status, info, bytes(buf[HEADER.size:HEADER.size + n])
+    return status, info, bytes(buf[HEADER.size + at:HEADER.size + at + n])
+
+
+def output_offset(code, input_length):
+    """Where the output starts in the data area: after the input (8-byte aligned)
+    for the direct methods, whose input and output are separate buffers."""
+    return (input_length + 7) & ~7 if code & 3 in (1, 2) else 0
 
 
 STATUS_SUCCESS = 0x00000000

@@ -278,10 +278,43 @@ def malformed_requests():
         "too short for the header": (env.request(10), bytearray(10)),
         "input length past the capacity": (env.request(32), bytearray(env.HEADER.pack(0x0007405C, 9, 8, 0, 0) + bytes(8))),
         "output length past the capacity": (env.request(32), bytearray(env.HEADER.pack(0x0007405C, 0, 9, 0, 0) + bytes(8))),
-        "another nr": (env.request(32, nr=1), bytearray(good)),
+    }
+
+
+def foreign_requests():
+    good = env.HEADER.pack(0x0007405C, 0, 8, 0, 0) + bytes(8)
+    return {
+        "version 1 of the envelope (nr 0)": (env.request(32, nr=0), bytearray(good)),
+        "another nr": (env.request(32, nr=2), bytearray(good)),
         "another type": (env.request(32, typ=ord("X")), bytearray(good)),
         "write-only direction": (env.request(32, direction=1), bytearray(good)),
+        "TCGETS": (0x5401, bytearray(64)),
+        "FS_IOC_GETFLAGS": (0x80086601, bytearray(8)),
+        "BLKGETSIZE64": (0x80081272, bytearray(8)),
     }
+
+
+@pytest.mark.parametrize("case", list(foreign_requests()))
+def test_a_request_that_is_not_the_envelope_gets_enotty(tree, case):
+    import fcntl
+    req, buf = foreign_requests()[case]
+    fd = os.open(tree.dev("ramdisk0"), os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as e:
+            fcntl.ioctl(fd, req, buf)
+        assert e.value.errno == errno.ENOTTY
+        assert env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)[0] == env.STATUS_SUCCESS
+    finally:
+        os.close(fd)
+
+
+def test_isatty_stty_and_lsattr_say_not_a_tty_not_invalid_argument(tree):
+    with open(tree.dev("zero"), "rb") as f:
+        assert not os.isatty(f.fileno())
+    r = subprocess.run(["stty", "-F", tree.dev("zero")], capture_output=True, text=True)
+    assert r.returncode != 0 and "Inappropriate ioctl" in r.stderr and "Invalid argument" not in r.stderr
+    r = subprocess.run(["lsattr", tree.dev("ramdisk0")], capture_output=True, text=True)
+    assert "Invalid argument" not in r.stderr
 
 
 @pytest.mark.parametrize("case", list(malformed_requests()))
@@ -503,7 +536,8 @@ def test_random_envelopes_never_hurt_the_daemon(tree):
                 outcomes["ran"] += 1
             except OSError as e:
                 assert e.errno == errno.EINVAL
-                assert in_len > capacity or out_len > capacity
+                at = env.output_offset(code, in_len)
+                assert in_len > capacity or out_len > capacity or (out_len > 0 and at + out_len > capacity)
                 outcomes["einval"] += 1
     finally:
         for fd in fds:

@@ -49,15 +49,12 @@ import Testing
         let io = IOManager()
         let probe = Probe()
         _ = try ioctlStack(io, probe: probe)
-        let file = try io.makeFileObject(link: "dev", access: [.readData, .writeData])
+        let file = try io.open("dev", access: [.readData, .writeData])
         var memory: [UInt8] = [1, 2, 3, 0, 0, 0, 0, 0]
         let code = ControlCode(deviceType: 0x22, function: 0x900, method: .buffered, access: [])
         let status = memory.withUnsafeMutableBytes { raw -> NTStatus in
-            let irp = io.makeIrp(.deviceControl, file: file)
-            try! io.prepareDeviceControl(irp, code: code, buffer: raw.baseAddress, capacity: 8, inputLength: 3, outputLength: 5)
-            let s = io.callSynchronously(irp)
+            let s = io.call(.deviceControl(code: code, buffer: raw.baseAddress, capacity: 8, inputLength: 3, outputLength: 5, borrowedFrom: nil), on: file).status
             #expect(probe.systemBuffer == raw.baseAddress)  // the caller's memory itself
-            io.freeIrp(irp)
             return s
         }
         #expect(status == .success)
@@ -103,7 +100,7 @@ import Testing
         _ = try buildStack(io, flags: .directIO, function: [.read: fdo, .write: fdo], filters: [[:]])
         let host = EmbeddedHost(io)
         let f = try host.open("dev")
-        #expect(io.target(of: f).flags.contains(.directIO))  // the filter mirrors the FDO's flag
+        #expect(f.deviceObject.topOfStack.flags.contains(.directIO))  // the filter mirrors the FDO's flag
         _ = host.read(f, count: 4)
         _ = host.write(f, [1, 2])
         #expect(seen.all == ["mdl=true sys=false user=false", "mdl=true sys=false user=false"])

@@ -57,7 +57,8 @@ import Testing
         let a = io.allocateIrp(stackSize: 3)
         io.freeIrp(a)
         let b = io.allocateIrp(stackSize: 3)
-        #expect(a === b)
-        #expect(b.generation == 1)
+        #expect(a.packet === b.packet)
+        #expect(b.generation == a.generation + 1)
+        #expect(a != b)
     }
 }

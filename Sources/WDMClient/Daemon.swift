@@ -1,7 +1,7 @@
 // Daemon: what `wdmfs mount` needs from the system to run in the background
-// and what `wdmfs unmount` needs to stop it. Kept here because it is C.
+// and what `wdmfs unmount` needs to stop it: process plumbing, no libfuse.
 
-import CFuse
+import CWDMSys
 import Glibc
 
 public enum Daemon {
@@ -27,7 +27,7 @@ public enum Daemon {
         guard pipe(&fds) == 0 else { throw MountError("pipe: \(String(cString: strerror(errno)))") }
         let argv: [UnsafeMutablePointer<CChar>?] = ([executablePath] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
-        let pid = argv.withUnsafeBufferPointer { cfuse_spawn_daemon(argv[0], $0.baseAddress, fds[1]) }
+        let pid = argv.withUnsafeBufferPointer { cwdmsys_spawn_daemon(argv[0], $0.baseAddress, fds[1]) }
         close(fds[1])
         defer { close(fds[0]) }
         guard pid > 0 else { throw MountError("could not start the daemon: \(String(cString: strerror(errno)))") }
@@ -143,6 +143,12 @@ public enum Daemon {
         }
         return false
     }
+}
+
+/// Why a mount failed.
+public struct MountError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
 }
 
 extension String {

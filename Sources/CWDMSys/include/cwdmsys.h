@@ -1,0 +1,25 @@
+/*
+ * CWDMSys: the few system calls the wdmfs client and tool need that Swift
+ * cannot call directly (a variadic ioctl, posix_spawn's GNU closefrom action).
+ * No libfuse here: a client that sends IOCTLs does not link it.
+ */
+#ifndef CWDMSYS_H
+#define CWDMSYS_H
+
+#include <sys/types.h>
+
+/* ioctl(2) is variadic: one pointer argument. */
+int cwdmsys_ioctl_ptr(int fd, unsigned long request, void *arg);
+
+/* errno is a macro. */
+int cwdmsys_errno(void);
+
+/*
+ * Starts `path` in the background: a new session (so a terminal's Ctrl-C does
+ * not reach it), stdin and stdout on /dev/null, stderr on `stderr_fd`, and no
+ * other inherited descriptor (a test harness's pipes would otherwise stay open
+ * for the daemon's lifetime). Returns the pid, or -1 with errno set.
+ */
+pid_t cwdmsys_spawn_daemon(const char *path, char *const argv[], int stderr_fd);
+
+#endif

@@ -1,0 +1,51 @@
+// Observers at the I/O manager's two choke points: IoCallDriver (a call down
+// and its return) and IoCompleteRequest (the walk up and the hand-back). The
+// verifier's rules are one observer; a tracer or a fault injector plugs in the
+// same way. With no observer installed the IRP path pays one branch per point.
+
+/// Sees every IRP at the call-down and completion choke points. Every method
+/// has an empty default; an observer implements what it needs. Observers run on
+/// the thread of the event and must not block.
+public protocol IRPObserver: AnyObject, Sendable {
+    /// IoCallDriver: `device` is about to see `irp` at stack location `location` (1 is the bottom).
+    func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int)
+    /// `device`'s dispatch routine returned `status` for the location it was called with.
+    func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus)
+    /// IoCompleteRequest accepted a completion; `irp.ioStatus` is the final status.
+    func completing(_ irp: IRP)
+    /// A completion routine that `device` set ran; `pendingReturned` is what it saw.
+    func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus)
+    /// The walk ended: the IRP is about to go back to its requester.
+    func completed(_ irp: IRP)
+}
+
+extension IRPObserver {
+    public func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {}
+    public func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {}
+    public func completing(_ irp: IRP) {}
+    public func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {}
+    public func completed(_ irp: IRP) {}
+}
+
+/// The installed observers, called in order. Immutable: the I/O manager swaps
+/// in a new chain when one is added.
+@usableFromInline final class ObserverChain: @unchecked Sendable {
+    let list: [any IRPObserver]
+    init(_ list: [any IRPObserver]) { self.list = list }
+
+    func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
+        for o in list { o.callingDriver(device, irp, location: location) }
+    }
+    func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {
+        for o in list { o.driverReturned(device, irp, location: location, status: status) }
+    }
+    func completing(_ irp: IRP) {
+        for o in list { o.completing(irp) }
+    }
+    func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {
+        for o in list { o.completionRoutineReturned(device, irp, pendingReturned: pendingReturned, result: result) }
+    }
+    func completed(_ irp: IRP) {
+        for o in list { o.completed(irp) }
+    }
+}
