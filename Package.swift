@@ -10,6 +10,7 @@ let driverNames: [(target: String, folder: String)] = [
     ("PassThroughFilter", "PassThroughFilter"),
     ("EchoDriver", "Echo"),
     ("IoctlDemoDriver", "IoctlDemo"),
+    ("MisbehaveDriver", "Misbehave"),
 ]
 // No unsafeFlags anywhere: a package that depends on this one by version must
 // be able to build WDM and the drivers (SwiftPM refuses unsafeFlags there). The

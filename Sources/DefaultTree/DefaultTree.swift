@@ -3,6 +3,7 @@
 
 import EchoDriver
 import IoctlDemoDriver
+import MisbehaveDriver
 import NullDriver
 import PassThroughFilter
 import RamDiskDriver
@@ -17,11 +18,15 @@ public enum DefaultTree {
         public var echoBufferSize = EchoDriver.defaultBufferSize
         /// Adds zero-stacked: zero under two pass-through filters (for benchmarks).
         public var bench = false
+        /// Adds `misbehave` (a driver that breaks the rules on purpose) and `lazy-null`
+        /// (null under a filter that copies nothing from below), for tests.
+        public var test = false
 
-        public init(ramdiskSize: Int = RamDiskDriver.defaultSize, echoBufferSize: Int = EchoDriver.defaultBufferSize, bench: Bool = false) {
+        public init(ramdiskSize: Int = RamDiskDriver.defaultSize, echoBufferSize: Int = EchoDriver.defaultBufferSize, bench: Bool = false, test: Bool = false) {
             self.ramdiskSize = ramdiskSize
             self.echoBufferSize = echoBufferSize
             self.bench = bench
+            self.test = test
         }
     }
 
@@ -45,6 +50,12 @@ public enum DefaultTree {
             instanceName: "echo", hardwareIDs: ["Root\\Echo"],
             parameters: ["BufferSize": String(options.echoBufferSize)], functionDriver: echo)
         try io.addRootDevice(instanceName: "ioctl-demo", hardwareIDs: ["Root\\IoctlDemo"], functionDriver: demo)
+        if options.test {
+            let misbehave = try io.loadDriver(name: MisbehaveDriver.name, entry: MisbehaveDriver.driverEntry)
+            let lazy = try io.loadDriver(name: LazyFilter.name, entry: LazyFilter.driverEntry)
+            try io.addRootDevice(instanceName: "misbehave", hardwareIDs: ["Root\\Misbehave"], functionDriver: misbehave)
+            try io.addRootDevice(instanceName: "lazy-null", hardwareIDs: ["Root\\Null"], functionDriver: null, upperFilters: [lazy])
+        }
         if options.bench {
             try io.addRootDevice(
                 instanceName: "zero-stacked", hardwareIDs: ["Root\\Zero"], functionDriver: zero, upperFilters: [filter, filter])

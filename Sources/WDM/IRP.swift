@@ -135,6 +135,10 @@ public struct IRP: @unchecked Sendable, Equatable {
     /// `IoCopyCurrentIrpStackLocationToNext`: copies everything but the completion routine.
     public func copyCurrentStackLocationToNext() {
         let p = packet
+        guard p.currentLocation > 1 else {
+            p.ioManager.verifier.report(.noStackLocationsLeft, irp: self, detail: "IoCopyCurrentIrpStackLocationToNext at the last location")
+            return
+        }
         var next = p.locations[p.currentLocation - 1]
         next.completionRoutine = nil
         next.context = nil
@@ -151,6 +155,10 @@ public struct IRP: @unchecked Sendable, Equatable {
         invokeOnSuccess: Bool = true, invokeOnError: Bool = true, invokeOnCancel: Bool = true
     ) {
         let p = packet
+        guard p.currentLocation > 1 else {
+            p.ioManager.verifier.report(.noStackLocationsLeft, irp: self, detail: "IoSetCompletionRoutine at the last location")
+            return
+        }
         let i = p.currentLocation - 2
         p.locations[i].completionRoutine = routine
         p.locations[i].context = context

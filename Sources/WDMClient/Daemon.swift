@@ -12,11 +12,117 @@ public enum Daemon {
         return n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
     }
 
-    /// An absolute path for `path`.
+    /// An absolute path for `path`: resolved when it can be, else made absolute
+    /// and normalized lexically (a dead FUSE mount cannot be resolved), with no
+    /// trailing slash.
     public static func absolute(_ path: String) -> String {
-        guard let p = realpath(path, nil) else { return path }
-        defer { free(p) }
-        return String(cString: p)
+        if let p = realpath(path, nil) {
+            defer { free(p) }
+            return String(cString: p)
+        }
+        var full = path
+        if !full.hasPrefix("/") {
+            var buf = [CChar](repeating: 0, count: 4096)
+            if getcwd(&buf, buf.count) != nil { full = String(cString: buf) + "/" + full }
+        }
+        var parts: [Substring] = []
+        for c in full.split(separator: "/") {
+            if c == "." || c.isEmpty { continue }
+            if c == ".." { _ = parts.popLast(); continue }
+            parts.append(c)
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+
+    /// A mount point in /proc/self/mounts whose daemon is gone: the kernel still
+    /// lists the FUSE mount, but any access fails with ENOTCONN.
+    public static func isDeadMount(_ path: String) -> Bool {
+        let target = absolute(path)
+        guard mountEntry(target) != nil else { return false }
+        var st = stat()
+        return stat(target, &st) != 0 && errno == ENOTCONN
+    }
+
+    /// Detaches a dead mount (umount -l), so the directory can be used again.
+    public static func clearDeadMount(_ path: String) -> String? {
+        let target = absolute(path)
+        if umount2(target, Int32(MNT_DETACH)) == 0 || runFusermount(target, lazy: true) { return nil }
+        return "cannot detach the dead mount at \(target): \(String(cString: strerror(errno)))"
+    }
+
+    /// The file system type of the mount at `target` (an absolute path), if any.
+    static func mountEntry(_ target: String) -> String? {
+        guard let f = fopen("/proc/self/mounts", "r") else { return nil }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 4096)
+        var found: String?
+        while fgets(&line, Int32(line.count), f) != nil {
+            let fields = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.split(separator: " ")
+            // The mount point is escaped as octal (\040 for a space); compare escaped.
+            if fields.count > 2, fields[1] == escapeMountPath(target) { found = String(fields[2]) }
+        }
+        return found
+    }
+
+    static func escapeMountPath(_ s: String) -> String {
+        var out = ""
+        for u in s.utf8 {
+            switch u {
+            case 0x20, 0x09, 0x0A, 0x5C: out += "\\" + String(u, radix: 8).leftPadded3
+            default: out.unicodeScalars.append(Unicode.Scalar(u))
+            }
+        }
+        return out
+    }
+
+    /// Whether a directory has entries (other than . and ..).
+    public static func isNonEmptyDirectory(_ path: String) -> Bool {
+        guard let dir = opendir(path) else { return false }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name != "." && name != ".." { return true }
+        }
+        return false
+    }
+
+    /// Holds an exclusive lock on the directory to be mounted for the daemon's
+    /// life, so two daemons started at once for one directory cannot both mount
+    /// (the second finds the lock taken, or the first's mount in place).
+    /// Returns the locked descriptor, or why it could not.
+    public static func lockMountpoint(_ path: String) -> Result<Int32, MountError> {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(MountError("cannot open \(path): \(String(cString: strerror(errno)))")) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            close(fd)
+            return .failure(MountError("\(path) is being mounted by another wdmfs"))
+        }
+        return .success(fd)
+    }
+
+    /// Checks that the daemon will be able to write its log: the file is created
+    /// (or appended to) now, with the daemon's mode.
+    public static func checkLogFile(_ path: String) -> String? {
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return "cannot open the log file \(path): \(String(cString: strerror(errno)))" }
+        close(fd)
+        return nil
+    }
+
+    /// Whether `pid` is running (a zombie, exited but not yet reaped, is not).
+    static func isRunning(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        let fd = open("/proc/\(pid)/stat", O_RDONLY)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = Glibc.read(fd, &buf, buf.count)
+        guard n > 0 else { return false }
+        // "pid (comm) S ...": the state follows the last ')'.
+        let text = buf[0..<n]
+        guard let close = text.lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return true }
+        let state = text[close + 2]
+        return state != UInt8(ascii: "Z") && state != UInt8(ascii: "X")
     }
 
     /// Starts `arguments` of this executable in the background and waits until it
@@ -84,7 +190,7 @@ public enum Daemon {
         if lazy { return nil }
         let deadline = monotonicSeconds() + timeout
         while monotonicSeconds() < deadline {
-            if daemons.allSatisfy({ kill($0, 0) != 0 }) { return nil }
+            if daemons.allSatisfy({ !isRunning($0) }) { return nil }
             usleep(10_000)
         }
         return "unmounted \(path), but the daemon is still running"
@@ -131,18 +237,14 @@ public enum Daemon {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    /// Whether `path` is a mount point of a wdmfs daemon.
+    /// Whether `path` is a mount point of a wdmfs daemon (live or dead).
     public static func isMounted(_ path: String) -> Bool {
-        let target = absolute(path)
-        guard let f = fopen("/proc/self/mounts", "r") else { return false }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 4096)
-        while fgets(&line, Int32(line.count), f) != nil {
-            let fields = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.split(separator: " ")
-            if fields.count > 2, fields[1] == target, fields[2].hasPrefix("fuse") { return true }
-        }
-        return false
+        mountEntry(absolute(path))?.hasPrefix("fuse") == true
     }
+
+    /// In the daemon: a reader that went away (a closed log pipe) must not kill it
+    /// with SIGPIPE; writes then fail with EPIPE, which the daemon ignores.
+    public static func ignoreBrokenPipes() { signal(SIGPIPE, SIG_IGN) }
 }
 
 /// Why a mount failed.
@@ -152,6 +254,8 @@ public struct MountError: Error, CustomStringConvertible {
 }
 
 extension String {
+    var leftPadded3: String { count >= 3 ? self : String(repeating: "0", count: 3 - count) + self }
+
     func trimmingTrailingNewlines() -> String {
         var s = self
         while s.hasSuffix("\n") { s.removeLast() }

@@ -3,6 +3,7 @@
 import ArgumentParser
 import DefaultTree
 import Foundation
+import Glibc
 import WDM
 import WDMClient
 import WDMFuse
@@ -31,36 +32,54 @@ struct Mount: ParsableCommand {
     @Flag(help: "Give METHOD_BUFFERED and DO_BUFFERED_IO a separate SystemBuffer, copied in and out as Windows does (counted in .stats bytes_copied).")
     var bounceBuffers = false
 
-    @Option(help: "Which tree: default, or bench (adds zero-stacked: zero under two filters).")
+    @Option(help: "Which tree: default, bench (adds zero-stacked: zero under two filters) or test (adds misbehave, a driver that breaks the rules on purpose, and lazy-null).")
     var tree: TreeName = .default
 
     enum TreeName: String, ExpressibleByArgument, CaseIterable {
-        case `default`, bench
+        case `default`, bench, test
     }
 
     @Flag(help: .hidden)
     var notifyReady = false
 
+    @Flag(help: "Mount even if MOUNTPOINT is not empty (its files are hidden while mounted).")
+    var nonempty = false
+
+    @Flag(help: "Checked mode: poison every request's buffers when it ends, so a driver that keeps one is caught by the verifier (slower).")
+    var checked = false
+
     func run() throws {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: mountpoint, isDirectory: &isDir), isDir.boolValue else {
-            throw ValidationError("\(mountpoint) is not a directory; create it first (mkdir -p \(mountpoint))")
-        }
         guard FileManager.default.fileExists(atPath: "/dev/fuse") else {
             fail("/dev/fuse is missing: this machine cannot mount FUSE file systems")
         }
         let path = Daemon.absolute(mountpoint)
+        if Daemon.isDeadMount(path) {
+            // A wdmfs whose daemon was killed leaves the kernel's mount behind.
+            FileHandle.standardError.write(Data("wdmfs: \(path) is a dead wdmfs mount (its daemon is gone); detaching it\n".utf8))
+            if let problem = Daemon.clearDeadMount(path) { fail(problem) }
+        }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+            throw ValidationError("\(mountpoint) is not a directory; create it first (mkdir -p \(mountpoint))")
+        }
         if Daemon.isMounted(path) { fail("\(path) is already mounted") }
+        if !nonempty, Daemon.isNonEmptyDirectory(path) {
+            fail("\(path) is not empty; mount on an empty directory, or give --nonempty to hide its files while mounted")
+        }
+        let log = logFile.map { Daemon.absolute($0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0) }
+        if let log, let problem = Daemon.checkLogFile(log) { fail(problem) }
 
         if !foreground {
             var args = ["mount", path, "--foreground", "--notify-ready"]
-            if let logFile { args += ["--log-file", Daemon.absolute(logFile.hasPrefix("/") ? logFile : FileManager.default.currentDirectoryPath + "/" + logFile)] }
+            if let log { args += ["--log-file", log] }
             if bounceBuffers { args.append("--bounce-buffers") }
+            if nonempty { args.append("--nonempty") }
+            if checked { args.append("--checked") }
             if tree != .default { args += ["--tree", tree.rawValue] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)
                 print("""
-                    wdmfs: default tree mounted at \(path) (daemon pid \(pid))
+                    wdmfs: \(tree.rawValue) tree mounted at \(path) (daemon pid \(pid))
                     try:
                       ls -l \(path)
                       dd if=\(path)/zero of=/dev/null bs=1M count=1024
@@ -76,11 +95,21 @@ struct Mount: ParsableCommand {
             return
         }
 
-        let io = IOManager(bounceBuffers: bounceBuffers)
+        Daemon.ignoreBrokenPipes()
+        // Held until the daemon exits: a second daemon for this directory stops here.
+        let lock: Int32
+        switch Daemon.lockMountpoint(path) {
+        case .success(let fd): lock = fd
+        case .failure(let error): fail(error.description)
+        }
+        defer { close(lock) }
+        if Daemon.isMounted(path) { fail("\(path) is already mounted") }
+
+        let io = IOManager(bounceBuffers: bounceBuffers, checkedBuffers: checked)
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }
         do {
-            try DefaultTree.build(into: io, options: .init(bench: tree == .bench))
+            try DefaultTree.build(into: io, options: .init(bench: tree == .bench, test: tree == .test))
         } catch {
             fail("could not build the device tree: \(error)")
         }
@@ -89,7 +118,7 @@ struct Mount: ParsableCommand {
         do {
             result = try bridge.serve(mountpoint: path) {
                 if notifyReady {
-                    Daemon.announceReady(logFile: logFile)
+                    Daemon.announceReady(logFile: log)
                 } else {
                     Daemon.log("wdmfs: mounted at \(path); Ctrl-C to unmount")
                 }

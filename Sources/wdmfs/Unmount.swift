@@ -19,7 +19,7 @@ struct Unmount: ParsableCommand {
     var lazy = false
 
     func run() throws {
-        guard Daemon.isMounted(mountpoint) else { fail("\(mountpoint) is not a mounted wdmfs tree") }
+        guard Daemon.isMounted(mountpoint) else { fail("\(Daemon.absolute(mountpoint)) is not a mounted wdmfs tree") }
         if let problem = Daemon.unmount(mountpoint, lazy: lazy) { fail(problem) }
     }
 }

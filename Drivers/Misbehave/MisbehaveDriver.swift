@@ -1,0 +1,113 @@
+// MisbehaveDriver: `misbehave`, a deliberately wrong driver for testing the
+// verifier and the I/O manager's promise that no request is lost. Each IOCTL
+// breaks one rule; reads keep their buffer after completing. Only the `test`
+// tree mounts it. LazyFilter is a filter that forgets to copy the flags of the
+// device below (Verifier 0x244/0x23F/0x246).
+
+import Dispatch
+import Synchronization
+import WDM
+
+public enum MisbehaveDriver {
+    public static let name = "Misbehave"
+
+    /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
+    public enum Bug: UInt32, CaseIterable, Sendable {
+        /// IoCompleteRequest twice (bug check 0x44).
+        case completeTwice = 0
+        /// Completes, then returns STATUS_PENDING without IoMarkIrpPending (0x23D).
+        case pendingWithoutMark = 1
+        /// Returns STATUS_SUCCESS without completing (0x226): the IRP stays with the driver.
+        case returnWithoutCompleting = 2
+        /// Marks pending and keeps the IRP with no cancel routine: it never completes.
+        case pendForever = 3
+        /// Completes with Information larger than the output buffer (0x312).
+        case informationTooLarge = 4
+        /// Completes, then completes the same IRP again 50 ms later, when it has been reused.
+        case completeAfterReuse = 5
+        /// Marks the IRP pending and returns another status (0x23E).
+        case markedButNotPending = 6
+
+        public var code: ControlCode {
+            ControlCode(deviceType: DeviceType.unknown, function: 0x900 + rawValue, method: .buffered, access: [])
+        }
+    }
+
+    final class Extension: @unchecked Sendable {
+        /// IRPs the driver holds on to forever (`pendForever`, `returnWithoutCompleting`).
+        let kept = Mutex<[IRP]>([])
+    }
+
+    public static let driverEntry: DriverEntry = { driver in
+        driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension()) }
+        driver.majorFunction.succeed([.create, .cleanup, .close])
+        driver.majorFunction[.read] = { _, irp in
+            // Completes, then keeps writing into the buffer it was given (checked mode sees it).
+            let buffer = irp.transferBuffer
+            irp.complete(.success, information: min(buffer.count, 1))
+            if let base = buffer.baseAddress, buffer.count > 0 {
+                let address = UInt(bitPattern: base)
+                DispatchQueue.global().asyncAfter(deadline: .now() + 0.02) {
+                    UnsafeMutableRawPointer(bitPattern: address)!.storeBytes(of: 0x42, as: UInt8.self)
+                }
+            }
+            return .success
+        }
+        driver.majorFunction[.deviceControl] = { device, irp in
+            let ext = device.deviceExtension(as: Extension.self)
+            let code = irp.parameters.deviceIoControl.ioControlCode
+            guard let bug = Bug.allCases.first(where: { $0.code == code }) else {
+                irp.complete(.invalidDeviceRequest)
+                return .invalidDeviceRequest
+            }
+            switch bug {
+            case .completeTwice:
+                irp.complete(.success)
+                irp.complete(.unsuccessful)
+                return .success
+            case .pendingWithoutMark:
+                irp.complete(.success)
+                return .pending
+            case .returnWithoutCompleting:
+                ext.kept.withLock { $0.append(irp) }
+                return .success
+            case .pendForever:
+                irp.markPending()
+                ext.kept.withLock { $0.append(irp) }
+                return .pending
+            case .informationTooLarge:
+                irp.complete(.success, information: irp.parameters.deviceIoControl.outputBufferLength + 100)
+                return .success
+            case .completeAfterReuse:
+                irp.complete(.success)
+                DispatchQueue.global().asyncAfter(deadline: .now() + 0.05) { irp.complete(.unsuccessful) }
+                return .success
+            case .markedButNotPending:
+                irp.markPending()
+                irp.complete(.success)
+                return .success
+            }
+        }
+        return .success
+    }
+}
+
+/// A filter that attaches and passes everything down, but copies nothing from
+/// the device below: the verifier reports it when the stack is built.
+public enum LazyFilter {
+    public static let name = "LazyFilter"
+
+    public static let driverEntry: DriverEntry = { driver in
+        driver.addDevice = { driver, pdo in
+            let d = driver.ioManager.createDevice(driver: driver, deviceType: DeviceType.unknown)
+            driver.ioManager.attachDeviceToDeviceStack(d, to: pdo)
+            d.flags.remove(.deviceInitializing)
+            return .success
+        }
+        driver.majorFunction.setAll { device, irp in
+            irp.skipCurrentStackLocation()
+            return device.callLower(irp)
+        }
+        return .success
+    }
+}

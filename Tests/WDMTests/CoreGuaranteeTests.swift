@@ -1,0 +1,168 @@
+// What the core promises whatever a driver does: a completion that arrives
+// while the walk still runs is picked up without waiting; an IRP a driver kept
+// and touches after it was reused changes nothing; memory a host lent to a
+// request moves before the request can outlive it; no IRP reaches a driver on
+// a handle that was never opened.
+
+import Dispatch
+import Foundation
+import Synchronization
+import Testing
+@testable import WDM
+
+@Suite struct CoreGuaranteeTests {
+    @Test func aCompletionArrivingWhileTheWalkRunsIsPickedUpWithoutWaitingForIt() throws {
+        let io = IOManager()
+        let events = Recorder()
+        let ready = DispatchSemaphore(value: 0)
+        // The forward-and-wait pattern of every PnP START handler, with a completion
+        // routine that is slow to return after it signalled the waiting thread.
+        let forwardAndWait: DispatchRoutine = { device, irp in
+            irp.copyCurrentStackLocationToNext()
+            irp.setCompletionRoutine { _, _, _ in
+                ready.signal()
+                Thread.sleep(forTimeInterval: 0.2)
+                events.add("routine returned")
+                return .moreProcessingRequired
+            }
+            let status = device.callLower(irp)
+            // The lower driver pends and completes on another thread.
+            if status == .pending { ready.wait() } else { ready.wait() }
+            irp.complete(.success, information: 7)
+            events.add("second completion returned")
+            irp.markPending()
+            return .pending
+        }
+        let fdo: DispatchRoutine = { _, irp in
+            irp.markPending()
+            DispatchQueue.global().async { irp.complete(.deviceNotReady) }
+            return .pending
+        }
+        _ = try buildStack(io, function: [.read: fdo], filters: [[.read: forwardAndWait]])
+        let host = EmbeddedHost(io)
+        let r = host.read(try host.open("dev"), count: 8)
+        #expect(r.status == .success)
+        #expect(r.data.count == 7)
+        // The second IoCompleteRequest did not wait for the routine: it was queued for the walk.
+        #expect(events.all == ["second completion returned", "routine returned"])
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+        #expect(io.statistics.irpsCompleted == 2)  // create, read
+    }
+
+    @Test func aDriverThatCompletesAnIrpAfterItWasReusedIsCaughtAndChangesNothing() throws {
+        let io = IOManager()
+        let kept = Mutex<IRP?>(nil)
+        let parked = CancelSafeQueue()
+        let fdo: DispatchRoutine = { _, irp in
+            let p = irp.parameters.read
+            if p.byteOffset == 0 {
+                kept.withLock { $0 = irp }  // a bug: keeps the IRP after completing it
+                irp.complete(.success, information: 1)
+                return .success
+            }
+            return parked.insert(irp)  // the second request waits here
+        }
+        _ = try buildStack(io, function: [.read: fdo])
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        #expect(host.read(f, count: 1).status == .success)
+        let second = host.beginRead(f, count: 1, offset: 1)
+        let stale = try #require(kept.withLock { $0 })
+        #expect(second.pended)
+        stale.complete(.unsuccessful)  // the packet now serves the second request
+        stale.cancelIrp()
+        io.freeIrp(stale)
+        #expect(!second.wait(seconds: 0.1))  // untouched: still waiting in the driver
+        #expect(io.verifier.violations.map(\.rule) == [.staleIrpUsed, .staleIrpUsed, .staleIrpUsed])
+        parked.removeNext()!.complete(.success, information: 1)
+        #expect(second.wait())
+        #expect(second.status == .success)
+    }
+
+    @Test func aWriteThatPendsNoLongerReadsTheHostsMemory() throws {
+        let io = IOManager()
+        let parked = CancelSafeQueue()
+        _ = try buildStack(io, flags: .directIO, function: [.write: { _, irp in parked.insert(irp) }])
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        let data = Array("the payload".utf8)
+        let w = host.beginWrite(f, data)  // the host overwrites its buffer once send returned PENDING
+        #expect(w.pended)
+        let irp = try #require(parked.removeNext())
+        #expect(Array(irp.transferBuffer) == data)
+        irp.complete(.success, information: data.count)
+        #expect(w.wait())
+        #expect(w.information == data.count)
+        #expect(io.statistics.bytesCopied == data.count)  // the one copy, made when it pended
+    }
+
+    @Test func anIoctlThatPendsAnswersFromTheIOManagersCopy() throws {
+        let io = IOManager()
+        let parked = CancelSafeQueue()
+        let code = ControlCode(deviceType: 0x22, function: 0x900, method: .neither, access: [])
+        _ = try buildStack(io, function: [.deviceControl: { _, irp in parked.insert(irp) }])
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        let call = host.beginDeviceIoControl(f, code, input: [1, 2, 3], outputLength: 3)
+        #expect(call.pended)
+        let irp = try #require(parked.removeNext())
+        let p = irp.parameters.deviceIoControl
+        let input = UnsafeRawBufferPointer(start: p.type3InputBuffer, count: 3)
+        #expect(Array(input) == [1, 2, 3])  // the copy, not the host's overwritten buffer
+        irp.userBuffer!.storeBytes(of: 0x99, as: UInt8.self)
+        irp.complete(.success, information: 1)
+        #expect(call.wait())
+        #expect(call.data == [0x99])
+    }
+
+    @Test func requestsThatCompleteDuringDispatchCopyNothing() throws {
+        let io = IOManager()
+        _ = try buildStack(io, function: [.write: { _, irp in
+            irp.complete(.success, information: irp.parameters.write.length)
+            return .success
+        }])
+        let host = EmbeddedHost(io)
+        let w = host.beginWrite(try host.open("dev"), [1, 2, 3, 4])
+        #expect(!w.pended)
+        #expect(w.wait())
+        #expect(io.statistics.bytesCopied == 0)
+    }
+
+    @Test func noDriverSeesARequestOnAHandleThatIsNotOpen() throws {
+        let io = IOManager()
+        let seen = Recorder()
+        _ = try buildStack(io, function: [.read: { _, irp in
+            seen.add("read")
+            irp.complete(.success)
+            return .success
+        }])
+        let file = try io.open("dev", access: .readData)
+        #expect(io.close(file).close == .success)
+        let r = EmbeddedHost(io).read(file, count: 1)
+        #expect(r.status == .invalidHandle)
+        #expect(io.close(file).cleanup == .invalidHandle)  // closing twice
+        #expect(seen.all.isEmpty)
+    }
+
+    @Test func shutdownCancelsWhatDriversHoldAndReportsWhatNeverCompletes() throws {
+        let io = IOManager()
+        let queue = CancelSafeQueue()
+        let held = Mutex<[IRP]>([])
+        _ = try buildStack(io, function: [.read: { _, irp in
+            if irp.parameters.read.byteOffset == 0 { return queue.insert(irp) }  // cancellable
+            irp.markPending()
+            held.withLock { $0.append(irp) }  // no cancel routine: never completes
+            return .pending
+        }])
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        let a = host.beginRead(f, count: 1, offset: 0)
+        let b = host.beginRead(f, count: 1, offset: 1)
+        let left = io.cancelOutstanding(grace: 0.2)
+        #expect(a.wait())
+        #expect(a.status == .cancelled)
+        #expect(!b.wait(seconds: 0.05))
+        #expect(left.count == 1)
+        #expect(io.verifier.violations.map(\.rule) == [.neverCompleted])
+    }
+}

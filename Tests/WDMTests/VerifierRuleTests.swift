@@ -1,0 +1,268 @@
+// Every verifier rule, each triggered by a deliberately wrong driver, through
+// the same seam every host uses. The rules are observers at IoCallDriver and
+// IoCompleteRequest, so what is a violation here is one when mounted.
+
+import Dispatch
+import Foundation
+import Synchronization
+import Testing
+@testable import WDM
+
+@Suite struct VerifierRuleTests {
+    /// A read on a fresh stack built from `function` (and `filters` above it); returns the rules reported.
+    func rules(
+        flags: DeviceFlags = [], function: @escaping DispatchRoutine, filters: [DispatchRoutine] = [],
+        wait: Bool = true
+    ) throws -> [Verifier.Rule] {
+        let io = IOManager()
+        _ = try buildStack(io, flags: flags, function: [.read: function], filters: filters.map { [.read: $0] })
+        let host = EmbeddedHost(io)
+        let r = host.beginRead(try host.open("dev"), count: 4)
+        if wait { _ = r.wait(seconds: 2) }
+        return io.verifier.violations.map(\.rule)
+    }
+
+    static let pendLater: DispatchRoutine = { _, irp in
+        irp.markPending()
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.05) { irp.complete(.success, information: 1) }
+        return .pending
+    }
+
+    @Test func returningPendingWithoutMarkingIsReportedOnTheAsynchronousPathToo() throws {
+        // The filter returns the lower driver's STATUS_PENDING and its completion
+        // routine never marks its own location: 0x228 at completion, and 0x23D.
+        let filter: DispatchRoutine = { device, irp in
+            irp.copyCurrentStackLocationToNext()
+            irp.setCompletionRoutine { _, _, _ in .success }
+            return device.callLower(irp)
+        }
+        let r = try rules(function: Self.pendLater, filters: [filter])
+        #expect(r.contains(.pendingNotPropagated))
+        #expect(r.contains(.pendingWithoutMark))
+    }
+
+    @Test func aFilterWhoseRoutinePropagatesThePendingMarkIsClean() throws {
+        let filter: DispatchRoutine = { device, irp in
+            irp.copyCurrentStackLocationToNext()
+            irp.setCompletionRoutine { _, irp, _ in
+                if irp.pendingReturned { irp.markPending() }
+                return .success
+            }
+            return device.callLower(irp)
+        }
+        #expect(try rules(function: Self.pendLater, filters: [filter]) == [])
+    }
+
+    @Test func markingPendingAndReturningAnotherStatusIsReported() throws {
+        #expect(try rules(function: { _, irp in
+            irp.markPending()
+            irp.complete(.success)
+            return .success
+        }) == [.markedPendingReturnedOther])
+    }
+
+    @Test func returningWithoutCompletingIsReportedAndTheRequestStaysWithTheDriver() throws {
+        let kept = Mutex<[IRP]>([])
+        #expect(try rules(function: { _, irp in
+            kept.withLock { $0.append(irp) }
+            return .success
+        }, wait: false) == [.returnedWithoutCompleting])
+    }
+
+    @Test func aFilterThatReturnsBeforeTheLowerDriverCompletedIsReported() throws {
+        // The lower driver pends; the filter returns STATUS_SUCCESS as if it were done.
+        let filter: DispatchRoutine = { device, irp in
+            irp.skipCurrentStackLocation()
+            _ = device.callLower(irp)
+            return .success
+        }
+        #expect(try rules(function: Self.pendLater, filters: [filter]).contains(.returnedWithoutCompleting))
+    }
+
+    @Test func returningAStatusOtherThanTheCompletedOneIsReportedAtEveryLevel() throws {
+        let filter: DispatchRoutine = { device, irp in
+            irp.skipCurrentStackLocation()
+            _ = device.callLower(irp)
+            return .unsuccessful  // the lower driver completed with success
+        }
+        let fdo: DispatchRoutine = { _, irp in
+            irp.complete(.success)
+            return .success
+        }
+        #expect(try rules(function: fdo, filters: [filter]) == [.statusMismatch])
+    }
+
+    @Test func completingWithStatusPendingIsReported() throws {
+        #expect(try rules(function: { _, irp in
+            irp.complete(.pending)
+            return .pending
+        }).contains(.completedWithPendingStatus))
+    }
+
+    @Test func completingWithACancelRoutineSetIsReported() throws {
+        #expect(try rules(function: { _, irp in
+            irp.setCancelRoutine { _, _ in }
+            irp.complete(.success)
+            return .success
+        }) == [.completedWithCancelRoutine])
+    }
+
+    @Test func informationLargerThanTheBufferIsReportedInProcessToo() throws {
+        #expect(try rules(function: { _, irp in
+            irp.complete(.success, information: 4096)
+            return .success
+        }) == [.informationExceedsBuffer])
+    }
+
+    @Test func callingDownFromTheBottomIsReported() throws {
+        let r = try rules(function: { device, irp in
+            irp.copyCurrentStackLocationToNext()
+            return device.lowerDevice!.callLower(irp)  // the PDO has nothing below it
+        })
+        #expect(r == [.callDownWithNoLowerDevice], "\(r)")
+    }
+
+    @Test func runningOutOfStackLocationsIsReported() throws {
+        let io = IOManager()
+        _ = try buildStack(io, function: [.read: { device, irp in
+            // Calls itself with a new location each time until none is left.
+            irp.copyCurrentStackLocationToNext()
+            return device.driverObject.ioManager.callDriver(device, irp)
+        }])
+        let host = EmbeddedHost(io)
+        _ = host.read(try host.open("dev"), count: 1)
+        #expect(io.verifier.violations.map(\.rule).contains(.noStackLocationsLeft))
+    }
+
+    @Test func freeingAnIrpWhileADriverOwnsItIsReportedAndIgnored() throws {
+        let r = try rules(function: { device, irp in
+            device.driverObject.ioManager.freeIrp(irp)
+            irp.complete(.success)
+            return .success
+        })
+        #expect(r == [.freedInFlight])
+    }
+
+    @Test func completingTwiceIsReportedWithBugCheck0x44() throws {
+        let io = IOManager()
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success)
+            irp.complete(.success)
+            return .success
+        }])
+        let host = EmbeddedHost(io)
+        _ = host.read(try host.open("dev"), count: 1)
+        let v = try #require(io.verifier.violations.first)
+        #expect(v.rule == .completedTwice)
+        let text = v.description
+        for part in ["completedTwice", "bug check 0x44", "IRP_MJ_READ", "\\Driver\\TestFunction", "(dev)", "irp 0x"] {
+            #expect(text.contains(part), "\(text) lacks \(part)")
+        }
+    }
+
+    @Test func eachReportNamesRuleCodeDriverDeviceMajorAndIrp() throws {
+        let io = IOManager()
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success)
+            return .pending
+        }])
+        let host = EmbeddedHost(io)
+        _ = host.read(try host.open("dev"), count: 1)
+        let text = try #require(io.verifier.violations.first).description
+        #expect(text.hasPrefix("verifier: pendingWithoutMark [0xC9/0x23D] on IRP_MJ_READ by \\Driver\\TestFunction device (dev) irp 0x"), "\(text)")
+    }
+
+    @Test func addDeviceThatLeavesDeviceInitializingSetIsReported() throws {
+        let io = IOManager()
+        let d = try io.loadDriver(name: "Sloppy") { d in
+            d.addDevice = { d, pdo in
+                let fdo = d.ioManager.createDevice(driver: d, deviceType: DeviceType.unknown)
+                d.ioManager.attachDeviceToDeviceStack(fdo, to: pdo)
+                return .success
+            }
+            return .success
+        }
+        try io.addRootDevice(instanceName: "x", functionDriver: d)
+        #expect(io.verifier.violations.map(\.rule) == [.deviceInitializingLeftSet])
+    }
+
+    @Test func attachingCopiesNothingAndAFilterThatForgetsIsReported() throws {
+        let io = IOManager()
+        let disk = try io.loadDriver(name: "Disk") { d in
+            d.addDevice = { d, pdo in
+                do throws(NTStatus) {
+                    let fdo = try d.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: [.directIO, .powerPagable])
+                    fdo.characteristics = 0x1
+                    return .success
+                } catch { return error }
+            }
+            return .success
+        }
+        let careful = try io.loadDriver(name: "Careful") { d in
+            d.addDevice = { d, pdo in d.createFilterDevice(for: pdo); return .success }
+            return .success
+        }
+        let lazy = try io.loadDriver(name: "Lazy") { d in
+            d.addDevice = { d, pdo in
+                let f = d.ioManager.createDevice(driver: d, deviceType: DeviceType.unknown)
+                d.ioManager.attachDeviceToDeviceStack(f, to: pdo)
+                f.flags.remove(.deviceInitializing)
+                return .success
+            }
+            return .success
+        }
+        let pdo = try io.addRootDevice(instanceName: "good", functionDriver: disk, upperFilters: [careful])
+        #expect(io.verifier.violations.isEmpty)
+        let top = pdo.topOfStack
+        #expect(top.flags.isSuperset(of: [.directIO, .powerPagable]) && top.deviceType == DeviceType.disk && top.characteristics == 1)
+        try io.addRootDevice(instanceName: "bad", functionDriver: disk, upperFilters: [lazy])
+        let v = io.verifier.violations
+        #expect(v.map(\.rule) == [.filterFlagsNotCopied, .filterFlagsNotCopied, .filterFlagsNotCopied])
+        #expect(v.allSatisfy { $0.driver == "\\Driver\\Lazy" })
+    }
+
+    @Test func aDriverUnloadedWithADeviceItNeverDeletedIsReported() throws {
+        let io = IOManager()
+        _ = try io.loadDriver(name: "Leaky") { d in
+            _ = d.ioManager.createDevice(driver: d, deviceType: DeviceType.unknown)
+            return .success
+        }
+        io.unloadAll()
+        #expect(io.verifier.violations.map(\.rule) == [.unloadWithDevices])
+    }
+
+    @Test func theRulesObserveOnlyWhenInstalled() throws {
+        let io = IOManager(verifierRules: false)
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success, information: 4096)
+            return .success
+        }])
+        let host = EmbeddedHost(io)
+        _ = host.read(try host.open("dev"), count: 1)
+        #expect(io.verifier.violations.isEmpty)
+    }
+
+    @Test func anObserverSeesEveryCallDownAndCompletion() throws {
+        final class Tracer: IRPObserver, @unchecked Sendable {
+            let events = Recorder()
+            func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) { events.add("call \(who(device))@\(location)") }
+            func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) { events.add("return \(who(device)) \(status)") }
+            func completed(_ irp: IRP) { events.add("completed \(irp.ioStatus.status)") }
+        }
+        let io = IOManager(verifierRules: false)
+        let tracer = Tracer()
+        io.addObserver(tracer)
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success)
+            return .success
+        }], filters: [[:]])
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        let before = tracer.events.all.count
+        _ = host.read(f, count: 1)
+        #expect(Array(tracer.events.all.dropFirst(before)) == [
+            "call TestFilter0@3", "call TestFunction@3", "completed STATUS_SUCCESS",
+            "return TestFunction STATUS_SUCCESS", "return TestFilter0 STATUS_SUCCESS",
+        ])
+    }
+}
