@@ -10,6 +10,8 @@ import WDM
 
 public enum MisbehaveDriver {
     public static let name = "Misbehave"
+    /// How many times a read's buffer was written after its request completed.
+    public static let lateWrites = Atomic<Int>(0)
 
     /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
     public enum Bug: UInt32, CaseIterable, Sendable {
@@ -44,11 +46,13 @@ public enum MisbehaveDriver {
         driver.majorFunction[.read] = { _, irp in
             // Completes, then keeps writing into the buffer it was given (checked mode sees it).
             let buffer = irp.transferBuffer
+            if buffer.count > 0 { buffer[0] = 0x4D }
             irp.complete(.success, information: min(buffer.count, 1))
             if let base = buffer.baseAddress, buffer.count > 0 {
                 let address = UInt(bitPattern: base)
                 DispatchQueue.global().asyncAfter(deadline: .now() + 0.02) {
                     UnsafeMutableRawPointer(bitPattern: address)!.storeBytes(of: 0x42, as: UInt8.self)
+                    lateWrites.add(1, ordering: .releasing)
                 }
             }
             return .success
