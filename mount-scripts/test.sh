@@ -43,12 +43,14 @@ done
 export WDMFS_BIN="$PWD/.build/debug/wdmfs"
 
 echo "== swift test (in-process: core, drivers, bridge mapping)"
-swift test 2>&1 | tee "$log" | grep -E '^(✘|✔ Test run|➜|error:)'
+xunit=$(mktemp -d)
+swift test --xunit-output "$xunit/swift.xml" 2>&1 | tee "$log" | grep -E '^(✘|✔ Test run|➜|error:)'
 rc=${PIPESTATUS[0]}
-stage_result "$rc" \
-    "$(grep -E '^✔ Test .* passed after' "$log" | grep -vc '^✔ Test run with' || true)" \
-    "$(grep -E '^✘ Test .* failed after' "$log" | grep -vc '^✘ Test run with' || true)" \
-    "$(count '^➜ Test .* skipped')"
+# Swift Testing's own report: <testsuite tests= failures= skipped= errors=> (tests excludes skips).
+attr() { grep -ohE "<testsuite [^>]*" "$xunit"/swift*.xml 2>/dev/null | grep -oE " $1=\"[0-9]+\"" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}'; }
+t=$(attr tests) f=$(( $(attr failures) + $(attr errors) )) s=$(attr skipped)
+rm -rf "$xunit"
+stage_result "$rc" "$((t - f))" "$f" "$s"
 
 if [ -d Tests/Integration ]; then
     echo "== pytest Tests/Integration (mounted, real system calls)"

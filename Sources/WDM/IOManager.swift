@@ -54,6 +54,9 @@ public final class IOManager: @unchecked Sendable {
         self.bounceBuffers = bounceBuffers
         self.checkedBuffers = checkedBuffers
         if verifierRules { addObserver(VerifierRules(verifier)) }
+        verifier.driverNames = { [unowned self] id in
+            self.loadedDrivers.first { ObjectIdentifier($0) == id }?.name
+        }
     }
 
     /// Adds an observer at the end of the chain. Call before I/O starts.
@@ -305,7 +308,7 @@ public final class IOManager: @unchecked Sendable {
             copy.deallocate()
             p.ownedCopy = nil
         }
-        p.reset()
+        p.reset(retiring: irp.generation)
         p.state.store(IRPPacket.word(irp.generation, .free), ordering: .releasing)
         pool.put(p)
     }

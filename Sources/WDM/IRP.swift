@@ -310,6 +310,20 @@ public final class IRPPacket: @unchecked Sendable {
     let cancelState = Mutex(CancelState())
     /// The generation (high bits) and the life (low byte), changed together.
     let state = Atomic<UInt64>(0)
+    /// Who had the last incarnations (for reports about a stale IRP): the driver
+    /// that saw each lowest in the stack and its major function, in a ring of 8.
+    /// Identifiers only, so keeping them costs no reference counting.
+    struct Retired { var generation: UInt32 = 0; var driver: ObjectIdentifier?; var major = MajorFunction.create }
+    let retired: UnsafeMutablePointer<Retired> = {
+        let p = UnsafeMutablePointer<Retired>.allocate(capacity: 8)
+        p.initialize(repeating: Retired(), count: 8)
+        return p
+    }()
+
+    func retiredIncarnation(_ g: UInt32) -> Retired? {
+        let r = retired[Int(g & 7)]
+        return r.generation == g && r.driver != nil ? r : nil
+    }
     /// A completion that arrived while the completion walk was still running.
     @exclusivity(unchecked) var queuedStatus: IOStatusBlock?
     /// 0 not submitted, 1 dispatching, 2 dispatch returned without completion, 3 completed while dispatching.
@@ -327,6 +341,7 @@ public final class IRPPacket: @unchecked Sendable {
     deinit {
         locations.deinitialize(count: stackCount)
         locations.deallocate()
+        retired.deallocate()
     }
 
     enum Life: UInt8 {
@@ -341,7 +356,14 @@ public final class IRPPacket: @unchecked Sendable {
     var life: Life { Life(rawValue: UInt8(truncatingIfNeeded: state.load(ordering: .acquiring))) ?? .free }
 
     /// Reinitializes for reuse (`IoReuseIrp`) and starts the next generation.
-    func reset() {
+    func reset(retiring generation: UInt32) {
+        var r = Retired(generation: generation)
+        for i in 0..<stackCount where locations[i].deviceObject != nil {
+            r.driver = ObjectIdentifier(locations[i].deviceObject!.driverObject)
+            r.major = locations[i].majorFunction
+            break
+        }
+        retired[Int(generation & 7)] = r
         for i in 0..<stackCount {
             // Field by field: cheaper than destroying and rebuilding the whole location.
             locations[i].majorFunction = .create

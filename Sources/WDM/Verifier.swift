@@ -98,6 +98,9 @@ public final class Verifier: @unchecked Sendable {
         }
     }
 
+    /// Names drivers a stale IRP report refers to by identity.
+    nonisolated(unsafe) var driverNames: (@Sendable (ObjectIdentifier) -> String?)?
+
     private let log = Mutex<[Violation]>([])
     private let total = Atomic<Int>(0)
     /// Called for every violation (the daemon logs them). Set before I/O starts.
@@ -110,11 +113,17 @@ public final class Verifier: @unchecked Sendable {
         var major: MajorFunction?, minor: UInt8?
         var dev = device
         var irpName: String?
+        var driverName: String?
         if let irp {
             let p = irp.packet
             irpName = "0x" + String(UInt(bitPattern: ObjectIdentifier(p).hashValue), radix: 16) + "#\(irp.generation)"
             // Only read the locations of the IRP's own incarnation.
-            if p.generation == irp.generation {
+            if p.generation != irp.generation || p.life == .free {
+                if let r = p.retiredIncarnation(irp.generation), let id = r.driver {
+                    major = r.major
+                    driverName = driverNames?(id)
+                }
+            } else {
                 let loc = min(max(p.currentLocation, 1), p.stackCount)
                 if p.stackCount > 0 {
                     major = p.locations[loc - 1].majorFunction
@@ -124,7 +133,7 @@ public final class Verifier: @unchecked Sendable {
             }
         }
         let v = Violation(
-            rule: rule, majorFunction: major, minorFunction: minor, driver: dev?.driverObject.name,
+            rule: rule, majorFunction: major, minorFunction: minor, driver: dev?.driverObject.name ?? driverName,
             device: dev.map { $0.name ?? $0.deviceNode.map { "(\($0.instanceName))" } ?? "(unnamed)" },
             irp: irpName, detail: detail)
         total.add(1, ordering: .relaxed)

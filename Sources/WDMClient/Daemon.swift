@@ -162,12 +162,27 @@ public enum Daemon {
             dup2(fd, 2)
             if fd > 2 { close(fd) }
         }
+        if earlyLog >= 0 {
+            close(earlyLog)
+            earlyLog = -1
+        }
+    }
+
+    /// The log file while the daemon's stderr still goes to `wdmfs mount` (before
+    /// READY): what the daemon says while it builds the tree lands in both.
+    nonisolated(unsafe) static var earlyLog: Int32 = -1
+
+    /// In the background daemon, before the tree is built: copy the log to `path` from now on.
+    public static func startEarlyLog(_ path: String?) {
+        guard let path else { return }
+        earlyLog = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
     }
 
     /// Writes a line to stderr (the daemon's log once it is in the background).
     public static func log(_ line: String) {
         let s = line + "\n"
         _ = s.withCString { Glibc.write(2, $0, strlen($0)) }
+        if earlyLog >= 0 { _ = s.withCString { Glibc.write(earlyLog, $0, strlen($0)) } }
     }
 
     /// Unmounts `mountpoint` and waits (up to `timeout` seconds) for the daemon

@@ -362,6 +362,19 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     // MARK: - Shutdown
 
+    /// Waits until no request is in flight (or `seconds` pass); true if none is.
+    /// Hosts that tear the bridge down without a session (tests) call it first.
+    @discardableResult
+    public func waitUntilIdle(seconds: Double = 5) -> Bool {
+        let deadline = DispatchTime.now() + seconds
+        while requests.all.contains(where: { $0.busy.load(ordering: .acquiring) }) || !io.outstandingIrps.isEmpty {
+            if DispatchTime.now() > deadline { return false }
+            _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.005)
+        }
+        _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.01)  // the tail of the last delivery
+        return true
+    }
+
     /// After the session loop ended: cancel what the drivers still hold, give them
     /// `io.shutdownGrace` seconds, then answer every request still unanswered
     /// (ENODEV) so no caller stays blocked. The verifier reports each IRP left.

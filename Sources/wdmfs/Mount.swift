@@ -105,6 +105,7 @@ struct Mount: ParsableCommand {
         defer { close(lock) }
         if Daemon.isMounted(path) { fail("\(path) is already mounted") }
 
+        if notifyReady { Daemon.startEarlyLog(log) }
         let io = IOManager(bounceBuffers: bounceBuffers, checkedBuffers: checked)
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }

@@ -84,7 +84,12 @@ final class Rig {
     /// The rules reported since the tree was built.
     var rules: [Verifier.Rule] { Array(io.verifier.violations.dropFirst(baseline)).map(\.rule) }
 
-    deinit { infos.forEach { $0.deallocate() } }
+    deinit {
+        // Requests a driver never completes stay busy; the rest must be done before
+        // the bridge and the I/O manager go.
+        bridge.waitUntilIdle(seconds: 1)
+        infos.forEach { $0.deallocate() }
+    }
 
     /// A fresh request handle and its number.
     func req() -> (FuseRequestHandle, Int) {

@@ -1,0 +1,382 @@
+"""What the core promises, seen through real system calls on a mounted tree:
+every request is answered whatever a driver does, a pending request holds no
+FUSE worker, verifier rules are reported when mounted, and the daemon's
+plumbing (mount, unmount, logs) fails clearly instead of silently."""
+import errno
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+import envelope as env
+from conftest import ROOT, is_mounted, mount_tree, require_fuse, unmount_tree, wdmfs_binary
+
+MISBEHAVE = {  # CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS)
+    name: (0x22 << 16) | ((0x900 + n) << 2)
+    for n, name in enumerate(["complete_twice", "pending_without_mark", "return_without_completing", "pend_forever",
+                              "information_too_large", "complete_after_reuse", "marked_but_not_pending"])
+}
+WAIT_FOR_SIGNAL, SIGNAL_WAITERS = 0x00222080, 0x00222084
+
+
+@pytest.fixture
+def test_tree():
+    m = mount_tree(("--tree", "test"))
+    try:
+        yield m
+    finally:
+        unmount_tree(m)
+
+
+def log_text(m):
+    with open(m.log) as f:
+        return f.read()
+
+
+def ioctl_in_child(path, code, out_len=0):
+    """A process blocked in one ioctl; it prints the errno it got (or 0 and the status)."""
+    script = (
+        "import os, sys, struct, fcntl\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "import envelope as env\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        f"    s, i, o = env.call(fd, {code}, out_len={out_len})\n"
+        "    print(0, hex(s), flush=True)\n"
+        "except OSError as e:\n"
+        "    print(e.errno, flush=True)\n"
+    )
+    # A signal handler, so SIGINT interrupts the ioctl (EINTR) instead of killing the process.
+    script = "import signal\nsignal.signal(signal.SIGINT, lambda *a: None)\n" + script
+    return subprocess.Popen([sys.executable, "-c", script, path], stdout=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.mark.parametrize("bug", ["pend_forever", "return_without_completing"])
+def test_a_caller_blocked_on_a_driver_that_ignores_cancel_is_answered_after_a_signal(test_tree, bug):
+    m = test_tree
+    before = m.stats()
+    child = ioctl_in_child(m.dev("misbehave"), MISBEHAVE[bug])
+    try:
+        assert wait_for(lambda: m.stats()["irps_submitted"] > before["irps_submitted"] + 1)
+        time.sleep(0.2)
+        assert child.poll() is None  # blocked in the driver
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=5)
+        assert time.monotonic() - t0 < 3.0  # the grace period is 1 s
+        assert out.split()[0] == str(errno.EINTR)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert "neverCompleted" in log_text(m)
+    # The daemon still serves.
+    fd = os.open(m.dev("ramdisk0"), os.O_RDONLY)
+    try:
+        assert env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)[0] == env.STATUS_SUCCESS
+    finally:
+        os.close(fd)
+
+
+def test_sigterm_with_requests_outstanding_ends_the_daemon_cleanly(tmp_path):
+    """An inverted-call ioctl waiting in ioctl-demo (cancellable), an ioctl a driver
+    keeps forever (not cancellable), a writer waiting for room in echo: SIGTERM ends the daemon with exit 0
+    within seconds, every caller is released, and every driver's Unload runs."""
+    require_fuse()
+    wdmfs = wdmfs_binary()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    log = tmp_path / "daemon.log"
+    daemon = subprocess.Popen([wdmfs, "mount", mp, "--foreground", "--tree", "test"],
+                              stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    children = []
+    try:
+        assert wait_for(lambda: is_mounted(mp))
+        children.append(ioctl_in_child(os.path.join(mp, "misbehave"), MISBEHAVE["pend_forever"]))
+        children.append(ioctl_in_child(os.path.join(mp, "ioctl-demo"), WAIT_FOR_SIGNAL, out_len=4))
+        children.append(subprocess.Popen(["dd", "if=/dev/zero", f"of={mp}/echo", "bs=64k", "count=4"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(0.5)
+        assert all(c.poll() is None for c in children)
+        t0 = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+        assert time.monotonic() - t0 < 5.0
+        for c in children:
+            c.wait(5)  # released, whatever they were told
+        text = log.read_text()
+        for driver in ["Null", "Zero", "RamDisk", "PassThroughFilter", "Echo", "IoctlDemo", "Misbehave", "LazyFilter"]:
+            assert f"unloaded \\Driver\\{driver}" in text, text
+        assert "neverCompleted" in text
+        assert not is_mounted(mp)
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+        if daemon.poll() is None:
+            daemon.kill()
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+
+
+def test_two_hundred_pending_ioctls_do_not_starve_the_one_that_releases_them(tree):
+    """Inverted calls: 200 IOCTLs wait in ioctl-demo (more than libfuse's 64 workers),
+    then one more releases them all. Before, each waiting IOCTL held a worker."""
+    n = 200
+    results = []
+    lock = threading.Lock()
+
+    def waiter():
+        fd = os.open(tree.dev("ioctl-demo"), os.O_RDWR)
+        try:
+            r = env.call(fd, WAIT_FOR_SIGNAL, b"w", out_len=5)
+            with lock:
+                results.append(r)
+        finally:
+            os.close(fd)
+
+    before = tree.stats()
+    threads = [threading.Thread(target=waiter) for _ in range(n)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: tree.stats()["irps_pended"] - before["irps_pended"] >= n, 20)
+    fd = os.open(tree.dev("ioctl-demo"), os.O_RDWR)
+    try:
+        status, info, out = env.call(fd, SIGNAL_WAITERS, b"hello", out_len=4)
+    finally:
+        os.close(fd)
+    assert status == env.STATUS_SUCCESS and int.from_bytes(out, "little") == n
+    for t in threads:
+        t.join(10)
+    assert len(results) == n and all(r == (0, 5, b"hello") for r in results)
+    after = tree.stats()
+    # Each waiter's envelope (24 + 5 bytes) was copied once, when it pended; nothing else was.
+    assert after["bytes_copied"] - before["bytes_copied"] == n * 29
+    assert after["verifier_violations"] == before["verifier_violations"]
+
+
+@pytest.mark.parametrize("bug,rule", [
+    ("complete_twice", "completedTwice [bug check 0x44]"),
+    ("pending_without_mark", "pendingWithoutMark [0xC9/0x23D]"),
+    ("information_too_large", "informationExceedsBuffer [0xC9/0x312]"),
+    ("marked_but_not_pending", "markedPendingReturnedOther [0xC9/0x23E]"),
+    ("complete_after_reuse", "[bug check 0x44]"),
+])
+def test_verifier_rules_are_reported_when_mounted(test_tree, bug, rule):
+    m = test_tree
+    before = m.stats()["verifier_violations"]
+    fd = os.open(m.dev("misbehave"), os.O_RDWR)
+    try:
+        status, info, out = env.call(fd, MISBEHAVE[bug], out_len=4)
+        assert len(out) <= 4
+        if bug == "complete_after_reuse":
+            for _ in range(5):  # the packet is reused while the driver still holds it
+                env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
+    assert wait_for(lambda: m.stats()["verifier_violations"] > before)
+    text = log_text(m)
+    assert rule in text and "\\Driver\\Misbehave" in text and "IRP_MJ_DEVICE_CONTROL" in text, text
+
+
+def test_a_filter_that_copies_nothing_is_reported_when_the_tree_is_built(test_tree):
+    text = log_text(test_tree)
+    assert "filterFlagsNotCopied" in text and "\\Driver\\LazyFilter" in text
+    with open(test_tree.dev("lazy-null"), "wb") as f:
+        f.write(b"still works")
+
+
+def test_checked_mode_catches_a_driver_that_keeps_a_read_buffer():
+    m = mount_tree(("--tree", "test", "--checked"))
+    try:
+        fd = os.open(m.dev("misbehave"), os.O_RDONLY)
+        assert os.pread(fd, 4096, 0) == b"M"
+        os.close(fd)
+        time.sleep(0.2)
+        with open(m.dev("zero"), "rb", buffering=0) as z:
+            z.read(4096)
+        assert wait_for(lambda: "bufferWrittenAfterCompletion" in log_text(m))
+    finally:
+        unmount_tree(m)
+
+
+def test_stats_read_in_small_pieces_under_load_is_always_well_formed(tree):
+    stop = threading.Event()
+
+    def load():
+        with open(tree.dev("zero"), "rb", buffering=0) as z:
+            while not stop.is_set():
+                z.read(4096)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        for _ in range(50):
+            r = subprocess.run(["dd", f"if={tree.dev('.stats')}", "bs=7", "status=none"], capture_output=True, text=True)
+            lines = r.stdout.splitlines()
+            assert len(lines) == 6 and all(len(l.split()) == 2 and l.split()[1].isdigit() for l in lines), r.stdout
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_chmod_chown_and_touch_fail_with_eperm_and_change_nothing(tree):
+    path = tree.dev("null")
+    mode = os.stat(path).st_mode
+    for op in (lambda: os.chmod(path, 0o600), lambda: os.chown(path, 1, 1), lambda: os.utime(path, (1, 1))):
+        with pytest.raises(PermissionError):
+            op()
+    assert os.stat(path).st_mode == mode
+    with open(tree.dev("ramdisk0"), "r+b") as f:  # truncation is still ignored
+        f.truncate(0)
+    assert os.stat(tree.dev("ramdisk0")).st_size == 64 << 20
+
+
+def run_wdmfs(*args, timeout=30):
+    return subprocess.run([wdmfs_binary(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_concurrent_mounts_of_one_directory_mount_once():
+    require_fuse()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    try:
+        procs = [subprocess.Popen([wdmfs_binary(), "mount", mp], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [p.communicate(timeout=30) for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 2], outs
+        loser = outs[[p.returncode for p in procs].index(2)][1]
+        assert "already mounted" in loser or "being mounted" in loser
+        with open("/proc/mounts") as f:
+            assert sum(1 for line in f if line.split()[1] == mp) == 1
+    finally:
+        for _ in range(3):
+            run_wdmfs("unmount", mp)
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+
+
+def test_a_log_file_that_cannot_be_opened_fails_the_mount():
+    require_fuse()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    try:
+        r = run_wdmfs("mount", mp, "--log-file", "/nonexistent/dir/daemon.log")
+        assert r.returncode == 2 and "cannot open the log file" in r.stderr
+        assert not is_mounted(mp)
+    finally:
+        os.rmdir(mp)
+
+
+def test_a_daemon_whose_log_reader_went_away_still_unloads_every_driver():
+    """--foreground with stderr on a pipe whose reader is gone: no SIGPIPE death."""
+    require_fuse()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    r, w = os.pipe()
+    daemon = subprocess.Popen([wdmfs_binary(), "mount", mp, "--foreground"], stderr=w, stdout=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        assert wait_for(lambda: is_mounted(mp))
+        os.close(r)  # the reader goes
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0  # not killed by SIGPIPE while logging its unloads
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+
+
+def test_unmount_accepts_a_trailing_slash_and_does_not_wait_for_an_unreaped_daemon():
+    """The daemon is this test's child and is never reaped: it is a zombie once it
+    exits, and `wdmfs unmount` must see that it has exited."""
+    require_fuse()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    daemon = subprocess.Popen([wdmfs_binary(), "mount", mp, "--foreground"],
+                              stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: is_mounted(mp))
+        t0 = time.monotonic()
+        r = run_wdmfs("unmount", mp + "/")
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t0 < 5
+        assert not is_mounted(mp)
+    finally:
+        daemon.wait(10)
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+
+
+def test_mounting_over_a_dead_mount_recovers_it():
+    require_fuse()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    try:
+        assert run_wdmfs("mount", mp).returncode == 0
+        pid = int(subprocess.run(["pgrep", "-f", f"mount {mp} --foreground"], capture_output=True, text=True).stdout.split()[0])
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+        with pytest.raises(OSError) as e:
+            os.listdir(mp)
+        assert e.value.errno == errno.ENOTCONN
+        r = run_wdmfs("mount", mp)
+        assert r.returncode == 0, r.stderr
+        assert "dead wdmfs mount" in r.stderr
+        assert "zero" in os.listdir(mp)
+    finally:
+        run_wdmfs("unmount", mp)
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+
+
+def test_a_non_empty_mountpoint_is_refused_unless_asked_for():
+    require_fuse()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    marker = os.path.join(mp, "keep-me")
+    open(marker, "w").close()
+    try:
+        r = run_wdmfs("mount", mp)
+        assert r.returncode == 2 and "not empty" in r.stderr and "--nonempty" in r.stderr
+        assert not is_mounted(mp)
+        r = run_wdmfs("mount", mp, "--nonempty")
+        assert r.returncode == 0, r.stderr
+        assert "zero" in os.listdir(mp)
+    finally:
+        run_wdmfs("unmount", mp)
+        os.remove(marker)
+        os.rmdir(mp)
+
+
+def test_client_code_does_not_link_libfuse():
+    """WDMClient (the envelope, `wdmfs ioctl`'s code, process plumbing) depends on
+    no target that reaches CFuse."""
+    import json
+    desc = json.loads(subprocess.run(["swift", "package", "describe", "--type", "json"], cwd=ROOT,
+                                     capture_output=True, text=True, check=True).stdout)
+    targets = {t["name"]: t for t in desc["targets"]}
+
+    def closure(name, seen=None):
+        seen = seen if seen is not None else set()
+        for d in targets[name].get("target_dependencies", []):
+            if d not in seen:
+                seen.add(d)
+                closure(d, seen)
+        return seen
+
+    assert "CFuse" not in closure("WDMClient")
+    assert "CFuse" not in closure("WDM")
+    assert "CFuse" in closure("WDMFuse")
+    for f in os.listdir(os.path.join(ROOT, "Sources/WDMClient")):
+        assert "import CFuse" not in open(os.path.join(ROOT, "Sources/WDMClient", f)).read()
