@@ -10,9 +10,18 @@ public enum PassThroughFilter {
 
     /// The filter's device extension.
     public final class Extension: Sendable {
-        /// IRPs seen, per major function.
-        public let seen = Mutex<[MajorFunction: Int]>([:])
+        /// IRPs seen, indexed by major function (an array: no hashing per IRP).
+        let counts = Mutex<[Int]>(Array(repeating: 0, count: MajorFunction.tableSize))
         public init() {}
+
+        /// IRPs seen, per major function.
+        public var seen: [MajorFunction: Int] {
+            counts.withLock { c in
+                var out: [MajorFunction: Int] = [:]
+                for m in MajorFunction.allCases where c[Int(m.rawValue)] > 0 { out[m] = c[Int(m.rawValue)] }
+                return out
+            }
+        }
     }
 
     /// `DriverEntry`
@@ -23,8 +32,8 @@ public enum PassThroughFilter {
         }
         driver.majorFunction.setAll { device, irp in
             let ext = device.deviceExtension(as: Extension.self)
-            let major = irp.majorFunction
-            ext.seen.withLock { $0[major, default: 0] += 1 }
+            let major = Int(irp.majorFunction.rawValue)
+            ext.counts.withLock { $0[major] += 1 }
             // We don't need to see the result, so the lower driver gets our location.
             irp.skipCurrentStackLocation()
             return device.callLower(irp)

@@ -35,11 +35,25 @@ public final class DeviceObject: @unchecked Sendable {
     /// `StackSize`: the stack locations an IRP needs to reach the bottom from here.
     @exclusivity(unchecked) public internal(set) var stackSize: Int = 1
     /// `AttachedDevice`: the device attached above this one, if any.
-    @exclusivity(unchecked) public internal(set) var attachedDevice: DeviceObject?
+    /// Devices are owned by their drivers (the driver object's device list, until
+    /// IoDeleteDevice), so the links of a stack are not counted: walking and
+    /// calling down a stack costs no reference counting. IoDetachDevice and
+    /// IoDeleteDevice clear them. (A weak reference would put every retain of a
+    /// device on the slow path.)
+    public internal(set) var attachedDevice: DeviceObject? {
+        get { attachedLink?.takeUnretainedValue() }
+        set { attachedLink = newValue.map(Unmanaged.passUnretained) }
+    }
     /// The device this one is attached to (what IoAttachDeviceToDeviceStack returned).
-    /// Strong, like `attachedDevice`: IoDetachDevice and IoDeleteDevice break the pair.
-    /// (A weak reference would put every retain of a device on the slow path.)
-    @exclusivity(unchecked) public internal(set) var lowerDevice: DeviceObject?
+    public internal(set) var lowerDevice: DeviceObject? {
+        get { lowerLink?.takeUnretainedValue() }
+        set { lowerLink = newValue.map(Unmanaged.passUnretained) }
+    }
+    @exclusivity(unchecked) @usableFromInline var attachedLink: Unmanaged<DeviceObject>?
+    @exclusivity(unchecked) @usableFromInline var lowerLink: Unmanaged<DeviceObject>?
+    /// The dispatch table of this device's driver (read on every IRP, without
+    /// touching the driver object's reference count).
+    @usableFromInline let dispatch: UnsafeMutablePointer<DispatchSlot>
     /// `DeviceExtension`: the driver's per-device state.
     @exclusivity(unchecked) public var deviceExtension: AnyObject?
     /// The `\Device\Name`, if created with one.
@@ -59,6 +73,7 @@ public final class DeviceObject: @unchecked Sendable {
 
     init(driver: DriverObject, deviceType: UInt32, characteristics: UInt32, flags: DeviceFlags, name: String?) {
         self.driverObject = driver
+        self.dispatch = driver.slots
         self.deviceType = deviceType
         self.characteristics = characteristics
         self.flags = flags
@@ -72,19 +87,22 @@ public final class DeviceObject: @unchecked Sendable {
 
     /// `IoGetAttachedDevice`: the top of the stack this device belongs to.
     public var topOfStack: DeviceObject {
-        var d = self
-        while let up = d.attachedDevice { d = up }
-        return d
+        // Walked without reference counting: the links are not counted either.
+        var d = Unmanaged.passUnretained(self)
+        while let up = d._withUnsafeGuaranteedRef({ $0.attachedLink }) { d = up }
+        return d.takeUnretainedValue()
     }
 
     /// `IoCallDriver(lowerDevice, irp)`.
     @inlinable public func callLower(_ irp: IRP) -> NTStatus {
-        guard let lower = lowerDevice else {
+        guard let lower = lowerLink else {
             driverObject.ioManager.verifier.report(.callDownWithNoLowerDevice, irp: irp, device: self)
             irp.complete(.invalidDeviceRequest)
             return .invalidDeviceRequest
         }
-        return driverObject.ioManager.callDriver(lower, irp)
+        return driverObject.manager._withUnsafeGuaranteedRef { io in
+            lower._withUnsafeGuaranteedRef { io.callDriver($0, irp) }
+        }
     }
 }
 

@@ -23,9 +23,23 @@ public final class DriverObject: @unchecked Sendable {
     /// The I/O manager the driver was loaded into.
     // unowned(unsafe): the I/O manager outlives what it owns; read on every IRP.
     public unowned(unsafe) let ioManager: IOManager
+    /// The same, for calls that must not retain it (IoCallDriver from `callLower`).
+    @usableFromInline let manager: Unmanaged<IOManager>
     /// `MajorFunction[]`. Unset entries fail the IRP with STATUS_INVALID_DEVICE_REQUEST,
     /// as `IopInvalidDeviceRequest` does.
-    @exclusivity(unchecked) public var majorFunction = DispatchTable()
+    public var majorFunction: DispatchTable {
+        get { DispatchTable(routines: Array(UnsafeBufferPointer(start: slots, count: MajorFunction.tableSize))) }
+        set {
+            for (i, slot) in newValue.routines.enumerated() { slots[i] = slot }
+        }
+    }
+    /// The table the I/O manager calls through: a plain buffer, read without
+    /// reference counting on every IRP.
+    @usableFromInline let slots: UnsafeMutablePointer<DispatchSlot> = {
+        let p = UnsafeMutablePointer<DispatchSlot>.allocate(capacity: MajorFunction.tableSize)
+        p.initialize(repeating: DispatchSlot(), count: MajorFunction.tableSize)
+        return p
+    }()
     /// `DriverExtension->AddDevice`.
     public var addDevice: AddDeviceRoutine?
     /// `DriverUnload`.
@@ -41,6 +55,12 @@ public final class DriverObject: @unchecked Sendable {
     init(name: String, ioManager: IOManager) {
         self.name = name
         self.ioManager = ioManager
+        self.manager = Unmanaged.passUnretained(ioManager)
+    }
+
+    deinit {
+        slots.deinitialize(count: MajorFunction.tableSize)
+        slots.deallocate()
     }
 
     /// At unload: forgets the devices and the driver's own state, so nothing the
@@ -54,13 +74,13 @@ public final class DriverObject: @unchecked Sendable {
     public var deviceObjects: [DeviceObject] { devices.withLock { $0 } }
 }
 
-/// A driver's dispatch table, indexed by major function.
+/// A driver's dispatch table, indexed by major function (`MajorFunction[]`).
 public struct DispatchTable: Sendable {
-    var routines: [DispatchRoutine?] = Array(repeating: nil, count: MajorFunction.tableSize)
+    var routines: [DispatchSlot] = Array(repeating: DispatchSlot(), count: MajorFunction.tableSize)
 
     public subscript(_ major: MajorFunction) -> DispatchRoutine? {
-        get { routines[Int(major.rawValue)] }
-        set { routines[Int(major.rawValue)] = newValue }
+        get { routines[Int(major.rawValue)].routine }
+        set { routines[Int(major.rawValue)].routine = newValue }
     }
 
     /// Sets one routine for several major functions (a filter's pass-through).
@@ -70,10 +90,15 @@ public struct DispatchTable: Sendable {
 
     /// Sets `routine` for every major function, as a filter's DriverEntry loop does.
     public mutating func setAll(_ routine: @escaping DispatchRoutine) {
-        for i in routines.indices { routines[i] = routine }
+        for i in routines.indices { routines[i].routine = routine }
     }
+}
 
-    @inline(__always) func routine(_ major: MajorFunction) -> DispatchRoutine? {
-        routines[Int(major.rawValue)]
-    }
+/// One entry of a dispatch table. A struct with a field of the routine's own
+/// type: stored in generic storage (an array, a pointer) a bare function value
+/// would take the most general abstraction, and every call would allocate a
+/// reabstraction thunk.
+@usableFromInline struct DispatchSlot: @unchecked Sendable {
+    @usableFromInline var routine: DispatchRoutine?
+    init() {}
 }

@@ -114,6 +114,7 @@ extension IOManager {
         let irp = allocateIrp(stackSize: top.stackSize)
         let p = irp.packet
         p.targetDevice = top
+        p.file = file
         p.locations[p.currentLocation - 2].majorFunction = major
         p.locations[p.currentLocation - 2].fileObject = file
         return irp

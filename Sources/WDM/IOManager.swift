@@ -32,7 +32,11 @@ public final class IOManager: @unchecked Sendable {
 
     /// The observers at IoCallDriver and IoCompleteRequest, in call order. Nil when
     /// there are none: the IRP path then pays one load and one branch per choke point.
-    @exclusivity(unchecked) @usableFromInline nonisolated(unsafe) var observers: ObserverChain?
+    @exclusivity(unchecked) @usableFromInline nonisolated(unsafe) var observers: Unmanaged<ObserverChain>?
+    /// Owns the chain `observers` points to.
+    nonisolated(unsafe) var observerChain: ObserverChain? {
+        didSet { observers = observerChain.map(Unmanaged.passUnretained) }
+    }
 
     let counters = IOCounters()
     let pool = IRPPool()
@@ -59,15 +63,16 @@ public final class IOManager: @unchecked Sendable {
         }
     }
 
-    /// Adds an observer at the end of the chain. Call before I/O starts.
+    /// Adds an observer at the end of the chain. Call before I/O starts. The I/O
+    /// manager keeps it alive.
     public func addObserver(_ observer: any IRPObserver) {
-        observers = ObserverChain((observers?.list ?? []) + [observer])
+        observerChain = ObserverChain((observerChain?.list ?? []) + [observer])
     }
 
     /// Removes every observer of type `T`. Call while no I/O runs.
     public func removeObservers<T: IRPObserver>(of type: T.Type) {
-        let rest = (observers?.list ?? []).filter { !($0 is T) }
-        observers = rest.isEmpty ? nil : ObserverChain(rest)
+        let rest = (observerChain?.list ?? []).filter { !($0 is T) }
+        observerChain = rest.isEmpty ? nil : ObserverChain(rest)
     }
 
     /// The counters, as a snapshot.
@@ -280,12 +285,8 @@ public final class IOManager: @unchecked Sendable {
     /// `IoAllocateIrp`: an IRP from the pool, with `stackSize` locations.
     public func allocateIrp(stackSize: Int) -> IRP {
         let p = pool.take(stackSize: stackSize) ?? pool.make(stackSize: stackSize, ioManager: self)
-        let g = p.cancelState.withLock { s in
-            s.cancel = false
-            s.routine = nil
-            s.generation &+= 1
-            return s.generation
-        }
+        var g = p.generation &+ 1
+        if g == 0 { g = 1 }  // 0 stands for "never cancelled"
         p.state.store(IRPPacket.word(g, .inFlight), ordering: .releasing)
         return IRP(packet: p, generation: g)
     }
@@ -325,15 +326,17 @@ public final class IOManager: @unchecked Sendable {
         p.currentLocation -= 1
         let location = p.currentLocation
         p.locations[location - 1].deviceObject = device
-        let routine = device.driverObject.majorFunction.routine(p.locations[location - 1].majorFunction)
+        let routine = device.dispatch[Int(p.locations[location - 1].majorFunction.rawValue)].routine
         guard let observers else {
             guard let routine else { return invalidRequest(irp) }
             return routine(device, irp)
         }
-        observers.callingDriver(device, irp, location: location)
-        let status = routine.map { $0(device, irp) } ?? invalidRequest(irp)
-        observers.driverReturned(device, irp, location: location, status: status)
-        return status
+        return observers._withUnsafeGuaranteedRef { chain in
+            chain.callingDriver(device, irp, location: location)
+            let status = routine.map { $0(device, irp) } ?? invalidRequest(irp)
+            chain.driverReturned(device, irp, location: location, status: status)
+            return status
+        }
     }
 
     private func invalidRequest(_ irp: IRP) -> NTStatus {
@@ -432,7 +435,7 @@ public final class IOManager: @unchecked Sendable {
         let p = irp.packet
         let g = irp.generation
         let observers = self.observers
-        observers?.completing(irp)
+        observers?._withUnsafeGuaranteedRef { $0.completing(irp) }
         if p.setCancelRoutineCleared() { verifier.report(.completedWithCancelRoutine, irp: irp) }
         if p.ioStatus.status == .cancelled { counters.cancelled.add(1, ordering: .relaxed) }
 
@@ -455,7 +458,7 @@ public final class IOManager: @unchecked Sendable {
             {
                 let pendingReturned = p.pendingReturned
                 let result = routine(above, irp, context)
-                observers?.completionRoutineReturned(above, irp, pendingReturned: pendingReturned, result: result)
+                observers?._withUnsafeGuaranteedRef { $0.completionRoutineReturned(above, irp, pendingReturned: pendingReturned, result: result) }
                 if result == .moreProcessingRequired {
                     // The routine's driver owns the IRP again. If it already completed
                     // it again (on another thread), go on with that completion here.
@@ -482,7 +485,7 @@ public final class IOManager: @unchecked Sendable {
         }
         counters.completed.add(1, ordering: .relaxed)
         copyBackBounceBuffer(p)
-        observers?.completed(irp)
+        observers?._withUnsafeGuaranteedRef { $0.completed(irp) }
         let (duringDispatch, _) = p.dispatchState.compareExchange(
             expected: IRPPacket.Dispatch.dispatching.rawValue, desired: IRPPacket.Dispatch.completedWhileDispatching.rawValue,
             ordering: .acquiringAndReleasing)
@@ -575,23 +578,40 @@ final class SynchronousRequester: IRPRequester {
 extension IRPPacket {
     /// Clears the cancel routine at completion; true if one was still set.
     func setCancelRoutineCleared() -> Bool {
-        cancelState.withLock { s in
-            defer { s.routine = nil }
+        guard cancelRoutineSet.load(ordering: .acquiring) else { return false }
+        return cancelState.withLock { s in
+            defer { s.routine = nil; cancelRoutineSet.store(false, ordering: .relaxed) }
             return s.routine != nil
         }
     }
 }
 
-/// Free IRPs by stack size. Packets are never released while the I/O manager
-/// serves, which keeps a late cancel or completion (an IRP a driver kept)
-/// pointing at valid memory that the generation check then refuses.
-final class IRPPool: Sendable {
-    private let lists = Mutex<[[IRPPacket]]>(Array(repeating: [], count: 17))
+/// Free IRPs by stack size: one list per size, linked through the packets
+/// themselves (no array work per IRP). Packets are owned by `every` and never
+/// released while the I/O manager serves, which keeps a late cancel or
+/// completion (an IRP a driver kept) pointing at valid memory that the
+/// generation check then refuses.
+final class IRPPool: @unchecked Sendable {
+    static let sizes = 17
+    private let lock = Mutex(())
+    private let heads: UnsafeMutablePointer<Unmanaged<IRPPacket>?> = {
+        let p = UnsafeMutablePointer<Unmanaged<IRPPacket>?>.allocate(capacity: IRPPool.sizes)
+        p.initialize(repeating: nil, count: IRPPool.sizes)
+        return p
+    }()
     private let every = Mutex<[IRPPacket]>([])
 
+    deinit { heads.deallocate() }
+
+    @inline(__always)
     func take(stackSize: Int) -> IRPPacket? {
-        guard stackSize < 17 else { return nil }
-        return lists.withLock { $0[stackSize].popLast() }
+        guard stackSize < IRPPool.sizes else { return nil }
+        let p: Unmanaged<IRPPacket>? = lock.withLock { _ in
+            guard let h = heads[stackSize] else { return nil }
+            heads[stackSize] = h._withUnsafeGuaranteedRef { $0.nextFree }
+            return h
+        }
+        return p?.takeUnretainedValue()
     }
 
     func make(stackSize: Int, ioManager: IOManager) -> IRPPacket {
@@ -600,18 +620,32 @@ final class IRPPool: Sendable {
         return p
     }
 
+    @inline(__always)
     func put(_ p: IRPPacket) {
-        guard p.stackCount < 17 else { return }
-        lists.withLock { $0[p.stackCount].append(p) }
+        guard p.stackCount < IRPPool.sizes else { return }
+        let u = Unmanaged.passUnretained(p)
+        lock.withLock { _ in
+            p.nextFree = heads[p.stackCount]
+            heads[p.stackCount] = u
+        }
     }
 
     var all: [IRPPacket] { every.withLock { $0 } }
 
     /// Forgets the free packets (at unload); packets still with drivers stay known.
     func drain() {
-        let free = lists.withLock { l in defer { for i in l.indices { l[i].removeAll() } }; return l.flatMap { $0 } }
-        let ids = Set(free.map(ObjectIdentifier.init))
-        every.withLock { $0.removeAll { ids.contains(ObjectIdentifier($0)) } }
+        var free = Set<ObjectIdentifier>()
+        lock.withLock { _ in
+            for i in 0..<IRPPool.sizes {
+                var h = heads[i]
+                while let u = h {
+                    free.insert(ObjectIdentifier(u.takeUnretainedValue()))
+                    h = u.takeUnretainedValue().nextFree
+                }
+                heads[i] = nil
+            }
+        }
+        every.withLock { $0.removeAll { free.contains(ObjectIdentifier($0)) } }
     }
 }
 

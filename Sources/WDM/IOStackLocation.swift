@@ -19,9 +19,12 @@ public struct IOStackLocation: @unchecked Sendable {
     /// `Parameters`
     public var parameters = Parameters()
     /// `DeviceObject`: the device this location belongs to (set by IoCallDriver).
-    public var deviceObject: DeviceObject?
-    /// `FileObject`
-    public var fileObject: FileObject?
+    /// Not counted, as in Windows: a device outlives the IRPs that pass through it
+    /// (its driver deletes it only once its I/O is done).
+    public unowned(unsafe) var deviceObject: DeviceObject?
+    /// `FileObject`. Not counted here: the IRP holds the one reference it needs
+    /// (`IRPPacket.file`), so copying a location down costs nothing.
+    public unowned(unsafe) var fileObject: FileObject?
     /// `CompletionRoutine` (set with `IRP.setCompletionRoutine`).
     public internal(set) var completionRoutine: CompletionRoutine?
     /// `Context`

@@ -139,12 +139,17 @@ public struct IRP: @unchecked Sendable, Equatable {
             p.ioManager.verifier.report(.noStackLocationsLeft, irp: self, detail: "IoCopyCurrentIrpStackLocationToNext at the last location")
             return
         }
-        var next = p.locations[p.currentLocation - 1]
-        next.completionRoutine = nil
-        next.context = nil
-        next.control = []
-        next.deviceObject = nil
-        p.locations[p.currentLocation - 2] = next
+        // Field by field: copying the whole location would retain (and then release)
+        // the completion routine, its context and the device only to clear them.
+        let cur = p.currentLocation - 1, next = cur - 1
+        p.locations[next].majorFunction = p.locations[cur].majorFunction
+        p.locations[next].minorFunction = p.locations[cur].minorFunction
+        p.locations[next].flags = p.locations[cur].flags
+        p.locations[next].control = []
+        p.locations[next].parameters = p.locations[cur].parameters
+        p.locations[next].fileObject = p.locations[cur].fileObject
+        if p.locations[next].completionRoutine != nil { p.locations[next].completionRoutine = nil }
+        if p.locations[next].context != nil { p.locations[next].context = nil }
     }
 
     /// `IoSetCompletionRoutine`: called when the lower driver completes the IRP,
@@ -196,28 +201,30 @@ public struct IRP: @unchecked Sendable, Equatable {
     /// Completing an IRP twice, or one that has been reused, is caught by the
     /// verifier and ignored.
     public func complete() {
-        packet.ioManager.completeRequest(self, setting: nil)
+        packet.manager._withUnsafeGuaranteedRef { $0.completeRequest(self, setting: nil) }
     }
 
     /// Sets `ioStatus` and completes. On an IRP already completed, neither happens.
     public func complete(_ status: NTStatus, information: Int = 0) {
-        packet.ioManager.completeRequest(self, setting: IOStatusBlock(status: status, information: information))
+        packet.manager._withUnsafeGuaranteedRef { $0.completeRequest(self, setting: IOStatusBlock(status: status, information: information)) }
     }
 
     // MARK: - Cancel
 
     /// `Irp->Cancel`.
-    public var cancel: Bool { packet.cancelState.withLock { $0.cancel } }
+    public var cancel: Bool { packet.cancelledGeneration.load(ordering: .acquiring) == generation }
 
     /// `IoSetCancelRoutine`: sets the routine and returns the previous one.
     /// A queue that gets nil back when clearing knows a cancel is under way.
     @discardableResult
     public func setCancelRoutine(_ routine: CancelRoutine?) -> CancelRoutine? {
         let g = generation
-        return packet.cancelState.withLock { state in
-            guard state.generation == g else { return nil }
+        let p = packet
+        return p.cancelState.withLock { state in
+            guard p.generation == g else { return nil }
             let old = state.routine
             state.routine = routine
+            p.cancelRoutineSet.store(routine != nil, ordering: .relaxed)
             return old
         }
     }
@@ -226,9 +233,11 @@ public struct IRP: @unchecked Sendable, Equatable {
     /// The check and the set are one step, which is what makes queues cancel-safe.
     public func setCancelRoutineUnlessCancelled(_ routine: @escaping CancelRoutine) -> Bool {
         let g = generation
-        return packet.cancelState.withLock { state in
-            if state.cancel || state.generation != g { return false }
+        let p = packet
+        return p.cancelState.withLock { state in
+            if p.cancelledGeneration.load(ordering: .relaxed) == g || p.generation != g { return false }
             state.routine = routine
+            p.cancelRoutineSet.store(true, ordering: .relaxed)
             return true
         }
     }
@@ -243,10 +252,11 @@ public struct IRP: @unchecked Sendable, Equatable {
         let p = packet
         let g = generation
         let routine: CancelRoutine?? = p.cancelState.withLock { state in
-            guard state.generation == g, p.life != .free, p.life != .completed else { return .none }
-            state.cancel = true
+            guard p.generation == g, p.life != .free, p.life != .completed else { return .none }
+            p.cancelledGeneration.store(g, ordering: .releasing)
             let r = state.routine
             state.routine = nil
+            p.cancelRoutineSet.store(false, ordering: .relaxed)
             return .some(r)
         }
         guard case .some(let r) = routine else {
@@ -276,11 +286,16 @@ public final class IRPPacket: @unchecked Sendable {
     @exclusivity(unchecked) var driverContext: AnyObject?
     // unowned(unsafe): the I/O manager outlives what it owns; read on every IRP.
     @usableFromInline unowned(unsafe) let ioManager: IOManager
+    /// The same, for calls that must not retain it.
+    @usableFromInline let manager: Unmanaged<IOManager>
 
     // Requester side.
     @exclusivity(unchecked) var requester: (any IRPRequester)?
     /// The top of the stack the IRP was built for, where `submit` sends it.
-    @exclusivity(unchecked) var targetDevice: DeviceObject?
+    @exclusivity(unchecked) unowned(unsafe) var targetDevice: DeviceObject?
+    /// The file object the IRP was made for: the reference that keeps it alive
+    /// while the IRP is in flight (the locations do not count theirs).
+    @exclusivity(unchecked) var file: FileObject?
     @exclusivity(unchecked) var completedAsynchronously = false
     /// The host's buffer (see `IRP.hostBuffer`).
     @exclusivity(unchecked) var hostBuffer: UnsafeMutableRawPointer?
@@ -303,11 +318,16 @@ public final class IRPPacket: @unchecked Sendable {
     @exclusivity(unchecked) var bounceCopyBack = 0
 
     struct CancelState {
-        var cancel = false
         var routine: CancelRoutine?
-        var generation: UInt32 = 0
     }
+    /// The cancel routine, changed under this lock (checked against the generation).
     let cancelState = Mutex(CancelState())
+    /// `Irp->Cancel` for generation g is `cancelledGeneration == g`: a new generation
+    /// starts uncancelled without touching it.
+    let cancelledGeneration = Atomic<UInt32>(0)
+    /// Whether a cancel routine is set (kept under the lock): completion reads it
+    /// without taking the lock when none is.
+    let cancelRoutineSet = Atomic<Bool>(false)
     /// The generation (high bits) and the life (low byte), changed together.
     let state = Atomic<UInt64>(0)
     /// Who had the last incarnations (for reports about a stale IRP): the driver
@@ -324,6 +344,8 @@ public final class IRPPacket: @unchecked Sendable {
         let r = retired[Int(g & 7)]
         return r.generation == g && r.driver != nil ? r : nil
     }
+    /// The next free packet of the same size (the pool's list).
+    @exclusivity(unchecked) var nextFree: Unmanaged<IRPPacket>?
     /// A completion that arrived while the completion walk was still running.
     @exclusivity(unchecked) var queuedStatus: IOStatusBlock?
     /// 0 not submitted, 1 dispatching, 2 dispatch returned without completion, 3 completed while dispatching.
@@ -336,6 +358,7 @@ public final class IRPPacket: @unchecked Sendable {
         self.locations = .allocate(capacity: max(stackCount, 1))
         self.locations.initialize(repeating: IOStackLocation(), count: stackCount)
         self.ioManager = ioManager
+        self.manager = Unmanaged.passUnretained(ioManager)
     }
 
     deinit {
@@ -386,6 +409,7 @@ public final class IRPPacket: @unchecked Sendable {
         driverContext = nil
         requester = nil
         targetDevice = nil
+        if file != nil { file = nil }
         hostBuffer = nil
         borrowed = false
         borrowedCount = 0

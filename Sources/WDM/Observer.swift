@@ -28,24 +28,42 @@ extension IRPObserver {
 }
 
 /// The installed observers, called in order. Immutable: the I/O manager swaps
-/// in a new chain when one is added.
+/// in a new chain when one is added. Driver Verifier's rules, when installed,
+/// are called directly (a concrete class, no reference counting per call);
+/// other observers through the protocol.
 @usableFromInline final class ObserverChain: @unchecked Sendable {
     let list: [any IRPObserver]
-    init(_ list: [any IRPObserver]) { self.list = list }
+    let rules: Unmanaged<VerifierRules>?
+    let others: [any IRPObserver]
+    init(_ list: [any IRPObserver]) {
+        self.list = list
+        let r = list.first { $0 is VerifierRules } as? VerifierRules
+        rules = r.map(Unmanaged.passUnretained)
+        others = list.filter { !($0 is VerifierRules) }
+    }
 
-    func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
-        for o in list { o.callingDriver(device, irp, location: location) }
+    @inline(__always) func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
+        if others.isEmpty { return }
+        for o in others { o.callingDriver(device, irp, location: location) }
     }
-    func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {
-        for o in list { o.driverReturned(device, irp, location: location, status: status) }
+    @inline(__always) func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {
+        rules?._withUnsafeGuaranteedRef { $0.driverReturned(device, irp, location: location, status: status) }
+        if others.isEmpty { return }
+        for o in others { o.driverReturned(device, irp, location: location, status: status) }
     }
-    func completing(_ irp: IRP) {
-        for o in list { o.completing(irp) }
+    @inline(__always) func completing(_ irp: IRP) {
+        rules?._withUnsafeGuaranteedRef { $0.completing(irp) }
+        if others.isEmpty { return }
+        for o in others { o.completing(irp) }
     }
-    func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {
-        for o in list { o.completionRoutineReturned(device, irp, pendingReturned: pendingReturned, result: result) }
+    @inline(__always) func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {
+        rules?._withUnsafeGuaranteedRef { $0.completionRoutineReturned(device, irp, pendingReturned: pendingReturned, result: result) }
+        if others.isEmpty { return }
+        for o in others { o.completionRoutineReturned(device, irp, pendingReturned: pendingReturned, result: result) }
     }
-    func completed(_ irp: IRP) {
-        for o in list { o.completed(irp) }
+    @inline(__always) func completed(_ irp: IRP) {
+        rules?._withUnsafeGuaranteedRef { $0.completed(irp) }
+        if others.isEmpty { return }
+        for o in others { o.completed(irp) }
     }
 }
