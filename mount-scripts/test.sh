@@ -52,6 +52,20 @@ t=$(attr tests) f=$(( $(attr failures) + $(attr errors) )) s=$(attr skipped)
 rm -rf "$xunit"
 stage_result "$rc" "$((t - f))" "$f" "$s"
 
+if [ -z "${WDMFS_SKIP_ASAN:-}" ] && [ -f Sources/WDM/IOManager.swift ]; then
+    echo "== swift test --sanitize=address (memory errors and leaks; one result)"
+    ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/mount-scripts/lsan-suppressions.txt" \
+        swift test --sanitize=address --scratch-path .build-asan >"$log" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ] && ! grep -qE 'ERROR: (Address|Leak)Sanitizer' "$log"; then
+        echo "ok: no memory error, no leak"
+        stage_result 0 1 0 0
+    else
+        grep -E 'ERROR: |SUMMARY: |^✘' "$log" | head -n 20
+        stage_result "$rc" 0 1 0
+    fi
+fi
+
 if [ -d Tests/Integration ]; then
     echo "== pytest Tests/Integration (mounted, real system calls)"
     python3 -m pytest -q -rs -p no:cacheprovider Tests/Integration 2>&1 | tee "$log" | tail -n 15

@@ -150,6 +150,9 @@ public final class IOManager: @unchecked Sendable {
         }
         for driver in drivers.withLock({ $0 }) { driver.release() }
         rootBusObject?.release()
+        // IRPs a driver never completed still point at their requester and file,
+        // which may point back at them (a queue in a device extension): let go.
+        for p in pool.all where p.life != .free { p.forget() }
     }
 
     // MARK: - Devices
@@ -505,8 +508,18 @@ public final class IOManager: @unchecked Sendable {
             }
             return
         }
-        requester.irpCompleted(irp)
-        freeIrp(irp)
+        if asynchronously {
+            // On a thread of the driver's: the requester may drop the last reference
+            // to the I/O manager as soon as it hears of the completion (a test that
+            // ends), so hold one until the IRP is back in the pool.
+            let keep = Unmanaged.passUnretained(self).retain()
+            requester.irpCompleted(irp)
+            freeIrp(irp)
+            keep.release()
+        } else {
+            requester.irpCompleted(irp)
+            freeIrp(irp)
+        }
     }
 
     // MARK: - Borrowed host memory

@@ -378,6 +378,21 @@ public final class IRPPacket: @unchecked Sendable {
     var generation: UInt32 { UInt32(truncatingIfNeeded: state.load(ordering: .acquiring) >> 8) }
     var life: Life { Life(rawValue: UInt8(truncatingIfNeeded: state.load(ordering: .acquiring))) ?? .free }
 
+    /// Drops every reference the packet holds (its I/O manager is going away).
+    func forget() {
+        requester = nil
+        file = nil
+        driverContext = nil
+        ownedCopy?.deallocate()
+        ownedCopy = nil
+        bounceSystem?.deallocate()
+        bounceSystem = nil
+        for i in 0..<stackCount {
+            locations[i].completionRoutine = nil
+            locations[i].context = nil
+        }
+    }
+
     /// Reinitializes for reuse (`IoReuseIrp`) and starts the next generation.
     func reset(retiring generation: UInt32) {
         var r = Retired(generation: generation)

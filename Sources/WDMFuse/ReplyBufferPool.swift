@@ -20,6 +20,12 @@ final class ReplyBufferPool: @unchecked Sendable {
         self.verifier = verifier
     }
 
+    deinit {
+        free.withLock { lists in
+            for list in lists { for a in list { UnsafeMutableRawPointer(bitPattern: a)!.deallocate() } }
+        }
+    }
+
     private static func sizeClass(_ n: Int) -> Int? {
         var k = 0
         while (4096 << k) < n { k += 1 }

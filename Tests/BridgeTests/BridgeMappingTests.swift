@@ -69,7 +69,7 @@ final class Rig {
     let sink = FakeSink()
     let bridge: FuseBridge
     private var next = 0x1000
-    private var infos: [UnsafeMutablePointer<fuse_file_info>] = []
+    private var infos: [(ino: fuse_ino_t, fi: UnsafeMutablePointer<fuse_file_info>)] = []
 
     init(checked: Bool = false) throws {
         io = IOManager(checkedBuffers: checked)
@@ -88,7 +88,12 @@ final class Rig {
         // Requests a driver never completes stay busy; the rest must be done before
         // the bridge and the I/O manager go.
         bridge.waitUntilIdle(seconds: 1)
-        infos.forEach { $0.deallocate() }
+        // The kernel releases every handle it opened; so does the rig.
+        for (ino, fi) in infos {
+            let (r, _) = req()
+            bridge.release(r, ino, fi)
+            fi.deallocate()
+        }
     }
 
     /// A fresh request handle and its number.
@@ -105,7 +110,7 @@ final class Rig {
         let fi = UnsafeMutablePointer<fuse_file_info>.allocate(capacity: 1)
         fi.initialize(to: fuse_file_info())
         fi.pointee.flags = flags
-        infos.append(fi)
+        infos.append((ino(name), fi))
         let (r, n) = req()
         bridge.open(r, ino(name), fi)
         #expect(sink.replies(n) == [.open])

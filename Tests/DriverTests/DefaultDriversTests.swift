@@ -268,3 +268,40 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
         #expect(io.readiness(of: try host.open("ramdisk0")) == [.readable, .writable])
     }
 }
+
+@Suite struct TeardownTests {
+    /// Builds the default tree, uses it, and drops it: everything it built is freed
+    /// (the PnP issue builds and tears down devices thousands of times).
+    func buildUseAndDrop() throws -> (devices: [() -> AnyObject?], drivers: [() -> AnyObject?]) {
+        let io = IOManager()
+        try DefaultTree.build(into: io, options: .init(ramdiskSize: 1 << 20, test: true))
+        let host = EmbeddedHost(io)
+        for link in io.symbolicLinks {
+            let f = try host.open(link)
+            if ["zero", "null", "ramdisk0"].contains(link) { _ = host.read(f, count: 1) }
+            if link == "echo" { _ = host.write(f, [1, 2, 3]) }
+            host.close(f)
+        }
+        let devices = io.loadedDrivers.flatMap(\.deviceObjects).map { d in { [weak d] in d as AnyObject? } }
+        let drivers = io.loadedDrivers.map { d in { [weak d] in d as AnyObject? } }
+        return (devices, drivers)
+    }
+
+    @Test func aTreeThatIsDroppedFreesItsDevicesAndDrivers() throws {
+        for _ in 0..<50 {
+            let (devices, drivers) = try buildUseAndDrop()
+            #expect(!devices.isEmpty)
+            #expect(devices.allSatisfy { $0() == nil })
+            #expect(drivers.allSatisfy { $0() == nil })
+        }
+    }
+
+    @Test func unloadingFreesEverythingAndRunsEveryUnload() throws {
+        let io = IOManager()
+        try DefaultTree.build(into: io)
+        let devices = io.loadedDrivers.flatMap(\.deviceObjects).map { d in { [weak d] in d as AnyObject? } }
+        io.unloadAll()
+        #expect(devices.allSatisfy { $0() == nil })
+        #expect(io.loadedDrivers.isEmpty)
+    }
+}
