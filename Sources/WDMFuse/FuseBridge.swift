@@ -33,6 +33,23 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// Seconds a cancelled IRP may take before its caller is answered anyway.
     public var cancelGrace: Double = 1.0
 
+    /// Whether FUSE poll reaches the drivers. The kernel asks the daemon on every
+    /// poll (and io_uring polls a FUSE file before each retry of a write it could
+    /// not do without blocking: hundreds of round trips per write); the only way
+    /// to stop it is per connection (ENOSYS to the first FUSE_POLL), so it is a
+    /// mount-wide choice. `.auto` keeps poll when some driver can pend (it says
+    /// how ready its devices are), and turns it off otherwise.
+    public enum PollMode: String, Sendable, CaseIterable { case auto, on, off }
+    public var pollMode = PollMode.auto
+    /// `pollMode` resolved against the loaded drivers.
+    var pollEnabled: Bool {
+        switch pollMode {
+        case .on: true
+        case .off: false
+        case .auto: io.loadedDrivers.contains { $0.readiness != nil }
+        }
+    }
+
     enum Node {
         case root
         case stats
@@ -61,7 +78,9 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     }
 
     /// The text of the `.stats` file.
-    public var statsText: String { io.statistics.text }
+    public var statsText: String { io.statistics.text + "fuse_polls \(polls.load(ordering: .relaxed))\n" }
+    /// FUSE_POLL requests received (the cost `pollMode` is about).
+    let polls = Atomic<Int>(0)
 
     // MARK: - Names and attributes
 
@@ -282,6 +301,14 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// poll/select: the device's readiness now; with a handle, a wake-up when it changes.
     func poll(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ handle: OpaquePointer?) {
         let reply = FuseReply(req, sink)
+        polls.add(1, ordering: .relaxed)
+        guard pollEnabled else {
+            // The kernel stops asking for the rest of the mount and reports every
+            // file ready itself, with no round trip.
+            if let handle { sink.destroyPollHandle(handle) }
+            reply.error(ENOSYS)
+            return
+        }
         guard ino != 2, let file = Self.file(fi) else {
             if let handle { sink.destroyPollHandle(handle) }
             reply.poll(UInt32(POLLIN | POLLOUT))

@@ -42,6 +42,9 @@ struct Mount: ParsableCommand {
     @Flag(help: .hidden)
     var notifyReady = false
 
+    @Option(help: "poll and select on device files: on (drivers that pend say how ready they are), off (every file is always ready; no FUSE round trip per poll, which io_uring writes need), or auto (on when a driver in the tree can pend).")
+    var poll: FuseBridge.PollMode = .auto
+
     @Flag(help: "Mount even if MOUNTPOINT is not empty (its files are hidden while mounted).")
     var nonempty = false
 
@@ -75,6 +78,7 @@ struct Mount: ParsableCommand {
             if bounceBuffers { args.append("--bounce-buffers") }
             if nonempty { args.append("--nonempty") }
             if checked { args.append("--checked") }
+            if poll != .auto { args += ["--poll", poll.rawValue] }
             if tree != .default { args += ["--tree", tree.rawValue] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)
@@ -115,6 +119,7 @@ struct Mount: ParsableCommand {
             fail("could not build the device tree: \(error)")
         }
         let bridge = FuseBridge(io: io)
+        bridge.pollMode = poll
         let result: Int32
         do {
             result = try bridge.serve(mountpoint: path) {
@@ -140,3 +145,5 @@ func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data(("wdmfs: " + message + "\n").utf8))
     exit(2)
 }
+
+extension FuseBridge.PollMode: ExpressibleByArgument {}

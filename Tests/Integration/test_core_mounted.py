@@ -228,7 +228,7 @@ def test_stats_read_in_small_pieces_under_load_is_always_well_formed(tree):
         for _ in range(50):
             r = subprocess.run(["dd", f"if={tree.dev('.stats')}", "bs=7", "status=none"], capture_output=True, text=True)
             lines = r.stdout.splitlines()
-            assert len(lines) == 6 and all(len(l.split()) == 2 and l.split()[1].isdigit() for l in lines), r.stdout
+            assert len(lines) == 7 and all(len(l.split()) == 2 and l.split()[1].isdigit() for l in lines), r.stdout
     finally:
         stop.set()
         t.join()
@@ -380,3 +380,37 @@ def test_client_code_does_not_link_libfuse():
     assert "CFuse" in closure("WDMFuse")
     for f in os.listdir(os.path.join(ROOT, "Sources/WDMClient")):
         assert "import CFuse" not in open(os.path.join(ROOT, "Sources/WDMClient", f)).read()
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_io_uring_writes_cost_poll_round_trips_only_while_poll_is_on(mode):
+    """With echo in the tree, --poll auto keeps poll (echo pends) and io_uring's
+    retries of a write each ask the daemon; --poll off answers the first FUSE_POLL
+    with ENOSYS and the kernel stops asking for the whole mount."""
+    m = mount_tree(("--poll", mode))
+    try:
+        before = m.stats()["fuse_polls"]
+        subprocess.run(["fio", "--name=w", f"--filename={m.dev('ramdisk0')}", "--rw=randwrite", "--bs=4k",
+                        "--size=16m", "--number_ios=200", "--ioengine=io_uring", "--iodepth=1"],
+                       capture_output=True, text=True, timeout=300, check=True)
+        polls = m.stats()["fuse_polls"] - before
+        if mode == "off":
+            assert polls <= 1
+        else:
+            assert polls >= 200  # at least one round trip per write
+    finally:
+        unmount_tree(m)
+
+
+def test_poll_off_reports_every_file_ready_and_poll_on_tells_the_truth():
+    import select
+    for mode, empty_echo_readable in (("off", True), ("on", False)):
+        m = mount_tree(("--poll", mode))
+        try:
+            fd = os.open(m.dev("echo"), os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                assert bool(select.select([fd], [], [], 0.2)[0]) == empty_echo_readable
+            finally:
+                os.close(fd)
+        finally:
+            unmount_tree(m)
