@@ -196,7 +196,7 @@ public enum Daemon {
             let e = errno
             // Not root: let fusermount3 try (it handles user mounts).
             if e == EBUSY {
-                return "cannot unmount \(path): a file on it is still open (close it, or use --lazy)"
+                return "cannot unmount \(path): a file on it is still open (close it, or use --lazy, or --force to end the daemon)"
             }
             if !runFusermount(path, lazy: lazy) {
                 return "cannot unmount \(path): \(String(cString: strerror(e)))"
@@ -209,6 +209,22 @@ public enum Daemon {
             usleep(10_000)
         }
         return "unmounted \(path), but the daemon is still running"
+    }
+
+    /// Ends the daemon serving `mountpoint` with SIGTERM, busy or not: it cancels
+    /// what the drivers hold, answers every caller, unloads every driver and
+    /// unmounts. Waits up to `timeout` seconds. Nil on success, else why not.
+    public static func terminate(_ mountpoint: String, timeout: Double = 10) -> String? {
+        let path = absolute(mountpoint)
+        let daemons = daemonPids(for: path)
+        guard !daemons.isEmpty else { return "no wdmfs daemon serves \(path)" }
+        for pid in daemons { kill(pid, SIGTERM) }
+        let deadline = monotonicSeconds() + timeout
+        while monotonicSeconds() < deadline {
+            if daemons.allSatisfy({ !isRunning($0) }) { return nil }
+            usleep(10_000)
+        }
+        return "the daemon serving \(path) is still running \(Int(timeout)) s after SIGTERM"
     }
 
     static func runFusermount(_ path: String, lazy: Bool) -> Bool {

@@ -10,6 +10,7 @@ struct Unmount: ParsableCommand {
             Example:
               wdmfs unmount /mnt/wdm
               wdmfs unmount --lazy /mnt/wdm    # while a process still has a device open
+              wdmfs unmount --force /mnt/wdm   # end the daemon now; callers waiting in drivers get an error
             """)
 
     @Argument(help: "Where the tree is mounted.")
@@ -18,8 +19,19 @@ struct Unmount: ParsableCommand {
     @Flag(help: "Detach now even if files are open; the daemon ends when the last one closes.")
     var lazy = false
 
+    @Flag(help: "End the daemon even if files are open or requests wait in drivers: they are cancelled and answered, every driver unloads.")
+    var force = false
+
+    func validate() throws {
+        if lazy && force { throw ValidationError("give --lazy or --force, not both") }
+    }
+
     func run() throws {
         guard Daemon.isMounted(mountpoint) else { fail("\(Daemon.absolute(mountpoint)) is not a mounted wdmfs tree") }
+        if force {
+            if let problem = Daemon.terminate(mountpoint) { fail(problem) }
+            return
+        }
         if let problem = Daemon.unmount(mountpoint, lazy: lazy) { fail(problem) }
     }
 }

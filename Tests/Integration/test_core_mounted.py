@@ -414,3 +414,49 @@ def test_poll_off_reports_every_file_ready_and_poll_on_tells_the_truth():
                 os.close(fd)
         finally:
             unmount_tree(m)
+
+
+def test_an_o_nonblock_writer_behind_a_blocked_writer_waits_in_the_kernel_as_documented(tree):
+    """The README's documented limitation, measured: while one writer waits in echo's
+    driver, a second writer opened O_NONBLOCK sleeps in the kernel (the inode lock of a
+    direct-I/O write past end of file) until the first completes; it is never lost."""
+    w = os.open(tree.dev("echo"), os.O_WRONLY | os.O_NONBLOCK)
+    r = os.open(tree.dev("echo"), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:  # drain what earlier tests left, then fill
+            try:
+                os.read(r, 65536)
+            except BlockingIOError:
+                break
+        filled = 0
+        with pytest.raises(BlockingIOError):
+            while True:
+                filled += os.write(w, bytes(8192))
+        blocked = subprocess.Popen([sys.executable, "-c", f"import os; fd = os.open({tree.dev('echo')!r}, os.O_WRONLY); os.write(fd, b'a' * 100)"])
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        second = subprocess.Popen([sys.executable, "-c", "import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK)\n"
+                                   "try:\n    print(os.write(fd, b'b'))\nexcept BlockingIOError:\n    print('EAGAIN')",
+                                   tree.dev("echo")], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert second.poll() is None  # not EAGAIN at once: it waits behind the first writer
+        with open(f"/proc/{second.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "D"  # uninterruptible, in the kernel
+        drained = 0
+        while drained < 100:  # room for the first writer; then the second goes through
+            try:
+                drained += len(os.read(r, 65536))
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert blocked.wait(5) == 0
+        out, _ = second.communicate(timeout=5)
+        assert out.strip() in ("1", "EAGAIN")
+        assert time.monotonic() - t0 >= 1.0
+    finally:
+        while True:
+            try:
+                os.read(r, 65536)
+            except (BlockingIOError, OSError):
+                break
+        os.close(w)
+        os.close(r)

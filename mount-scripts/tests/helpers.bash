@@ -14,7 +14,7 @@ mount_tree() {
     [ -x "$WDMFS" ] || { echo "wdmfs is not built ($WDMFS)" >&2; return 1; }
     MP=$(mktemp -d /tmp/wdmfs-bats.XXXXXX)
     export MP WDMFS
-    "$WDMFS" mount "$MP" >/dev/null
+    "$WDMFS" mount "$MP" "$@" >/dev/null
 }
 
 unmount_tree() {

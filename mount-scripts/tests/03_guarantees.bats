@@ -1,0 +1,59 @@
+#!/usr/bin/env bats
+# What a script can rely on whatever a driver does: no caller is left blocked,
+# broken rules show up in .stats, bad requests get plain errors.
+
+load helpers
+
+teardown() { unmount_tree; }
+
+stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
+
+@test "a broken driver's rule shows up in .stats and the device keeps serving" {
+    mount_tree --tree test
+    before=$(stat_of verifier_violations)
+    run "$WDMFS" ioctl "$MP/misbehave" 0x00222400 --out-size 0   # completes its IRP twice
+    assert_success
+    [ "$(stat_of verifier_violations)" -gt "$before" ]
+    run "$WDMFS" ioctl "$MP/ramdisk0" IOCTL_DISK_GET_LENGTH_INFO --out-size 8
+    assert_output "0000000400000000"
+}
+
+@test "unmount --force ends a daemon whose driver never completes a request" {
+    mount_tree --tree test
+    "$WDMFS" ioctl "$MP/misbehave" 0x0022240C --out-size 0 &   # pends forever, no cancel routine
+    caller=$!
+    sleep 0.3
+    run "$WDMFS" unmount "$MP"
+    assert_failure 2
+    assert_output --partial "--force"
+    run "$WDMFS" unmount --force "$MP"
+    assert_success
+    wait "$caller" || true   # answered (ENODEV), not left blocked
+    run cat "$MP/null"
+    assert_failure
+}
+
+@test "chmod and touch on a device fail with EPERM" {
+    mount_tree
+    run chmod 600 "$MP/null"
+    assert_failure
+    assert_output --partial "Operation not permitted"
+    run touch "$MP/zero"
+    assert_failure
+}
+
+@test "stty on a device says it is not a terminal" {
+    mount_tree
+    run stty -F "$MP/zero"
+    assert_failure
+    assert_output --partial "Inappropriate ioctl"
+}
+
+@test "mount refuses a directory that is not empty" {
+    dir=$(mktemp -d /tmp/wdmfs-bats.XXXXXX)
+    touch "$dir/file"
+    run "$WDMFS" mount "$dir"
+    assert_failure 2
+    assert_output --partial "not empty"
+    rm -r "$dir"
+}
