@@ -172,6 +172,3 @@ public final class PendingRequest: IRPRequester, @unchecked Sendable {
         return false
     }
 }
-
-/// The name earlier tests used for a pending read.
-public typealias PendingRead = PendingRequest
