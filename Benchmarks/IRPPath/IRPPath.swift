@@ -34,6 +34,7 @@ enum CompletionFilter {
             }
             return device.callLower(irp)
         }
+        driver.majorFunction[.pnp] = PnP.filterDispatch
         return .success
     }
 }

@@ -90,6 +90,7 @@ public enum EchoDriver {
                 for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension(capacity: capacity))
         }
         driver.majorFunction.succeed([.create, .close, .flushBuffers])
+        driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.read] = read
         driver.majorFunction[.write] = write
         driver.majorFunction[.cleanup] = { device, irp in

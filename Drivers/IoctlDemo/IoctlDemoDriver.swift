@@ -67,6 +67,7 @@ public enum IoctlDemoDriver {
             driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension())
         }
         driver.majorFunction.succeed([.create, .close])
+        driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.cleanup] = { device, irp in
             if let file = irp.fileObject { device.deviceExtension(as: Extension.self).waiters.cancelAll(for: file) }
             irp.complete(.success)

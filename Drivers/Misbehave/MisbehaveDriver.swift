@@ -43,6 +43,7 @@ public enum MisbehaveDriver {
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension()) }
         driver.majorFunction.succeed([.create, .cleanup, .close])
+        driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.read] = { _, irp in
             // Completes, then keeps writing into the buffer it was given (checked mode sees it).
             let buffer = irp.transferBuffer
@@ -112,6 +113,7 @@ public enum LazyFilter {
             irp.skipCurrentStackLocation()
             return device.callLower(irp)
         }
+        driver.majorFunction[.pnp] = PnP.filterDispatch
         return .success
     }
 }

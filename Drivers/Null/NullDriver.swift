@@ -10,6 +10,7 @@ public enum NullDriver {
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.null) }
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
+        driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.read] = { _, irp in
             irp.complete(.endOfFile)
             return .endOfFile

@@ -38,6 +38,7 @@ public enum PassThroughFilter {
             irp.skipCurrentStackLocation()
             return device.callLower(irp)
         }
+        driver.majorFunction[.pnp] = PnP.filterDispatch
         return .success
     }
 }

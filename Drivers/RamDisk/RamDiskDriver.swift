@@ -26,6 +26,7 @@ public enum RamDiskDriver {
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = addDevice
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
+        driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.read] = read
         driver.majorFunction[.write] = write
         driver.majorFunction[.deviceControl] = deviceControl

@@ -12,6 +12,7 @@ public enum ZeroDriver {
             driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: .directIO)
         }
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
+        driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.read] = { _, irp in
             let buffer = irp.transferBuffer
             if let base = buffer.baseAddress { base.initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count) }

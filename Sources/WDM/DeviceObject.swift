@@ -68,6 +68,9 @@ public final class DeviceObject: @unchecked Sendable {
         set { sizeWord.store(newValue ?? -1, ordering: .relaxed) }
     }
     private let sizeWord = Atomic<Int64>(-1)
+    /// `IO_REMOVE_LOCK`: the device's I/O in flight, which REMOVE_DEVICE waits for.
+    /// (In Windows it lives in the device extension; here every device has one.)
+    public let removeLock = RemoveLock()
     /// True once IoDeleteDevice ran.
     public internal(set) var deleted = false
 
@@ -113,13 +116,21 @@ public final class DeviceNode: @unchecked Sendable {
     public let instanceName: String
     /// `IRP_MN_QUERY_ID` BusQueryHardwareIDs.
     public let hardwareIDs: [String]
+    /// `IRP_MN_QUERY_ID` BusQueryCompatibleIDs.
+    public let compatibleIDs: [String]
     /// Per-device settings, as `HKR\Device Parameters`.
     public let parameters: [String: String]
-    public unowned let pdo: DeviceObject
+    /// Where the node is in its life.
+    public internal(set) var state = DeviceNodeState.initialized
+    /// `CM_PROB_*`, when the node is not working.
+    public internal(set) var problem: ProblemCode?
+    /// The node's PDO while it exists (the bus driver owns it).
+    public private(set) weak var pdo: DeviceObject?
 
-    init(instanceName: String, hardwareIDs: [String], parameters: [String: String], pdo: DeviceObject) {
+    init(instanceName: String, hardwareIDs: [String], compatibleIDs: [String] = [], parameters: [String: String], pdo: DeviceObject) {
         self.instanceName = instanceName
         self.hardwareIDs = hardwareIDs
+        self.compatibleIDs = compatibleIDs
         self.parameters = parameters
         self.pdo = pdo
     }

@@ -108,19 +108,12 @@ public final class IOManager: @unchecked Sendable {
     /// Every loaded driver, in load order.
     public var loadedDrivers: [DriverObject] { drivers.withLock { $0 } }
 
-    /// Tears down every stack (top first, each device detached and deleted),
-    /// then calls each driver's Unload in reverse load order. Afterwards nothing
-    /// the tree built is referenced any more (drivers, devices, extensions).
+    /// Tears down every device node (IRP_MN_REMOVE_DEVICE down each stack, last
+    /// added first: each driver detaches and deletes its device, then the PDO is
+    /// deleted), then calls each driver's Unload in reverse load order.
     public func unloadAll() {
         let nodes = rootNodes.withLock { n in defer { n.removeAll() }; return n }
-        for node in nodes.reversed() {
-            var top: DeviceObject? = node.pdo.topOfStack
-            while let d = top {
-                top = d.lowerDevice
-                if let lower = d.lowerDevice { detachDevice(lower) }
-                deleteDevice(d)
-            }
-        }
+        for node in nodes.reversed() { remove(node, orderly: false) }
         let all = drivers.withLock { d in defer { d.removeAll() }; return d }
         for driver in all.reversed() {
             driver.unload?(driver)
@@ -141,7 +134,7 @@ public final class IOManager: @unchecked Sendable {
         // that hold stacks together so everything it built is freed. No Unload runs.
         let nodes = rootNodes.withLock { n in defer { n.removeAll() }; return n }
         for node in nodes {
-            var top: DeviceObject? = node.pdo.topOfStack
+            var top: DeviceObject? = node.pdo?.topOfStack
             while let d = top {
                 top = d.lowerDevice
                 d.attachedDevice = nil
@@ -222,28 +215,39 @@ public final class IOManager: @unchecked Sendable {
         links.withLock { l in l.first { $0.name == name }?.device }
     }
 
-    /// Creates a root-enumerated device node and builds its stack: the root bus's
-    /// PDO, the lower filters, the function driver and the upper filters, each
-    /// through its AddDevice. Returns the PDO.
+    /// Creates a root-enumerated device node and brings it up as the PnP manager
+    /// does: IRP_MN_QUERY_ID (device, instance, hardware and compatible IDs) and
+    /// IRP_MN_QUERY_CAPABILITIES to the PDO; AddDevice of the lower filters, the
+    /// function driver and the upper filters; IRP_MN_START_DEVICE down the whole
+    /// stack; then QUERY_CAPABILITIES, QUERY_PNP_DEVICE_STATE and
+    /// QUERY_DEVICE_RELATIONS (BusRelations). A START that fails leaves the node
+    /// with CM_PROB_FAILED_START and its stack removed. Returns the PDO.
     @discardableResult
     public func addRootDevice(
-        instanceName: String, hardwareIDs: [String] = [], parameters: [String: String] = [:],
+        instanceName: String, hardwareIDs: [String] = [], compatibleIDs: [String] = [], parameters: [String: String] = [:],
         functionDriver: DriverObject, lowerFilters: [DriverObject] = [], upperFilters: [DriverObject] = []
     ) throws(NTStatus) -> DeviceObject {
         let n = deviceCount.load(ordering: .relaxed) + 1
         let pdo = createDevice(
             driver: rootBus, deviceType: DeviceType.unknown,
             name: "\\Device\\" + String(n, radix: 16, uppercase: true).leftPadded(to: 8))
-        let node = DeviceNode(instanceName: instanceName, hardwareIDs: hardwareIDs, parameters: parameters, pdo: pdo)
+        let node = DeviceNode(instanceName: instanceName, hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs, parameters: parameters, pdo: pdo)
         pdo.deviceNode = node
         pdo.flags.remove(.deviceInitializing)
         rootNodes.withLock { $0.append(node) }
+        for type in [BusQueryIdType.deviceID, .instanceID, .hardwareIDs, .compatibleIDs] {
+            _ = sendPnP(.queryId, to: pdo) { $0.idType = type }
+        }
+        _ = sendPnP(.queryCapabilities, to: pdo)
         let filters = Set((lowerFilters + upperFilters).map(ObjectIdentifier.init))
         for driver in lowerFilters + [functionDriver] + upperFilters {
             guard let add = driver.addDevice else { throw NTStatus.invalidDeviceRequest }
             let below = pdo.topOfStack
             let status = add(driver, pdo)
-            guard status.isSuccess else { throw status }
+            guard status.isSuccess else {
+                node.problem = .failedAdd
+                throw status
+            }
             let top = pdo.topOfStack
             if top.flags.contains(.deviceInitializing) {
                 verifier.report(.deviceInitializingLeftSet, device: top)
@@ -253,7 +257,73 @@ public final class IOManager: @unchecked Sendable {
                 checkFilterCopied(top, from: below)
             }
         }
+        node.state = .driversAdded
+        let (started, _) = sendPnP(.startDevice, to: pdo.topOfStack)
+        guard started.isSuccess else {
+            log?("\(instanceName): IRP_MN_START_DEVICE failed with \(started)")
+            node.problem = .failedStart
+            // Windows removes a device whose START failed.
+            _ = sendPnP(.removeDevice, to: pdo.topOfStack)
+            node.state = .removed
+            return pdo
+        }
+        node.state = .started
+        _ = sendPnP(.queryCapabilities, to: pdo.topOfStack)
+        _ = sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
+        _ = sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }
         return pdo
+    }
+
+    /// The device nodes the root bus reported, in the order they were added.
+    public var deviceNodes: [DeviceNode] { rootNodes.withLock { $0 } }
+
+    /// Removes a device node. Orderly (`orderly: true`): IRP_MN_QUERY_REMOVE_DEVICE
+    /// first; a driver may veto it, and then IRP_MN_CANCEL_REMOVE_DEVICE follows and
+    /// the veto comes back with the device whose driver said no. Then
+    /// IRP_MN_REMOVE_DEVICE: each driver detaches and deletes its device, and the
+    /// PDO is deleted (the bus no longer reports it).
+    @discardableResult
+    public func remove(_ node: DeviceNode, orderly: Bool = true) -> (status: NTStatus, vetoedBy: DeviceObject?) {
+        guard let pdo = node.pdo else { return (.noSuchDevice, nil) }
+        if orderly, node.state == .started {
+            let (status, request) = sendPnP(.queryRemoveDevice, to: pdo.topOfStack)
+            if !status.isSuccess {
+                _ = sendPnP(.cancelRemoveDevice, to: pdo.topOfStack)
+                return (status, request.completedBy)
+            }
+            node.state = .queryRemove
+        }
+        if pdo.attachedDevice != nil || node.state != .removed {
+            _ = sendPnP(.removeDevice, to: pdo.topOfStack)
+        }
+        node.state = .removed
+        detachAndDelete(pdo)
+        rootNodes.withLock { $0.removeAll { $0 === node } }
+        return (.success, nil)
+    }
+
+    /// IoDetachDevice(lower) and IoDeleteDevice(device): what a driver does at
+    /// the end of IRP_MN_REMOVE_DEVICE.
+    public func detachAndDelete(_ device: DeviceObject) {
+        if let lower = device.lowerDevice { detachDevice(lower) }
+        deleteDevice(device)
+    }
+
+    /// Sends a PnP IRP to `device` (the top of a stack, or a PDO during enumeration)
+    /// and waits for it. It starts with STATUS_NOT_SUPPORTED, as every PnP IRP does.
+    func sendPnP(_ minor: PnPMinor, to device: DeviceObject, _ configure: (PnPRequest) -> Void = { _ in }) -> (NTStatus, PnPRequest) {
+        let request = PnPRequest()
+        configure(request)
+        let irp = allocateIrp(stackSize: device.stackSize)
+        let p = irp.packet
+        p.targetDevice = device
+        p.pnp = request
+        p.ioStatus = IOStatusBlock(status: .notSupported)
+        p.locations[p.currentLocation - 2].majorFunction = .pnp
+        p.locations[p.currentLocation - 2].minorFunction = minor.rawValue
+        let (status, completed) = callSynchronously(irp)
+        if completed { freeIrp(irp) }
+        return (status, request)
     }
 
     /// A filter must look like the device below it: the same buffering and
@@ -273,10 +343,43 @@ public final class IOManager: @unchecked Sendable {
 
     private func makeRootBus() -> DriverObject {
         let bus = DriverObject(name: "\\Driver\\PnpManager", ioManager: self)
-        // A PDO of the root bus has no hardware behind it: an IRP that reaches it
-        // completes with the status it carries for PnP, and as invalid otherwise.
+        // A root-enumerated PDO has no hardware behind it: it answers the PnP IRPs a
+        // PDO must, leaves the others with the status they carry, and fails the rest.
         bus.majorFunction.setAll { _, irp in
-            let status: NTStatus = irp.majorFunction == .pnp ? irp.ioStatus.status : .invalidDeviceRequest
+            irp.complete(.invalidDeviceRequest)
+            return .invalidDeviceRequest
+        }
+        bus.majorFunction[.pnp] = { device, irp in
+            let node = device.deviceNode
+            var status = irp.ioStatus.status
+            switch irp.pnpMinor {
+            case .queryId:
+                if let node, let q = irp.pnp {
+                    switch q.idType {
+                    case .deviceID: q.ids = [node.hardwareIDs.first ?? "ROOT\\" + node.instanceName.uppercased()]
+                    case .instanceID: q.ids = [node.instanceName]
+                    case .hardwareIDs: q.ids = node.hardwareIDs
+                    case .compatibleIDs: q.ids = node.compatibleIDs
+                    }
+                    status = .success
+                }
+            case .queryCapabilities:
+                if let caps = irp.pnp?.capabilities {
+                    caps.uniqueID = false
+                    caps.surpriseRemovalOK = false
+                    status = .success
+                }
+            case .startDevice, .queryRemoveDevice, .cancelRemoveDevice, .removeDevice, .surpriseRemoval,
+                 .queryStopDevice, .cancelStopDevice, .stopDevice, .queryPnpDeviceState:
+                status = .success
+            case .queryDeviceRelations:
+                if irp.pnp?.relationType == .targetDeviceRelation {
+                    irp.pnp?.relations = [device]
+                    status = .success
+                }
+            default:
+                break
+            }
             irp.complete(status)
             return status
         }
@@ -430,6 +533,7 @@ public final class IOManager: @unchecked Sendable {
             return
         }
         if let newStatus { p.ioStatus = newStatus }
+        if let pnp = p.pnp, p.currentLocation <= p.stackCount { pnp.completedBy = p.locations[p.currentLocation - 1].deviceObject }
         walk(irp)
     }
 

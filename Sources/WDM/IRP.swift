@@ -344,6 +344,8 @@ public final class IRPPacket: @unchecked Sendable {
         let r = retired[Int(g & 7)]
         return r.generation == g && r.driver != nil ? r : nil
     }
+    /// An IRP_MJ_PNP IRP's parameters and answers.
+    @exclusivity(unchecked) var pnp: PnPRequest?
     /// The next free packet of the same size (the pool's list).
     @exclusivity(unchecked) var nextFree: Unmanaged<IRPPacket>?
     /// A completion that arrived while the completion walk was still running.
@@ -425,6 +427,7 @@ public final class IRPPacket: @unchecked Sendable {
         requester = nil
         targetDevice = nil
         if file != nil { file = nil }
+        if pnp != nil { pnp = nil }
         hostBuffer = nil
         borrowed = false
         borrowedCount = 0

@@ -18,6 +18,7 @@ public enum CountingDriver {
             driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension())
         }
         driver.majorFunction.succeed([.create, .cleanup, .close])
+        driver.majorFunction[.pnp] = PnP.functionDispatch()  // START after the bus, REMOVE: detach and delete
         driver.majorFunction[.write] = { device, irp in
             let ext = device.deviceExtension(as: Extension.self)
             let buffer = irp.transferBuffer  // SystemBuffer here (DO_BUFFERED_IO): the caller's memory

@@ -36,6 +36,7 @@ def test_a_package_that_depends_on_wdmfs_by_version_builds_a_driver(tmp_path):
             public static let driverEntry: DriverEntry = { driver in
                 driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown) }
                 driver.majorFunction.succeed([.create, .cleanup, .close])
+                driver.majorFunction[.pnp] = PnP.functionDispatch()
                 driver.majorFunction[.read] = { _, irp in
                     let b = irp.transferBuffer
                     for i in b.indices { b[i] = UInt8(ascii: "W") }

@@ -39,6 +39,7 @@ import Testing
             return .pending
         }
         _ = try buildStack(io, function: [.read: fdo], filters: [[.read: forwardAndWait]])
+        let built = io.statistics.irpsCompleted
         let host = EmbeddedHost(io)
         let r = host.read(try host.open("dev"), count: 8)
         #expect(r.status == .success)
@@ -46,7 +47,7 @@ import Testing
         // The second IoCompleteRequest did not wait for the routine: it was queued for the walk.
         #expect(events.all == ["second completion returned", "routine returned"])
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
-        #expect(io.statistics.irpsCompleted == 2)  // create, read
+        #expect(io.statistics.irpsCompleted - built == 2)  // create, read
     }
 
     @Test func aDriverThatCompletesAnIrpAfterItWasReusedIsCaughtAndChangesNothing() throws {

@@ -21,6 +21,7 @@ func buildStack(
 ) throws -> DeviceObject {
     let fdoDriver = try io.loadDriver(name: "TestFunction") { d in
         d.majorFunction.succeed([.create, .cleanup, .close])
+        d.majorFunction[.pnp] = PnP.functionDispatch()
         for (m, r) in routines { d.majorFunction[m] = r }
         d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: flags) }
         return .success
@@ -32,6 +33,7 @@ func buildStack(
                 irp.skipCurrentStackLocation()
                 return device.callLower(irp)
             }
+            d.majorFunction[.pnp] = PnP.filterDispatch
             for (m, r) in f { d.majorFunction[m] = r }
             d.addDevice = { d, pdo in
                 d.createFilterDevice(for: pdo)

@@ -180,6 +180,7 @@ import Testing
                 d.ioManager.attachDeviceToDeviceStack(fdo, to: pdo)
                 return .success
             }
+            d.majorFunction[.pnp] = PnP.functionDispatch()
             return .success
         }
         try io.addRootDevice(instanceName: "x", functionDriver: d)
@@ -196,10 +197,12 @@ import Testing
                     return .success
                 } catch { return error }
             }
+            d.majorFunction[.pnp] = PnP.functionDispatch()
             return .success
         }
         let careful = try io.loadDriver(name: "Careful") { d in
             d.addDevice = { d, pdo in d.createFilterDevice(for: pdo); return .success }
+            d.majorFunction[.pnp] = PnP.filterDispatch
             return .success
         }
         let lazy = try io.loadDriver(name: "Lazy") { d in
@@ -209,6 +212,7 @@ import Testing
                 f.flags.remove(.deviceInitializing)
                 return .success
             }
+            d.majorFunction[.pnp] = PnP.filterDispatch
             return .success
         }
         let pdo = try io.addRootDevice(instanceName: "good", functionDriver: disk, upperFilters: [careful])

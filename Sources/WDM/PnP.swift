@@ -1,0 +1,226 @@
+// Plug and Play: the minor codes of IRP_MJ_PNP, what a PnP IRP carries, the
+// device node's state and problem codes, and the dispatch routines a function
+// driver and a filter driver use for the minors they do not handle themselves.
+
+import Synchronization
+
+/// `IRP_MN_*` for IRP_MJ_PNP, with the real values.
+public enum PnPMinor: UInt8, Sendable, CaseIterable {
+    case startDevice = 0x00, queryRemoveDevice = 0x01, removeDevice = 0x02, cancelRemoveDevice = 0x03
+    case stopDevice = 0x04, queryStopDevice = 0x05, cancelStopDevice = 0x06, queryDeviceRelations = 0x07
+    case queryInterface = 0x08, queryCapabilities = 0x09, queryResources = 0x0A
+    case queryResourceRequirements = 0x0B, queryDeviceText = 0x0C, filterResourceRequirements = 0x0D
+    case eject = 0x11, queryId = 0x13, queryPnpDeviceState = 0x14, queryBusInformation = 0x15
+    case deviceUsageNotification = 0x16, surpriseRemoval = 0x17
+
+    /// The WDK name (`IRP_MN_START_DEVICE`).
+    public var wdmName: String {
+        var out = "IRP_MN_"
+        for (i, c) in String(describing: self).enumerated() {
+            if c.isUppercase, i > 0 { out += "_" }
+            out += c.uppercased()
+        }
+        return out
+    }
+}
+
+/// `BUS_QUERY_ID_TYPE`.
+public enum BusQueryIdType: UInt32, Sendable {
+    case deviceID = 0, hardwareIDs = 1, compatibleIDs = 2, instanceID = 3
+}
+
+/// `DEVICE_RELATION_TYPE`.
+public enum DeviceRelationType: UInt32, Sendable {
+    case busRelations = 0, ejectionRelations = 1, powerRelations = 2, removalRelations = 3, targetDeviceRelation = 4
+}
+
+/// `DEVICE_CAPABILITIES` (the parts the model uses). Each driver in the stack
+/// may adjust it on the way up; the bus driver fills it first.
+public final class DeviceCapabilities: @unchecked Sendable {
+    /// `Size` and `Version`, as the PnP manager sends them.
+    public var size: UInt16 = 64
+    public var version: UInt16 = 1
+    /// `Address` and `UINumber`: 0xFFFFFFFF until the bus says otherwise.
+    public var address: UInt32 = 0xFFFF_FFFF
+    public var uiNumber: UInt32 = 0xFFFF_FFFF
+    public var removable = false
+    public var surpriseRemovalOK = false
+    public var uniqueID = false
+    /// `DeviceState[S0...S5]`: the device power state for each system state
+    /// (root-enumerated devices: S0 -> D0, every other -> D3).
+    public var deviceState: [UInt8] = [1, 4, 4, 4, 4, 4]
+    public init() {}
+}
+
+/// What a PnP IRP asks and what it answers. The WDM puts these in the stack
+/// location's Parameters union and IoStatus.Information; in the model they
+/// travel with the IRP (`IRP.pnp`).
+public final class PnPRequest: @unchecked Sendable {
+    /// `Parameters.QueryId.IdType`
+    public var idType = BusQueryIdType.deviceID
+    /// `Parameters.QueryDeviceRelations.Type`
+    public var relationType = DeviceRelationType.busRelations
+    /// `Parameters.DeviceCapabilities.Capabilities`
+    public var capabilities = DeviceCapabilities()
+    /// IoStatus.Information of QUERY_ID: the IDs (one for DeviceID and InstanceID).
+    public var ids: [String]?
+    /// IoStatus.Information of QUERY_DEVICE_RELATIONS: the PDOs.
+    public var relations: [DeviceObject]?
+    /// IoStatus.Information of QUERY_PNP_DEVICE_STATE: PNP_DEVICE_STATE bits.
+    public var deviceState: UInt32 = 0
+    /// The device whose driver completed the IRP (who vetoed a QUERY_REMOVE).
+    public internal(set) var completedBy: DeviceObject?
+    init() {}
+}
+
+/// `CM_PROB_*`: why a device node is not started.
+public enum ProblemCode: UInt32, Sendable {
+    case failedStart = 10, disabled = 22, deviceNotThere = 24, failedAdd = 31, failedDriverEntry = 37
+    case failedPostStart = 43, halted = 44, heldForEject = 47
+}
+
+/// Where a device node is in its life.
+public enum DeviceNodeState: String, Sendable {
+    case initialized, driversAdded, started, queryRemove, removed, stopped, surpriseRemoved
+}
+
+extension IRP {
+    /// The PnP parameters and answers of an IRP_MJ_PNP IRP (nil for others).
+    public var pnp: PnPRequest? { packet.pnp }
+    /// The current location's minor function as a PnP minor.
+    public var pnpMinor: PnPMinor? { PnPMinor(rawValue: minorFunction) }
+}
+
+/// The PnP dispatch routines drivers use for what they do not handle themselves.
+public enum PnP {
+    /// A function driver's IRP_MJ_PNP: START goes down first and the driver acts
+    /// after the lower drivers succeeded (the forward-and-wait pattern);
+    /// REMOVE_DEVICE goes down, then the driver waits for its I/O (remove lock),
+    /// detaches and deletes its device; everything else is passed down untouched.
+    /// `start` and `remove`, if given, run at those points.
+    public static func functionDispatch(
+        start: (@Sendable (DeviceObject, IRP) -> NTStatus)? = nil,
+        remove: (@Sendable (DeviceObject) -> Void)? = nil
+    ) -> DispatchRoutine {
+        { device, irp in
+            switch irp.pnpMinor {
+            case .startDevice:
+                var status = forwardAndWait(device, irp)
+                if status.isSuccess, let start { status = start(device, irp) }
+                irp.complete(status)
+                return status
+            case .removeDevice:
+                irp.ioStatus.status = .success
+                irp.skipCurrentStackLocation()
+                let status = device.callLower(irp)
+                device.removeLock.releaseAndWait()
+                remove?(device)
+                device.driverObject.ioManager.detachAndDelete(device)
+                return status
+            case .queryRemoveDevice, .cancelRemoveDevice, .queryStopDevice, .cancelStopDevice, .stopDevice, .surpriseRemoval:
+                // A function driver that has nothing to veto says yes, and passes it on.
+                irp.ioStatus.status = .success
+                irp.skipCurrentStackLocation()
+                return device.callLower(irp)
+            default:
+                irp.skipCurrentStackLocation()
+                return device.callLower(irp)
+            }
+        }
+    }
+
+    /// A filter's IRP_MJ_PNP: everything goes down untouched; after REMOVE_DEVICE
+    /// went down the filter detaches and deletes its device.
+    public static let filterDispatch: DispatchRoutine = { device, irp in
+        if irp.pnpMinor == .removeDevice {
+            irp.skipCurrentStackLocation()
+            let status = device.callLower(irp)
+            device.removeLock.releaseAndWait()
+            device.driverObject.ioManager.detachAndDelete(device)
+            return status
+        }
+        irp.skipCurrentStackLocation()
+        return device.callLower(irp)
+    }
+
+    /// Sends the IRP down with a completion routine that hands it back, waits for
+    /// the lower drivers to finish, and returns their status. The caller owns the
+    /// IRP again and completes it.
+    public static func forwardAndWait(_ device: DeviceObject, _ irp: IRP) -> NTStatus {
+        let done = Event()
+        irp.copyCurrentStackLocationToNext()
+        irp.setCompletionRoutine({ _, _, context in
+            (context as! Event).signal()
+            return .moreProcessingRequired
+        }, context: done)
+        _ = device.callLower(irp)
+        done.wait()
+        return irp.ioStatus.status
+    }
+}
+
+/// `KEVENT` (notification event), enough for forward-and-wait.
+public final class Event: @unchecked Sendable {
+    private let state = Mutex(false)
+    private let semaphore = DispatchSemaphoreBox()
+    public init() {}
+    public func signal() {
+        let first = state.withLock { s -> Bool in defer { s = true }; return !s }
+        if first { semaphore.signal() }
+    }
+    public func wait() {
+        semaphore.wait()
+        semaphore.signal()
+    }
+}
+
+import Dispatch
+final class DispatchSemaphoreBox: @unchecked Sendable {
+    let s = DispatchSemaphore(value: 0)
+    func signal() { s.signal() }
+    func wait() { s.wait() }
+}
+
+/// `IO_REMOVE_LOCK`: counts the I/O a device has in flight so REMOVE_DEVICE can
+/// wait for it. The count starts at 1; acquiring adds one, or fails with
+/// STATUS_DELETE_PENDING once removal began; `releaseAndWait` marks the lock
+/// removed, drops the initial reference and waits for zero.
+public final class RemoveLock: @unchecked Sendable {
+    private let state = Mutex((count: 1, removed: false))
+    private let zero = DispatchSemaphore(value: 0)
+
+    public init() {}
+
+    /// `IoAcquireRemoveLock`.
+    public func acquire() -> NTStatus {
+        state.withLock { s in
+            guard !s.removed else { return .deletePending }
+            s.count += 1
+            return .success
+        }
+    }
+
+    /// `IoReleaseRemoveLock`.
+    public func release() {
+        let last = state.withLock { s -> Bool in
+            s.count -= 1
+            return s.count == 0
+        }
+        if last { zero.signal() }
+    }
+
+    /// `IoReleaseRemoveLockAndWait`: called once, after REMOVE_DEVICE went down,
+    /// with the caller's own acquire already released.
+    public func releaseAndWait() {
+        let wait = state.withLock { s -> Bool in
+            guard !s.removed else { return false }
+            s.removed = true
+            s.count -= 1
+            return s.count > 0
+        }
+        if wait { zero.wait() }
+    }
+
+    /// True once `releaseAndWait` ran.
+    public var isRemoved: Bool { state.withLock { $0.removed } }
+}

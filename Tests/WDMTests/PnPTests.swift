@@ -1,0 +1,159 @@
+// Plug and Play as the PnP manager drives it: the IRP order for a new device
+// through a stack with filters, the initial STATUS_NOT_SUPPORTED, a START that
+// fails, a vetoed QUERY_REMOVE, orderly removal, remove locks.
+
+import Dispatch
+import Foundation
+import Synchronization
+import Testing
+@testable import WDM
+
+/// Records every IRP_MJ_PNP call down: "driver minor status-at-entry".
+final class PnPTracer: IRPObserver, @unchecked Sendable {
+    let events = Recorder()
+    func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
+        guard irp.majorFunction == .pnp, let minor = irp.pnpMinor else { return }
+        events.add("\(who(device)) \(minor.wdmName)")
+    }
+}
+
+@Suite struct PnPTests {
+    /// A stack: lower filter, function driver, upper filter, over a root PDO.
+    func stack(_ io: IOManager, function: @escaping DispatchRoutine = PnP.functionDispatch(), lowerPnP: @escaping DispatchRoutine = PnP.filterDispatch) throws -> DeviceObject {
+        func filter(_ name: String, pnp: @escaping DispatchRoutine) throws -> DriverObject {
+            try io.loadDriver(name: name) { d in
+                d.addDevice = { d, pdo in d.createFilterDevice(for: pdo); return .success }
+                d.majorFunction.setAll { device, irp in
+                    irp.skipCurrentStackLocation()
+                    return device.callLower(irp)
+                }
+                d.majorFunction[.pnp] = pnp
+                return .success
+            }
+        }
+        let lower = try filter("Lower", pnp: lowerPnP)
+        let upper = try filter("Upper", pnp: PnP.filterDispatch)
+        let fdo = try io.loadDriver(name: "Function") { d in
+            d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown) }
+            d.majorFunction.succeed([.create, .cleanup, .close])
+            d.majorFunction[.pnp] = function
+            return .success
+        }
+        return try io.addRootDevice(instanceName: "dev", hardwareIDs: ["Root\\Test"], compatibleIDs: ["Root\\Compat"],
+                                    functionDriver: fdo, lowerFilters: [lower], upperFilters: [upper])
+    }
+
+    @Test func aNewDeviceGetsThePnPIrpsInWindowsOrder() throws {
+        let io = IOManager(verifierRules: true)
+        let tracer = PnPTracer()
+        io.addObserver(tracer)
+        let started = Recorder()
+        _ = try stack(io, function: PnP.functionDispatch(start: { _, irp in
+            started.add("function acts on START after the lower drivers: \(irp.ioStatus.status)")
+            return .success
+        }))
+        #expect(tracer.events.all == [
+            "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_ID",
+            "PnpManager IRP_MN_QUERY_CAPABILITIES",
+            "Upper IRP_MN_START_DEVICE", "Function IRP_MN_START_DEVICE", "Lower IRP_MN_START_DEVICE", "PnpManager IRP_MN_START_DEVICE",
+            "Upper IRP_MN_QUERY_CAPABILITIES", "Function IRP_MN_QUERY_CAPABILITIES", "Lower IRP_MN_QUERY_CAPABILITIES", "PnpManager IRP_MN_QUERY_CAPABILITIES",
+            "Upper IRP_MN_QUERY_PNP_DEVICE_STATE", "Function IRP_MN_QUERY_PNP_DEVICE_STATE", "Lower IRP_MN_QUERY_PNP_DEVICE_STATE", "PnpManager IRP_MN_QUERY_PNP_DEVICE_STATE",
+            "Upper IRP_MN_QUERY_DEVICE_RELATIONS", "Function IRP_MN_QUERY_DEVICE_RELATIONS", "Lower IRP_MN_QUERY_DEVICE_RELATIONS", "PnpManager IRP_MN_QUERY_DEVICE_RELATIONS",
+        ])
+        #expect(started.all == ["function acts on START after the lower drivers: STATUS_SUCCESS"])
+        #expect(io.deviceNodes.first?.state == .started)
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
+
+    @Test func everyPnPIrpStartsAsNotSupportedAndThePDOAnswersItsIDs() throws {
+        let io = IOManager()
+        let seen = Recorder()
+        let ids = Mutex<[String]>([])
+        _ = try stack(io, lowerPnP: { device, irp in
+            seen.add("\(irp.pnpMinor!.wdmName) \(irp.ioStatus.status)")
+            return PnP.filterDispatch(device, irp)
+        })
+        #expect(seen.all.allSatisfy { $0.hasSuffix("STATUS_NOT_SUPPORTED") }, "\(seen.all)")
+        let node = try #require(io.deviceNodes.first)
+        for type in [BusQueryIdType.deviceID, .instanceID, .hardwareIDs, .compatibleIDs] {
+            let (status, q) = io.sendPnP(.queryId, to: node.pdo!.topOfStack) { $0.idType = type }
+            #expect(status == .success)
+            ids.withLock { $0 += q.ids ?? [] }
+        }
+        #expect(ids.withLock { $0 } == ["Root\\Test", "dev", "Root\\Test", "Root\\Compat"])
+    }
+
+    @Test func aStartThatFailsLeavesFailedStartAndRemovesTheStack() throws {
+        let io = IOManager()
+        let pdo = try stack(io, function: PnP.functionDispatch(start: { _, _ in .insufficientResources }))
+        let node = try #require(pdo.deviceNode)
+        #expect(node.problem == .failedStart)
+        #expect(node.state == .removed)
+        #expect(io.symbolicLinks.isEmpty)  // the function device was deleted
+        #expect(pdo.attachedDevice == nil)
+        #expect(io.loadedDrivers.filter { $0.name != "\\Driver\\PnpManager" }.allSatisfy { $0.deviceObjects.isEmpty })
+    }
+
+    @Test func aDriverCanVetoQueryRemoveAndTheDeviceKeepsWorking() throws {
+        let io = IOManager()
+        let tracer = PnPTracer()
+        io.addObserver(tracer)
+        let veto: DispatchRoutine = { device, irp in
+            if irp.pnpMinor == .queryRemoveDevice {
+                irp.complete(.deviceBusy)  // "in use: not now"
+                return .deviceBusy
+            }
+            return PnP.functionDispatch()(device, irp)
+        }
+        let pdo = try stack(io, function: veto)
+        let node = try #require(pdo.deviceNode)
+        let before = tracer.events.all.count
+        let (status, vetoedBy) = io.remove(node)
+        #expect(status == .deviceBusy)
+        #expect(vetoedBy?.driverObject.name == "\\Driver\\Function")
+        #expect(Array(tracer.events.all.dropFirst(before)) == [
+            "Upper IRP_MN_QUERY_REMOVE_DEVICE", "Function IRP_MN_QUERY_REMOVE_DEVICE",
+            "Upper IRP_MN_CANCEL_REMOVE_DEVICE", "Function IRP_MN_CANCEL_REMOVE_DEVICE", "Lower IRP_MN_CANCEL_REMOVE_DEVICE", "PnpManager IRP_MN_CANCEL_REMOVE_DEVICE",
+        ])
+        #expect(node.state == .started)
+        let host = EmbeddedHost(io)
+        #expect(host.close(try host.open("dev")).close == .success)
+    }
+
+    @Test func orderlyRemovalDetachesAndDeletesEveryDevice() throws {
+        let io = IOManager()
+        let tracer = PnPTracer()
+        io.addObserver(tracer)
+        let pdo = try stack(io)
+        let node = try #require(pdo.deviceNode)
+        weak var weakPDO = pdo
+        let before = tracer.events.all.count
+        #expect(io.remove(node).status == .success)
+        #expect(Array(tracer.events.all.dropFirst(before)) == [
+            "Upper IRP_MN_QUERY_REMOVE_DEVICE", "Function IRP_MN_QUERY_REMOVE_DEVICE", "Lower IRP_MN_QUERY_REMOVE_DEVICE", "PnpManager IRP_MN_QUERY_REMOVE_DEVICE",
+            "Upper IRP_MN_REMOVE_DEVICE", "Function IRP_MN_REMOVE_DEVICE", "Lower IRP_MN_REMOVE_DEVICE", "PnpManager IRP_MN_REMOVE_DEVICE",
+        ])
+        #expect(io.deviceNodes.isEmpty && io.symbolicLinks.isEmpty)
+        #expect(io.loadedDrivers.allSatisfy { $0.deviceObjects.isEmpty })
+        #expect(throws: NTStatus.noSuchDevice) { try io.open("dev", access: .readData) }
+        _ = weakPDO
+    }
+
+    @Test func removeLocksCountIOAndRemovalWaitsForIt() throws {
+        let lock = RemoveLock()
+        #expect(lock.acquire() == .success)
+        let waited = Mutex(false)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            lock.releaseAndWait()  // removal begins while one I/O is in flight
+            waited.withLock { $0 = true }
+            done.signal()
+        }
+        Thread.sleep(forTimeInterval: 0.1)
+        #expect(lock.acquire() == .deletePending)  // no new I/O once removal began
+        #expect(!waited.withLock { $0 })
+        lock.release()  // the I/O in flight ends
+        #expect(done.wait(timeout: .now() + 2) == .success)
+        #expect(lock.isRemoved)
+    }
+}
