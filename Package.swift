@@ -31,6 +31,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
@@ -54,7 +55,7 @@ let package = Package(
         .target(name: "WDMFuse", dependencies: ["WDM", "WDMClient", "CFuse"]),
 
         // MARK: - The default device tree, and the command-line tool that mounts it
-        .target(name: "DefaultTree", dependencies: ["WDM"] + driverDependencies),
+        .target(name: "DefaultTree", dependencies: ["WDM", .product(name: "Yams", package: "Yams")] + driverDependencies),
         .executableTarget(
             name: "wdmfs",
             dependencies: [

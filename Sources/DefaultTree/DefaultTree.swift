@@ -2,13 +2,10 @@
 // The tool mounts it; the driver tests build it in-process, smaller.
 
 import EchoDriver
-import IoctlDemoDriver
 import MisbehaveDriver
-import NullDriver
 import PassThroughFilter
 import RamDiskDriver
 import WDM
-import ZeroDriver
 
 public enum DefaultTree {
     public struct Options: Sendable {
@@ -30,35 +27,31 @@ public enum DefaultTree {
         }
     }
 
-    /// Loads the drivers and builds one stack per device: null, zero, ramdisk0
-    /// (a RAM disk under a pass-through filter), echo, ioctl-demo.
-    public static func build(into io: IOManager, options: Options = Options()) throws(NTStatus) {
-        let null = try io.loadDriver(name: NullDriver.name, entry: NullDriver.driverEntry)
-        let zero = try io.loadDriver(name: ZeroDriver.name, entry: ZeroDriver.driverEntry)
-        let ramdisk = try io.loadDriver(name: RamDiskDriver.name, entry: RamDiskDriver.driverEntry)
-        let filter = try io.loadDriver(name: PassThroughFilter.name, entry: PassThroughFilter.driverEntry)
-        let echo = try io.loadDriver(name: EchoDriver.name, entry: EchoDriver.driverEntry)
-        let demo = try io.loadDriver(name: IoctlDemoDriver.name, entry: IoctlDemoDriver.driverEntry)
-
-        try io.addRootDevice(instanceName: "null", hardwareIDs: ["Root\\Null"], functionDriver: null)
-        try io.addRootDevice(instanceName: "zero", hardwareIDs: ["Root\\Zero"], functionDriver: zero)
-        try io.addRootDevice(
-            instanceName: "ramdisk0", hardwareIDs: ["Root\\RamDisk"],
-            parameters: ["Size": String(options.ramdiskSize), "Buffering": "direct"],
-            functionDriver: ramdisk, upperFilters: [filter])
-        try io.addRootDevice(
-            instanceName: "echo", hardwareIDs: ["Root\\Echo"],
-            parameters: ["BufferSize": String(options.echoBufferSize)], functionDriver: echo)
-        try io.addRootDevice(instanceName: "ioctl-demo", hardwareIDs: ["Root\\IoctlDemo"], functionDriver: demo)
+    /// The default tree as a description: null, zero, ramdisk0 (a RAM disk under a
+    /// pass-through filter), echo, ioctl-demo; `test` adds misbehave and lazy-null,
+    /// `bench` adds zero-stacked.
+    public static func description(_ options: Options = Options()) -> TreeDescription {
+        var devices = [
+            DeviceDescription(name: "null", hardwareIDs: ["Root\\Null"]),
+            DeviceDescription(name: "zero", hardwareIDs: ["Root\\Zero"]),
+            DeviceDescription(name: "ramdisk0", hardwareIDs: ["Root\\RamDisk"], upperFilters: [PassThroughFilter.name],
+                              settings: ["Size": String(options.ramdiskSize), "Buffering": "direct"]),
+            DeviceDescription(name: "echo", hardwareIDs: ["Root\\Echo"], settings: ["BufferSize": String(options.echoBufferSize)]),
+            DeviceDescription(name: "ioctl-demo", hardwareIDs: ["Root\\IoctlDemo"]),
+        ]
         if options.test {
-            let misbehave = try io.loadDriver(name: MisbehaveDriver.name, entry: MisbehaveDriver.driverEntry)
-            let lazy = try io.loadDriver(name: LazyFilter.name, entry: LazyFilter.driverEntry)
-            try io.addRootDevice(instanceName: "misbehave", hardwareIDs: ["Root\\Misbehave"], functionDriver: misbehave)
-            try io.addRootDevice(instanceName: "lazy-null", hardwareIDs: ["Root\\Null"], functionDriver: null, upperFilters: [lazy])
+            devices.append(DeviceDescription(name: "misbehave", hardwareIDs: ["Root\\Misbehave"]))
+            devices.append(DeviceDescription(name: "lazy-null", hardwareIDs: ["Root\\Null"], upperFilters: [LazyFilter.name]))
         }
         if options.bench {
-            try io.addRootDevice(
-                instanceName: "zero-stacked", hardwareIDs: ["Root\\Zero"], functionDriver: zero, upperFilters: [filter, filter])
+            devices.append(DeviceDescription(name: "zero-stacked", hardwareIDs: ["Root\\Zero"],
+                                             upperFilters: [PassThroughFilter.name, PassThroughFilter.name]))
         }
+        return TreeDescription(devices: devices)
+    }
+
+    /// Loads the drivers and builds the default tree (see `description`).
+    public static func build(into io: IOManager, options: Options = Options()) throws(NTStatus) {
+        try description(options).build(into: io)
     }
 }

@@ -77,6 +77,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         let handle: OpaquePointer
     }
 
+    /// Mode, owner and group per device file (from the tree); 0666 and the daemon's
+    /// user otherwise. The mount uses `default_permissions`, so the kernel enforces them.
+    public var permissions: [String: (mode: UInt32, owner: UInt32?, group: UInt32?)] = [:]
+
     /// The text of the `.stats` file.
     public var statsText: String { io.statistics.text + "fuse_polls \(polls.load(ordering: .relaxed))\n" }
     /// FUSE_POLL requests received (the cost `pollMode` is about).
@@ -106,7 +110,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             st.st_mode = Glibc.S_IFREG | 0o444
             st.st_nlink = 1
         case .device(let link):
-            st.st_mode = Glibc.S_IFREG | 0o666
+            let p = permissions[link]
+            st.st_mode = Glibc.S_IFREG | (p?.mode ?? 0o666)
+            if let owner = p?.owner { st.st_uid = owner }
+            if let group = p?.group { st.st_gid = group }
             st.st_nlink = 1
             st.st_size = Int(publishedSize(link))
             st.st_blocks = (st.st_size + 511) / 512

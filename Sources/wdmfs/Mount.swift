@@ -32,11 +32,22 @@ struct Mount: ParsableCommand {
     @Flag(help: "Give METHOD_BUFFERED and DO_BUFFERED_IO a separate SystemBuffer, copied in and out as Windows does (counted in .stats bytes_copied).")
     var bounceBuffers = false
 
-    @Option(help: "Which tree: default, bench (adds zero-stacked: zero under two filters) or test (adds misbehave, a driver that breaks the rules on purpose, and lazy-null).")
-    var tree: TreeName = .default
+    @Option(help: "The tree: a tree file (see `wdmfs tree --print-default`), or default, bench (adds zero-stacked: zero under two filters) or test (adds misbehave, a driver that breaks the rules on purpose, and lazy-null).")
+    var tree: String = "default"
 
-    enum TreeName: String, ExpressibleByArgument, CaseIterable {
-        case `default`, bench, test
+    /// The tree to build: a built-in one by name, else a file, checked now.
+    func treeDescription() -> TreeDescription {
+        switch tree {
+        case "default": return DefaultTree.description()
+        case "bench": return DefaultTree.description(.init(bench: true))
+        case "test": return DefaultTree.description(.init(test: true))
+        default:
+            do throws(TreeError) {
+                return try TreeFile.load(path: tree)
+            } catch {
+                fail("bad tree file: \(error)")
+            }
+        }
     }
 
     @Flag(help: .hidden)
@@ -69,6 +80,7 @@ struct Mount: ParsableCommand {
         if !nonempty, Daemon.isNonEmptyDirectory(path) {
             fail("\(path) is not empty; mount on an empty directory, or give --nonempty to hide its files while mounted")
         }
+        let description = treeDescription()  // a bad tree file stops here, before anything is mounted
         let log = logFile.map { Daemon.absolute($0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0) }
         if let log, let problem = Daemon.checkLogFile(log) { fail(problem) }
 
@@ -79,11 +91,11 @@ struct Mount: ParsableCommand {
             if nonempty { args.append("--nonempty") }
             if checked { args.append("--checked") }
             if poll != .auto { args += ["--poll", poll.rawValue] }
-            if tree != .default { args += ["--tree", tree.rawValue] }
+            if tree != "default" { args += ["--tree", ["bench", "test"].contains(tree) ? tree : Daemon.absolute(tree)] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)
                 print("""
-                    wdmfs: \(tree.rawValue) tree mounted at \(path) (daemon pid \(pid))
+                    wdmfs: \(["default", "bench", "test"].contains(tree) ? tree : "the") tree mounted at \(path) (daemon pid \(pid))
                     try:
                       ls -l \(path)
                       dd if=\(path)/zero of=/dev/null bs=1M count=1024
@@ -114,15 +126,16 @@ struct Mount: ParsableCommand {
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }
         do {
-            try DefaultTree.build(into: io, options: .init(bench: tree == .bench, test: tree == .test))
+            try description.build(into: io)
         } catch {
             fail("could not build the device tree: \(error)")
         }
         let bridge = FuseBridge(io: io)
+        for (name, p) in description.permissions { bridge.permissions[name] = (p.mode, p.owner, p.group) }
         bridge.pollMode = poll
         let result: Int32
         do {
-            result = try bridge.serve(mountpoint: path) {
+            result = try bridge.serve(mountpoint: path, options: ["default_permissions"]) {
                 if notifyReady {
                     Daemon.announceReady(logFile: log)
                 } else {

@@ -460,3 +460,51 @@ def test_an_o_nonblock_writer_behind_a_blocked_writer_waits_in_the_kernel_as_doc
                 break
         os.close(w)
         os.close(r)
+
+
+def test_a_tree_file_is_mounted_as_described(tmp_path):
+    tree_file = tmp_path / "tree.yaml"
+    tree_file.write_text(
+        "devices:\n"
+        "  - name: small\n"
+        "    hardware_ids: ['Root\\RamDisk']\n"
+        "    settings: {Size: 1048576}\n"
+        "  - name: other\n"
+        "    hardware_ids: ['Vendor\\Thing']\n"
+        "    compatible_ids: ['GenDisk']\n"
+        "    upper_filters: [PassThroughFilter]\n"
+        "    link: disk-b\n"
+        "    settings: {Size: 2097152}\n"
+        "    mode: '0640'\n")
+    m = mount_tree(("--tree", str(tree_file)))
+    try:
+        assert sorted(os.listdir(m.path)) == [".stats", "disk-b", "small"]
+        assert os.stat(m.dev("small")).st_size == 1 << 20
+        st = os.stat(m.dev("disk-b"))
+        assert st.st_size == 2 << 20 and st.st_mode & 0o777 == 0o640
+        with open(m.dev("disk-b"), "r+b", buffering=0) as f:
+            f.write(b"tree file")
+            f.seek(0)
+            assert f.read(9) == b"tree file"
+    finally:
+        unmount_tree(m)
+
+
+def test_a_bad_tree_file_is_refused_before_anything_is_mounted(tmp_path):
+    require_fuse()
+    tree_file = tmp_path / "bad.yaml"
+    tree_file.write_text("devices:\n  - name: a\n    hardware_ids: ['Root\\Null']\n    upper_filters: [Nope]\n")
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    try:
+        r = run_wdmfs("mount", mp, "--tree", str(tree_file))
+        assert r.returncode == 2
+        assert f"{tree_file}:4:" in r.stderr and "unknown driver `Nope`" in r.stderr, r.stderr
+        assert not is_mounted(mp)
+        r = run_wdmfs("tree", "--check", str(tree_file))
+        assert r.returncode == 2 and "unknown driver" in r.stderr
+        default = run_wdmfs("tree", "--print-default").stdout
+        good = tmp_path / "default.yaml"
+        good.write_text(default)
+        assert run_wdmfs("tree", "--check", str(good)).returncode == 0
+    finally:
+        os.rmdir(mp)

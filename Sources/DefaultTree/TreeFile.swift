@@ -1,0 +1,251 @@
+// TreeFile: a device tree described in YAML. Each device names its hardware
+// and compatible IDs (the PnP manager picks the function driver that serves
+// them, hardware IDs first), its filters, its symbolic link, its settings and
+// its node's permissions. A bad file is rejected before anything is mounted,
+// with the file, line, column and reason.
+//
+//   devices:
+//     - name: ramdisk0
+//       hardware_ids: ['Root\RamDisk']
+//       upper_filters: [PassThroughFilter]
+//       settings: {Size: 67108864, Buffering: direct}
+//       mode: '0666'
+
+import Foundation
+import WDM
+import Yams
+
+/// One device of a tree file.
+public struct DeviceDescription: Sendable, Equatable {
+    public var name: String
+    public var hardwareIDs: [String]
+    public var compatibleIDs: [String] = []
+    public var lowerFilters: [String] = []
+    public var upperFilters: [String] = []
+    /// The symbolic link (the file name under the mount); the name by default.
+    public var link: String?
+    public var settings: [String: String] = [:]
+    public var mode: UInt32 = 0o666
+    public var owner: UInt32?
+    public var group: UInt32?
+
+    public init(name: String, hardwareIDs: [String], compatibleIDs: [String] = [], lowerFilters: [String] = [],
+                upperFilters: [String] = [], link: String? = nil, settings: [String: String] = [:], mode: UInt32 = 0o666) {
+        self.name = name
+        self.hardwareIDs = hardwareIDs
+        self.compatibleIDs = compatibleIDs
+        self.lowerFilters = lowerFilters
+        self.upperFilters = upperFilters
+        self.link = link
+        self.settings = settings
+        self.mode = mode
+    }
+}
+
+/// A device tree: what `wdmfs mount --tree FILE` builds.
+public struct TreeDescription: Sendable, Equatable {
+    public var devices: [DeviceDescription]
+    public init(devices: [DeviceDescription]) { self.devices = devices }
+}
+
+/// Why a tree file was rejected.
+public struct TreeError: Error, CustomStringConvertible, Equatable {
+    public let file: String
+    public let line: Int
+    public let column: Int
+    public let reason: String
+    public var description: String { "\(file):\(line):\(column): \(reason)" }
+}
+
+public enum TreeFile {
+    static let deviceKeys: Set<String> = [
+        "name", "hardware_ids", "compatible_ids", "lower_filters", "upper_filters", "link", "settings", "mode", "owner", "group",
+    ]
+
+    /// Reads and checks a tree file.
+    public static func load(path: String) throws(TreeError) -> TreeDescription {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw TreeError(file: path, line: 0, column: 0, reason: "cannot read the file")
+        }
+        return try parse(text, file: path)
+    }
+
+    /// Parses and checks tree text: YAML, the shape above, known drivers, unique
+    /// names and links, IDs some driver serves.
+    public static func parse(_ text: String, file: String) throws(TreeError) -> TreeDescription {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let e as YamlError {
+            throw yamlError(e, file: file)
+        } catch {
+            throw TreeError(file: file, line: 1, column: 1, reason: "\(error)")
+        }
+        func fail(_ node: Node?, _ reason: String) -> TreeError {
+            TreeError(file: file, line: node?.mark?.line ?? 1, column: node?.mark?.column ?? 1, reason: reason)
+        }
+        guard let root, case .mapping(let top) = root else { throw fail(root, "the tree must be a mapping with a `devices` list") }
+        for (key, _) in top where key.string != "devices" {
+            throw fail(key, "unknown key `\(key.string ?? "?")` (expected `devices`)")
+        }
+        guard let devicesNode = top["devices"] else { throw fail(root, "missing `devices`") }
+        guard case .sequence(let list) = devicesNode else { throw fail(devicesNode, "`devices` must be a list") }
+        var devices: [DeviceDescription] = []
+        var names: [String: Node] = [:], links: [String: Node] = [:]
+        for item in list {
+            guard case .mapping(let m) = item else { throw fail(item, "each device must be a mapping") }
+            for (key, _) in m where !deviceKeys.contains(key.string ?? "") {
+                throw fail(key, "unknown key `\(key.string ?? "?")` in a device (expected one of \(deviceKeys.sorted().joined(separator: ", ")))")
+            }
+            func string(_ key: String, required: Bool = false) throws(TreeError) -> String? {
+                guard let n = m[key] else {
+                    if required { throw fail(item, "a device needs `\(key)`") }
+                    return nil
+                }
+                guard case .scalar(let s) = n else { throw fail(n, "`\(key)` must be a string") }
+                return s.string
+            }
+            func strings(_ key: String) throws(TreeError) -> [String] {
+                guard let n = m[key] else { return [] }
+                guard case .sequence(let seq) = n else { throw fail(n, "`\(key)` must be a list of strings") }
+                var out: [String] = []
+                for e in seq {
+                    guard case .scalar(let s) = e else { throw fail(e, "`\(key)` must be a list of strings") }
+                    out.append(s.string)
+                }
+                return out
+            }
+            guard let name = try string("name", required: true), !name.isEmpty else { throw fail(m["name"] ?? item, "`name` must not be empty") }
+            if let first = names[name] {
+                throw fail(m["name"], "duplicate device name `\(name)` (first at line \(first.mark?.line ?? 0))")
+            }
+            names[name] = m["name"]
+            var d = DeviceDescription(name: name, hardwareIDs: try strings("hardware_ids"))
+            d.compatibleIDs = try strings("compatible_ids")
+            d.lowerFilters = try strings("lower_filters")
+            d.upperFilters = try strings("upper_filters")
+            d.link = try string("link")
+            let link = d.link ?? name
+            guard !link.isEmpty, !link.contains("/"), link != ".", link != "..", link != ".stats" else {
+                throw fail(m["link"] ?? m["name"], "`\(link)` cannot be a file name under the mount")
+            }
+            if let first = links[link] {
+                throw fail(m["link"] ?? m["name"], "duplicate file name `\(link)` (first at line \(first.mark?.line ?? 0))")
+            }
+            links[link] = m["link"] ?? m["name"]
+            if let s = m["settings"] {
+                guard case .mapping(let sm) = s else { throw fail(s, "`settings` must be a mapping") }
+                for (k, v) in sm {
+                    guard case .scalar(let ks) = k, case .scalar(let vs) = v else { throw fail(k, "settings are names and scalar values") }
+                    d.settings[ks.string] = vs.string
+                }
+            }
+            if let modeText = try string("mode") {
+                guard let mode = UInt32(modeText.hasPrefix("0o") ? String(modeText.dropFirst(2)) : modeText, radix: 8), mode <= 0o777 else {
+                    throw fail(m["mode"], "`mode` must be octal permission bits like '0640', not `\(modeText)`")
+                }
+                d.mode = mode
+            }
+            for key in ["owner", "group"] {
+                guard let text = try string(key) else { continue }
+                guard let id = UInt32(text) ?? (key == "owner" ? userID(text) : groupID(text)) else {
+                    throw fail(m[key], "unknown \(key == "owner" ? "user" : "group") `\(text)`")
+                }
+                if key == "owner" { d.owner = id } else { d.group = id }
+            }
+            for (key, filters) in [("lower_filters", d.lowerFilters), ("upper_filters", d.upperFilters)] {
+                for f in filters {
+                    guard let e = DriverCatalog.named(f) else { throw fail(m[key], "unknown driver `\(f)`") }
+                    guard e.role == .filter else { throw fail(m[key], "`\(f)` is a function driver, not a filter") }
+                }
+            }
+            if d.hardwareIDs.isEmpty && d.compatibleIDs.isEmpty { throw fail(item, "device `\(name)` needs `hardware_ids`") }
+            if DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) == nil {
+                throw fail(m["hardware_ids"] ?? item,
+                           "no driver serves \((d.hardwareIDs + d.compatibleIDs).joined(separator: ", ")) (served: \(DriverCatalog.all.flatMap(\.serves).joined(separator: ", ")))")
+            }
+            devices.append(d)
+        }
+        return TreeDescription(devices: devices)
+    }
+
+    static func yamlError(_ e: YamlError, file: String) -> TreeError {
+        switch e {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
+            return TreeError(file: file, line: mark.line, column: mark.column, reason: "not valid YAML: \(problem)")
+        case .reader(let problem, _, _, _):
+            return TreeError(file: file, line: 1, column: 1, reason: "not valid YAML: \(problem)")
+        default:
+            return TreeError(file: file, line: 1, column: 1, reason: "not valid YAML: \(e)")
+        }
+    }
+
+    static func userID(_ name: String) -> UInt32? { getpwnam(name).map { $0.pointee.pw_uid } }
+    static func groupID(_ name: String) -> UInt32? { getgrnam(name).map { $0.pointee.gr_gid } }
+
+    /// The tree as a file users can copy and edit.
+    public static func text(of tree: TreeDescription) -> String {
+        func list(_ a: [String]) -> String { "[" + a.map { "'\($0)'" }.joined(separator: ", ") + "]" }
+        var out = """
+            # wdmfs device tree: `wdmfs mount MOUNTPOINT --tree THIS_FILE`.
+            # Each device: name (unique), hardware_ids and compatible_ids (the PnP manager
+            # picks the function driver that serves them, hardware IDs first, in order),
+            # lower_filters / upper_filters (filter drivers, bottom first), link (the file
+            # name under the mount; the name by default), settings (the driver's device
+            # parameters), mode (octal), owner and group (names or numbers).
+            # Drivers and the IDs they serve:
+            \(DriverCatalog.all.map { "#   \($0.name) (\($0.role.rawValue))" + ($0.serves.isEmpty ? "" : ": " + $0.serves.joined(separator: ", ")) }.joined(separator: "\n"))
+            devices:
+
+            """
+        for d in tree.devices {
+            out += "  - name: '\(d.name)'\n"
+            out += "    hardware_ids: \(list(d.hardwareIDs))\n"
+            if !d.compatibleIDs.isEmpty { out += "    compatible_ids: \(list(d.compatibleIDs))\n" }
+            if !d.lowerFilters.isEmpty { out += "    lower_filters: \(list(d.lowerFilters))\n" }
+            if !d.upperFilters.isEmpty { out += "    upper_filters: \(list(d.upperFilters))\n" }
+            if let link = d.link { out += "    link: '\(link)'\n" }
+            if !d.settings.isEmpty {
+                out += "    settings: {" + d.settings.sorted { $0.key < $1.key }.map { "\($0.key): '\($0.value)'" }.joined(separator: ", ") + "}\n"
+            }
+            out += "    mode: '0" + String(d.mode, radix: 8) + "'\n"
+        }
+        return out
+    }
+}
+
+extension TreeDescription {
+    /// Loads the drivers the tree needs and brings every device up through the
+    /// PnP manager, in file order.
+    public func build(into io: IOManager) throws(NTStatus) {
+        var loaded: [String: DriverObject] = [:]
+        func driver(_ name: String) throws(NTStatus) -> DriverObject {
+            if let d = loaded[name] { return d }
+            guard let e = DriverCatalog.named(name) else { throw NTStatus.noSuchDevice }
+            let d = try io.loadDriver(name: e.name, entry: e.entry)
+            loaded[name] = d
+            return d
+        }
+        for d in devices {
+            guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {
+                throw NTStatus.noSuchDevice
+            }
+            var parameters = d.settings
+            if let link = d.link { parameters["SymbolicLinkName"] = link }
+            let function = try driver(match.name)
+            var lower: [DriverObject] = [], upper: [DriverObject] = []
+            for f in d.lowerFilters { lower.append(try driver(f)) }
+            for f in d.upperFilters { upper.append(try driver(f)) }
+            try io.addRootDevice(
+                instanceName: d.name, hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs, parameters: parameters,
+                functionDriver: function, lowerFilters: lower, upperFilters: upper)
+        }
+    }
+
+    /// Mode, owner and group per file name under the mount.
+    public var permissions: [String: (mode: UInt32, owner: UInt32?, group: UInt32?)] {
+        var out: [String: (mode: UInt32, owner: UInt32?, group: UInt32?)] = [:]
+        for d in devices { out[d.link ?? d.name] = (d.mode, d.owner, d.group) }
+        return out
+    }
+}
