@@ -11,6 +11,7 @@ let driverNames: [(target: String, folder: String)] = [
     ("EchoDriver", "Echo"),
     ("IoctlDemoDriver", "IoctlDemo"),
     ("MisbehaveDriver", "Misbehave"),
+    ("ToasterDrivers", "Toaster"),
 ]
 // No unsafeFlags anywhere: a package that depends on this one by version must
 // be able to build WDM and the drivers (SwiftPM refuses unsafeFlags there). The

@@ -28,7 +28,7 @@ public enum DefaultTree {
     }
 
     /// The default tree as a description: null, zero, ramdisk0 (a RAM disk under a
-    /// pass-through filter), echo, ioctl-demo; `test` adds misbehave and lazy-null,
+    /// pass-through filter), echo, ioctl-demo, toaster-bus (no toasters plugged in); `test` adds misbehave and lazy-null,
     /// `bench` adds zero-stacked.
     public static func description(_ options: Options = Options()) -> TreeDescription {
         var devices = [
@@ -38,6 +38,7 @@ public enum DefaultTree {
                               settings: ["Size": String(options.ramdiskSize), "Buffering": "direct"]),
             DeviceDescription(name: "echo", hardwareIDs: ["Root\\Echo"], settings: ["BufferSize": String(options.echoBufferSize)]),
             DeviceDescription(name: "ioctl-demo", hardwareIDs: ["Root\\IoctlDemo"]),
+            DeviceDescription(name: "toaster-bus", hardwareIDs: ["Root\\ToasterBus"]),
         ]
         if options.test {
             devices.append(DeviceDescription(name: "misbehave", hardwareIDs: ["Root\\Misbehave"]))

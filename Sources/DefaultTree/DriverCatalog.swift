@@ -8,6 +8,7 @@ import MisbehaveDriver
 import NullDriver
 import PassThroughFilter
 import RamDiskDriver
+import ToasterDrivers
 import WDM
 import ZeroDriver
 
@@ -29,6 +30,9 @@ public enum DriverCatalog {
         Entry(name: EchoDriver.name, role: .function, serves: ["Root\\Echo"], entry: EchoDriver.driverEntry),
         Entry(name: IoctlDemoDriver.name, role: .function, serves: ["Root\\IoctlDemo"], entry: IoctlDemoDriver.driverEntry),
         Entry(name: MisbehaveDriver.name, role: .function, serves: ["Root\\Misbehave"], entry: MisbehaveDriver.driverEntry),
+        Entry(name: ToasterBus.name, role: .function, serves: [ToasterBus.hardwareID], entry: ToasterBus.driverEntry),
+        Entry(name: ToasterDriver.name, role: .function, serves: [ToasterBus.toasterHardwareID, ToasterBus.toasterCompatibleID],
+              entry: ToasterDriver.driverEntry),
         Entry(name: PassThroughFilter.name, role: .filter, serves: [], entry: PassThroughFilter.driverEntry),
         Entry(name: LazyFilter.name, role: .filter, serves: [], entry: LazyFilter.driverEntry),
     ]

@@ -218,13 +218,16 @@ extension TreeDescription {
     /// Loads the drivers the tree needs and brings every device up through the
     /// PnP manager, in file order.
     public func build(into io: IOManager) throws(NTStatus) {
-        var loaded: [String: DriverObject] = [:]
         func driver(_ name: String) throws(NTStatus) -> DriverObject {
-            if let d = loaded[name] { return d }
+            if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + name }) { return d }
             guard let e = DriverCatalog.named(name) else { throw NTStatus.noSuchDevice }
-            let d = try io.loadDriver(name: e.name, entry: e.entry)
-            loaded[name] = d
-            return d
+            return try io.loadDriver(name: e.name, entry: e.entry)
+        }
+        // Children that buses report later find their driver the same way.
+        io.driverMatcher = { [unowned io] hardwareIDs, compatibleIDs in
+            guard let e = DriverCatalog.match(hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs) else { return nil }
+            if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + e.name }) { return d }
+            return try? io.loadDriver(name: e.name, entry: e.entry)
         }
         for d in devices {
             guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {

@@ -68,6 +68,10 @@ public final class DeviceObject: @unchecked Sendable {
         set { sizeWord.store(newValue ?? -1, ordering: .relaxed) }
     }
     private let sizeWord = Atomic<Int64>(-1)
+    /// Set on every device of a stack whose device is gone (surprise removal).
+    public let gone = Atomic<Bool>(false)
+    /// Open handles on the stack this device tops (counted at CREATE and CLOSE).
+    public let openHandles = Atomic<Int>(0)
     /// `IO_REMOVE_LOCK`: the device's I/O in flight, which REMOVE_DEVICE waits for.
     /// (In Windows it lives in the device extension; here every device has one.)
     public let removeLock = RemoveLock()
@@ -124,6 +128,12 @@ public final class DeviceNode: @unchecked Sendable {
     public internal(set) var state = DeviceNodeState.initialized
     /// `CM_PROB_*`, when the node is not working.
     public internal(set) var problem: ProblemCode?
+    /// The bus node that reported this one (nil for root-enumerated nodes).
+    public internal(set) weak var parent: DeviceNode?
+    /// The nodes this one's bus driver reported.
+    public internal(set) var children: [DeviceNode] = []
+    /// True once the bus stopped reporting the device.
+    public internal(set) var missing = false
     /// The node's PDO while it exists (the bus driver owns it).
     public private(set) weak var pdo: DeviceObject?
 

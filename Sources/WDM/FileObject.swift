@@ -17,6 +17,9 @@ public final class FileObject: @unchecked Sendable {
     /// `FsContext2`.
     public var fsContext2: AnyObject?
 
+    /// The top of the stack when it was opened (whose handle count it holds).
+    var top: DeviceObject?
+
     enum State: UInt8 { case creating = 0, open = 1, closed = 2 }
     let state = Atomic<UInt8>(State.creating.rawValue)
 

@@ -44,6 +44,7 @@ extension IOManager {
     /// object that did not go through CREATE.
     public func open(_ link: String, access: AccessMask) throws(NTStatus) -> FileObject {
         guard let device = device(forLink: link), !device.deleted else { throw NTStatus.noSuchDevice }
+        if let node = device.deviceNode, node.state != .started { throw NTStatus.noSuchDevice }
         let file = FileObject(deviceObject: device, grantedAccess: access, fileName: link)
         let irp = makeIrp(.create, file: file)
         irp.nextStackLocation.parameters.create.desiredAccess = access
@@ -51,6 +52,8 @@ extension IOManager {
         if completed { freeIrp(irp) }
         guard status.isSuccess else { throw status }
         file.state.store(FileObject.State.open.rawValue, ordering: .releasing)
+        file.top = device.topOfStack
+        file.top!.openHandles.add(1, ordering: .relaxed)
         return file
     }
 
@@ -67,6 +70,10 @@ extension IOManager {
             let (status, completed) = callSynchronously(irp)
             if completed { freeIrp(irp) }
             result.append(status)
+        }
+        if let top = file.top {
+            top.openHandles.subtract(1, ordering: .acquiringAndReleasing)
+            handleClosed(top)
         }
         return (result[0], result[1])
     }
@@ -136,6 +143,8 @@ extension IOManager {
     @inline(__always)
     private func prepare(_ irp: IRP, _ request: IORequest, _ file: FileObject) -> NTStatus? {
         guard file.isOpen else { return .invalidHandle }
+        // A device that is gone (surprise removal) takes no new I/O.
+        if file.deviceObject.gone.load(ordering: .relaxed) { return .deletePending }
         let p = irp.packet
         let loc = p.currentLocation - 2
         switch request {

@@ -23,6 +23,9 @@ public final class IOManager: @unchecked Sendable {
     /// so a driver that kept a buffer after completion reads garbage, and a host's
     /// pooled buffer that changes after it was poisoned is reported.
     public let checkedBuffers: Bool
+    /// Told the name of every symbolic link created or deleted (the bridge updates
+    /// the mount). Set before the tree changes at run time.
+    public nonisolated(unsafe) var namespaceObserver: (@Sendable (String) -> Void)?
     /// Polled by synchronous waits: when it says true (the host is shutting down),
     /// a wait cancels its IRP and gives up after `shutdownGrace` seconds.
     public nonisolated(unsafe) var isShuttingDown: (@Sendable () -> Bool)?
@@ -37,6 +40,11 @@ public final class IOManager: @unchecked Sendable {
     nonisolated(unsafe) var observerChain: ObserverChain? {
         didSet { observers = observerChain.map(Unmanaged.passUnretained) }
     }
+
+    /// Matches child PDOs to function drivers (see `DriverMatcher`). Set before buses enumerate.
+    public nonisolated(unsafe) var driverMatcher: DriverMatcher?
+    /// The PnP manager's own thread: enumeration and removal run here, in order.
+    let pnpQueue = DispatchQueue(label: "wdmfs.pnp")
 
     let counters = IOCounters()
     let pool = IRPPool()
@@ -191,7 +199,12 @@ public final class IOManager: @unchecked Sendable {
         device.attachedDevice = nil
         device.lowerDevice = nil
         device.driverObject.devices.withLock { $0.removeAll { $0 === device } }
-        links.withLock { $0.removeAll { $0.device === device } }
+        let gone = links.withLock { l -> [String] in
+            let names = l.filter { $0.device === device }.map(\.name)
+            l.removeAll { $0.device === device }
+            return names
+        }
+        for name in gone { namespaceObserver?(name) }
     }
 
     /// `IoCreateSymbolicLink`: the name is the file name under the mount.
@@ -200,11 +213,17 @@ public final class IOManager: @unchecked Sendable {
             guard !l.contains(where: { $0.name == name }) else { throw NTStatus.invalidParameter }
             l.append((name, device))
         }
+        namespaceObserver?(name)
     }
 
     /// `IoDeleteSymbolicLink`.
     public func deleteSymbolicLink(_ name: String) {
-        links.withLock { $0.removeAll { $0.name == name } }
+        let removed = links.withLock { l in
+            let before = l.count
+            l.removeAll { $0.name == name }
+            return before != l.count
+        }
+        if removed { namespaceObserver?(name) }
     }
 
     /// The symbolic link names, in creation order.
@@ -285,6 +304,8 @@ public final class IOManager: @unchecked Sendable {
     @discardableResult
     public func remove(_ node: DeviceNode, orderly: Bool = true) -> (status: NTStatus, vetoedBy: DeviceObject?) {
         guard let pdo = node.pdo else { return (.noSuchDevice, nil) }
+        // Children first: a bus's children are removed before the bus.
+        for child in node.children.reversed() where child.state != .removed { finishRemoval(child) }
         if orderly, node.state == .started {
             let (status, request) = sendPnP(.queryRemoveDevice, to: pdo.topOfStack)
             if !status.isSuccess {

@@ -55,8 +55,16 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case stats
         case device(String)
     }
-    /// Inode n is nodes[n - 1]: 1 the root, 2 `.stats`, then one per symbolic link.
-    let nodes: [(name: String, node: Node)]
+    /// The namespace changes while mounted (devices come and go): inode 1 is the
+    /// root, 2 `.stats`, and each device file gets the next number the first time
+    /// its name is looked up. A name that goes away loses its inode; if it comes
+    /// back it is a new file with a new inode.
+    struct Inodes {
+        var byName: [String: fuse_ino_t] = [:]
+        var byInode: [fuse_ino_t: String] = [:]
+        var next: fuse_ino_t = 3
+    }
+    let inodes = Mutex(Inodes())
     /// The libfuse session while `serve` runs.
     nonisolated(unsafe) var session: OpaquePointer?
 
@@ -64,7 +72,38 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         self.io = io
         self.sink = sink ?? LibfuseSink(log: { line in io.log?(line) })
         buffers = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier)
-        nodes = [("", .root), (".stats", .stats)] + io.symbolicLinks.map { ($0, .device($0)) }
+        for link in io.symbolicLinks { _ = inode(of: link) }
+        io.namespaceObserver = { [weak self] name in self?.namespaceChanged(name) }
+    }
+
+    /// The inode of a device file that exists now (assigned on first sight).
+    func inode(of name: String) -> fuse_ino_t? {
+        if name == ".stats" { return 2 }
+        guard io.device(forLink: name) != nil else { return nil }
+        return inodes.withLock { t in
+            if let ino = t.byName[name] { return ino }
+            let ino = t.next
+            t.next += 1
+            t.byName[name] = ino
+            t.byInode[ino] = name
+            return ino
+        }
+    }
+
+    /// A symbolic link was created or deleted: forget a name that went away, and
+    /// tell the kernel to drop what it cached for the name and the root's listing.
+    func namespaceChanged(_ name: String) {
+        if io.device(forLink: name) == nil {
+            inodes.withLock { t in
+                if let ino = t.byName.removeValue(forKey: name) { t.byInode[ino] = nil }
+            }
+        }
+        sink.invalidateEntry(parent: 1, name: name)
+    }
+
+    /// The entries of the root directory now: `.stats`, then every device file.
+    var rootEntries: [(name: String, ino: fuse_ino_t)] {
+        [(".stats", 2)] + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
     }
 
     /// Poll handles the kernel gave us, per open file: woken when the device's
@@ -89,7 +128,13 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     // MARK: - Names and attributes
 
     func node(_ ino: fuse_ino_t) -> Node? {
-        ino >= 1 && ino <= UInt64(nodes.count) ? nodes[Int(ino) - 1].node : nil
+        switch ino {
+        case 1: return .root
+        case 2: return .stats
+        default:
+            guard let name = inodes.withLock({ $0.byInode[ino] }), io.device(forLink: name) != nil else { return nil }
+            return .device(name)
+        }
     }
 
     func attributes(_ ino: fuse_ino_t) -> stat? {
@@ -134,15 +179,12 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     func lookup(_ req: FuseRequestHandle, _ parent: fuse_ino_t, _ name: String?) {
         let reply = FuseReply(req, sink)
-        guard parent == 1, let name,
-              let i = nodes.indices.dropFirst().first(where: { nodes[$0].name == name }),
-              let attr = attributes(fuse_ino_t(i + 1))
-        else {
+        guard parent == 1, let name, let ino = inode(of: name), let attr = attributes(ino) else {
             reply.error(ENOENT)
             return
         }
         var e = fuse_entry_param()
-        e.ino = fuse_ino_t(i + 1)
+        e.ino = ino
         e.attr = attr
         e.attr_timeout = fuseEntryTimeout
         e.entry_timeout = fuseEntryTimeout

@@ -52,7 +52,7 @@ extension FuseBridge {
             return
         }
         var entries: [(String, fuse_ino_t, mode_t)] = [(".", 1, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
-        for (i, n) in nodes.enumerated().dropFirst() { entries.append((n.name, fuse_ino_t(i + 1), Glibc.S_IFREG)) }
+        for (name, ino) in rootEntries { entries.append((name, ino, Glibc.S_IFREG)) }
         let out = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
         defer { out.deallocate() }
         var used = 0
@@ -99,6 +99,8 @@ extension FuseBridge {
         defer { io.isShuttingDown = nil }
         session = se
         defer { session = nil }
+        (sink as? LibfuseSink)?.session = se
+        defer { (sink as? LibfuseSink)?.session = nil }
         onMounted()
         // No worker ever waits for a driver (pending writes and ioctls no longer
         // hold the request's memory), so libfuse's default worker limits serve.

@@ -7,6 +7,7 @@
 // deinit answers EIO (and logs) if a code path drops it unanswered.
 
 import CFuse
+import Dispatch
 import Glibc
 
 /// A FUSE request (fuse_req_t), as the sink sees it.
@@ -32,6 +33,10 @@ public protocol ReplySink: AnyObject, Sendable {
     func destroyPollHandle(_ handle: OpaquePointer)
     /// A reply that was dropped unanswered (answered EIO) is reported here.
     func dropped(_ req: FuseRequestHandle, _ what: String)
+    /// Tells the kernel that `name` in directory `parent` changed (appeared or went
+    /// away), and that the directory's listing did. Not called from inside a request
+    /// on that directory.
+    func invalidateEntry(parent: UInt64, name: String)
 }
 
 /// The obligation to answer one FUSE request exactly once.
@@ -86,7 +91,20 @@ public struct FuseReply: ~Copyable {
 /// The real sink: libfuse's reply calls.
 final class LibfuseSink: ReplySink, @unchecked Sendable {
     let log: @Sendable (String) -> Void
+    /// The session while mounted (for notifications).
+    nonisolated(unsafe) var session: OpaquePointer?
+    /// Notifications leave on their own thread: the kernel may hold the directory's
+    /// lock while it waits for a request this daemon is answering.
+    let notifications = DispatchQueue(label: "wdmfs.notify")
     init(log: @escaping @Sendable (String) -> Void) { self.log = log }
+
+    func invalidateEntry(parent: UInt64, name: String) {
+        notifications.async { [self] in
+            guard let se = session else { return }
+            _ = name.withCString { fuse_lowlevel_notify_inval_entry(se, parent, $0, strlen($0)) }
+            _ = fuse_lowlevel_notify_inval_inode(se, parent, 0, 0)
+        }
+    }
 
     func replyError(_ req: FuseRequestHandle, _ errno: Int32) { fuse_reply_err(req, errno) }
     func replyData(_ req: FuseRequestHandle, _ data: UnsafeRawPointer?, _ count: Int) {

@@ -20,7 +20,7 @@ final class FakeSink: ReplySink, @unchecked Sendable {
     enum Reply: Equatable {
         case error(Int32), data([UInt8]), written(Int), ioctl([UInt8]), open, poll(UInt32), attr(stat_size: Int, mode: UInt32), entry
     }
-    private let state = Mutex<(replies: [Int: [Reply]], armed: [Int: PendingFuseRequest], dropped: Int)>(([:], [:], 0))
+    private let state = Mutex<(replies: [Int: [Reply]], armed: [Int: PendingFuseRequest], dropped: Int, invalidated: [String])>(([:], [:], 0, []))
     private let arrived = DispatchSemaphore(value: 0)
 
     static func id(_ req: FuseRequestHandle) -> Int { Int(bitPattern: UnsafeRawPointer(req)) }
@@ -50,6 +50,8 @@ final class FakeSink: ReplySink, @unchecked Sendable {
     func notifyPoll(_ handle: OpaquePointer) {}
     func destroyPollHandle(_ handle: OpaquePointer) {}
     func dropped(_ req: FuseRequestHandle, _ what: String) { state.withLock { $0.dropped += 1 } }
+    func invalidateEntry(parent: UInt64, name: String) { state.withLock { $0.invalidated.append(name) } }
+    var invalidated: [String] { state.withLock { $0.invalidated } }
 
     func replies(_ req: Int) -> [Reply] { state.withLock { $0.replies[req] ?? [] } }
     func armed(_ req: Int) -> PendingFuseRequest? { state.withLock { $0.armed[req] } }
@@ -103,7 +105,7 @@ final class Rig {
     }
 
     func ino(_ name: String) -> fuse_ino_t {
-        fuse_ino_t(bridge.nodes.firstIndex { $0.name == name }! + 1)
+        bridge.inode(of: name)!
     }
 
     func open(_ name: String, flags: Int32 = O_RDWR) -> UnsafeMutablePointer<fuse_file_info> {

@@ -508,3 +508,30 @@ def test_a_bad_tree_file_is_refused_before_anything_is_mounted(tmp_path):
         assert run_wdmfs("tree", "--check", str(good)).returncode == 0
     finally:
         os.rmdir(mp)
+
+
+def test_a_toaster_plugged_in_appears_and_unplugged_gives_its_reader_enodev(tree):
+    bus = tree.dev("toaster-bus")
+    r = run_wdmfs("plug", bus, "3")
+    assert r.returncode == 0 and r.stdout.strip() == "toaster3", r.stderr
+    assert "toaster3" in os.listdir(tree.path)
+    fd = os.open(tree.dev("toaster3"), os.O_RDWR)
+    try:
+        os.write(fd, b"bread")
+        assert os.pread(fd, 100, 0) == b"toaster3: 1 slices toasted\n"
+        assert run_wdmfs("unplug", bus, "3").returncode == 0
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 100, 0)
+        assert e.value.errno == errno.ENODEV
+    finally:
+        os.close(fd)
+    assert wait_for(lambda: "toaster3" not in os.listdir(tree.path))
+    with pytest.raises(FileNotFoundError):
+        os.open(tree.dev("toaster3"), os.O_RDONLY)
+    r = run_wdmfs("unplug", bus, "3")
+    assert r.returncode == 1 and "STATUS_NO_SUCH_DEVICE" in r.stderr
+    # Plugged in again, it is a new file.
+    assert run_wdmfs("plug", bus, "3").returncode == 0
+    assert "toaster3" in os.listdir(tree.path)
+    assert run_wdmfs("unplug", bus, "0").returncode == 0
+    assert wait_for(lambda: "toaster3" not in os.listdir(tree.path))

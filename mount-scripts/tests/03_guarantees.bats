@@ -57,3 +57,21 @@ stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
     assert_output --partial "not empty"
     rm -r "$dir"
 }
+
+@test "a toaster is plugged in, used and unplugged with cat, dd and wdmfs" {
+    mount_tree
+    run "$WDMFS" plug "$MP/toaster-bus" 1
+    assert_success
+    assert_output "toaster1"
+    [ -e "$MP/toaster1" ]
+    printf 'bread' | dd of="$MP/toaster1" conv=notrunc status=none
+    run cat "$MP/toaster1"
+    assert_output "toaster1: 1 slices toasted"
+    run "$WDMFS" unplug "$MP/toaster-bus" 1
+    assert_success
+    for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e "$MP/toaster1" ] || break; sleep 0.1; done
+    [ ! -e "$MP/toaster1" ]
+    run "$WDMFS" unplug "$MP/toaster-bus" 1
+    assert_failure 1
+    assert_output --partial "STATUS_NO_SUCH_DEVICE"
+}

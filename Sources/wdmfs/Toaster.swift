@@ -1,0 +1,102 @@
+// `wdmfs plug`, `unplug`, `eject`: what the toaster sample's enum program does,
+// through the envelope to the toaster bus's device file.
+
+import ArgumentParser
+import Foundation
+import WDM
+import WDMClient
+
+/// The toaster bus IOCTLs and their buffers (the sample's layout).
+enum BusRequest {
+    static let plugIn: UInt32 = 0x002A_4000, unplug: UInt32 = 0x002A_4004, eject: UInt32 = 0x002A_4008
+    static let toasterID = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster"
+
+    /// BUSENUM_PLUGIN_HARDWARE { ULONG Size = 8; ULONG SerialNo; WCHAR HardwareIDs[] (double-NUL) }
+    static func plugIn(serial: UInt32, ids: [String]) -> [UInt8] {
+        var b = le(8) + le(serial)
+        for id in ids {
+            for u in id.utf16 { b += [UInt8(u & 0xFF), UInt8(u >> 8)] }
+            b += [0, 0]
+        }
+        return b + [0, 0]
+    }
+
+    /// BUSENUM_UNPLUG_HARDWARE / BUSENUM_EJECT_HARDWARE { ULONG Size = 16; ULONG SerialNo; ULONG Reserved[2] }
+    static func unplug(serial: UInt32) -> [UInt8] { le(16) + le(serial) + [UInt8](repeating: 0, count: 8) }
+
+    static func le(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+
+    /// Sends one request to the bus device file; exits 1 with the status's name when it fails.
+    static func send(bus: String, code: UInt32, input: [UInt8], what: String) throws {
+        let fd: Int32
+        do { fd = try DeviceFile.open(bus, readOnly: true) } catch {
+            let reason: String
+            if case .system(let e) = error { reason = DeviceFile.describe(e) } else { reason = "\(error)" }
+            fail("\(bus): \(reason)")
+        }
+        defer { DeviceFile.close(fd) }
+        let result: (status: NTStatus, information: UInt64, output: [UInt8])
+        do { result = try IoctlEnvelope.call(fd: fd, code: code, input: input, outputLength: 0) } catch {
+            fail("ioctl on \(bus): \(error)")
+        }
+        guard result.status.isSuccess else {
+            FileHandle.standardError.write(Data("wdmfs: \(what) failed: \(result.status) (0x\(String(result.status.rawValue, radix: 16, uppercase: true)))\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Plug: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Plug a toaster into the toaster bus (IOCTL_BUSENUM_PLUGIN_HARDWARE).",
+        discussion: """
+            Its device file (toasterSERIAL) appears under the mount once the PnP
+            manager has started it.
+            Example:
+              wdmfs plug /mnt/wdm/toaster-bus 1 && cat /mnt/wdm/toaster1
+            """)
+    @Argument(help: "The toaster bus's device file.") var bus: String
+    @Argument(help: "The serial number (1 or more).") var serial: UInt32
+    @Option(help: "A hardware ID (repeat for several; default the toaster's).") var hardwareId: [String] = []
+
+    func run() throws {
+        try BusRequest.send(bus: bus, code: BusRequest.plugIn,
+                            input: BusRequest.plugIn(serial: serial, ids: hardwareId.isEmpty ? [BusRequest.toasterID] : hardwareId),
+                            what: "plugging in toaster \(serial)")
+        // The PnP manager starts it on its own thread; wait (briefly) for the file.
+        let dir = (bus as NSString).deletingLastPathComponent
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: dir + "/toaster\(serial)") { usleep(10_000) }
+        print("toaster\(serial)")
+    }
+}
+
+struct Unplug: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Unplug a toaster (IOCTL_BUSENUM_UNPLUG_HARDWARE); serial 0 unplugs them all.",
+        discussion: """
+            Open handles on it get ENODEV from then on; it is removed when the last closes.
+            Example:
+              wdmfs unplug /mnt/wdm/toaster-bus 1
+            """)
+    @Argument(help: "The toaster bus's device file.") var bus: String
+    @Argument(help: "The serial number, or 0 for all.") var serial: UInt32
+
+    func run() throws {
+        try BusRequest.send(bus: bus, code: BusRequest.unplug, input: BusRequest.unplug(serial: serial), what: "unplugging toaster \(serial)")
+    }
+}
+
+struct Eject: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Eject a toaster (IOCTL_BUSENUM_EJECT_HARDWARE); serial 0 ejects them all.",
+        discussion: """
+            Example:
+              wdmfs eject /mnt/wdm/toaster-bus 1
+            """)
+    @Argument(help: "The toaster bus's device file.") var bus: String
+    @Argument(help: "The serial number, or 0 for all.") var serial: UInt32
+
+    func run() throws {
+        try BusRequest.send(bus: bus, code: BusRequest.eject, input: BusRequest.unplug(serial: serial), what: "ejecting toaster \(serial)")
+    }
+}

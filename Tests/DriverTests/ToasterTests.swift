@@ -1,0 +1,106 @@
+// The toaster bus: plugging in makes a device node, a stack and a file appear;
+// unplugging surprise-removes it (open handles get STATUS_DELETE_PENDING) and
+// REMOVE_DEVICE follows when the last handle closes; bad requests fail as the
+// WDM sample fails them.
+
+import DefaultTree
+import Foundation
+import Testing
+import ToasterDrivers
+import WDM
+
+/// BUSENUM_PLUGIN_HARDWARE: Size 8, SerialNo, UTF-16LE multi-string.
+func plugInBuffer(serial: UInt32, ids: [String] = [ToasterBus.toasterHardwareID], size: UInt32 = 8) -> [UInt8] {
+    var b: [UInt8] = []
+    b += withUnsafeBytes(of: size.littleEndian, Array.init)
+    b += withUnsafeBytes(of: serial.littleEndian, Array.init)
+    for id in ids {
+        for u in id.utf16 { b += [UInt8(u & 0xFF), UInt8(u >> 8)] }
+        b += [0, 0]
+    }
+    b += [0, 0]
+    return b
+}
+
+/// BUSENUM_UNPLUG_HARDWARE / EJECT: Size 16, SerialNo, Reserved[2].
+func unplugBuffer(serial: UInt32) -> [UInt8] {
+    withUnsafeBytes(of: UInt32(16).littleEndian, Array.init) + withUnsafeBytes(of: serial.littleEndian, Array.init) + [UInt8](repeating: 0, count: 8)
+}
+
+@Suite struct ToasterTests {
+    func tree() throws -> (IOManager, EmbeddedHost, FileObject) {
+        let io = IOManager()
+        try DefaultTree.build(into: io, options: .init(ramdiskSize: 1 << 20))
+        let host = EmbeddedHost(io)
+        return (io, host, try host.open("toaster-bus", access: .readData))
+    }
+
+    @Test func plugginInAToasterMakesItsDeviceAndUnpluggingRemovesIt() throws {
+        let (io, host, bus) = try tree()
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 1)).status == .success)
+        io.waitForPnP()
+        #expect(io.symbolicLinks.contains("toaster1"))
+        let node = try #require(io.deviceNodes.first { $0.instanceName == "toaster-bus" }?.children.first)
+        #expect(node.state == .started && node.hardwareIDs == [ToasterBus.toasterHardwareID])
+        let t = try host.open("toaster1")
+        _ = host.write(t, [1])
+        #expect(String(decoding: host.read(t, count: 100).data, as: UTF8.self) == "toaster1: 1 slices toasted\n")
+        // Unplugged while open: new I/O fails, and the stack waits for the handle to close.
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: 1)).status == .success)
+        io.waitForPnP()
+        #expect(node.state == .surpriseRemoved)
+        #expect(host.read(t, count: 10).status == .deletePending)
+        #expect(!io.symbolicLinks.contains("toaster1") || node.state == .surpriseRemoved)
+        host.close(t)
+        io.waitForPnP()
+        #expect(node.state == .removed)
+        #expect(!io.symbolicLinks.contains("toaster1"))
+        #expect(throws: NTStatus.noSuchDevice) { try host.open("toaster1") }
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
+
+    @Test func theSamplesBadRequestsFailAsItFailsThem() throws {
+        let (io, host, bus) = try tree()
+        // Unplugging with no children: STATUS_NO_SUCH_DEVICE (the WDM sample).
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: 0)).status == .noSuchDevice)
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 5)).status == .success)
+        io.waitForPnP()
+        // A serial in use, a bad Size, a malformed multi-string, an unknown serial.
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 5)).status == .invalidParameter)
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 6, size: 12)).status == .invalidParameter)
+        var bad = plugInBuffer(serial: 7)
+        bad.removeLast(2)  // not double-NUL terminated
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: bad).status == .invalidParameter)
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: 9)).status == .invalidParameter)
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: Array(unplugBuffer(serial: 5).prefix(12))).status == .invalidParameter)
+        // The bus is exclusive.
+        #expect(throws: NTStatus.accessDenied) { try host.open("toaster-bus", access: .readData) }
+        // Serial 0 unplugs every toaster; a surprise-removed serial may be plugged in again.
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: 0)).status == .success)
+        io.waitForPnP()
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 5)).status == .success)
+        io.waitForPnP()
+        #expect(io.symbolicLinks.contains("toaster5"))
+    }
+
+    @Test func aThousandToastersPlugAndUnplugWithNothingLeft() throws {
+        let (io, host, bus) = try tree()
+        let drivers = io.loadedDrivers.count
+        for i in 1...1000 {
+            #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: UInt32(i))).status == .success)
+            io.waitForPnP()
+            let t = try host.open("toaster\(i)")
+            _ = host.read(t, count: 10)
+            host.close(t)
+            #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: UInt32(i))).status == .success)
+            io.waitForPnP()
+        }
+        let busNode = try #require(io.deviceNodes.first { $0.instanceName == "toaster-bus" })
+        #expect(busNode.children.isEmpty)
+        #expect(!io.symbolicLinks.contains { $0.hasPrefix("toaster") && $0 != "toaster-bus" })
+        let toaster = try #require(io.loadedDrivers.first { $0.name == "\\Driver\\Toaster" })
+        #expect(toaster.deviceObjects.isEmpty)
+        #expect(io.loadedDrivers.first { $0.name == "\\Driver\\ToasterBus" }?.deviceObjects.count == 1)  // the bus FDO only
+        #expect(io.loadedDrivers.count == drivers + 1)  // Toaster, loaded once
+    }
+}
