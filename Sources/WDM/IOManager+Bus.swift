@@ -69,6 +69,7 @@ extension IOManager {
             return
         }
         node.state = .started
+        announceLinks(of: pdo)
         _ = sendPnP(.queryCapabilities, to: pdo.topOfStack)
         _ = sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
         _ = sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }
@@ -86,6 +87,7 @@ extension IOManager {
         }
         node.state = .surpriseRemoved
         node.missing = true
+        announceLinks(of: pdo)
         var d: DeviceObject? = pdo
         while let device = d {
             device.gone.store(true, ordering: .relaxed)

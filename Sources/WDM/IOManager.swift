@@ -229,6 +229,25 @@ public final class IOManager: @unchecked Sendable {
     /// The symbolic link names, in creation order.
     public var symbolicLinks: [String] { links.withLock { $0.map(\.name) } }
 
+    /// Whether a symbolic link names a device that is there for users: its node is
+    /// started (a device's files appear when it starts and go when it is removed or
+    /// surprise-removed, as a device interface is enabled at START and disabled then).
+    public func isPresent(_ link: String) -> Bool {
+        guard let d = device(forLink: link), !d.deleted else { return false }
+        guard let node = d.deviceNode else { return true }
+        return node.state == .started
+    }
+
+    /// Tells the namespace observer about every link of the stack `pdo` is at the bottom of.
+    func announceLinks(of pdo: DeviceObject) {
+        guard let observer = namespaceObserver else { return }
+        var stack: [ObjectIdentifier] = []
+        var d: DeviceObject? = pdo
+        while let x = d { stack.append(ObjectIdentifier(x)); d = x.attachedDevice }
+        let names = links.withLock { $0.filter { stack.contains(ObjectIdentifier($0.device)) }.map(\.name) }
+        for n in names { observer(n) }
+    }
+
     /// The device a symbolic link names.
     public func device(forLink name: String) -> DeviceObject? {
         links.withLock { l in l.first { $0.name == name }?.device }
@@ -287,6 +306,7 @@ public final class IOManager: @unchecked Sendable {
             return pdo
         }
         node.state = .started
+        announceLinks(of: pdo)
         _ = sendPnP(.queryCapabilities, to: pdo.topOfStack)
         _ = sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
         _ = sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }

@@ -79,7 +79,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// The inode of a device file that exists now (assigned on first sight).
     func inode(of name: String) -> fuse_ino_t? {
         if name == ".stats" { return 2 }
-        guard io.device(forLink: name) != nil else { return nil }
+        guard io.isPresent(name) else { return nil }
         return inodes.withLock { t in
             if let ino = t.byName[name] { return ino }
             let ino = t.next
@@ -93,7 +93,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// A symbolic link was created or deleted: forget a name that went away, and
     /// tell the kernel to drop what it cached for the name and the root's listing.
     func namespaceChanged(_ name: String) {
-        if io.device(forLink: name) == nil {
+        if !io.isPresent(name) {
             inodes.withLock { t in
                 if let ino = t.byName.removeValue(forKey: name) { t.byInode[ino] = nil }
             }
@@ -132,7 +132,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case 1: return .root
         case 2: return .stats
         default:
-            guard let name = inodes.withLock({ $0.byInode[ino] }), io.device(forLink: name) != nil else { return nil }
+            guard let name = inodes.withLock({ $0.byInode[ino] }), io.isPresent(name) else { return nil }
             return .device(name)
         }
     }

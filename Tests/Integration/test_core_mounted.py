@@ -535,3 +535,45 @@ def test_a_toaster_plugged_in_appears_and_unplugged_gives_its_reader_enodev(tree
     assert "toaster3" in os.listdir(tree.path)
     assert run_wdmfs("unplug", bus, "0").returncode == 0
     assert wait_for(lambda: "toaster3" not in os.listdir(tree.path))
+
+
+def daemon_pid(m):
+    return int(subprocess.run(["pgrep", "-f", f"mount {m.path} --foreground"], capture_output=True, text=True).stdout.split()[0])
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def test_a_thousand_toasters_plugged_and_unplugged_leave_nothing_behind(tree):
+    """1,000 plug / open / read / close / unplug cycles through the mount: the names
+    come and go, and the daemon's memory and descriptors end where they were."""
+    import struct
+    bus = os.open(tree.dev("toaster-bus"), os.O_RDONLY)
+    pid = daemon_pid(tree)
+    ids = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster".encode("utf-16-le") + b"\0\0\0\0"
+
+    def cycle(serial):
+        assert env.call(bus, 0x002A4000, struct.pack("<II", 8, serial) + ids)[0] == env.STATUS_SUCCESS
+        path = tree.dev(f"toaster{serial}")
+        assert wait_for(lambda: os.path.exists(path))
+        fd = os.open(path, os.O_RDONLY)
+        assert os.read(fd, 100).startswith(b"toaster")
+        os.close(fd)
+        assert env.call(bus, 0x002A4004, struct.pack("<IIII", 16, serial, 0, 0))[0] == env.STATUS_SUCCESS
+
+    try:
+        for i in range(1, 51):  # warm up pools and caches
+            cycle(i)
+        rss_before, fds_before = rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
+        for i in range(51, 1051):
+            cycle(i)
+        assert wait_for(lambda: not any(n.startswith("toaster") and n != "toaster-bus" for n in os.listdir(tree.path)))
+        rss_after, fds_after = rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
+    finally:
+        os.close(bus)
+    print(f"daemon RSS {rss_before} KiB -> {rss_after} KiB over 1000 cycles; fds {fds_before} -> {fds_after}")
+    assert fds_after == fds_before
+    assert rss_after - rss_before < 4096  # no per-toaster leak (1,000 leaked stacks would be far more)
+    assert tree.stats()["verifier_violations"] == 0
