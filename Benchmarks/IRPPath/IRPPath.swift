@@ -35,6 +35,7 @@ enum CompletionFilter {
             return device.callLower(irp)
         }
         driver.majorFunction[.pnp] = PnP.filterDispatch
+        driver.majorFunction[.power] = Power.filterDispatch
         return .success
     }
 }

@@ -91,6 +91,7 @@ public enum EchoDriver {
         }
         driver.majorFunction.succeed([.create, .close, .flushBuffers])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = read
         driver.majorFunction[.write] = write
         driver.majorFunction[.cleanup] = { device, irp in

@@ -68,6 +68,7 @@ public enum IoctlDemoDriver {
         }
         driver.majorFunction.succeed([.create, .close])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.cleanup] = { device, irp in
             if let file = irp.fileObject { device.deviceExtension(as: Extension.self).waiters.cancelAll(for: file) }
             irp.complete(.success)

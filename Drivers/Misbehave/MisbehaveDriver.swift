@@ -44,6 +44,7 @@ public enum MisbehaveDriver {
         driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension()) }
         driver.majorFunction.succeed([.create, .cleanup, .close])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { _, irp in
             // Completes, then keeps writing into the buffer it was given (checked mode sees it).
             let buffer = irp.transferBuffer
@@ -114,6 +115,7 @@ public enum LazyFilter {
             return device.callLower(irp)
         }
         driver.majorFunction[.pnp] = PnP.filterDispatch
+        driver.majorFunction[.power] = Power.filterDispatch
         return .success
     }
 }

@@ -11,6 +11,7 @@ public enum NullDriver {
         driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.null) }
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { _, irp in
             irp.complete(.endOfFile)
             return .endOfFile

@@ -39,6 +39,7 @@ public enum PassThroughFilter {
             return device.callLower(irp)
         }
         driver.majorFunction[.pnp] = PnP.filterDispatch
+        driver.majorFunction[.power] = Power.filterDispatch
         return .success
     }
 }

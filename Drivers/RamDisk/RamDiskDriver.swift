@@ -27,6 +27,7 @@ public enum RamDiskDriver {
         driver.addDevice = addDevice
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = read
         driver.majorFunction[.write] = write
         driver.majorFunction[.deviceControl] = deviceControl

@@ -74,6 +74,10 @@ public enum ToasterBus {
             irp.complete(status)
             return status
         }
+        driver.majorFunction[.power] = { device, irp in
+            guard device.deviceExtension is Bus else { return childDispatch(device, irp) }
+            return Power.functionDispatch(device, irp)
+        }
         driver.majorFunction[.pnp] = { device, irp in
             guard let bus = device.deviceExtension as? Bus else { return childDispatch(device, irp) }
             switch irp.pnpMinor {
@@ -164,6 +168,7 @@ public enum ToasterBus {
     /// A child PDO: answers what a PDO must.
     static func childDispatch(_ device: DeviceObject, _ irp: IRP) -> NTStatus {
         let child = device.deviceExtension as! Child
+        if irp.majorFunction == .power { return Power.pdoDispatch(device, irp) }
         guard irp.majorFunction == .pnp else {
             // Below the toaster's function device nothing else is there to do.
             irp.complete(.invalidDeviceRequest)
@@ -226,6 +231,7 @@ public enum ToasterDriver {
         }
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { device, irp in
             let text = Array("\(device.deviceNode?.instanceName ?? "toaster"): \(device.deviceExtension(as: Toaster.self).toasts.load(ordering: .relaxed)) slices toasted\n".utf8)
             let buffer = irp.transferBuffer

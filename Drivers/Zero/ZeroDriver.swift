@@ -13,6 +13,7 @@ public enum ZeroDriver {
         }
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { _, irp in
             let buffer = irp.transferBuffer
             if let base = buffer.baseAddress { base.initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count) }

@@ -68,6 +68,12 @@ public final class DeviceObject: @unchecked Sendable {
         set { sizeWord.store(newValue ?? -1, ordering: .relaxed) }
     }
     private let sizeWord = Atomic<Int64>(-1)
+    /// `DEVICE_POWER_STATE` (see `powerState`).
+    let powerStateWord = Atomic<UInt32>(DevicePowerState.d0.rawValue)
+    /// On the top of a stack: its power policy owner is not in D0, so I/O waits.
+    let asleep = Atomic<Bool>(false)
+    /// On the top of a stack: the requests waiting for D0.
+    let powerQueue = PowerQueue()
     /// Set on every device of a stack whose device is gone (surprise removal).
     public let gone = Atomic<Bool>(false)
     /// Open handles on the stack this device tops (counted at CREATE and CLOSE).
@@ -134,6 +140,8 @@ public final class DeviceNode: @unchecked Sendable {
     public internal(set) var children: [DeviceNode] = []
     /// True once the bus stopped reporting the device.
     public internal(set) var missing = false
+    /// What QUERY_CAPABILITIES answered (DeviceState[] maps system to device power states).
+    public internal(set) var capabilities = DeviceCapabilities()
     /// The node's PDO while it exists (the bus driver owns it).
     public private(set) weak var pdo: DeviceObject?
 

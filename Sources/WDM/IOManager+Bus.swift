@@ -43,11 +43,12 @@ extension IOManager {
             let (status, q) = sendPnP(.queryId, to: pdo) { $0.idType = type }
             ids[type] = status.isSuccess ? (q.ids ?? []) : []
         }
-        _ = sendPnP(.queryCapabilities, to: pdo)
+        let capabilities = sendPnP(.queryCapabilities, to: pdo).1.capabilities
         let instance = ids[.instanceID]?.first ?? "child"
         let node = DeviceNode(instanceName: instance, hardwareIDs: ids[.hardwareIDs] ?? [], compatibleIDs: ids[.compatibleIDs] ?? [],
                               parameters: [:], pdo: pdo)
         node.parent = parent
+        node.capabilities = capabilities
         pdo.deviceNode = node
         parent.children.append(node)
         guard let driver = driverMatcher?(node.hardwareIDs, node.compatibleIDs), let add = driver.addDevice else {

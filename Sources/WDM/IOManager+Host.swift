@@ -96,6 +96,9 @@ extension IOManager {
         if let refused = prepare(irp, request, file) {
             return refuse(irp, refused)
         }
+        if anyAsleep.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.asleep.load(ordering: .acquiring) {
+            return parkUntilPowered(irp, top)
+        }
         return submit(irp)
     }
 

@@ -46,6 +46,12 @@ public final class IOManager: @unchecked Sendable {
     /// The PnP manager's own thread: enumeration and removal run here, in order.
     let pnpQueue = DispatchQueue(label: "wdmfs.pnp")
 
+    /// Some stack is not in D0 (so `send` looks at the one it sends to).
+    let anyAsleep = Atomic<Bool>(false)
+    let systemPower = Mutex(SystemPowerState.working)
+    /// Told "node Sx Dy" as each stack moves between power states (filters' logs, tests).
+    public nonisolated(unsafe) var powerLog: (@Sendable (String) -> Void)?
+
     let counters = IOCounters()
     let pool = IRPPool()
     private let links = Mutex<[(name: String, device: DeviceObject)]>([])
@@ -276,7 +282,7 @@ public final class IOManager: @unchecked Sendable {
         for type in [BusQueryIdType.deviceID, .instanceID, .hardwareIDs, .compatibleIDs] {
             _ = sendPnP(.queryId, to: pdo) { $0.idType = type }
         }
-        _ = sendPnP(.queryCapabilities, to: pdo)
+        node.capabilities = sendPnP(.queryCapabilities, to: pdo).1.capabilities
         let filters = Set((lowerFilters + upperFilters).map(ObjectIdentifier.init))
         for driver in lowerFilters + [functionDriver] + upperFilters {
             guard let add = driver.addDevice else { throw NTStatus.invalidDeviceRequest }
@@ -390,6 +396,7 @@ public final class IOManager: @unchecked Sendable {
             irp.complete(.invalidDeviceRequest)
             return .invalidDeviceRequest
         }
+        bus.majorFunction[.power] = Power.pdoDispatch
         bus.majorFunction[.pnp] = { device, irp in
             let node = device.deviceNode
             var status = irp.ioStatus.status

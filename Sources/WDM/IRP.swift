@@ -346,6 +346,8 @@ public final class IRPPacket: @unchecked Sendable {
     }
     /// An IRP_MJ_PNP IRP's parameters and answers.
     @exclusivity(unchecked) var pnp: PnPRequest?
+    /// An IRP_MJ_POWER IRP's parameters.
+    @exclusivity(unchecked) var power: PowerRequest?
     /// The next free packet of the same size (the pool's list).
     @exclusivity(unchecked) var nextFree: Unmanaged<IRPPacket>?
     /// A completion that arrived while the completion walk was still running.
@@ -428,6 +430,7 @@ public final class IRPPacket: @unchecked Sendable {
         targetDevice = nil
         if file != nil { file = nil }
         if pnp != nil { pnp = nil }
+        if power != nil { power = nil }
         hostBuffer = nil
         borrowed = false
         borrowedCount = 0

@@ -22,6 +22,7 @@ func buildStack(
     let fdoDriver = try io.loadDriver(name: "TestFunction") { d in
         d.majorFunction.succeed([.create, .cleanup, .close])
         d.majorFunction[.pnp] = PnP.functionDispatch()
+        d.majorFunction[.power] = Power.functionDispatch
         for (m, r) in routines { d.majorFunction[m] = r }
         d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: flags) }
         return .success
@@ -34,6 +35,7 @@ func buildStack(
                 return device.callLower(irp)
             }
             d.majorFunction[.pnp] = PnP.filterDispatch
+            d.majorFunction[.power] = Power.filterDispatch
             for (m, r) in f { d.majorFunction[m] = r }
             d.addDevice = { d, pdo in
                 d.createFilterDevice(for: pdo)

@@ -1,0 +1,256 @@
+// Power: system and device power states, IRP_MJ_POWER, the power policy
+// owner's work (a system SET_POWER becomes a device SET_POWER for the state
+// the device's capabilities map it to, and the system IRP completes when the
+// device IRP did), and I/O that waits while its device is not in D0.
+
+import Dispatch
+import Synchronization
+
+/// `SYSTEM_POWER_STATE`.
+public enum SystemPowerState: UInt32, Sendable, CaseIterable, CustomStringConvertible {
+    case working = 1, sleeping1 = 2, sleeping2 = 3, sleeping3 = 4, hibernate = 5, shutdown = 6
+    /// `S0` ... `S5`.
+    public var description: String { "S\(rawValue - 1)" }
+    /// Parses `S0` ... `S5`.
+    public init?(name: String) {
+        guard name.count == 2, name.uppercased().hasPrefix("S"), let n = UInt32(name.dropFirst()), n <= 5 else { return nil }
+        self.init(rawValue: n + 1)
+    }
+}
+
+/// `DEVICE_POWER_STATE`.
+public enum DevicePowerState: UInt32, Sendable, CustomStringConvertible {
+    case d0 = 1, d1 = 2, d2 = 3, d3 = 4
+    public var description: String { "D\(rawValue - 1)" }
+}
+
+/// `IRP_MN_*` for IRP_MJ_POWER.
+public enum PowerMinor: UInt8, Sendable {
+    case waitWake = 0x00, powerSequence = 0x01, setPower = 0x02, queryPower = 0x03
+}
+
+/// What a power IRP asks (`Parameters.Power`): a system or a device state.
+public final class PowerRequest: @unchecked Sendable {
+    public enum Target: Sendable, Equatable {
+        case system(SystemPowerState)
+        case device(DevicePowerState)
+    }
+    public let target: Target
+    init(_ target: Target) { self.target = target }
+}
+
+extension IRP {
+    /// An IRP_MJ_POWER IRP's parameters (nil for others).
+    public var power: PowerRequest? { packet.power }
+    /// The current location's minor function as a power minor.
+    public var powerMinor: PowerMinor? { PowerMinor(rawValue: minorFunction) }
+}
+
+/// The power dispatch routines drivers use.
+public enum Power {
+    /// A function driver's IRP_MJ_POWER, as the device's power policy owner:
+    /// system SET_POWER goes down, then (in a completion routine) the driver
+    /// requests the device SET_POWER for DeviceState[S] and completes the system
+    /// IRP when that one is done. Device SET_POWER: going down, the driver records
+    /// the new state before passing it on; going up, after the lower drivers
+    /// finished (the bus powers up first). QUERY_POWER and the rest go down.
+    public static let functionDispatch: DispatchRoutine = { device, irp in
+        let io = device.driverObject.ioManager
+        switch (irp.powerMinor, irp.power?.target) {
+        case (.setPower?, .system(let s)?):
+            irp.copyCurrentStackLocationToNext()
+            irp.setCompletionRoutine { device, irp, _ in
+                guard let device, irp.ioStatus.status.isSuccess else { return .success }
+                let mapped = device.capabilities.deviceState[Int(s.rawValue - 1)]
+                let d = DevicePowerState(rawValue: UInt32(mapped)) ?? .d3
+                // PoRequestPowerIrp: the device IRP for the mapped state; its
+                // completion completes the system IRP.
+                io.requestDevicePower(device, d) { status in
+                    irp.complete(status)
+                }
+                return .moreProcessingRequired
+            }
+            irp.markPending()
+            _ = device.callLower(irp)
+            return .pending
+        case (.setPower?, .device(let d)?):
+            if d.rawValue > DevicePowerState.d0.rawValue {
+                io.setPowerState(device, d)
+                irp.ioStatus.status = .success
+                irp.skipCurrentStackLocation()
+                return device.callLower(irp)
+            }
+            var status = PnP.forwardAndWait(device, irp)
+            if status == .notSupported { status = .success }
+            if status.isSuccess { io.setPowerState(device, d) }
+            irp.complete(status)
+            return status
+        default:
+            if irp.powerMinor == .queryPower { irp.ioStatus.status = .success }
+            irp.skipCurrentStackLocation()
+            return device.callLower(irp)
+        }
+    }
+
+    /// A filter's IRP_MJ_POWER: passed down untouched.
+    public static let filterDispatch: DispatchRoutine = { device, irp in
+        irp.skipCurrentStackLocation()
+        return device.callLower(irp)
+    }
+
+    /// A PDO's IRP_MJ_POWER: the bus says yes, and records a device state.
+    public static let pdoDispatch: DispatchRoutine = { device, irp in
+        if irp.powerMinor == .setPower, case .device(let d)? = irp.power?.target {
+            device.driverObject.ioManager.setPowerState(device, d)
+        }
+        let status: NTStatus = irp.powerMinor == .setPower || irp.powerMinor == .queryPower ? .success : irp.ioStatus.status
+        irp.complete(status)
+        return status
+    }
+}
+
+extension IOManager {
+    /// The system power state.
+    public var systemPowerState: SystemPowerState { systemPower.withLock { $0 } }
+
+    /// Moves the system to `state`: QUERY_POWER then SET_POWER (system) down every
+    /// stack, children before parents when going to sleep, parents before children
+    /// when waking. Each stack's power policy owner turns it into a device IRP.
+    /// Returns the status of the first stack that refused.
+    @discardableResult
+    public func setSystemPower(_ state: SystemPowerState) -> NTStatus {
+        var order: [DeviceNode] = []
+        func walk(_ n: DeviceNode) {
+            order.append(n)
+            for c in n.children where c.state == .started { walk(c) }
+        }
+        for n in deviceNodes where n.state == .started { walk(n) }
+        let sleeping = state != .working
+        if sleeping { order.reverse() }
+        for node in order {
+            guard let pdo = node.pdo else { continue }
+            if sleeping {
+                let (q, _) = sendPower(.queryPower, .system(state), to: pdo.topOfStack)
+                if !q.isSuccess && q != .notSupported { return q }
+            }
+        }
+        for node in order {
+            guard let pdo = node.pdo else { continue }
+            _ = sendPower(.setPower, .system(state), to: pdo.topOfStack)
+            powerLog?("\(node.instanceName) \(state) \(pdo.topOfStack.powerState)")
+        }
+        systemPower.withLock { $0 = state }
+        return .success
+    }
+
+    /// `PoRequestPowerIrp(device, IRP_MN_SET_POWER, D)`: a device IRP sent to the
+    /// top of `device`'s stack; `done` runs with its status when it completes.
+    public func requestDevicePower(_ device: DeviceObject, _ state: DevicePowerState, done: @escaping @Sendable (NTStatus) -> Void) {
+        let top = device.topOfStack
+        DispatchQueue.global().async { [self] in
+            let (status, _) = sendPower(.setPower, .device(state), to: top)
+            done(status)
+        }
+    }
+
+    func sendPower(_ minor: PowerMinor, _ target: PowerRequest.Target, to device: DeviceObject) -> (NTStatus, Bool) {
+        let irp = allocateIrp(stackSize: device.stackSize)
+        let p = irp.packet
+        p.targetDevice = device
+        p.power = PowerRequest(target)
+        p.ioStatus = IOStatusBlock(status: .notSupported)
+        p.locations[p.currentLocation - 2].majorFunction = .power
+        p.locations[p.currentLocation - 2].minorFunction = minor.rawValue
+        let (status, completed) = callSynchronously(irp)
+        if completed { freeIrp(irp) }
+        return (status, completed)
+    }
+
+    /// Records a device's power state. The power policy owner's state decides
+    /// whether I/O to the stack waits: not in D0, new requests wait (and can still
+    /// be cancelled); back in D0, they go down in the order they came.
+    public func setPowerState(_ device: DeviceObject, _ state: DevicePowerState) {
+        device.powerStateWord.store(state.rawValue, ordering: .releasing)
+        guard device.deviceNode?.pdo !== device else { return }  // the bus's PDO: recorded only
+        let top = device.topOfStack
+        if state == .d0 {
+            top.asleep.store(false, ordering: .releasing)
+            for irp in top.powerQueue.takeAll() { _ = callDriver(irp.packet.targetDevice!, irp) }
+            recountAsleep()
+        } else {
+            top.asleep.store(true, ordering: .releasing)
+            anyAsleep.store(true, ordering: .releasing)
+        }
+    }
+
+    func recountAsleep() {
+        let still = deviceNodes.contains { n in n.pdo?.topOfStack.asleep.load(ordering: .acquiring) == true }
+            || deviceNodes.flatMap(\.children).contains { n in n.pdo?.topOfStack.asleep.load(ordering: .acquiring) == true }
+        anyAsleep.store(still, ordering: .releasing)
+    }
+
+    /// A request to a stack that is not in D0: it waits, pending, until D0.
+    func parkUntilPowered(_ irp: IRP, _ top: DeviceObject) -> NTStatus {
+        let p = irp.packet
+        counters.submitted.add(1, ordering: .relaxed)
+        counters.pended.add(1, ordering: .relaxed)
+        p.dispatchState.store(IRPPacket.Dispatch.returnedPending.rawValue, ordering: .releasing)
+        if p.borrowed { relocateBorrowedMemory(p) }
+        p.requester?.irpPending(irp)
+        top.powerQueue.park(irp)
+        // It may have woken up meanwhile.
+        if !top.asleep.load(ordering: .acquiring) {
+            for irp in top.powerQueue.takeAll() { _ = callDriver(irp.packet.targetDevice!, irp) }
+        }
+        return .pending
+    }
+}
+
+/// Requests waiting for their device to return to D0 (a power-managed queue).
+/// A cancel (a signal to the caller) completes a waiting request with STATUS_CANCELLED.
+final class PowerQueue: @unchecked Sendable {
+    private let items = Mutex<[IRP]>([])
+
+    func park(_ irp: IRP) {
+        irp.driverContext = self
+        let cancelled = items.withLock { list -> Bool in
+            guard irp.setCancelRoutineUnlessCancelled(PowerQueue.cancel) else { return true }
+            list.append(irp)
+            return false
+        }
+        if cancelled { irp.complete(.cancelled) }
+    }
+
+    /// Every waiting request not being cancelled, now owned by the caller.
+    func takeAll() -> [IRP] {
+        items.withLock { list in
+            var out: [IRP] = []
+            for irp in list where irp.setCancelRoutine(nil) != nil {
+                irp.driverContext = nil
+                out.append(irp)
+            }
+            list.removeAll()
+            return out
+        }
+    }
+
+    private static let cancel: CancelRoutine = { _, irp in
+        let q = unsafeDowncast(irp.driverContext!, to: PowerQueue.self)
+        let found = q.items.withLock { list -> Bool in
+            guard let i = list.firstIndex(where: { $0 == irp }) else { return false }
+            list.remove(at: i)
+            return true
+        }
+        if found {
+            irp.driverContext = nil
+            irp.complete(.cancelled)
+        }
+    }
+}
+
+extension DeviceObject {
+    /// The device's power state (`DEVICE_POWER_STATE`).
+    public var powerState: DevicePowerState { DevicePowerState(rawValue: powerStateWord.load(ordering: .acquiring)) ?? .d0 }
+    /// The capabilities its node reported (DeviceState[] maps S to D).
+    public var capabilities: DeviceCapabilities { deviceNode?.capabilities ?? DeviceCapabilities() }
+}
