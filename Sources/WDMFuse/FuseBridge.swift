@@ -53,6 +53,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     enum Node {
         case root
         case stats
+        case power
         case device(String)
     }
     /// The namespace changes while mounted (devices come and go): inode 1 is the
@@ -62,7 +63,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     struct Inodes {
         var byName: [String: fuse_ino_t] = [:]
         var byInode: [fuse_ino_t: String] = [:]
-        var next: fuse_ino_t = 3
+        var next: fuse_ino_t = 4
     }
     let inodes = Mutex(Inodes())
     /// The libfuse session while `serve` runs.
@@ -79,6 +80,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// The inode of a device file that exists now (assigned on first sight).
     func inode(of name: String) -> fuse_ino_t? {
         if name == ".stats" { return 2 }
+        if name == ".power" { return 3 }
         guard io.isPresent(name) else { return nil }
         return inodes.withLock { t in
             if let ino = t.byName[name] { return ino }
@@ -103,7 +105,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     /// The entries of the root directory now: `.stats`, then every device file.
     var rootEntries: [(name: String, ino: fuse_ino_t)] {
-        [(".stats", 2)] + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
+        [(".stats", 2), (".power", 3)] + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
     }
 
     /// Poll handles the kernel gave us, per open file: woken when the device's
@@ -131,6 +133,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         switch ino {
         case 1: return .root
         case 2: return .stats
+        case 3: return .power
         default:
             guard let name = inodes.withLock({ $0.byInode[ino] }), io.isPresent(name) else { return nil }
             return .device(name)
@@ -153,6 +156,9 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             st.st_nlink = 2
         case .stats:
             st.st_mode = Glibc.S_IFREG | 0o444
+            st.st_nlink = 1
+        case .power:
+            st.st_mode = Glibc.S_IFREG | 0o644
             st.st_nlink = 1
         case .device(let link):
             let p = permissions[link]
@@ -238,6 +244,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(statsText)).toOpaque()))
             cfuse_fi_set_direct_io(fi)
             reply.open(fi)
+        case .power:
+            // Reading says the system power state; writing S0...S5 moves the system there.
+            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot("\(io.systemPowerState)\n")).toOpaque()))
+            cfuse_fi_set_direct_io(fi)
+            reply.open(fi)
         case .device(let link):
             let access: AccessMask = switch fi.pointee.flags & O_ACCMODE {
             case O_RDONLY: .readData
@@ -260,7 +271,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     func release(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let reply = FuseReply(req, sink)
         if let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) {
-            if ino == 2 {
+            if ino == 2 || ino == 3 {
                 Unmanaged<StatsSnapshot>.fromOpaque(p).release()
             } else {
                 let file = Unmanaged<FileObject>.fromOpaque(p).takeRetainedValue()
@@ -277,7 +288,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     // MARK: - Data path
 
     func read(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        if ino == 2 {
+        if ino == 2 || ino == 3 {
             readStats(FuseReply(req, sink), size, off, fi)
             return
         }
@@ -291,7 +302,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         _ = io.send(.read(buffer: buffer, length: size, offset: Int64(off)), on: file, requester: r)
     }
 
-    func write(_ req: FuseRequestHandle, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    func write(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        if ino == 3 {
+            writePower(FuseReply(req, sink), data, size)
+            return
+        }
         guard let file = Self.file(fi) else {
             FuseReply(req, sink).error(EBADF)
             return
@@ -391,6 +406,17 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         let text = Unmanaged<StatsSnapshot>.fromOpaque(p).takeUnretainedValue().bytes
         let from = min(max(off, 0), text.count), to = min(from + max(size, 0), text.count)
         reply.data(text.baseAddress.map { $0 + from }, to - from)
+    }
+
+    /// `echo S3 > .power`: the system goes to sleep (children first); `S0` wakes it.
+    func writePower(_ reply: consuming FuseReply, _ data: UnsafePointer<CChar>?, _ size: Int) {
+        let text = data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
+        guard let state = SystemPowerState(name: String(text.filter { !$0.isWhitespace })) else {
+            reply.error(EINVAL)
+            return
+        }
+        let status = io.setSystemPower(state)
+        if status.isSuccess { reply.written(size) } else { reply.error(ErrnoTable.errno(for: status)) }
     }
 
     // MARK: - Completion: NTSTATUS and request kind -> reply

@@ -24,7 +24,7 @@ extension FuseBridge {
         ops.open = { req, ino, fi in FuseBridge.of(req).open(req, ino, fi!) }
         ops.release = { req, ino, fi in FuseBridge.of(req).release(req, ino, fi) }
         ops.read = { req, ino, size, off, fi in FuseBridge.of(req).read(req, ino, size, off, fi) }
-        ops.write = { req, _, buf, size, off, fi in FuseBridge.of(req).write(req, buf, size, off, fi) }
+        ops.write = { req, ino, buf, size, off, fi in FuseBridge.of(req).write(req, ino, buf, size, off, fi) }
         ops.ioctl = { req, _, cmd, _, fi, flags, inBuf, inSize, outSize in
             FuseBridge.of(req).ioctl(req, UInt32(truncatingIfNeeded: cmd), fi, flags, inBuf, inSize, outSize)
         }

@@ -147,6 +147,8 @@ struct Mount: ParsableCommand {
             io.unloadAll()
             fail("\(error)")
         }
+        // An orderly shutdown: power to S5 through every stack, then removal, then Unload.
+        io.setSystemPower(.shutdown)
         io.unloadAll()
         Daemon.log("wdmfs: unmounted \(path)")
         if result < 0 { throw ExitCode(1) }

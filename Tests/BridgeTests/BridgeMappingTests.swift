@@ -128,7 +128,7 @@ final class Rig {
     func write(_ fi: UnsafeMutablePointer<fuse_file_info>, _ data: [UInt8], offset: Int = 0) -> Int {
         let (r, n) = req()
         data.withUnsafeBufferPointer { p in
-            p.withMemoryRebound(to: CChar.self) { bridge.write(r, $0.baseAddress, data.count, offset, fi) }
+            p.withMemoryRebound(to: CChar.self) { bridge.write(r, 100, $0.baseAddress, data.count, offset, fi) }
         }
         return n
     }

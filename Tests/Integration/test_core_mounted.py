@@ -478,7 +478,7 @@ def test_a_tree_file_is_mounted_as_described(tmp_path):
         "    mode: '0640'\n")
     m = mount_tree(("--tree", str(tree_file)))
     try:
-        assert sorted(os.listdir(m.path)) == [".stats", "disk-b", "small"]
+        assert sorted(os.listdir(m.path)) == [".power", ".stats", "disk-b", "small"]
         assert os.stat(m.dev("small")).st_size == 1 << 20
         st = os.stat(m.dev("disk-b"))
         assert st.st_size == 2 << 20 and st.st_mode & 0o777 == 0o640
@@ -577,3 +577,28 @@ def test_a_thousand_toasters_plugged_and_unplugged_leave_nothing_behind(tree):
     assert fds_after == fds_before
     assert rss_after - rss_before < 4096  # no per-toaster leak (1,000 leaked stacks would be far more)
     assert tree.stats()["verifier_violations"] == 0
+
+
+def test_io_waits_while_the_system_sleeps_and_completes_when_it_wakes(tree):
+    assert run_wdmfs("power", tree.path).stdout.strip() == "S0"
+    assert run_wdmfs("power", tree.path, "S3").returncode == 0
+    try:
+        with open(tree.dev(".power")) as f:
+            assert f.read().strip() == "S3"
+        reader = subprocess.Popen(["dd", f"if={tree.dev('zero')}", "bs=8", "count=1", "status=none"], stdout=subprocess.PIPE)
+        time.sleep(0.3)
+        assert reader.poll() is None  # waiting for D0
+        # A caller that gives up while it waits is let go: its IRP completes with
+        # STATUS_CANCELLED, which the envelope carries; the daemon keeps serving.
+        waiter = ioctl_in_child(tree.dev("ioctl-demo"), 0x00222000, out_len=0)
+        time.sleep(0.3)
+        assert waiter.poll() is None
+        waiter.send_signal(signal.SIGINT)
+        out, _ = waiter.communicate(timeout=5)
+        assert out.split() == ["0", hex(0xC0000120)]
+    finally:
+        assert run_wdmfs("power", tree.path, "S0").returncode == 0
+    assert reader.communicate(timeout=5)[0] == bytes(8)
+    assert run_wdmfs("power", tree.path).stdout.strip() == "S0"
+    r = run_wdmfs("power", tree.path, "S9")
+    assert r.returncode == 2 and "unknown power state" in r.stderr
