@@ -223,14 +223,33 @@ public enum ToasterDriver {
 
     final class Toaster: @unchecked Sendable {
         let toasts = Atomic<Int>(0)
+        let opens = Atomic<Int>(0)
     }
 
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in
             driver.addFunctionDevice(for: pdo, deviceType: 0x2A, flags: .bufferedIO, extension: Toaster())
         }
-        driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
-        driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction.succeed([.cleanup, .flushBuffers])
+        driver.majorFunction[.create] = { device, irp in
+            device.deviceExtension(as: Toaster.self).opens.add(1, ordering: .relaxed)
+            irp.complete(.success)
+            return .success
+        }
+        driver.majorFunction[.close] = { device, irp in
+            device.deviceExtension(as: Toaster.self).opens.subtract(1, ordering: .relaxed)
+            irp.complete(.success)
+            return .success
+        }
+        let pnp = PnP.functionDispatch()
+        driver.majorFunction[.pnp] = { device, irp in
+            // A toaster in use says no to an orderly removal (devcon remove names it).
+            if irp.pnpMinor == .queryRemoveDevice, device.deviceExtension(as: Toaster.self).opens.load(ordering: .relaxed) > 0 {
+                irp.complete(.deviceBusy)
+                return .deviceBusy
+            }
+            return pnp(device, irp)
+        }
         driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { device, irp in
             let text = Array("\(device.deviceNode?.instanceName ?? "toaster"): \(device.deviceExtension(as: Toaster.self).toasts.load(ordering: .relaxed)) slices toasted\n".utf8)

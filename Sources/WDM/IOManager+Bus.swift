@@ -81,6 +81,7 @@ extension IOManager {
     /// (STATUS_DELETE_PENDING, ENODEV), and REMOVE_DEVICE follows when the last
     /// handle is closed.
     func surpriseRemove(_ node: DeviceNode) {
+        guard node.state != .removed else { return }
         for child in node.children { surpriseRemove(child) }
         guard let pdo = node.pdo else { return }
         if node.state == .started {

@@ -344,7 +344,13 @@ public final class IOManager: @unchecked Sendable {
             _ = sendPnP(.removeDevice, to: pdo.topOfStack)
         }
         node.state = .removed
-        detachAndDelete(pdo)
+        if let parent = node.parent {
+            // The bus keeps its PDO (the hardware is still there): a rescan brings it back.
+            parent.children.removeAll { $0 === node }
+            pdo.deviceNode = nil
+        } else {
+            detachAndDelete(pdo)
+        }
         rootNodes.withLock { $0.removeAll { $0 === node } }
         return (.success, nil)
     }

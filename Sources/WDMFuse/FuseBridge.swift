@@ -54,6 +54,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case root
         case stats
         case power
+        case treeDir(String)
+        case treeFile(String, NodeFile)
         case device(String)
     }
     /// The namespace changes while mounted (devices come and go): inode 1 is the
@@ -64,8 +66,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         var byName: [String: fuse_ino_t] = [:]
         var byInode: [fuse_ino_t: String] = [:]
         var next: fuse_ino_t = 4
+        var nextTree: fuse_ino_t = 0
     }
     let inodes = Mutex(Inodes())
+    /// The outcome of the last verb written to each node's `control` file (its `result` file).
+    let lastResults = Mutex<[String: String]>([:])
     /// The libfuse session while `serve` runs.
     nonisolated(unsafe) var session: OpaquePointer?
 
@@ -105,7 +110,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     /// The entries of the root directory now: `.stats`, then every device file.
     var rootEntries: [(name: String, ino: fuse_ino_t)] {
-        [(".stats", 2), (".power", 3)] + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
+        [(".stats", 2), (".power", 3)] + (treeInode(".devices").map { [(".devices", $0)] } ?? []) + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
     }
 
     /// Poll handles the kernel gave us, per open file: woken when the device's
@@ -134,6 +139,13 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case 1: return .root
         case 2: return .stats
         case 3: return .power
+        case FuseBridge.treeBase...:
+            guard let path = treePath(ino) else { return nil }
+            switch resolve(path) {
+            case .top?, .node?: return .treeDir(path)
+            case .file(_, let f)?: return .treeFile(path, f)
+            case nil: return nil
+            }
         default:
             guard let name = inodes.withLock({ $0.byInode[ino] }), io.isPresent(name) else { return nil }
             return .device(name)
@@ -160,6 +172,12 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case .power:
             st.st_mode = Glibc.S_IFREG | 0o644
             st.st_nlink = 1
+        case .treeDir:
+            st.st_mode = Glibc.S_IFDIR | 0o555
+            st.st_nlink = 2
+        case .treeFile(_, let f):
+            st.st_mode = Glibc.S_IFREG | (f == .control ? 0o200 : 0o444)
+            st.st_nlink = 1
         case .device(let link):
             let p = permissions[link]
             st.st_mode = Glibc.S_IFREG | (p?.mode ?? 0o666)
@@ -185,7 +203,15 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     func lookup(_ req: FuseRequestHandle, _ parent: fuse_ino_t, _ name: String?) {
         let reply = FuseReply(req, sink)
-        guard parent == 1, let name, let ino = inode(of: name), let attr = attributes(ino) else {
+        let ino: fuse_ino_t?
+        if parent == 1 {
+            ino = name == ".devices" ? treeInode(".devices") : name.flatMap { inode(of: $0) }
+        } else if let dir = treePath(parent), let name {
+            ino = treeInode(dir + "/" + name)
+        } else {
+            ino = nil
+        }
+        guard let ino, let attr = attributes(ino) else {
             reply.error(ENOENT)
             return
         }
@@ -244,6 +270,24 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(statsText)).toOpaque()))
             cfuse_fi_set_direct_io(fi)
             reply.open(fi)
+        case .treeDir:
+            reply.error(EISDIR)
+        case .treeFile(let path, let f):
+            if f == .control {
+                guard fi.pointee.flags & O_ACCMODE == O_WRONLY else {
+                    reply.error(EACCES)
+                    return
+                }
+                fi.pointee.fh = 0
+            } else {
+                guard fi.pointee.flags & O_ACCMODE == O_RDONLY, case .file(let node, _)? = resolve(path) else {
+                    reply.error(EACCES)
+                    return
+                }
+                fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(text(node, f))).toOpaque()))
+            }
+            cfuse_fi_set_direct_io(fi)
+            reply.open(fi)
         case .power:
             // Reading says the system power state; writing S0...S5 moves the system there.
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot("\(io.systemPowerState)\n")).toOpaque()))
@@ -271,7 +315,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     func release(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let reply = FuseReply(req, sink)
         if let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) {
-            if ino == 2 || ino == 3 {
+            if ino == 2 || ino == 3 || ino >= FuseBridge.treeBase {
                 Unmanaged<StatsSnapshot>.fromOpaque(p).release()
             } else {
                 let file = Unmanaged<FileObject>.fromOpaque(p).takeRetainedValue()
@@ -288,7 +332,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     // MARK: - Data path
 
     func read(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        if ino == 2 || ino == 3 {
+        if ino == 2 || ino == 3 || ino >= FuseBridge.treeBase {
             readStats(FuseReply(req, sink), size, off, fi)
             return
         }
@@ -305,6 +349,17 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     func write(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         if ino == 3 {
             writePower(FuseReply(req, sink), data, size)
+            return
+        }
+        if ino >= FuseBridge.treeBase {
+            let reply = FuseReply(req, sink)
+            guard let path = treePath(ino), case .file(let node, .control)? = resolve(path) else {
+                reply.error(EBADF)
+                return
+            }
+            let verb = data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
+            let e = control(node, String(verb.filter { !$0.isWhitespace }))
+            if e == 0 { reply.written(size) } else { reply.error(e) }
             return
         }
         guard let file = Self.file(fi) else {

@@ -47,12 +47,15 @@ extension FuseBridge {
 
     func readdir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int) {
         let reply = FuseReply(req, sink)
-        guard ino == 1 else {
+        var entries: [(String, fuse_ino_t, mode_t)] = [(".", ino, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
+        if ino == 1 {
+            for (name, i) in rootEntries { entries.append((name, i, name == ".devices" ? Glibc.S_IFDIR : Glibc.S_IFREG)) }
+        } else if let path = treePath(ino), let list = treeEntries(path) {
+            for e in list { entries.append((e.name, e.ino, e.dir ? Glibc.S_IFDIR : Glibc.S_IFREG)) }
+        } else {
             reply.error(ENOTDIR)
             return
         }
-        var entries: [(String, fuse_ino_t, mode_t)] = [(".", 1, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
-        for (name, ino) in rootEntries { entries.append((name, ino, Glibc.S_IFREG)) }
         let out = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
         defer { out.deallocate() }
         var used = 0

@@ -6,13 +6,17 @@ import Foundation
 
 struct Tree: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print or check a device tree file.",
+        abstract: "Print a mounted tree's device nodes, or print or check a tree file.",
         discussion: """
             Examples:
+              wdmfs tree /mnt/wdm                            # the device nodes, nested by parent
               wdmfs tree --print-default > my-tree.yaml      # the default tree, to copy and edit
               wdmfs tree --check my-tree.yaml                # file:line:column: reason, exit 2, if it is wrong
               wdmfs mount /mnt/wdm --tree my-tree.yaml
             """)
+
+    @Argument(help: "A mounted tree: print its device nodes.")
+    var mountpoint: String?
 
     @Flag(help: "Print the built-in default tree as a tree file.")
     var printDefault = false
@@ -21,10 +25,19 @@ struct Tree: ParsableCommand {
     var check: String?
 
     func validate() throws {
-        if printDefault == (check != nil) { throw ValidationError("give --print-default or --check FILE") }
+        let given = [mountpoint != nil, printDefault, check != nil].filter { $0 }.count
+        if given != 1 { throw ValidationError("give a MOUNTPOINT, --print-default or --check FILE") }
     }
 
     func run() throws {
+        if let mountpoint {
+            let tree = DeviceTreeFiles(mountpoint)
+            for node in tree.nodes() {
+                let status = tree.read(node.path, "status").trimmingCharacters(in: .whitespacesAndNewlines)
+                print(String(repeating: "  ", count: node.depth) + node.name + (status == "started" ? "" : " (\(status))"))
+            }
+            return
+        }
         if printDefault {
             print(TreeFile.text(of: DefaultTree.description()), terminator: "")
             return

@@ -478,7 +478,7 @@ def test_a_tree_file_is_mounted_as_described(tmp_path):
         "    mode: '0640'\n")
     m = mount_tree(("--tree", str(tree_file)))
     try:
-        assert sorted(os.listdir(m.path)) == [".power", ".stats", "disk-b", "small"]
+        assert sorted(os.listdir(m.path)) == [".devices", ".power", ".stats", "disk-b", "small"]
         assert os.stat(m.dev("small")).st_size == 1 << 20
         st = os.stat(m.dev("disk-b"))
         assert st.st_size == 2 << 20 and st.st_mode & 0o777 == 0o640
@@ -602,3 +602,34 @@ def test_io_waits_while_the_system_sleeps_and_completes_when_it_wakes(tree):
     assert run_wdmfs("power", tree.path).stdout.strip() == "S0"
     r = run_wdmfs("power", tree.path, "S9")
     assert r.returncode == 2 and "unknown power state" in r.stderr
+
+
+def test_the_device_tree_is_visible_and_scriptable(tree):
+    bus = tree.dev("toaster-bus")
+    assert run_wdmfs("plug", bus, "8").returncode == 0
+    try:
+        nodes = os.path.join(tree.path, ".devices")
+        assert "toaster8" in os.listdir(os.path.join(nodes, "toaster-bus"))
+        node = os.path.join(nodes, "toaster-bus", "toaster8")
+        read = lambda f: open(os.path.join(node, f)).read()
+        assert read("status") == "started\n" and read("problem") == "0\n" and read("power") == "D0\n"
+        assert read("stack").split("\n")[:2] == ["\\Driver\\Toaster", "\\Driver\\ToasterBus \\Device\\Toaster8"]
+        assert read("hardware_ids") == "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster\n"
+        assert "  toaster8" in run_wdmfs("tree", tree.path).stdout.splitlines()
+        assert run_wdmfs("status", tree.path, "toaster8").stdout == "toaster8: running\n"
+        assert run_wdmfs("stack", tree.path, "ramdisk0").stdout == \
+            "ramdisk0: \\Driver\\PassThroughFilter > \\Driver\\RamDisk > \\Driver\\PnpManager\n"
+        fd = os.open(tree.dev("toaster8"), os.O_RDONLY)
+        try:
+            assert read("handles") == "1\n"
+            r = run_wdmfs("remove", tree.path, "toaster8")  # in use: the toaster vetoes
+            assert r.returncode == 1 and "vetoed by \\Driver\\Toaster" in r.stderr and "STATUS_DEVICE_BUSY" in r.stderr, r.stderr
+            assert os.pread(fd, 100, 0).startswith(b"toaster8")  # still working
+        finally:
+            os.close(fd)
+        r = run_wdmfs("remove", tree.path, "toaster8")
+        assert r.returncode == 0 and r.stdout == "toaster8: removed\n"
+        assert wait_for(lambda: "toaster8" not in os.listdir(tree.path))
+        assert run_wdmfs("status", tree.path, "toaster8").returncode == 2  # no such node
+    finally:
+        run_wdmfs("unplug", bus, "0")

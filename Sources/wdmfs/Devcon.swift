@@ -1,0 +1,153 @@
+// The devcon verbs testers know, over the mount's `.devices` tree: they only
+// read and write its files, so a shell script can do the same with cat and echo.
+
+import ArgumentParser
+import Foundation
+
+/// The `.devices` tree of a mount, as files.
+struct DeviceTreeFiles {
+    let root: String
+    init(_ mountpoint: String) {
+        root = mountpoint + "/.devices"
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDir), isDir.boolValue else {
+            fail("\(mountpoint) is not a mounted wdmfs tree (no .devices)")
+        }
+    }
+
+    /// Every node directory, depth first, with its depth.
+    func nodes(_ dir: String? = nil, depth: Int = 0) -> [(path: String, name: String, depth: Int)] {
+        let dir = dir ?? root
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        var out: [(String, String, Int)] = []
+        for name in entries.sorted() {
+            var isDir: ObjCBool = false
+            let path = dir + "/" + name
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { continue }
+            out.append((path, name, depth))
+            out += nodes(path, depth: depth + 1)
+        }
+        return out
+    }
+
+    /// Node directories named `names` (all when empty); exits 2 for an unknown one.
+    func select(_ names: [String]) -> [(path: String, name: String, depth: Int)] {
+        let all = nodes()
+        if names.isEmpty { return all }
+        return names.map { n in
+            guard let hit = all.first(where: { $0.name == n }) else { fail("no device node named \(n)") }
+            return hit
+        }
+    }
+
+    func read(_ node: String, _ file: String) -> String {
+        (try? String(contentsOfFile: node + "/" + file, encoding: .utf8)) ?? ""
+    }
+
+    func lines(_ node: String, _ file: String) -> [String] {
+        read(node, file).split(separator: "\n").map(String.init)
+    }
+}
+
+struct DeviceVerbOptions: ParsableArguments {
+    @Argument(help: "Where the tree is mounted.") var mountpoint: String
+    @Argument(help: "Device node instance names (all when none).") var devices: [String] = []
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The state of each device node: running, or its problem code (devcon status).",
+        discussion: "Example:\n  wdmfs status /mnt/wdm toaster1\nExit status 1 when a device named has a problem.")
+    @OptionGroup var options: DeviceVerbOptions
+
+    func run() throws {
+        let tree = DeviceTreeFiles(options.mountpoint)
+        var failed = false
+        for node in tree.select(options.devices) {
+            let status = tree.read(node.path, "status").trimmingCharacters(in: .whitespacesAndNewlines)
+            let problem = tree.read(node.path, "problem").trimmingCharacters(in: .whitespacesAndNewlines)
+            if problem != "0" {
+                failed = true
+                print("\(node.name): \(status), problem \(problem)")
+            } else {
+                print("\(node.name): \(status == "started" ? "running" : status)")
+            }
+        }
+        if failed && !options.devices.isEmpty { throw ExitCode(1) }
+    }
+}
+
+struct HWIDs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hwids", abstract: "Hardware and compatible IDs of each device node (devcon hwids).",
+        discussion: "Example:\n  wdmfs hwids /mnt/wdm")
+    @OptionGroup var options: DeviceVerbOptions
+
+    func run() throws {
+        let tree = DeviceTreeFiles(options.mountpoint)
+        for node in tree.select(options.devices) {
+            let hw = tree.lines(node.path, "hardware_ids"), compat = tree.lines(node.path, "compatible_ids")
+            print("\(node.name): hardware \(hw.joined(separator: " "))" + (compat.isEmpty ? "" : "; compatible \(compat.joined(separator: " "))"))
+        }
+    }
+}
+
+struct Stack: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Each device node's stack, top first (devcon stack).",
+        discussion: "Example:\n  wdmfs stack /mnt/wdm ramdisk0")
+    @OptionGroup var options: DeviceVerbOptions
+
+    func run() throws {
+        let tree = DeviceTreeFiles(options.mountpoint)
+        for node in tree.select(options.devices) {
+            print("\(node.name): " + tree.lines(node.path, "stack").map { $0.split(separator: " ").first.map(String.init) ?? $0 }.joined(separator: " > "))
+        }
+    }
+}
+
+struct Remove: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Remove device nodes (QUERY_REMOVE, then REMOVE_DEVICE; a driver may veto) (devcon remove).",
+        discussion: "Example:\n  wdmfs remove /mnt/wdm echo\nExit status 1 when a driver vetoed; the message names it.")
+    @OptionGroup var options: DeviceVerbOptions
+
+    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to remove") } }
+
+    func run() throws {
+        let tree = DeviceTreeFiles(options.mountpoint)
+        var failed = false
+        for node in tree.select(options.devices) {
+            if write(node.path + "/control", "remove") {
+                print("\(node.name): removed")
+            } else {
+                failed = true
+                FileHandle.standardError.write(Data("wdmfs: \(node.name): \(tree.read(node.path, "result").trimmingCharacters(in: .whitespacesAndNewlines))\n".utf8))
+            }
+        }
+        if failed { throw ExitCode(1) }
+    }
+}
+
+struct Rescan: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask bus drivers for their children again (devcon rescan).",
+        discussion: "Example:\n  wdmfs rescan /mnt/wdm toaster-bus")
+    @OptionGroup var options: DeviceVerbOptions
+
+    func run() throws {
+        let tree = DeviceTreeFiles(options.mountpoint)
+        for node in tree.select(options.devices) where node.depth == 0 || !options.devices.isEmpty {
+            _ = write(node.path + "/control", "rescan")
+        }
+    }
+}
+
+/// Writes a verb to a control file; false when the daemon refused it.
+func write(_ path: String, _ verb: String) -> Bool {
+    let fd = open(path, O_WRONLY)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    let bytes = Array((verb + "\n").utf8)
+    return bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) } == bytes.count
+}
