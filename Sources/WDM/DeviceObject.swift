@@ -140,6 +140,8 @@ public final class DeviceNode: @unchecked Sendable {
     public internal(set) var children: [DeviceNode] = []
     /// True once the bus stopped reporting the device.
     public internal(set) var missing = false
+    /// The drivers of the stack (lower filters, function driver, upper filters), to build it again.
+    public internal(set) var drivers: (lower: [DriverObject], function: DriverObject, upper: [DriverObject])?
     /// What QUERY_CAPABILITIES answered (DeviceState[] maps system to device power states).
     public internal(set) var capabilities = DeviceCapabilities()
     /// The node's PDO while it exists (the bus driver owns it).

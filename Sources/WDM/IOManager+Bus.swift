@@ -56,6 +56,7 @@ extension IOManager {
             log?("\(instance): no driver serves \(node.hardwareIDs + node.compatibleIDs)")
             return
         }
+        node.drivers = ([], driver, [])
         guard add(driver, pdo).isSuccess else {
             node.problem = .failedAdd
             return

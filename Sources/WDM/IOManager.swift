@@ -283,6 +283,16 @@ public final class IOManager: @unchecked Sendable {
             _ = sendPnP(.queryId, to: pdo) { $0.idType = type }
         }
         node.capabilities = sendPnP(.queryCapabilities, to: pdo).1.capabilities
+        node.drivers = (lowerFilters, functionDriver, upperFilters)
+        try bringUp(node)
+        return pdo
+    }
+
+    /// AddDevice of the lower filters, the function driver and the upper filters,
+    /// then START_DEVICE and the queries that follow it. A START that fails leaves
+    /// CM_PROB_FAILED_START and the stack removed.
+    func bringUp(_ node: DeviceNode) throws(NTStatus) {
+        guard let pdo = node.pdo, let (lowerFilters, functionDriver, upperFilters) = node.drivers else { return }
         let filters = Set((lowerFilters + upperFilters).map(ObjectIdentifier.init))
         for driver in lowerFilters + [functionDriver] + upperFilters {
             guard let add = driver.addDevice else { throw NTStatus.invalidDeviceRequest }
@@ -302,21 +312,74 @@ public final class IOManager: @unchecked Sendable {
             }
         }
         node.state = .driversAdded
+        node.problem = nil
         let (started, _) = sendPnP(.startDevice, to: pdo.topOfStack)
         guard started.isSuccess else {
-            log?("\(instanceName): IRP_MN_START_DEVICE failed with \(started)")
+            log?("\(node.instanceName): IRP_MN_START_DEVICE failed with \(started)")
             node.problem = .failedStart
             // Windows removes a device whose START failed.
             _ = sendPnP(.removeDevice, to: pdo.topOfStack)
             node.state = .removed
-            return pdo
+            return
         }
         node.state = .started
         announceLinks(of: pdo)
         _ = sendPnP(.queryCapabilities, to: pdo.topOfStack)
         _ = sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
         _ = sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }
-        return pdo
+    }
+
+    /// devcon disable: an orderly removal of the stack (a driver may veto it) that
+    /// keeps the node and its PDO, with CM_PROB_DISABLED.
+    @discardableResult
+    public func disable(_ node: DeviceNode) -> (status: NTStatus, vetoedBy: DeviceObject?) {
+        guard node.state == .started, let pdo = node.pdo else { return (.invalidDeviceRequest, nil) }
+        let (status, request) = sendPnP(.queryRemoveDevice, to: pdo.topOfStack)
+        if !status.isSuccess {
+            _ = sendPnP(.cancelRemoveDevice, to: pdo.topOfStack)
+            return (status, request.completedBy)
+        }
+        for child in node.children.reversed() where child.state != .removed { finishRemoval(child) }
+        node.children.removeAll()
+        _ = sendPnP(.removeDevice, to: pdo.topOfStack)
+        node.state = .disabled
+        node.problem = .disabled
+        announceLinks(of: pdo)
+        return (.success, nil)
+    }
+
+    /// devcon enable: a disabled node's stack is built and started again.
+    @discardableResult
+    public func enable(_ node: DeviceNode) -> NTStatus {
+        guard node.state == .disabled else { return .invalidDeviceRequest }
+        do throws(NTStatus) { try bringUp(node) } catch { return error }
+        return node.state == .started ? .success : .unsuccessful
+    }
+
+    /// devcon restart: QUERY_STOP (a driver may veto: CANCEL_STOP), STOP, then
+    /// START again; a START that fails after the stop ends in SURPRISE_REMOVAL and
+    /// REMOVE_DEVICE, with CM_PROB_FAILED_START.
+    @discardableResult
+    public func restart(_ node: DeviceNode) -> (status: NTStatus, vetoedBy: DeviceObject?) {
+        guard node.state == .started, let pdo = node.pdo else { return (.invalidDeviceRequest, nil) }
+        let (query, request) = sendPnP(.queryStopDevice, to: pdo.topOfStack)
+        if !query.isSuccess {
+            _ = sendPnP(.cancelStopDevice, to: pdo.topOfStack)
+            return (query, request.completedBy)
+        }
+        _ = sendPnP(.stopDevice, to: pdo.topOfStack)
+        node.state = .stopped
+        let (started, _) = sendPnP(.startDevice, to: pdo.topOfStack)
+        guard started.isSuccess else {
+            node.problem = .failedStart
+            _ = sendPnP(.surpriseRemoval, to: pdo.topOfStack)
+            _ = sendPnP(.removeDevice, to: pdo.topOfStack)
+            node.state = .removed
+            announceLinks(of: pdo)
+            return (started, nil)
+        }
+        node.state = .started
+        return (.success, nil)
     }
 
     /// The device nodes the root bus reported, in the order they were added.

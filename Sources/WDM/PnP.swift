@@ -81,7 +81,7 @@ public enum ProblemCode: UInt32, Sendable {
 
 /// Where a device node is in its life.
 public enum DeviceNodeState: String, Sendable {
-    case initialized, driversAdded, started, queryRemove, removed, stopped, surpriseRemoved
+    case initialized, driversAdded, started, queryRemove, removed, stopped, surpriseRemoved, disabled
 }
 
 extension IRP {

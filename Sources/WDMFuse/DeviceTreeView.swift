@@ -83,6 +83,7 @@ extension FuseBridge {
             switch node.state {
             case .started: return "started\n"
             case .surpriseRemoved: return "surprise-removed\n"
+            case .disabled: return "disabled\n"
             case .removed: return "removed\n"
             default: return node.problem == nil ? "\(node.state.rawValue)\n" : "problem\n"
             }
@@ -119,6 +120,18 @@ extension FuseBridge {
             }
             result("removed")
             return 0
+        case "disable", "restart":
+            let (status, vetoedBy) = verb == "disable" ? io.disable(node) : io.restart(node)
+            if !status.isSuccess {
+                result("\(verb) " + (vetoedBy.map { "vetoed by \($0.driverObject.name)" } ?? "failed") + ": \(status)")
+                return EBUSY
+            }
+            result(verb == "disable" ? "disabled" : "restarted")
+            return 0
+        case "enable":
+            let status = io.enable(node)
+            result(status.isSuccess ? "enabled" : "enable failed: \(status)")
+            return status.isSuccess ? 0 : EIO
         case "rescan":
             if let pdo = node.pdo { io.invalidateDeviceRelations(pdo); io.waitForPnP() }
             result("rescanned")

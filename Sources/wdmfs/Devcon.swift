@@ -106,27 +106,56 @@ struct Stack: ParsableCommand {
     }
 }
 
+/// Writes `verb` to each named node's control file; exit 1 (with the node's
+/// `result`: who vetoed, which status) when the daemon refused one.
+func controlVerb(_ verb: String, _ options: DeviceVerbOptions, done: String) throws {
+    let tree = DeviceTreeFiles(options.mountpoint)
+    var failed = false
+    for node in tree.select(options.devices) {
+        if write(node.path + "/control", verb) {
+            print("\(node.name): \(done)")
+        } else {
+            failed = true
+            FileHandle.standardError.write(Data("wdmfs: \(node.name): \(tree.read(node.path, "result").trimmingCharacters(in: .whitespacesAndNewlines))\n".utf8))
+        }
+    }
+    if failed { throw ExitCode(1) }
+}
+
 struct Remove: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Remove device nodes (QUERY_REMOVE, then REMOVE_DEVICE; a driver may veto) (devcon remove).",
         discussion: "Example:\n  wdmfs remove /mnt/wdm echo\nExit status 1 when a driver vetoed; the message names it.")
     @OptionGroup var options: DeviceVerbOptions
-
     func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to remove") } }
+    func run() throws { try controlVerb("remove", options, done: "removed") }
+}
 
-    func run() throws {
-        let tree = DeviceTreeFiles(options.mountpoint)
-        var failed = false
-        for node in tree.select(options.devices) {
-            if write(node.path + "/control", "remove") {
-                print("\(node.name): removed")
-            } else {
-                failed = true
-                FileHandle.standardError.write(Data("wdmfs: \(node.name): \(tree.read(node.path, "result").trimmingCharacters(in: .whitespacesAndNewlines))\n".utf8))
-            }
-        }
-        if failed { throw ExitCode(1) }
-    }
+struct Restart: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop and start device nodes again (QUERY_STOP, STOP, START) (devcon restart).",
+        discussion: "Example:\n  wdmfs restart /mnt/wdm ramdisk0")
+    @OptionGroup var options: DeviceVerbOptions
+    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to restart") } }
+    func run() throws { try controlVerb("restart", options, done: "restarted") }
+}
+
+struct Disable: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Disable device nodes: their stacks are removed, the nodes stay with CM_PROB_DISABLED (devcon disable).",
+        discussion: "Example:\n  wdmfs disable /mnt/wdm echo")
+    @OptionGroup var options: DeviceVerbOptions
+    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to disable") } }
+    func run() throws { try controlVerb("disable", options, done: "disabled") }
+}
+
+struct Enable: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Enable disabled device nodes: their stacks are built and started again (devcon enable).",
+        discussion: "Example:\n  wdmfs enable /mnt/wdm echo")
+    @OptionGroup var options: DeviceVerbOptions
+    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to enable") } }
+    func run() throws { try controlVerb("enable", options, done: "enabled") }
 }
 
 struct Rescan: ParsableCommand {

@@ -633,3 +633,20 @@ def test_the_device_tree_is_visible_and_scriptable(tree):
         assert run_wdmfs("status", tree.path, "toaster8").returncode == 2  # no such node
     finally:
         run_wdmfs("unplug", bus, "0")
+
+
+def test_disable_enable_and_restart_from_the_shell(tree):
+    r = run_wdmfs("disable", tree.path, "echo")
+    assert r.returncode == 0 and r.stdout == "echo: disabled\n"
+    try:
+        assert wait_for(lambda: "echo" not in os.listdir(tree.path))
+        assert run_wdmfs("status", tree.path, "echo").stdout == "echo: disabled, problem 22 CM_PROB_DISABLED\n"
+        assert run_wdmfs("status", tree.path, "echo").returncode == 1
+    finally:
+        assert run_wdmfs("enable", tree.path, "echo").returncode == 0
+    assert wait_for(lambda: "echo" in os.listdir(tree.path))
+    assert run_wdmfs("status", tree.path, "echo").stdout == "echo: running\n"
+    r = run_wdmfs("restart", tree.path, "ramdisk0")
+    assert r.returncode == 0 and r.stdout == "ramdisk0: restarted\n"
+    with open(tree.dev("ramdisk0"), "rb") as f:
+        assert len(f.read(512)) == 512

@@ -156,4 +156,45 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         #expect(done.wait(timeout: .now() + 2) == .success)
         #expect(lock.isRemoved)
     }
+
+    @Test func stopAndRestartAndARestartThatFailsEndsInRemoval() throws {
+        let io = IOManager()
+        let tracer = PnPTracer()
+        io.addObserver(tracer)
+        let starts = Atomic<Int>(0)
+        let pdo = try stack(io, function: PnP.functionDispatch(start: { _, _ in
+            // The first START works; the one after the stop does not.
+            starts.add(1, ordering: .relaxed).oldValue == 0 ? .success : .insufficientResources
+        }))
+        let node = try #require(pdo.deviceNode)
+        let before = tracer.events.all.count
+        let (status, _) = io.restart(node)
+        #expect(status == .insufficientResources)
+        let minors = tracer.events.all.dropFirst(before).filter { $0.hasPrefix("Function") }
+        #expect(Array(minors) == ["Function IRP_MN_QUERY_STOP_DEVICE", "Function IRP_MN_STOP_DEVICE", "Function IRP_MN_START_DEVICE",
+                                  "Function IRP_MN_SURPRISE_REMOVAL", "Function IRP_MN_REMOVE_DEVICE"])
+        #expect(node.problem == .failedStart && node.state == .removed)
+        #expect(io.symbolicLinks.isEmpty)
+    }
+
+    @Test func aDriverCanVetoQueryStopAndDisableKeepsTheNode() throws {
+        let io = IOManager()
+        let veto: DispatchRoutine = { device, irp in
+            if irp.pnpMinor == .queryStopDevice {
+                irp.complete(.deviceBusy)
+                return .deviceBusy
+            }
+            return PnP.functionDispatch()(device, irp)
+        }
+        let pdo = try stack(io, function: veto)
+        let node = try #require(pdo.deviceNode)
+        let (status, vetoedBy) = io.restart(node)
+        #expect(status == .deviceBusy && vetoedBy?.driverObject.name == "\\Driver\\Function")
+        #expect(node.state == .started)
+        #expect(io.disable(node).status == .success)
+        #expect(node.state == .disabled && node.problem == .disabled && io.symbolicLinks.isEmpty)
+        #expect(io.deviceNodes.contains { $0 === node })
+        #expect(io.enable(node) == .success)
+        #expect(node.state == .started && node.problem == nil && io.symbolicLinks == ["dev"])
+    }
 }
