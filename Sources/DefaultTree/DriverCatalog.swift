@@ -21,6 +21,8 @@ public enum DriverCatalog {
         /// The IDs it serves (an INF's models section); empty for filters.
         public let serves: [String]
         public let entry: DriverEntry
+        /// The device setup class its devices belong to (an INF's Class=); class filters apply by it.
+        public var className = "System"
     }
 
     public static let all: [Entry] = [
@@ -32,10 +34,10 @@ public enum DriverCatalog {
         Entry(name: MisbehaveDriver.name, role: .function, serves: ["Root\\Misbehave"], entry: MisbehaveDriver.driverEntry),
         Entry(name: ToasterBus.name, role: .function, serves: [ToasterBus.hardwareID], entry: ToasterBus.driverEntry),
         Entry(name: ToasterDriver.name, role: .function, serves: [ToasterBus.toasterHardwareID, ToasterBus.toasterCompatibleID],
-              entry: ToasterDriver.driverEntry),
+              entry: ToasterDriver.driverEntry, className: "Toaster"),
         Entry(name: PassThroughFilter.name, role: .filter, serves: [], entry: PassThroughFilter.driverEntry),
         Entry(name: LazyFilter.name, role: .filter, serves: [], entry: LazyFilter.driverEntry),
-    ]
+    ] + ToasterFilter.positions.map { Entry(name: $0, role: .filter, serves: [], entry: ToasterFilter.driverEntry(position: $0)) }
 
     public static func named(_ name: String) -> Entry? { all.first { $0.name == name } }
 

@@ -42,10 +42,26 @@ public struct DeviceDescription: Sendable, Equatable {
     }
 }
 
+/// Class filters: for every device of a setup class (the function driver's class).
+public struct ClassFilters: Sendable, Equatable {
+    public var lower: [String] = []
+    public var upper: [String] = []
+    public init(lower: [String] = [], upper: [String] = []) { self.lower = lower; self.upper = upper }
+}
+
 /// A device tree: what `wdmfs mount --tree FILE` builds.
 public struct TreeDescription: Sendable, Equatable {
     public var devices: [DeviceDescription]
-    public init(devices: [DeviceDescription]) { self.devices = devices }
+    /// Class filters by class name (`Toaster`, `System`).
+    public var classes: [String: ClassFilters] = [:]
+    /// Device filters for devices a bus reports, by hardware ID (the registry's
+    /// per-device UpperFilters / LowerFilters).
+    public var hardwareFilters: [String: ClassFilters] = [:]
+    public init(devices: [DeviceDescription], classes: [String: ClassFilters] = [:], hardwareFilters: [String: ClassFilters] = [:]) {
+        self.devices = devices
+        self.classes = classes
+        self.hardwareFilters = hardwareFilters
+    }
 }
 
 /// Why a tree file was rejected.
@@ -85,8 +101,34 @@ public enum TreeFile {
             TreeError(file: file, line: node?.mark?.line ?? 1, column: node?.mark?.column ?? 1, reason: reason)
         }
         guard let root, case .mapping(let top) = root else { throw fail(root, "the tree must be a mapping with a `devices` list") }
-        for (key, _) in top where key.string != "devices" {
-            throw fail(key, "unknown key `\(key.string ?? "?")` (expected `devices`)")
+        for (key, _) in top where !["devices", "classes", "hardware_filters"].contains(key.string ?? "") {
+            throw fail(key, "unknown key `\(key.string ?? "?")` (expected `devices`, `classes` or `hardware_filters`)")
+        }
+        var filterMaps: [String: [String: ClassFilters]] = [:]
+        for section in ["classes", "hardware_filters"] {
+          var classes: [String: ClassFilters] = [:]
+          if let c = top[section] {
+            guard case .mapping(let cm) = c else { throw fail(c, "`\(section)` must map names to their filters") }
+            for (k, v) in cm {
+                guard case .scalar(let name) = k, case .mapping(let fm) = v else { throw fail(k, "each class maps to `upper_filters` / `lower_filters`") }
+                var f = ClassFilters()
+                for (fk, fv) in fm {
+                    guard let which = fk.string, which == "upper_filters" || which == "lower_filters" else {
+                        throw fail(fk, "unknown key `\(fk.string ?? "?")` in a class (expected upper_filters, lower_filters)")
+                    }
+                    guard case .sequence(let seq) = fv else { throw fail(fv, "`\(which)` must be a list of filter drivers") }
+                    var names: [String] = []
+                    for e in seq {
+                        guard let n = e.string, let entry = DriverCatalog.named(n) else { throw fail(e, "unknown driver `\(e.string ?? "?")`") }
+                        guard entry.role == .filter else { throw fail(e, "`\(n)` is a function driver, not a filter") }
+                        names.append(n)
+                    }
+                    if which == "upper_filters" { f.upper = names } else { f.lower = names }
+                }
+                classes[name.string] = f
+            }
+          }
+          filterMaps[section] = classes
         }
         guard let devicesNode = top["devices"] else { throw fail(root, "missing `devices`") }
         guard case .sequence(let list) = devicesNode else { throw fail(devicesNode, "`devices` must be a list") }
@@ -166,7 +208,7 @@ public enum TreeFile {
             }
             devices.append(d)
         }
-        return TreeDescription(devices: devices)
+        return TreeDescription(devices: devices, classes: filterMaps["classes"] ?? [:], hardwareFilters: filterMaps["hardware_filters"] ?? [:])
     }
 
     static func yamlError(_ e: YamlError, file: String) -> TreeError {
@@ -223,11 +265,20 @@ extension TreeDescription {
             guard let e = DriverCatalog.named(name) else { throw NTStatus.noSuchDevice }
             return try io.loadDriver(name: e.name, entry: e.entry)
         }
-        // Children that buses report later find their driver the same way.
+        // Children that buses report later find their driver, and their class's filters, the same way.
+        let classes = self.classes, hardwareFilters = self.hardwareFilters
         io.driverMatcher = { [unowned io] hardwareIDs, compatibleIDs in
             guard let e = DriverCatalog.match(hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs) else { return nil }
-            if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + e.name }) { return d }
-            return try? io.loadDriver(name: e.name, entry: e.entry)
+            func load(_ name: String) -> DriverObject? {
+                if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + name }) { return d }
+                guard let c = DriverCatalog.named(name) else { return nil }
+                return try? io.loadDriver(name: c.name, entry: c.entry)
+            }
+            guard let function = load(e.name) else { return nil }
+            let cls = classes[e.className] ?? ClassFilters()
+            let dev = hardwareIDs.lazy.compactMap { hardwareFilters[$0] }.first ?? ClassFilters()
+            // Bottom up: device lower, class lower, function, device upper, class upper.
+            return ((dev.lower + cls.lower).compactMap(load), function, (dev.upper + cls.upper).compactMap(load))
         }
         for d in devices {
             guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {
@@ -237,8 +288,11 @@ extension TreeDescription {
             if let link = d.link { parameters["SymbolicLinkName"] = link }
             let function = try driver(match.name)
             var lower: [DriverObject] = [], upper: [DriverObject] = []
-            for f in d.lowerFilters { lower.append(try driver(f)) }
-            for f in d.upperFilters { upper.append(try driver(f)) }
+            // Bottom up: lower device filters, lower class filters, the function
+            // driver, upper device filters, upper class filters.
+            let cls = classes[match.className] ?? ClassFilters()
+            for f in d.lowerFilters + cls.lower { lower.append(try driver(f)) }
+            for f in d.upperFilters + cls.upper { upper.append(try driver(f)) }
             try io.addRootDevice(
                 instanceName: d.name, hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs, parameters: parameters,
                 functionDriver: function, lowerFilters: lower, upperFilters: upper)

@@ -142,6 +142,17 @@ public final class DeviceNode: @unchecked Sendable {
     public internal(set) var missing = false
     /// The drivers of the stack (lower filters, function driver, upper filters), to build it again.
     public internal(set) var drivers: (lower: [DriverObject], function: DriverObject, upper: [DriverObject])?
+    /// Lines drivers log about this node (a filter's log of the PnP and power IRPs it saw).
+    let logLines = Mutex<[String]>([])
+    /// Appends a line to the node's log (the last 1,000 are kept).
+    public func appendLog(_ line: String) {
+        logLines.withLock {
+            if $0.count >= 1000 { $0.removeFirst() }
+            $0.append(line)
+        }
+    }
+    /// The node's log.
+    public var log: [String] { logLines.withLock { $0 } }
     /// What QUERY_CAPABILITIES answered (DeviceState[] maps system to device power states).
     public internal(set) var capabilities = DeviceCapabilities()
     /// The node's PDO while it exists (the bus driver owns it).

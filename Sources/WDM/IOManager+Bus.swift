@@ -20,7 +20,9 @@ extension IOManager {
 
     /// Matches a child PDO's IDs to a function driver (set by the host: the catalog
     /// of drivers it ships); nil means the child stays without a driver.
-    public typealias DriverMatcher = @Sendable (_ hardwareIDs: [String], _ compatibleIDs: [String]) -> DriverObject?
+    /// Returns the function driver and the filters (lower, upper; bottom first) for a device.
+    public typealias DriverMatcher = @Sendable (_ hardwareIDs: [String], _ compatibleIDs: [String])
+        -> (lower: [DriverObject], function: DriverObject, upper: [DriverObject])?
 
     func reenumerate(_ pdo: DeviceObject) {
         guard let node = pdo.deviceNode, node.state == .started else { return }
@@ -51,30 +53,13 @@ extension IOManager {
         node.capabilities = capabilities
         pdo.deviceNode = node
         parent.children.append(node)
-        guard let driver = driverMatcher?(node.hardwareIDs, node.compatibleIDs), let add = driver.addDevice else {
+        guard let drivers = driverMatcher?(node.hardwareIDs, node.compatibleIDs) else {
             node.problem = .failedAdd
             log?("\(instance): no driver serves \(node.hardwareIDs + node.compatibleIDs)")
             return
         }
-        node.drivers = ([], driver, [])
-        guard add(driver, pdo).isSuccess else {
-            node.problem = .failedAdd
-            return
-        }
-        pdo.topOfStack.flags.remove(.deviceInitializing)
-        node.state = .driversAdded
-        let (started, _) = sendPnP(.startDevice, to: pdo.topOfStack)
-        guard started.isSuccess else {
-            node.problem = .failedStart
-            _ = sendPnP(.removeDevice, to: pdo.topOfStack)
-            node.state = .removed
-            return
-        }
-        node.state = .started
-        announceLinks(of: pdo)
-        _ = sendPnP(.queryCapabilities, to: pdo.topOfStack)
-        _ = sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
-        _ = sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }
+        node.drivers = drivers
+        do throws(NTStatus) { try bringUp(node) } catch { node.problem = .failedAdd }
     }
 
     /// The device is gone (a bus no longer reports it): SURPRISE_REMOVAL down its

@@ -11,6 +11,7 @@ import WDM
 enum NodeFile: String, CaseIterable {
     case deviceID = "device_id", instanceID = "instance_id", hardwareIDs = "hardware_ids", compatibleIDs = "compatible_ids"
     case status, problem, stack, power, handles, control, result
+    case filterLog = "filter.log"
 }
 
 /// What a path under `.devices` names.
@@ -102,6 +103,7 @@ extension FuseBridge {
         case .handles: return "\(node.pdo?.topOfStack.openHandles.load(ordering: .relaxed) ?? 0)\n"
         case .control: return ""
         case .result: return lastResults.withLock { $0[node.instanceName] } ?? ""
+        case .filterLog: return node.log.map { $0 + "\n" }.joined()
         }
     }
 

@@ -104,3 +104,43 @@ func unplugBuffer(serial: UInt32) -> [UInt8] {
         #expect(io.loadedDrivers.count == drivers + 1)  // Toaster, loaded once
     }
 }
+
+@Suite struct ToasterFilterTests {
+    @Test func oneFilterSourceInSixPositionsLogsThePnPOrder() throws {
+        let tree = try TreeFile.parse("""
+            classes:
+              Toaster: {upper_filters: [ClassUpperFilter], lower_filters: [ClassLowerFilter]}
+            hardware_filters:
+              '{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster': {upper_filters: [DevUpperFilter], lower_filters: [DevLowerFilter]}
+            devices:
+              - name: toaster-bus
+                hardware_ids: ['Root\\ToasterBus']
+                upper_filters: [BusUpperFilter]
+                lower_filters: [BusLowerFilter]
+            """, file: "t.yaml")
+        let io = IOManager()
+        try tree.build(into: io)
+        let host = EmbeddedHost(io)
+        let bus = try host.open("toaster-bus", access: .readData)
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 1)).status == .success)
+        io.waitForPnP()
+        let busNode = try #require(io.deviceNodes.first { $0.instanceName == "toaster-bus" })
+        let toaster = try #require(busNode.children.first)
+        // The bus's own stack: its filters saw START, top first.
+        #expect(busNode.log.filter { $0.hasSuffix("IRP_MN_START_DEVICE") } == ["BusUpperFilter IRP_MN_START_DEVICE", "BusLowerFilter IRP_MN_START_DEVICE"])
+        // The toaster's stack, bottom up: device lower, class lower, FDO, device upper, class upper.
+        #expect(toaster.log.filter { $0.hasSuffix("IRP_MN_START_DEVICE") } == [
+            "ClassUpperFilter IRP_MN_START_DEVICE", "DevUpperFilter IRP_MN_START_DEVICE",
+            "ClassLowerFilter IRP_MN_START_DEVICE", "DevLowerFilter IRP_MN_START_DEVICE",
+        ])
+        #expect(toaster.pdo?.topOfStack.driverObject.name == "\\Driver\\ClassUpperFilter")
+        io.setSystemPower(.sleeping3)
+        #expect(toaster.log.contains("ClassUpperFilter IRP_MJ_POWER setPower system S3"))
+        #expect(toaster.log.contains("DevLowerFilter IRP_MJ_POWER setPower device D3"))
+        io.setSystemPower(.working)
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: 1)).status == .success)
+        io.waitForPnP()
+        #expect(toaster.log.filter { $0.hasPrefix("ClassUpperFilter IRP_MN") }.suffix(2) == ["ClassUpperFilter IRP_MN_SURPRISE_REMOVAL", "ClassUpperFilter IRP_MN_REMOVE_DEVICE"])
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
+}
