@@ -650,3 +650,35 @@ def test_disable_enable_and_restart_from_the_shell(tree):
     assert r.returncode == 0 and r.stdout == "ramdisk0: restarted\n"
     with open(tree.dev("ramdisk0"), "rb") as f:
         assert len(f.read(512)) == 512
+
+
+def test_the_readme_tree_files_are_valid(tmp_path):
+    import re
+    blocks = re.findall(r"```yaml\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S)
+    assert len(blocks) >= 2
+    for i, text in enumerate(blocks):
+        path = tmp_path / f"readme{i}.yaml"
+        path.write_text(text)
+        r = run_wdmfs("tree", "--check", str(path))
+        assert r.returncode == 0, (text, r.stderr)
+
+
+def test_the_toaster_filter_logs_the_pnp_order_under_the_mount(tmp_path):
+    tree_file = tmp_path / "filters.yaml"
+    tree_file.write_text(
+        "classes:\n"
+        "  Toaster: {upper_filters: [ClassUpperFilter], lower_filters: [ClassLowerFilter]}\n"
+        "devices:\n"
+        "  - name: toaster-bus\n"
+        "    hardware_ids: ['Root\\ToasterBus']\n"
+        "    upper_filters: [BusUpperFilter]\n")
+    m = mount_tree(("--tree", str(tree_file)))
+    try:
+        assert run_wdmfs("plug", m.dev("toaster-bus"), "1").returncode == 0
+        log = open(os.path.join(m.path, ".devices", "toaster-bus", "toaster1", "filter.log")).read().splitlines()
+        assert [l for l in log if l.endswith("START_DEVICE")] == ["ClassUpperFilter IRP_MN_START_DEVICE", "ClassLowerFilter IRP_MN_START_DEVICE"]
+        bus_log = open(os.path.join(m.path, ".devices", "toaster-bus", "filter.log")).read().splitlines()
+        assert "BusUpperFilter IRP_MN_START_DEVICE" in bus_log
+        assert "BusUpperFilter IRP_MN_QUERY_DEVICE_RELATIONS" in bus_log
+    finally:
+        unmount_tree(m)
