@@ -18,6 +18,10 @@ public enum ToasterBus {
     /// The toaster's hardware and compatible IDs.
     public static let toasterHardwareID = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster"
     public static let toasterCompatibleID = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsCompatibleToaster"
+    /// `GUID_DEVINTERFACE_BUSENUM_TOASTER`
+    public static let interfaceClass = "{D35F7840-6A0C-11d2-B841-00C04FAD5171}"
+    /// `GUID_DEVINTERFACE_TOASTER`
+    public static let toasterInterfaceClass = "{781EF630-72B2-11d2-B852-00C04FAD5171}"
 
     /// A child PDO's extension.
     final class Child: @unchecked Sendable {
@@ -35,6 +39,7 @@ public enum ToasterBus {
 
     /// The bus FDO's extension.
     final class Bus: @unchecked Sendable {
+        var interface = ""
         let children = Mutex<[DeviceObject]>([])
         let opens = Atomic<Int>(0)
         weak var pdo: DeviceObject?
@@ -44,6 +49,7 @@ public enum ToasterBus {
         driver.addDevice = { driver, pdo in
             let bus = Bus()
             bus.pdo = pdo
+            bus.interface = driver.ioManager.registerDeviceInterface(pdo, classGUID: interfaceClass)
             return driver.addFunctionDevice(for: pdo, deviceType: 0x2A, flags: .bufferedIO, extension: bus)
         }
         driver.majorFunction.setAll { device, irp in
@@ -86,7 +92,16 @@ public enum ToasterBus {
                 irp.ioStatus.status = .success
                 irp.skipCurrentStackLocation()
                 return device.callLower(irp)
+            case .startDevice:
+                return PnP.functionDispatch(start: { device, _ in
+                    device.driverObject.ioManager.setDeviceInterfaceState(bus.interface, enabled: true)
+                    return .success
+                })(device, irp)
+            case .surpriseRemoval:
+                device.driverObject.ioManager.setDeviceInterfaceState(bus.interface, enabled: false)
+                return PnP.functionDispatch()(device, irp)
             case .removeDevice:
+                device.driverObject.ioManager.setDeviceInterfaceState(bus.interface, enabled: false)
                 let children = bus.children.withLock { c in defer { c.removeAll() }; return c }
                 for child in children { device.driverObject.ioManager.deleteDevice(child) }
                 return PnP.functionDispatch()(device, irp)
@@ -224,11 +239,14 @@ public enum ToasterDriver {
     final class Toaster: @unchecked Sendable {
         let toasts = Atomic<Int>(0)
         let opens = Atomic<Int>(0)
+        var interface = ""
     }
 
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in
-            driver.addFunctionDevice(for: pdo, deviceType: 0x2A, flags: .bufferedIO, extension: Toaster())
+            let toaster = Toaster()
+            toaster.interface = driver.ioManager.registerDeviceInterface(pdo, classGUID: ToasterBus.toasterInterfaceClass)
+            return driver.addFunctionDevice(for: pdo, deviceType: 0x2A, flags: .bufferedIO, extension: toaster)
         }
         driver.majorFunction.succeed([.cleanup, .flushBuffers])
         driver.majorFunction[.create] = { device, irp in
@@ -241,12 +259,20 @@ public enum ToasterDriver {
             irp.complete(.success)
             return .success
         }
-        let pnp = PnP.functionDispatch()
+        let pnp = PnP.functionDispatch(start: { device, _ in
+            // The interface is enabled once the device works.
+            device.driverObject.ioManager.setDeviceInterfaceState(device.deviceExtension(as: Toaster.self).interface, enabled: true)
+            return .success
+        })
         driver.majorFunction[.pnp] = { device, irp in
+            let toaster = device.deviceExtension(as: Toaster.self)
             // A toaster in use says no to an orderly removal (devcon remove names it).
-            if irp.pnpMinor == .queryRemoveDevice, device.deviceExtension(as: Toaster.self).opens.load(ordering: .relaxed) > 0 {
+            if irp.pnpMinor == .queryRemoveDevice || irp.pnpMinor == .queryStopDevice, toaster.opens.load(ordering: .relaxed) > 0 {
                 irp.complete(.deviceBusy)
                 return .deviceBusy
+            }
+            if irp.pnpMinor == .surpriseRemoval || irp.pnpMinor == .removeDevice {
+                device.driverObject.ioManager.setDeviceInterfaceState(toaster.interface, enabled: false)
             }
             return pnp(device, irp)
         }

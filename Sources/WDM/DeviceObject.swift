@@ -74,6 +74,8 @@ public final class DeviceObject: @unchecked Sendable {
     let asleep = Atomic<Bool>(false)
     /// On the top of a stack: the requests waiting for D0.
     let powerQueue = PowerQueue()
+    /// The device interfaces registered for this PDO.
+    let interfaceNames = Mutex<[String]>([])
     /// Set on every device of a stack whose device is gone (surprise removal).
     public let gone = Atomic<Bool>(false)
     /// Open handles on the stack this device tops (counted at CREATE and CLOSE).

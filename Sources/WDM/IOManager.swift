@@ -46,6 +46,8 @@ public final class IOManager: @unchecked Sendable {
     /// The PnP manager's own thread: enumeration and removal run here, in order.
     let pnpQueue = DispatchQueue(label: "wdmfs.pnp")
 
+    /// Registered device interfaces.
+    let interfaces = Mutex<[DeviceInterface]>([])
     /// Some stack is not in D0 (so `send` looks at the one it sends to).
     let anyAsleep = Atomic<Bool>(false)
     let systemPower = Mutex(SystemPowerState.working)
@@ -201,6 +203,7 @@ public final class IOManager: @unchecked Sendable {
     /// `IoDeleteDevice`.
     public func deleteDevice(_ device: DeviceObject) {
         device.deleted = true
+        forgetInterfaces(of: device)
         if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }
         device.attachedDevice = nil
         device.lowerDevice = nil

@@ -14,11 +14,15 @@ enum NodeFile: String, CaseIterable {
     case filterLog = "filter.log"
 }
 
-/// What a path under `.devices` names.
+/// What a path under `.devices` or `.interfaces` names.
 enum TreeEntry {
     case top
     case node(DeviceNode)
     case file(DeviceNode, NodeFile)
+    /// `.interfaces` and `.interfaces/{GUID}`.
+    case interfaceDir([String])
+    /// `.interfaces/{GUID}/instance`: a symbolic link to the device file.
+    case interfaceLink(String)
 }
 
 extension FuseBridge {
@@ -27,6 +31,7 @@ extension FuseBridge {
 
     /// What `path` (`.devices`, `.devices/a/b`, `.devices/a/status`) names now, if anything.
     func resolve(_ path: String) -> TreeEntry? {
+        if path == ".interfaces" || path.hasPrefix(".interfaces/") { return resolveInterface(path) }
         var parts = path.split(separator: "/").map(String.init)
         guard parts.first == ".devices" else { return nil }
         parts.removeFirst()
@@ -39,6 +44,24 @@ extension FuseBridge {
             nodes = next.children.filter { $0.state != .removed }
         }
         return current.map { .node($0) } ?? .top
+    }
+
+    /// `.interfaces/{GUID}/instance` -> `../../FILE` for every enabled interface.
+    func resolveInterface(_ path: String) -> TreeEntry? {
+        let parts = path.split(separator: "/").map(String.init)
+        let enabled = io.enabledInterfaces()
+        switch parts.count {
+        case 1: return .interfaceDir(Array(Set(enabled.map(\.classGUID))).sorted())
+        case 2:
+            let mine = enabled.filter { $0.classGUID == parts[1] }
+            return mine.isEmpty ? nil : .interfaceDir(mine.map(\.instance).sorted())
+        case 3:
+            guard enabled.contains(where: { $0.classGUID == parts[1] && $0.instance == parts[2] }),
+                  let file = io.link(forInstance: parts[2]), io.isPresent(file)
+            else { return nil }
+            return .interfaceLink("../../" + file)
+        default: return nil
+        }
     }
 
     /// The inode of a `.devices` path that exists now.
@@ -62,6 +85,9 @@ extension FuseBridge {
     /// A directory's entries: child nodes, then the node's files.
     func treeEntries(_ path: String) -> [(name: String, ino: fuse_ino_t, dir: Bool)]? {
         switch resolve(path) {
+        case .interfaceDir(let names)?:
+            let leaf = path.split(separator: "/").count == 2
+            return names.compactMap { n in treeInode(path + "/" + n).map { (n, $0, !leaf) } }
         case .top?:
             return io.deviceNodes.filter { $0.state != .removed }.compactMap { n in treeInode(path + "/" + n.instanceName).map { (n.instanceName, $0, true) } }
         case .node(let node)?:

@@ -56,6 +56,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case power
         case treeDir(String)
         case treeFile(String, NodeFile)
+        case symlink(String)
         case device(String)
     }
     /// The namespace changes while mounted (devices come and go): inode 1 is the
@@ -110,7 +111,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     /// The entries of the root directory now: `.stats`, then every device file.
     var rootEntries: [(name: String, ino: fuse_ino_t)] {
-        [(".stats", 2), (".power", 3)] + (treeInode(".devices").map { [(".devices", $0)] } ?? []) + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
+        [(".stats", 2), (".power", 3)] + (treeInode(".devices").map { [(".devices", $0)] } ?? [])
+            + (treeInode(".interfaces").map { [(".interfaces", $0)] } ?? []) + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
     }
 
     /// Poll handles the kernel gave us, per open file: woken when the device's
@@ -142,8 +144,9 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case FuseBridge.treeBase...:
             guard let path = treePath(ino) else { return nil }
             switch resolve(path) {
-            case .top?, .node?: return .treeDir(path)
+            case .top?, .node?, .interfaceDir?: return .treeDir(path)
             case .file(_, let f)?: return .treeFile(path, f)
+            case .interfaceLink(let target)?: return .symlink(target)
             case nil: return nil
             }
         default:
@@ -178,6 +181,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case .treeFile(_, let f):
             st.st_mode = Glibc.S_IFREG | (f == .control ? 0o200 : 0o444)
             st.st_nlink = 1
+        case .symlink(let target):
+            st.st_mode = Glibc.S_IFLNK | 0o777
+            st.st_nlink = 1
+            st.st_size = target.utf8.count
         case .device(let link):
             let p = permissions[link]
             st.st_mode = Glibc.S_IFREG | (p?.mode ?? 0o666)
@@ -205,7 +212,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         let reply = FuseReply(req, sink)
         let ino: fuse_ino_t?
         if parent == 1 {
-            ino = name == ".devices" ? treeInode(".devices") : name.flatMap { inode(of: $0) }
+            ino = name == ".devices" || name == ".interfaces" ? treeInode(name!) : name.flatMap { inode(of: $0) }
         } else if let dir = treePath(parent), let name {
             ino = treeInode(dir + "/" + name)
         } else {
@@ -247,6 +254,16 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         reply.attr(&st, timeout: fuseEntryTimeout)
     }
 
+    /// readlink: where an interface's name leads.
+    func readlink(_ req: FuseRequestHandle, _ ino: fuse_ino_t) {
+        let reply = FuseReply(req, sink)
+        guard case .symlink(let target)? = node(ino) else {
+            reply.error(EINVAL)
+            return
+        }
+        reply.link(target)
+    }
+
     // MARK: - Handles
 
     static func file(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> FileObject? {
@@ -272,6 +289,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             reply.open(fi)
         case .treeDir:
             reply.error(EISDIR)
+        case .symlink:
+            reply.error(ELOOP)
         case .treeFile(let path, let f):
             if f == .control {
                 guard fi.pointee.flags & O_ACCMODE == O_WRONLY else {

@@ -22,6 +22,7 @@ extension FuseBridge {
         ops.setattr = { req, ino, _, toSet, _ in FuseBridge.of(req).setattr(req, ino, toSet) }
         ops.readdir = { req, ino, size, off, _ in FuseBridge.of(req).readdir(req, ino, size, off) }
         ops.open = { req, ino, fi in FuseBridge.of(req).open(req, ino, fi!) }
+        ops.readlink = { req, ino in FuseBridge.of(req).readlink(req, ino) }
         ops.release = { req, ino, fi in FuseBridge.of(req).release(req, ino, fi) }
         ops.read = { req, ino, size, off, fi in FuseBridge.of(req).read(req, ino, size, off, fi) }
         ops.write = { req, ino, buf, size, off, fi in FuseBridge.of(req).write(req, ino, buf, size, off, fi) }
@@ -49,9 +50,12 @@ extension FuseBridge {
         let reply = FuseReply(req, sink)
         var entries: [(String, fuse_ino_t, mode_t)] = [(".", ino, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
         if ino == 1 {
-            for (name, i) in rootEntries { entries.append((name, i, name == ".devices" ? Glibc.S_IFDIR : Glibc.S_IFREG)) }
+            for (name, i) in rootEntries { entries.append((name, i, name == ".devices" || name == ".interfaces" ? Glibc.S_IFDIR : Glibc.S_IFREG)) }
         } else if let path = treePath(ino), let list = treeEntries(path) {
-            for e in list { entries.append((e.name, e.ino, e.dir ? Glibc.S_IFDIR : Glibc.S_IFREG)) }
+            for e in list {
+                let leaf = path.hasPrefix(".interfaces/")
+                entries.append((e.name, e.ino, e.dir ? Glibc.S_IFDIR : (leaf ? Glibc.S_IFLNK : Glibc.S_IFREG)))
+            }
         } else {
             reply.error(ENOTDIR)
             return

@@ -24,6 +24,7 @@ public protocol ReplySink: AnyObject, Sendable {
     func replyPoll(_ req: FuseRequestHandle, _ events: UInt32)
     func replyAttr(_ req: FuseRequestHandle, _ attr: UnsafePointer<stat>, timeout: Double)
     func replyEntry(_ req: FuseRequestHandle, _ entry: UnsafePointer<fuse_entry_param>)
+    func replyLink(_ req: FuseRequestHandle, _ target: String)
     /// From now on a FUSE interrupt of `req` calls `request.interrupted()`.
     func armInterrupt(_ req: FuseRequestHandle, _ request: PendingFuseRequest)
     /// Stops interrupt callbacks for `req` (waits for one that is running). Before the reply.
@@ -81,6 +82,10 @@ public struct FuseReply: ~Copyable {
         sink.replyEntry(req, e)
         discard self
     }
+    public consuming func link(_ target: String) {
+        sink.replyLink(req, target)
+        discard self
+    }
 
     deinit {
         sink.dropped(req, "a reply was dropped unanswered")
@@ -116,6 +121,7 @@ final class LibfuseSink: ReplySink, @unchecked Sendable {
     func replyPoll(_ req: FuseRequestHandle, _ events: UInt32) { fuse_reply_poll(req, events) }
     func replyAttr(_ req: FuseRequestHandle, _ attr: UnsafePointer<stat>, timeout: Double) { fuse_reply_attr(req, attr, timeout) }
     func replyEntry(_ req: FuseRequestHandle, _ entry: UnsafePointer<fuse_entry_param>) { fuse_reply_entry(req, entry) }
+    func replyLink(_ req: FuseRequestHandle, _ target: String) { _ = target.withCString { fuse_reply_readlink(req, $0) } }
     func armInterrupt(_ req: FuseRequestHandle, _ request: PendingFuseRequest) {
         fuse_req_interrupt_func(req, fuseInterrupt, Unmanaged.passUnretained(request).toOpaque())
     }

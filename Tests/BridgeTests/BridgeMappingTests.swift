@@ -43,6 +43,7 @@ final class FakeSink: ReplySink, @unchecked Sendable {
         record(req, .attr(stat_size: attr.pointee.st_size, mode: attr.pointee.st_mode))
     }
     func replyEntry(_ req: FuseRequestHandle, _ entry: UnsafePointer<fuse_entry_param>) { record(req, .entry) }
+    func replyLink(_ req: FuseRequestHandle, _ target: String) { record(req, .data(Array(target.utf8))) }
     func armInterrupt(_ req: FuseRequestHandle, _ request: PendingFuseRequest) {
         state.withLock { $0.armed[Self.id(req)] = request }
     }

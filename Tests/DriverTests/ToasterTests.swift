@@ -144,3 +144,24 @@ func unplugBuffer(serial: UInt32) -> [UInt8] {
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
 }
+
+@Suite struct DeviceInterfaceTests {
+    @Test func aToastersInterfaceIsEnabledAtStartAndDisabledWhenItGoes() throws {
+        let io = IOManager()
+        try DefaultTree.build(into: io, options: .init(ramdiskSize: 1 << 20))
+        let host = EmbeddedHost(io)
+        let bus = try host.open("toaster-bus", access: .readData)
+        #expect(io.enabledInterfaces(classGUID: ToasterBus.interfaceClass).map(\.instance) == ["toaster-bus"])
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 4)).status == .success)
+        io.waitForPnP()
+        let toasters = io.enabledInterfaces(classGUID: ToasterBus.toasterInterfaceClass)
+        #expect(toasters.map(\.instance) == ["toaster4"])
+        #expect(io.link(forInstance: "toaster4") == "toaster4")
+        // Enabling an enabled interface: STATUS_OBJECT_NAME_EXISTS, as on Windows.
+        #expect(io.setDeviceInterfaceState(toasters[0].name, enabled: true) == .objectNameExists)
+        #expect(io.setDeviceInterfaceState("nonsense", enabled: true) == .objectNameNotFound)
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: 4)).status == .success)
+        io.waitForPnP()
+        #expect(io.enabledInterfaces(classGUID: ToasterBus.toasterInterfaceClass).isEmpty)
+    }
+}

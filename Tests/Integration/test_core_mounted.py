@@ -478,7 +478,7 @@ def test_a_tree_file_is_mounted_as_described(tmp_path):
         "    mode: '0640'\n")
     m = mount_tree(("--tree", str(tree_file)))
     try:
-        assert sorted(os.listdir(m.path)) == [".devices", ".power", ".stats", "disk-b", "small"]
+        assert sorted(os.listdir(m.path)) == [".devices", ".interfaces", ".power", ".stats", "disk-b", "small"]
         assert os.stat(m.dev("small")).st_size == 1 << 20
         st = os.stat(m.dev("disk-b"))
         assert st.st_size == 2 << 20 and st.st_mode & 0o777 == 0o640
@@ -682,3 +682,17 @@ def test_the_toaster_filter_logs_the_pnp_order_under_the_mount(tmp_path):
         assert "BusUpperFilter IRP_MN_QUERY_DEVICE_RELATIONS" in bus_log
     finally:
         unmount_tree(m)
+
+
+def test_scripts_find_devices_by_interface_class(tree):
+    toaster_class = os.path.join(tree.path, ".interfaces", "{781EF630-72B2-11d2-B852-00C04FAD5171}")
+    assert "{D35F7840-6A0C-11d2-B841-00C04FAD5171}" in os.listdir(os.path.join(tree.path, ".interfaces"))
+    assert run_wdmfs("plug", tree.dev("toaster-bus"), "6").returncode == 0
+    try:
+        link = os.path.join(toaster_class, "toaster6")
+        assert os.readlink(link) == "../../toaster6"
+        with open(link) as f:  # opening through the interface opens the device
+            assert f.read().startswith("toaster6")
+    finally:
+        run_wdmfs("unplug", tree.dev("toaster-bus"), "0")
+    assert wait_for(lambda: not os.path.exists(os.path.join(toaster_class, "toaster6")))
