@@ -15,7 +15,18 @@ enum NodeFile: String, CaseIterable {
 }
 
 /// What a path under `.devices` or `.interfaces` names.
-enum TreeEntry {
+enum TreeEntry: Equatable {
+    static func == (a: TreeEntry, b: TreeEntry) -> Bool {
+        switch (a, b) {
+        case (.top, .top): true
+        case (.node(let x), .node(let y)): x === y
+        case (.file(let x, let f), .file(let y, let g)): x === y && f == g
+        case (.interfaceDir(let x), .interfaceDir(let y)): x == y
+        case (.interfaceLink(let x), .interfaceLink(let y)): x == y
+        default: false
+        }
+    }
+
     case top
     case node(DeviceNode)
     case file(DeviceNode, NodeFile)

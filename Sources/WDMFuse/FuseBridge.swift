@@ -107,6 +107,27 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             }
         }
         sink.invalidateEntry(parent: 1, name: name)
+        invalidateTree()
+    }
+
+    /// The `.devices` and `.interfaces` entries the kernel may have cached and
+    /// that no longer exist are invalidated and forgotten (a node that comes back
+    /// is a new directory); the directories that remain are invalidated so their
+    /// listings are read again.
+    func invalidateTree() {
+        let known = inodes.withLock { t in t.byInode.filter { $0.key >= FuseBridge.treeBase } }
+        var gone: [(parent: fuse_ino_t, name: String, ino: fuse_ino_t)] = []
+        for (ino, path) in known where resolve(path) == nil {
+            let parentPath = path.split(separator: "/").dropLast().joined(separator: "/")
+            let parent = parentPath.isEmpty ? 1 : (inodes.withLock { $0.byName[parentPath] } ?? 0)
+            gone.append((parent, String(path.split(separator: "/").last ?? ""), ino))
+        }
+        inodes.withLock { t in
+            for g in gone {
+                if let path = t.byInode.removeValue(forKey: g.ino) { t.byName[path] = nil }
+            }
+        }
+        for g in gone where g.parent != 0 { sink.invalidateEntry(parent: g.parent, name: g.name) }
     }
 
     /// The entries of the root directory now: `.stats`, then every device file.

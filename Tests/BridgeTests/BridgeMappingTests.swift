@@ -338,3 +338,35 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
         #expect(rig.rules == [.informationExceedsBuffer])
     }
 }
+
+@Suite struct LivingNamespaceTests {
+    @Test func aToasterThatGoesIsInvalidatedInTheKernelEverywhereItWasSeen() throws {
+        let rig = try Rig()
+        let bus = rig.open("toaster-bus", flags: O_RDONLY)
+        var input: [UInt8] = [8, 0, 0, 0, 1, 0, 0, 0]
+        for u in "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster".utf16 { input += [UInt8(u & 0xFF), UInt8(u >> 8)] }
+        input += [0, 0, 0, 0]
+        let n = rig.ioctl(bus, code: 0x002A_4000, input: input)
+        #expect(header(rig.sink.replies(n).first)?.status == .success)
+        rig.io.waitForPnP()
+        // A script looked at the toaster's node and its interface.
+        let file = try #require(rig.bridge.inode(of: "toaster1"))
+        let node = try #require(rig.bridge.treeInode(".devices/toaster-bus/toaster1"))
+        let status = try #require(rig.bridge.treeInode(".devices/toaster-bus/toaster1/status"))
+        let iface = try #require(rig.bridge.treeInode(".interfaces/{781EF630-72B2-11d2-B852-00C04FAD5171}/toaster1"))
+        #expect(Set([file, node, status, iface]).count == 4)
+        let before = rig.sink.invalidated.count
+        let u = rig.ioctl(bus, code: 0x002A_4004, input: [16, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        #expect(header(rig.sink.replies(u).first)?.status == .success)
+        rig.io.waitForPnP()
+        let invalidated = Array(rig.sink.invalidated.dropFirst(before))
+        #expect(invalidated.contains("toaster1"))  // the device file, the node directory, the interface link
+        #expect(invalidated.contains("status"))
+        #expect(rig.bridge.node(node) == nil && rig.bridge.node(iface) == nil && rig.bridge.node(file) == nil)
+        // Plugged in again, it is a new file and a new directory.
+        _ = rig.ioctl(bus, code: 0x002A_4000, input: input)
+        rig.io.waitForPnP()
+        #expect(rig.bridge.inode(of: "toaster1") != file)
+        #expect(rig.bridge.treeInode(".devices/toaster-bus/toaster1") != node)
+    }
+}

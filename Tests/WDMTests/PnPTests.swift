@@ -149,7 +149,9 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
             waited.withLock { $0 = true }
             done.signal()
         }
-        Thread.sleep(forTimeInterval: 0.1)
+        // Removal has begun once the lock says so (the other thread waits for the I/O).
+        for _ in 0..<500 where !lock.isRemoved { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(lock.isRemoved)
         #expect(lock.acquire() == .deletePending)  // no new I/O once removal began
         #expect(!waited.withLock { $0 })
         lock.release()  // the I/O in flight ends
