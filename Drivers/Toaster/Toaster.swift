@@ -232,7 +232,11 @@ public enum ToasterBus {
     }
 }
 
-/// The toaster function driver: a toaster answers reads with what it is doing.
+/// The toaster function driver: each write puts a slice of bread in; a read
+/// says how many slices it toasted, and waits (pends) while there is no bread
+/// yet. A toaster that goes away (surprise removal) fails the reads waiting in
+/// it with STATUS_NO_SUCH_DEVICE; REMOVE_DEVICE waits for the I/O in flight
+/// through the remove lock.
 public enum ToasterDriver {
     public static let name = "Toaster"
 
@@ -240,6 +244,23 @@ public enum ToasterDriver {
         let toasts = Atomic<Int>(0)
         let opens = Atomic<Int>(0)
         var interface = ""
+        /// Reads waiting for bread.
+        let waiting = CancelSafeQueue()
+        /// Set at surprise removal: new reads fail instead of waiting.
+        let gone = Atomic<Bool>(false)
+    }
+
+    static func answer(_ device: DeviceObject, _ irp: IRP) {
+        let text = Array("\(device.deviceNode?.instanceName ?? "toaster"): \(device.deviceExtension(as: Toaster.self).toasts.load(ordering: .relaxed)) slices toasted\n".utf8)
+        let buffer = irp.transferBuffer
+        let offset = Int(irp.parameters.read.byteOffset)
+        guard offset < text.count else {
+            irp.complete(.endOfFile)
+            return
+        }
+        let n = min(buffer.count, text.count - offset)
+        buffer.copyBytes(from: text[offset..<offset + n])
+        irp.complete(.success, information: n)
     }
 
     public static let driverEntry: DriverEntry = { driver in
@@ -248,7 +269,12 @@ public enum ToasterDriver {
             toaster.interface = driver.ioManager.registerDeviceInterface(pdo, classGUID: ToasterBus.toasterInterfaceClass)
             return driver.addFunctionDevice(for: pdo, deviceType: 0x2A, flags: .bufferedIO, extension: toaster)
         }
-        driver.majorFunction.succeed([.cleanup, .flushBuffers])
+        driver.majorFunction.succeed([.flushBuffers])
+        driver.majorFunction[.cleanup] = { device, irp in
+            if let file = irp.fileObject { device.deviceExtension(as: Toaster.self).waiting.cancelAll(for: file) }
+            irp.complete(.success)
+            return .success
+        }
         driver.majorFunction[.create] = { device, irp in
             device.deviceExtension(as: Toaster.self).opens.add(1, ordering: .relaxed)
             irp.complete(.success)
@@ -273,27 +299,31 @@ public enum ToasterDriver {
             }
             if irp.pnpMinor == .surpriseRemoval || irp.pnpMinor == .removeDevice {
                 device.driverObject.ioManager.setDeviceInterfaceState(toaster.interface, enabled: false)
+                // The toaster is gone: nobody will put bread in.
+                toaster.gone.store(true, ordering: .releasing)
+                while let r = toaster.waiting.removeNext() { r.complete(.noSuchDevice) }
             }
             return pnp(device, irp)
         }
         driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { device, irp in
-            let text = Array("\(device.deviceNode?.instanceName ?? "toaster"): \(device.deviceExtension(as: Toaster.self).toasts.load(ordering: .relaxed)) slices toasted\n".utf8)
-            let buffer = irp.transferBuffer
-            let offset = Int(irp.parameters.read.byteOffset)
-            guard offset < text.count else {
-                irp.complete(.endOfFile)
-                return .endOfFile
+            let toaster = device.deviceExtension(as: Toaster.self)
+            // In flight: the remove lock makes REMOVE_DEVICE wait for this read.
+            guard device.removeLock.acquire().isSuccess, !toaster.gone.load(ordering: .acquiring) else {
+                irp.complete(.noSuchDevice)
+                return .noSuchDevice
             }
-            let n = min(buffer.count, text.count - offset)
-            buffer.copyBytes(from: text[offset..<offset + n])
-            irp.complete(.success, information: n)
-            return .success
+            defer { device.removeLock.release() }
+            if toaster.toasts.load(ordering: .acquiring) == 0 { return toaster.waiting.insert(irp) }
+            answer(device, irp)
+            return irp.ioStatus.status
         }
         driver.majorFunction[.write] = { device, irp in
-            // Each write is a slice of bread.
-            device.deviceExtension(as: Toaster.self).toasts.add(1, ordering: .relaxed)
+            // Each write is a slice of bread; reads waiting for it are answered.
+            let toaster = device.deviceExtension(as: Toaster.self)
+            toaster.toasts.add(1, ordering: .releasing)
             irp.complete(.success, information: irp.parameters.write.length)
+            while let r = toaster.waiting.removeNext() { answer(device, r) }
             return .success
         }
         return .success

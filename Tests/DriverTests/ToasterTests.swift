@@ -59,6 +59,24 @@ func unplugBuffer(serial: UInt32) -> [UInt8] {
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
 
+    @Test func aReaderWaitingForBreadGetsNoSuchDeviceWhenTheToasterIsUnplugged() throws {
+        let (io, host, bus) = try tree()
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 2)).status == .success)
+        io.waitForPnP()
+        let t = try host.open("toaster2")
+        let waiting = host.beginRead(t, count: 100)  // no bread yet: it waits
+        #expect(waiting.pended)
+        #expect(!waiting.wait(seconds: 0.1))
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: 2)).status == .success)
+        io.waitForPnP()
+        #expect(waiting.wait())
+        #expect(waiting.status == .noSuchDevice)  // ENODEV to a FUSE reader
+        #expect(throws: NTStatus.noSuchDevice) { try host.open("toaster2") }  // a later open fails
+        host.close(t)
+        io.waitForPnP()
+        #expect(io.deviceNodes.first { $0.instanceName == "toaster-bus" }?.children.isEmpty == true)
+    }
+
     @Test func theSamplesBadRequestsFailAsItFailsThem() throws {
         let (io, host, bus) = try tree()
         // Unplugging with no children: STATUS_NO_SUCH_DEVICE (the WDM sample).
@@ -90,6 +108,7 @@ func unplugBuffer(serial: UInt32) -> [UInt8] {
             #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: UInt32(i))).status == .success)
             io.waitForPnP()
             let t = try host.open("toaster\(i)")
+            _ = host.write(t, [1])
             _ = host.read(t, count: 10)
             host.close(t)
             #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: unplugBuffer(serial: UInt32(i))).status == .success)

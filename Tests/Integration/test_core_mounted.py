@@ -558,8 +558,9 @@ def test_a_thousand_toasters_plugged_and_unplugged_leave_nothing_behind(tree):
         assert env.call(bus, 0x002A4000, struct.pack("<II", 8, serial) + ids)[0] == env.STATUS_SUCCESS
         path = tree.dev(f"toaster{serial}")
         assert wait_for(lambda: os.path.exists(path))
-        fd = os.open(path, os.O_RDONLY)
-        assert os.read(fd, 100).startswith(b"toaster")
+        fd = os.open(path, os.O_RDWR)
+        os.write(fd, b"bread")
+        assert os.pread(fd, 100, 0).startswith(b"toaster")
         os.close(fd)
         assert env.call(bus, 0x002A4004, struct.pack("<IIII", 16, serial, 0, 0))[0] == env.STATUS_SUCCESS
 
@@ -619,7 +620,8 @@ def test_the_device_tree_is_visible_and_scriptable(tree):
         assert run_wdmfs("status", tree.path, "toaster8").stdout == "toaster8: running\n"
         assert run_wdmfs("stack", tree.path, "ramdisk0").stdout == \
             "ramdisk0: \\Driver\\PassThroughFilter > \\Driver\\RamDisk > \\Driver\\PnpManager\n"
-        fd = os.open(tree.dev("toaster8"), os.O_RDONLY)
+        fd = os.open(tree.dev("toaster8"), os.O_RDWR)
+        os.write(fd, b"bread")
         try:
             assert read("handles") == "1\n"
             r = run_wdmfs("remove", tree.path, "toaster8")  # in use: the toaster vetoes
@@ -691,8 +693,30 @@ def test_scripts_find_devices_by_interface_class(tree):
     try:
         link = os.path.join(toaster_class, "toaster6")
         assert os.readlink(link) == "../../toaster6"
-        with open(link) as f:  # opening through the interface opens the device
-            assert f.read().startswith("toaster6")
+        with open(link, "r+b", buffering=0) as f:  # opening through the interface opens the device
+            f.write(b"bread")
+            f.seek(0)
+            assert f.read().startswith(b"toaster6")
     finally:
         run_wdmfs("unplug", tree.dev("toaster-bus"), "0")
     assert wait_for(lambda: not os.path.exists(os.path.join(toaster_class, "toaster6")))
+
+
+def test_a_reader_waiting_in_a_toaster_gets_enodev_when_it_is_unplugged(tree):
+    bus = tree.dev("toaster-bus")
+    assert run_wdmfs("plug", bus, "9").returncode == 0
+    reader = subprocess.Popen([sys.executable, "-c", "import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                               "try:\n    os.read(fd, 100)\n    print('read')\nexcept OSError as e:\n    print(e.errno)",
+                               tree.dev("toaster9")], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        assert reader.poll() is None  # waiting for bread
+        assert run_wdmfs("unplug", bus, "9").returncode == 0
+        out, _ = reader.communicate(timeout=5)
+        assert out.strip() == str(errno.ENODEV)
+        assert wait_for(lambda: "toaster9" not in os.listdir(tree.path))
+        with pytest.raises(FileNotFoundError):
+            os.open(tree.dev("toaster9"), os.O_RDONLY)  # a later open fails
+    finally:
+        if reader.poll() is None:
+            reader.kill()
