@@ -90,7 +90,12 @@ public enum EchoDriver {
                 for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension(capacity: capacity))
         }
         driver.majorFunction.succeed([.create, .close, .flushBuffers])
-        driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.pnp] = PnP.functionDispatch(remove: { device in
+            // The device goes: what waits in it will never be served.
+            let ext = device.deviceExtension(as: Extension.self)
+            ext.readers.completeAll(.noSuchDevice)
+            ext.writers.completeAll(.noSuchDevice)
+        })
         driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = read
         driver.majorFunction[.write] = write

@@ -67,7 +67,9 @@ public enum IoctlDemoDriver {
             driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension())
         }
         driver.majorFunction.succeed([.create, .close])
-        driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.pnp] = PnP.functionDispatch(remove: { device in
+            device.deviceExtension(as: Extension.self).waiters.completeAll(.noSuchDevice)
+        })
         driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.cleanup] = { device, irp in
             if let file = irp.fileObject { device.deviceExtension(as: Extension.self).waiters.cancelAll(for: file) }

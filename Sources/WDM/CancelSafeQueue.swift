@@ -66,6 +66,17 @@ public final class CancelSafeQueue: @unchecked Sendable {
         return irps.count
     }
 
+    /// Completes every parked IRP with `status` (a device going away); returns how many.
+    @discardableResult
+    public func completeAll(_ status: NTStatus) -> Int {
+        var n = 0
+        while let irp = removeNext() {
+            irp.complete(status)
+            n += 1
+        }
+        return n
+    }
+
     /// How many IRPs are parked.
     public var count: Int { items.withLock { $0.count } }
 

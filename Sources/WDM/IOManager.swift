@@ -344,11 +344,23 @@ public final class IOManager: @unchecked Sendable {
         }
         for child in node.children.reversed() where child.state != .removed { finishRemoval(child) }
         node.children.removeAll()
+        markGone(pdo)
         _ = sendPnP(.removeDevice, to: pdo.topOfStack)
+        pdo.gone.store(false, ordering: .releasing)  // the PDO stays, for enable
         node.state = .disabled
         node.problem = .disabled
         announceLinks(of: pdo)
         return (.success, nil)
+    }
+
+    /// Sets `gone` on every device of the stack `pdo` is at the bottom of: the I/O
+    /// manager sends no new request into it (STATUS_DELETE_PENDING, ENODEV).
+    func markGone(_ pdo: DeviceObject) {
+        var d: DeviceObject? = pdo
+        while let device = d {
+            device.gone.store(true, ordering: .releasing)
+            d = device.attachedDevice
+        }
     }
 
     /// devcon enable: a disabled node's stack is built and started again.
@@ -407,6 +419,7 @@ public final class IOManager: @unchecked Sendable {
             node.state = .queryRemove
         }
         if pdo.attachedDevice != nil || node.state != .removed {
+            markGone(pdo)  // no new I/O enters a stack that is being removed
             _ = sendPnP(.removeDevice, to: pdo.topOfStack)
         }
         node.state = .removed

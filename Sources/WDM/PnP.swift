@@ -113,8 +113,8 @@ public enum PnP {
                 irp.ioStatus.status = .success
                 irp.skipCurrentStackLocation()
                 let status = device.callLower(irp)
+                remove?(device)  // what waits in the device is completed before its I/O is waited for
                 device.removeLock.releaseAndWait()
-                remove?(device)
                 device.driverObject.ioManager.detachAndDelete(device)
                 return status
             case .queryRemoveDevice, .cancelRemoveDevice, .queryStopDevice, .cancelStopDevice, .stopDevice, .surpriseRemoval:

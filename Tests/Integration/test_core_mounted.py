@@ -720,3 +720,37 @@ def test_a_reader_waiting_in_a_toaster_gets_enodev_when_it_is_unplugged(tree):
     finally:
         if reader.poll() is None:
             reader.kill()
+
+
+def test_disabling_a_device_releases_the_caller_waiting_in_it(tree):
+    """A reader blocked in echo when echo is disabled gets ENODEV; the handle it
+    still holds gets ENODEV too; enabled again, echo works."""
+    r = os.open(tree.dev("echo"), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.read(r, 65536)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(r)
+    reader = subprocess.Popen([sys.executable, "-c", "import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                               "try:\n    os.read(fd, 10)\n    print('read')\nexcept OSError as e:\n    print(e.errno)\n"
+                               "try:\n    os.read(fd, 10)\nexcept OSError as e:\n    print(e.errno)",
+                               tree.dev("echo")], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        assert reader.poll() is None
+        assert run_wdmfs("disable", tree.path, "echo").returncode == 0
+        out, _ = reader.communicate(timeout=5)
+        assert out.split() == [str(errno.ENODEV), str(errno.ENODEV)]
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+        assert run_wdmfs("enable", tree.path, "echo").returncode == 0
+    assert wait_for(lambda: "echo" in os.listdir(tree.path))
+    fd = os.open(tree.dev("echo"), os.O_RDWR)
+    try:
+        os.write(fd, b"back")
+        assert os.read(fd, 4) == b"back"
+    finally:
+        os.close(fd)
