@@ -68,6 +68,9 @@ public final class DeviceObject: @unchecked Sendable {
         set { sizeWord.store(newValue ?? -1, ordering: .relaxed) }
     }
     private let sizeWord = Atomic<Int64>(-1)
+    /// Set by a driver whose I/O should fail (STATUS_DEVICE_NOT_READY, EAGAIN)
+    /// while its device is not in D0, instead of waiting for D0.
+    public var failsIOWhenNotInD0 = false
     /// `DEVICE_POWER_STATE` (see `powerState`).
     let powerStateWord = Atomic<UInt32>(DevicePowerState.d0.rawValue)
     /// On the top of a stack: its power policy owner is not in D0, so I/O waits.

@@ -4,6 +4,7 @@
 // NtWriteFile, NtDeviceIoControlFile and the close path is done, so the
 // buffering rules, the access checks and the handle checks exist once.
 
+import Dispatch
 import Synchronization
 
 /// A request a host sends on an open handle. Buffers are the host's memory.
@@ -97,6 +98,8 @@ extension IOManager {
             return refuse(irp, refused)
         }
         if anyAsleep.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.asleep.load(ordering: .acquiring) {
+            // A driver that says so fails I/O while it is not in D0, instead of holding it.
+            if failsWhileAsleep(top) { return refuse(irp, .deviceNotReady) }
             return parkUntilPowered(irp, top)
         }
         return submit(irp)
@@ -109,11 +112,31 @@ extension IOManager {
             freeIrp(irp)
             return IOStatusBlock(status: refused)
         }
+        if anyAsleep.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.asleep.load(ordering: .acquiring) {
+            if failsWhileAsleep(top) {
+                freeIrp(irp)
+                return IOStatusBlock(status: .deviceNotReady)
+            }
+            // A synchronous caller waits for D0 here (a host's waits end at shutdown).
+            while top.asleep.load(ordering: .acquiring), isShuttingDown?() != true {
+                _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.005)
+            }
+        }
         let (_, completed) = callSynchronously(irp)
         guard completed else { return IOStatusBlock(status: .cancelled) }
         let result = irp.packet.ioStatus
         freeIrp(irp)
         return result
+    }
+
+    /// Whether a driver of the stack topped by `top` fails I/O while not in D0.
+    func failsWhileAsleep(_ top: DeviceObject) -> Bool {
+        var d: DeviceObject? = top
+        while let device = d {
+            if device.failsIOWhenNotInD0 { return true }
+            d = device.lowerDevice
+        }
+        return false
     }
 
     /// An IRP for `major` on `file`, sized for the top of its stack, with the

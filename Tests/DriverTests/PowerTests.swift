@@ -69,4 +69,16 @@ import WDM
         io.setSystemPower(.working)
         #expect(fdo.powerState == .d0)
     }
+
+    @Test func aDriverCanSayItsIOFailsWhileNotInD0() throws {
+        let io = IOManager()
+        try DefaultTree.build(into: io, options: .init(ramdiskSize: 1 << 20))
+        let host = EmbeddedHost(io)
+        let zero = try host.open("zero")
+        try #require(io.device(forLink: "zero")).failsIOWhenNotInD0 = true
+        io.setSystemPower(.sleeping3)
+        #expect(host.read(zero, count: 4).status == .deviceNotReady)  // EAGAIN to a FUSE caller
+        io.setSystemPower(.working)
+        #expect(host.read(zero, count: 4).status == .success)
+    }
 }
