@@ -36,6 +36,7 @@ extension IOManager {
         for childPDO in reported where !known.contains(where: { $0.pdo === childPDO }) {
             enumerateChild(childPDO, parent: node)
         }
+        purgeGraveyard()
     }
 
     /// A new PDO a bus reported: its IDs, a driver, AddDevice, START.
@@ -91,6 +92,7 @@ extension IOManager {
         node.state = .removed
         _ = sendPnP(.removeDevice, to: pdo.topOfStack)
         if let parent = node.parent { parent.children.removeAll { $0 === node } }
+        purgeGraveyard()
     }
 
     /// Called when a handle on `device`'s stack closes: a stack that is gone is

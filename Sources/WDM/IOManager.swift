@@ -46,6 +46,10 @@ public final class IOManager: @unchecked Sendable {
     /// The PnP manager's own thread: enumeration and removal run here, in order.
     let pnpQueue = DispatchQueue(label: "wdmfs.pnp")
 
+    /// Deleted devices, kept until no IRP is in flight: a request that was already
+    /// inside a stack when its devices were detached and deleted still walks
+    /// through live objects (the links it follows are not counted).
+    let graveyard = Mutex<[DeviceObject]>([])
     /// Registered device interfaces.
     let interfaces = Mutex<[DeviceInterface]>([])
     /// Some stack is not in D0 (so `send` looks at the one it sends to).
@@ -143,6 +147,7 @@ public final class IOManager: @unchecked Sendable {
         rootBusObject?.release()
         readinessObserver = nil
         pool.drain()
+        graveyard.withLock { $0.removeAll() }
     }
 
     deinit {
@@ -159,6 +164,7 @@ public final class IOManager: @unchecked Sendable {
         }
         for driver in drivers.withLock({ $0 }) { driver.release() }
         rootBusObject?.release()
+        graveyard.withLock { $0.removeAll() }
         // IRPs a driver never completed still point at their requester and file,
         // which may point back at them (a queue in a device extension): let go.
         for p in pool.all where p.life != .free { p.forget() }
@@ -207,6 +213,7 @@ public final class IOManager: @unchecked Sendable {
         if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }
         device.attachedDevice = nil
         device.lowerDevice = nil
+        graveyard.withLock { $0.append(device) }
         device.driverObject.devices.withLock { $0.removeAll { $0 === device } }
         let gone = links.withLock { l -> [String] in
             let names = l.filter { $0.device === device }.map(\.name)
@@ -350,7 +357,15 @@ public final class IOManager: @unchecked Sendable {
         node.state = .disabled
         node.problem = .disabled
         announceLinks(of: pdo)
+        purgeGraveyard()
         return (.success, nil)
+    }
+
+    /// Frees the deleted devices once no IRP is in flight anywhere.
+    func purgeGraveyard() {
+        guard outstandingIrps.isEmpty else { return }
+        let dead = graveyard.withLock { g in defer { g.removeAll() }; return g }
+        _ = dead  // released here, outside the lock
     }
 
     /// Sets `gone` on every device of the stack `pdo` is at the bottom of: the I/O
@@ -431,6 +446,7 @@ public final class IOManager: @unchecked Sendable {
             detachAndDelete(pdo)
         }
         rootNodes.withLock { $0.removeAll { $0 === node } }
+        purgeGraveyard()
         return (.success, nil)
     }
 

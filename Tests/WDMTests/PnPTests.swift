@@ -199,4 +199,47 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         #expect(io.enable(node) == .success)
         #expect(node.state == .started && node.problem == nil && io.symbolicLinks == ["dev"])
     }
+
+    @Test func aRequestInsideAStackWhenItIsRemovedStillWalksLiveDevices() throws {
+        let io = IOManager()
+        let entered = DispatchSemaphore(value: 0), proceed = DispatchSemaphore(value: 0)
+        let filter: DispatchRoutine = { device, irp in
+            entered.signal()
+            proceed.wait()  // the stack is removed while this request is inside it
+            irp.skipCurrentStackLocation()
+            return device.callLower(irp)
+        }
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success, information: 1)
+            return .success
+        }], filters: [[.read: filter]])
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        let node = try #require(io.deviceNodes.first)
+        // The PDO: nothing but the stack (and the graveyard) refers to it once it is deleted.
+        weak var pdo = node.pdo
+        let started = Mutex<PendingRequest?>(nil)
+        DispatchQueue.global().async { started.withLock { $0 = host.beginRead(f, count: 1) } }
+        entered.wait()
+        let removed = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            _ = io.remove(node, orderly: false)
+            removed.signal()
+        }
+        #expect(removed.wait(timeout: .now() + 5) == .success)
+        #expect(pdo != nil && pdo?.deleted == true)  // deleted, detached, but kept while the request is inside
+        #expect(throws: NTStatus.noSuchDevice) { try host.open("dev") }
+        proceed.signal()
+        var pending: PendingRequest?
+        for _ in 0..<500 where pending == nil {
+            pending = started.withLock { $0 }
+            if pending == nil { Thread.sleep(forTimeInterval: 0.01) }
+        }
+        let read = try #require(pending)
+        #expect(read.wait())  // it ends (the filter finds nothing below any more) instead of crashing
+        #expect(read.status == .invalidDeviceRequest)
+        host.close(f)
+        io.purgeGraveyard()
+        #expect(pdo == nil)  // freed once no request is in flight
+    }
 }
