@@ -60,7 +60,7 @@ let package = Package(
         .executableTarget(
             name: "wdmfs",
             dependencies: [
-                "WDM", "WDMClient", "WDMFuse", "DefaultTree",
+                "WDM", "WDMClient", "WDMFuse", "DefaultTree", "ToasterDrivers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

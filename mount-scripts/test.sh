@@ -85,6 +85,13 @@ if [ -d mount-scripts/tests ]; then
         "$(count '^ok .*# skip')"
 fi
 
+# In CI nothing may be skipped: a test that needs FUSE (or any tool) fails when it
+# is missing, so a skip there means a test hid a problem. Each skip is also a failure.
+if [ -n "$CI" ] && [ "$skipped" -gt 0 ]; then
+    echo "CI: $skipped tests were skipped; in CI a skip counts as a failure"
+    failed=$((failed + skipped))
+fi
+
 stale=$(awk '$3 ~ /^fuse/ && $2 ~ /wdmfs-/ {print $2}' /proc/mounts)
 if [ -n "$stale" ]; then echo "stale mounts left behind: $stale"; failed=$((failed + 1)); fi
 

@@ -23,6 +23,23 @@ public enum ToasterBus {
     /// `GUID_DEVINTERFACE_TOASTER`
     public static let toasterInterfaceClass = "{781EF630-72B2-11d2-B852-00C04FAD5171}"
 
+    /// BUSENUM_PLUGIN_HARDWARE { ULONG Size = 8; ULONG SerialNo; WCHAR HardwareIDs[] } with the
+    /// IDs as a UTF-16LE multi-string (each ended by NUL, the list by a second NUL).
+    /// `size` other than 8 builds a malformed request (for tests).
+    public static func plugInRequest(serial: UInt32, hardwareIDs: [String] = [toasterHardwareID], size: UInt32 = 8) -> [UInt8] {
+        var b = le(size) + le(serial)
+        for id in hardwareIDs {
+            for u in id.utf16 { b += [UInt8(u & 0xFF), UInt8(u >> 8)] }
+            b += [0, 0]
+        }
+        return b + [0, 0]
+    }
+
+    /// BUSENUM_UNPLUG_HARDWARE / BUSENUM_EJECT_HARDWARE { ULONG Size = 16; ULONG SerialNo; ULONG Reserved[2] }.
+    public static func unplugRequest(serial: UInt32) -> [UInt8] { le(16) + le(serial) + [UInt8](repeating: 0, count: 8) }
+
+    static func le(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+
     /// A child PDO's extension.
     final class Child: @unchecked Sendable {
         let serial: UInt32

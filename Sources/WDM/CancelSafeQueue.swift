@@ -18,6 +18,13 @@ public final class CancelSafeQueue: @unchecked Sendable {
     /// dispatch routine returns what this returns, STATUS_PENDING.
     public func insert(_ irp: IRP) -> NTStatus {
         irp.markPending()
+        park(irp)
+        return .pending
+    }
+
+    /// Parks an IRP without marking it pending (the I/O manager holds requests it
+    /// has not dispatched yet, which have no current location to mark).
+    func park(_ irp: IRP) {
         irp.driverContext = self
         let alreadyCancelled = items.withLock { list in
             guard irp.setCancelRoutineUnlessCancelled(CancelSafeQueue.cancelRoutine) else { return true }
@@ -28,7 +35,6 @@ public final class CancelSafeQueue: @unchecked Sendable {
             irp.driverContext = nil
             irp.complete(.cancelled)
         }
-        return .pending
     }
 
     /// `IoCsqRemoveNextIrp`: the oldest parked IRP that `matching` accepts and that

@@ -57,8 +57,7 @@ extension IOManager {
 
     /// The device file a device node's interface leads to: the symbolic link of a device in its stack.
     public func link(forInstance instance: String) -> String? {
-        let nodes = deviceNodes + deviceNodes.flatMap(\.children)
-        guard let node = nodes.first(where: { $0.instanceName == instance }), let pdo = node.pdo else { return nil }
+        guard let node = allDeviceNodes.first(where: { $0.instanceName == instance }), let pdo = node.pdo else { return nil }
         var d: DeviceObject? = pdo.topOfStack
         while let device = d {
             if let name = symbolicLinks.first(where: { self.device(forLink: $0) === device }) { return name }

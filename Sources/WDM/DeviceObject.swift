@@ -76,7 +76,7 @@ public final class DeviceObject: @unchecked Sendable {
     /// On the top of a stack: its power policy owner is not in D0, so I/O waits.
     let asleep = Atomic<Bool>(false)
     /// On the top of a stack: the requests waiting for D0.
-    let powerQueue = PowerQueue()
+    let powerQueue = CancelSafeQueue()
     /// The device interfaces registered for this PDO.
     let interfaceNames = Mutex<[String]>([])
     /// Set on every device of a stack whose device is gone (surprise removal).

@@ -344,11 +344,8 @@ public final class IOManager: @unchecked Sendable {
     @discardableResult
     public func disable(_ node: DeviceNode) -> (status: NTStatus, vetoedBy: DeviceObject?) {
         guard node.state == .started, let pdo = node.pdo else { return (.invalidDeviceRequest, nil) }
-        let (status, request) = sendPnP(.queryRemoveDevice, to: pdo.topOfStack)
-        if !status.isSuccess {
-            _ = sendPnP(.cancelRemoveDevice, to: pdo.topOfStack)
-            return (status, request.completedBy)
-        }
+        let veto = queryOrCancel(.queryRemoveDevice, .cancelRemoveDevice, pdo)
+        if !veto.status.isSuccess { return veto }
         for child in node.children.reversed() where child.state != .removed { finishRemoval(child) }
         node.children.removeAll()
         markGone(pdo)
@@ -392,11 +389,8 @@ public final class IOManager: @unchecked Sendable {
     @discardableResult
     public func restart(_ node: DeviceNode) -> (status: NTStatus, vetoedBy: DeviceObject?) {
         guard node.state == .started, let pdo = node.pdo else { return (.invalidDeviceRequest, nil) }
-        let (query, request) = sendPnP(.queryStopDevice, to: pdo.topOfStack)
-        if !query.isSuccess {
-            _ = sendPnP(.cancelStopDevice, to: pdo.topOfStack)
-            return (query, request.completedBy)
-        }
+        let veto = queryOrCancel(.queryStopDevice, .cancelStopDevice, pdo)
+        if !veto.status.isSuccess { return veto }
         _ = sendPnP(.stopDevice, to: pdo.topOfStack)
         node.state = .stopped
         let (started, _) = sendPnP(.startDevice, to: pdo.topOfStack)
@@ -426,11 +420,8 @@ public final class IOManager: @unchecked Sendable {
         // Children first: a bus's children are removed before the bus.
         for child in node.children.reversed() where child.state != .removed { finishRemoval(child) }
         if orderly, node.state == .started {
-            let (status, request) = sendPnP(.queryRemoveDevice, to: pdo.topOfStack)
-            if !status.isSuccess {
-                _ = sendPnP(.cancelRemoveDevice, to: pdo.topOfStack)
-                return (status, request.completedBy)
-            }
+            let veto = queryOrCancel(.queryRemoveDevice, .cancelRemoveDevice, pdo)
+            if !veto.status.isSuccess { return veto }
             node.state = .queryRemove
         }
         if pdo.attachedDevice != nil || node.state != .removed {
@@ -462,20 +453,45 @@ public final class IOManager: @unchecked Sendable {
     func sendPnP(_ minor: PnPMinor, to device: DeviceObject, _ configure: (PnPRequest) -> Void = { _ in }) -> (NTStatus, PnPRequest) {
         let request = PnPRequest()
         configure(request)
-        let irp = allocateIrp(stackSize: device.stackSize)
-        let p = irp.packet
-        p.targetDevice = device
-        p.pnp = request
-        p.ioStatus = IOStatusBlock(status: .notSupported)
-        p.locations[p.currentLocation - 2].majorFunction = .pnp
-        p.locations[p.currentLocation - 2].minorFunction = minor.rawValue
-        let (status, completed) = callSynchronously(irp)
-        if completed { freeIrp(irp) }
+        let status = sendSystemIrp(.pnp, minor.rawValue, to: device) { $0.pnp = request }
         return (status, request)
     }
 
-    /// A filter must look like the device below it: the same buffering and
-    /// power-pagable flags, DeviceType and Characteristics (Verifier 0x244/0x23F/0x246).
+    /// An IRP the PnP or power manager builds (no file object), sent to `device` and
+    /// waited for; it starts with STATUS_NOT_SUPPORTED.
+    func sendSystemIrp(_ major: MajorFunction, _ minor: UInt8, to device: DeviceObject, _ attach: (IRPPacket) -> Void) -> NTStatus {
+        let irp = allocateIrp(stackSize: device.stackSize)
+        let p = irp.packet
+        p.targetDevice = device
+        attach(p)
+        p.ioStatus = IOStatusBlock(status: .notSupported)
+        p.locations[p.currentLocation - 2].majorFunction = major
+        p.locations[p.currentLocation - 2].minorFunction = minor
+        let (status, completed) = callSynchronously(irp)
+        if completed { freeIrp(irp) }
+        return status
+    }
+
+    /// A query a driver may veto (QUERY_REMOVE, QUERY_STOP): on a veto the cancel
+    /// minor follows, and the device whose driver said no comes back.
+    func queryOrCancel(_ query: PnPMinor, _ cancel: PnPMinor, _ pdo: DeviceObject) -> (status: NTStatus, vetoedBy: DeviceObject?) {
+        let (status, request) = sendPnP(query, to: pdo.topOfStack)
+        if status.isSuccess { return (status, nil) }
+        _ = sendPnP(cancel, to: pdo.topOfStack)
+        return (status, request.completedBy)
+    }
+
+    /// Every device node, parents before children, depth first.
+    public var allDeviceNodes: [DeviceNode] {
+        var out: [DeviceNode] = []
+        func walk(_ n: DeviceNode) {
+            out.append(n)
+            n.children.forEach(walk)
+        }
+        deviceNodes.forEach(walk)
+        return out
+    }
+
     private func checkFilterCopied(_ filter: DeviceObject, from lower: DeviceObject) {
         let copied: DeviceFlags = [.bufferedIO, .directIO, .powerPagable]
         if filter.flags.intersection(copied) != lower.flags.intersection(copied) {

@@ -2,6 +2,7 @@
 // device node's state and problem codes, and the dispatch routines a function
 // driver and a filter driver use for the minors they do not handle themselves.
 
+import Dispatch
 import Synchronization
 
 /// `IRP_MN_*` for IRP_MJ_PNP, with the real values.
@@ -159,26 +160,19 @@ public enum PnP {
     }
 }
 
-/// `KEVENT` (notification event), enough for forward-and-wait.
+/// `KEVENT` (notification event), enough for forward-and-wait: once signalled it
+/// stays signalled.
 public final class Event: @unchecked Sendable {
-    private let state = Mutex(false)
-    private let semaphore = DispatchSemaphoreBox()
+    private let semaphore = DispatchSemaphore(value: 0)
+    private let signalled = Atomic<Bool>(false)
     public init() {}
     public func signal() {
-        let first = state.withLock { s -> Bool in defer { s = true }; return !s }
-        if first { semaphore.signal() }
+        if !signalled.exchange(true, ordering: .acquiringAndReleasing) { semaphore.signal() }
     }
     public func wait() {
         semaphore.wait()
-        semaphore.signal()
+        semaphore.signal()  // let any other waiter through too
     }
-}
-
-import Dispatch
-final class DispatchSemaphoreBox: @unchecked Sendable {
-    let s = DispatchSemaphore(value: 0)
-    func signal() { s.signal() }
-    func wait() { s.wait() }
 }
 
 /// `IO_REMOVE_LOCK`: counts the I/O a device has in flight so REMOVE_DEVICE can

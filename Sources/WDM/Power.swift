@@ -119,12 +119,7 @@ extension IOManager {
     /// Returns the status of the first stack that refused.
     @discardableResult
     public func setSystemPower(_ state: SystemPowerState) -> NTStatus {
-        var order: [DeviceNode] = []
-        func walk(_ n: DeviceNode) {
-            order.append(n)
-            for c in n.children where c.state == .started { walk(c) }
-        }
-        for n in deviceNodes where n.state == .started { walk(n) }
+        var order = allDeviceNodes.filter { $0.state == .started }
         let sleeping = state != .working
         if sleeping { order.reverse() }
         for node in order {
@@ -154,16 +149,8 @@ extension IOManager {
     }
 
     func sendPower(_ minor: PowerMinor, _ target: PowerRequest.Target, to device: DeviceObject) -> (NTStatus, Bool) {
-        let irp = allocateIrp(stackSize: device.stackSize)
-        let p = irp.packet
-        p.targetDevice = device
-        p.power = PowerRequest(target)
-        p.ioStatus = IOStatusBlock(status: .notSupported)
-        p.locations[p.currentLocation - 2].majorFunction = .power
-        p.locations[p.currentLocation - 2].minorFunction = minor.rawValue
-        let (status, completed) = callSynchronously(irp)
-        if completed { freeIrp(irp) }
-        return (status, completed)
+        let request = PowerRequest(target)
+        return (sendSystemIrp(.power, minor.rawValue, to: device) { $0.power = request }, true)
     }
 
     /// Records a device's power state. The power policy owner's state decides
@@ -175,7 +162,7 @@ extension IOManager {
         let top = device.topOfStack
         if state == .d0 {
             top.asleep.store(false, ordering: .releasing)
-            for irp in top.powerQueue.takeAll() { _ = callDriver(irp.packet.targetDevice!, irp) }
+            while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
             recountAsleep()
         } else {
             top.asleep.store(true, ordering: .releasing)
@@ -184,8 +171,7 @@ extension IOManager {
     }
 
     func recountAsleep() {
-        let still = deviceNodes.contains { n in n.pdo?.topOfStack.asleep.load(ordering: .acquiring) == true }
-            || deviceNodes.flatMap(\.children).contains { n in n.pdo?.topOfStack.asleep.load(ordering: .acquiring) == true }
+        let still = allDeviceNodes.contains { n in n.pdo?.topOfStack.asleep.load(ordering: .acquiring) == true }
         anyAsleep.store(still, ordering: .releasing)
     }
 
@@ -200,51 +186,9 @@ extension IOManager {
         top.powerQueue.park(irp)
         // It may have woken up meanwhile.
         if !top.asleep.load(ordering: .acquiring) {
-            for irp in top.powerQueue.takeAll() { _ = callDriver(irp.packet.targetDevice!, irp) }
+            while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
         }
         return .pending
-    }
-}
-
-/// Requests waiting for their device to return to D0 (a power-managed queue).
-/// A cancel (a signal to the caller) completes a waiting request with STATUS_CANCELLED.
-final class PowerQueue: @unchecked Sendable {
-    private let items = Mutex<[IRP]>([])
-
-    func park(_ irp: IRP) {
-        irp.driverContext = self
-        let cancelled = items.withLock { list -> Bool in
-            guard irp.setCancelRoutineUnlessCancelled(PowerQueue.cancel) else { return true }
-            list.append(irp)
-            return false
-        }
-        if cancelled { irp.complete(.cancelled) }
-    }
-
-    /// Every waiting request not being cancelled, now owned by the caller.
-    func takeAll() -> [IRP] {
-        items.withLock { list in
-            var out: [IRP] = []
-            for irp in list where irp.setCancelRoutine(nil) != nil {
-                irp.driverContext = nil
-                out.append(irp)
-            }
-            list.removeAll()
-            return out
-        }
-    }
-
-    private static let cancel: CancelRoutine = { _, irp in
-        let q = unsafeDowncast(irp.driverContext!, to: PowerQueue.self)
-        let found = q.items.withLock { list -> Bool in
-            guard let i = list.firstIndex(where: { $0 == irp }) else { return false }
-            list.remove(at: i)
-            return true
-        }
-        if found {
-            irp.driverContext = nil
-            irp.complete(.cancelled)
-        }
     }
 }
 

@@ -116,7 +116,7 @@ public final class Verifier: @unchecked Sendable {
         var driverName: String?
         if let irp {
             let p = irp.packet
-            irpName = "0x" + String(UInt(bitPattern: ObjectIdentifier(p).hashValue), radix: 16) + "#\(irp.generation)"
+            irpName = "0x" + String(UInt(bitPattern: Unmanaged.passUnretained(p).toOpaque()), radix: 16) + "#\(irp.generation)"
             // Only read the locations of the IRP's own incarnation.
             if p.generation != irp.generation || p.life == .free {
                 if let r = p.retiredIncarnation(irp.generation), let id = r.driver {

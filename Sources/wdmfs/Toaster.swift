@@ -4,27 +4,13 @@
 import ArgumentParser
 import Foundation
 import WDM
+import ToasterDrivers
 import WDMClient
 
-/// The toaster bus IOCTLs and their buffers (the sample's layout).
+/// The toaster bus IOCTLs; the buffers are built by the driver's own
+/// `ToasterBus.plugInRequest` / `unplugRequest` (the sample's shared header).
 enum BusRequest {
-    static let plugIn: UInt32 = 0x002A_4000, unplug: UInt32 = 0x002A_4004, eject: UInt32 = 0x002A_4008
-    static let toasterID = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster"
-
-    /// BUSENUM_PLUGIN_HARDWARE { ULONG Size = 8; ULONG SerialNo; WCHAR HardwareIDs[] (double-NUL) }
-    static func plugIn(serial: UInt32, ids: [String]) -> [UInt8] {
-        var b = le(8) + le(serial)
-        for id in ids {
-            for u in id.utf16 { b += [UInt8(u & 0xFF), UInt8(u >> 8)] }
-            b += [0, 0]
-        }
-        return b + [0, 0]
-    }
-
-    /// BUSENUM_UNPLUG_HARDWARE / BUSENUM_EJECT_HARDWARE { ULONG Size = 16; ULONG SerialNo; ULONG Reserved[2] }
-    static func unplug(serial: UInt32) -> [UInt8] { le(16) + le(serial) + [UInt8](repeating: 0, count: 8) }
-
-    static func le(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+    static let plugIn = ToasterBus.plugIn.rawValue, unplug = ToasterBus.unplug.rawValue, eject = ToasterBus.eject.rawValue
 
     /// Sends one request to the bus device file; exits 1 with the status's name when it fails.
     static func send(bus: String, code: UInt32, input: [UInt8], what: String) throws {
@@ -61,7 +47,7 @@ struct Plug: ParsableCommand {
 
     func run() throws {
         try BusRequest.send(bus: bus, code: BusRequest.plugIn,
-                            input: BusRequest.plugIn(serial: serial, ids: hardwareId.isEmpty ? [BusRequest.toasterID] : hardwareId),
+                            input: ToasterBus.plugInRequest(serial: serial, hardwareIDs: hardwareId.isEmpty ? [ToasterBus.toasterHardwareID] : hardwareId),
                             what: "plugging in toaster \(serial)")
         // The PnP manager starts it on its own thread; wait (briefly) for the file.
         let dir = (bus as NSString).deletingLastPathComponent
@@ -82,7 +68,7 @@ struct Unplug: ParsableCommand {
     @Argument(help: "The serial number, or 0 for all.") var serial: UInt32
 
     func run() throws {
-        try BusRequest.send(bus: bus, code: BusRequest.unplug, input: BusRequest.unplug(serial: serial), what: "unplugging toaster \(serial)")
+        try BusRequest.send(bus: bus, code: BusRequest.unplug, input: ToasterBus.unplugRequest(serial: serial), what: "unplugging toaster \(serial)")
     }
 }
 
@@ -97,6 +83,6 @@ struct Eject: ParsableCommand {
     @Argument(help: "The serial number, or 0 for all.") var serial: UInt32
 
     func run() throws {
-        try BusRequest.send(bus: bus, code: BusRequest.eject, input: BusRequest.unplug(serial: serial), what: "ejecting toaster \(serial)")
+        try BusRequest.send(bus: bus, code: BusRequest.eject, input: ToasterBus.unplugRequest(serial: serial), what: "ejecting toaster \(serial)")
     }
 }

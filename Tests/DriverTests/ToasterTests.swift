@@ -9,23 +9,11 @@ import Testing
 import ToasterDrivers
 import WDM
 
-/// BUSENUM_PLUGIN_HARDWARE: Size 8, SerialNo, UTF-16LE multi-string.
 func plugInBuffer(serial: UInt32, ids: [String] = [ToasterBus.toasterHardwareID], size: UInt32 = 8) -> [UInt8] {
-    var b: [UInt8] = []
-    b += withUnsafeBytes(of: size.littleEndian, Array.init)
-    b += withUnsafeBytes(of: serial.littleEndian, Array.init)
-    for id in ids {
-        for u in id.utf16 { b += [UInt8(u & 0xFF), UInt8(u >> 8)] }
-        b += [0, 0]
-    }
-    b += [0, 0]
-    return b
+    ToasterBus.plugInRequest(serial: serial, hardwareIDs: ids, size: size)
 }
 
-/// BUSENUM_UNPLUG_HARDWARE / EJECT: Size 16, SerialNo, Reserved[2].
-func unplugBuffer(serial: UInt32) -> [UInt8] {
-    withUnsafeBytes(of: UInt32(16).littleEndian, Array.init) + withUnsafeBytes(of: serial.littleEndian, Array.init) + [UInt8](repeating: 0, count: 8)
-}
+func unplugBuffer(serial: UInt32) -> [UInt8] { ToasterBus.unplugRequest(serial: serial) }
 
 @Suite struct ToasterTests {
     func tree() throws -> (IOManager, EmbeddedHost, FileObject) {

@@ -1,6 +1,8 @@
 """The test runner tells the truth: run mount-scripts/test.sh in a scratch copy
 whose build is broken, and in one whose tests pass, fail and skip at every
-level (Swift Testing, pytest, bats), and read its last line and exit status."""
+level (Swift Testing, pytest, bats), and read its last line and exit status.
+The skips are fixtures of those scratch projects, there to be counted (and, under
+CI=true, to be failed); the project's own tests never skip."""
 import os
 import shutil
 import subprocess
@@ -32,8 +34,10 @@ def scratch(tmp_path, source):
     return root
 
 
-def run(root):
-    env = {k: v for k, v in os.environ.items() if k != "WDMFS_BIN"}
+def run(root, ci=False):
+    env = {k: v for k, v in os.environ.items() if k not in ("WDMFS_BIN", "CI")}
+    if ci:
+        env["CI"] = "true"
     r = subprocess.run(["bash", "mount-scripts/test.sh"], cwd=root, capture_output=True, text=True, timeout=540, env=env)
     last = r.stdout.strip().splitlines()[-1]
     return r.returncode, last, r.stdout + r.stderr
@@ -57,7 +61,7 @@ def test_passes_failures_and_skips_are_counted_at_every_level(tmp_path):
         import Scratch
         @Test func passes() { #expect(answer() == 42) }
         @Test func fails() { #expect(answer() == 41) }
-        @Test(.disabled("on purpose")) func skipped() {}
+        @Test(.disabled("on purpose: the runner must count a skip")) func skipped() {}
         """))
     (root / "Tests/Integration").mkdir(parents=True)
     (root / "Tests/Integration/test_scratch.py").write_text(textwrap.dedent("""\
@@ -76,3 +80,8 @@ def test_passes_failures_and_skips_are_counted_at_every_level(tmp_path):
     rc, last, out = run(root)
     assert rc != 0, out
     assert last == "3 passed, 3 failed, 3 skipped", out
+    # Under CI=true a skip is a failure as well (a test that needs FUSE must fail, not skip).
+    rc, last, out = run(root, ci=True)
+    assert rc != 0, out
+    assert last == "3 passed, 6 failed, 3 skipped", out
+    assert "in CI a skip counts as a failure" in out
