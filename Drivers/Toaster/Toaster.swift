@@ -206,46 +206,26 @@ public enum ToasterBus {
             irp.complete(.invalidDeviceRequest)
             return .invalidDeviceRequest
         }
-        var status = irp.ioStatus.status
-        switch irp.pnpMinor {
-        case .queryId:
-            if let q = irp.pnp {
-                switch q.idType {
-                case .deviceID: q.ids = [toasterHardwareID]
-                case .instanceID: q.ids = ["toaster" + String(child.serial)]
-                case .hardwareIDs: q.ids = child.hardwareIDs
-                case .compatibleIDs: q.ids = [toasterCompatibleID]
-                }
-                status = .success
-            }
-        case .queryCapabilities:
-            irp.pnp?.capabilities.removable = true
-            irp.pnp?.capabilities.surpriseRemovalOK = true
-            irp.pnp?.capabilities.uniqueID = true
-            irp.pnp?.capabilities.uiNumber = child.serial
-            status = .success
-        case .startDevice, .queryRemoveDevice, .cancelRemoveDevice, .queryStopDevice, .cancelStopDevice, .stopDevice,
-             .surpriseRemoval, .queryPnpDeviceState, .eject:
-            status = .success
-        case .removeDevice:
-            status = .success
-            if child.unplugged {
-                // Reported missing: the bus forgets it and deletes the PDO now.
-                irp.complete(status)
-                child.bus?.children.withLock { $0.removeAll { $0 === device } }
-                device.driverObject.ioManager.deleteDevice(device)
-                return status
-            }
-        case .queryDeviceRelations:
-            if irp.pnp?.relationType == .targetDeviceRelation {
-                irp.pnp?.relations = [device]
-                status = .success
-            }
-        default:
-            break
+        if irp.pnpMinor == .removeDevice, child.unplugged {
+            // Reported missing: the bus forgets it and deletes the PDO now.
+            irp.complete(.success)
+            child.bus?.children.withLock { $0.removeAll { $0 === device } }
+            device.driverObject.ioManager.deleteDevice(device)
+            return .success
         }
-        irp.complete(status)
-        return status
+        return PnP.completeAsPDO(device, irp, ids: { type in
+            switch type {
+            case .deviceID: [toasterHardwareID]
+            case .instanceID: ["toaster" + String(child.serial)]
+            case .hardwareIDs: child.hardwareIDs
+            case .compatibleIDs: [toasterCompatibleID]
+            }
+        }, capabilities: { caps in
+            caps.removable = true
+            caps.surpriseRemovalOK = true
+            caps.uniqueID = true
+            caps.uiNumber = child.serial
+        })
     }
 }
 

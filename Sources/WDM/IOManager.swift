@@ -516,37 +516,15 @@ public final class IOManager: @unchecked Sendable {
         bus.majorFunction[.power] = Power.pdoDispatch
         bus.majorFunction[.pnp] = { device, irp in
             let node = device.deviceNode
-            var status = irp.ioStatus.status
-            switch irp.pnpMinor {
-            case .queryId:
-                if let node, let q = irp.pnp {
-                    switch q.idType {
-                    case .deviceID: q.ids = [node.hardwareIDs.first ?? "ROOT\\" + node.instanceName.uppercased()]
-                    case .instanceID: q.ids = [node.instanceName]
-                    case .hardwareIDs: q.ids = node.hardwareIDs
-                    case .compatibleIDs: q.ids = node.compatibleIDs
-                    }
-                    status = .success
+            return PnP.completeAsPDO(device, irp, ids: { type in
+                guard let node else { return nil }
+                switch type {
+                case .deviceID: return [node.hardwareIDs.first ?? "ROOT\\" + node.instanceName.uppercased()]
+                case .instanceID: return [node.instanceName]
+                case .hardwareIDs: return node.hardwareIDs
+                case .compatibleIDs: return node.compatibleIDs
                 }
-            case .queryCapabilities:
-                if let caps = irp.pnp?.capabilities {
-                    caps.uniqueID = false
-                    caps.surpriseRemovalOK = false
-                    status = .success
-                }
-            case .startDevice, .queryRemoveDevice, .cancelRemoveDevice, .removeDevice, .surpriseRemoval,
-                 .queryStopDevice, .cancelStopDevice, .stopDevice, .queryPnpDeviceState:
-                status = .success
-            case .queryDeviceRelations:
-                if irp.pnp?.relationType == .targetDeviceRelation {
-                    irp.pnp?.relations = [device]
-                    status = .success
-                }
-            default:
-                break
-            }
-            irp.complete(status)
-            return status
+            })
         }
         return bus
     }

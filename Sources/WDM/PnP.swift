@@ -144,6 +144,42 @@ public enum PnP {
         return device.callLower(irp)
     }
 
+    /// What a PDO answers, for bus drivers: QUERY_ID from `ids` (nil: not answered),
+    /// QUERY_CAPABILITIES through `capabilities`, success for the state changes a PDO
+    /// must accept (START, the queries and cancels, STOP, SURPRISE_REMOVAL,
+    /// REMOVE_DEVICE, EJECT, QUERY_PNP_DEVICE_STATE), itself for TargetDeviceRelation;
+    /// anything else keeps the status it carries. Completes the IRP; returns its status.
+    public static func completeAsPDO(
+        _ device: DeviceObject, _ irp: IRP, ids: (BusQueryIdType) -> [String]?,
+        capabilities: (DeviceCapabilities) -> Void = { _ in }
+    ) -> NTStatus {
+        var status = irp.ioStatus.status
+        switch irp.pnpMinor {
+        case .queryId:
+            if let q = irp.pnp, let answer = ids(q.idType) {
+                q.ids = answer
+                status = .success
+            }
+        case .queryCapabilities:
+            if let caps = irp.pnp?.capabilities {
+                capabilities(caps)
+                status = .success
+            }
+        case .startDevice, .queryRemoveDevice, .cancelRemoveDevice, .removeDevice, .surpriseRemoval,
+             .queryStopDevice, .cancelStopDevice, .stopDevice, .queryPnpDeviceState, .eject:
+            status = .success
+        case .queryDeviceRelations:
+            if irp.pnp?.relationType == .targetDeviceRelation {
+                irp.pnp?.relations = [device]
+                status = .success
+            }
+        default:
+            break
+        }
+        irp.complete(status)
+        return status
+    }
+
     /// Sends the IRP down with a completion routine that hands it back, waits for
     /// the lower drivers to finish, and returns their status. The caller owns the
     /// IRP again and completes it.
