@@ -52,7 +52,7 @@ t=$(attr tests) f=$(( $(attr failures) + $(attr errors) )) s=$(attr skipped)
 rm -rf "$xunit"
 stage_result "$rc" "$((t - f))" "$f" "$s"
 
-if [ -z "${WDMFS_SKIP_ASAN:-}" ] && [ -f Sources/WDM/IOManager.swift ]; then
+if [ -z "${WDMFS_SKIP_ASAN:-}" ] && [ -d Sources/WDM ]; then
     echo "== swift test --sanitize=address (memory errors and leaks; one result)"
     ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/mount-scripts/lsan-suppressions.txt" \
         swift test --sanitize=address --scratch-path .build-asan >"$log" 2>&1

@@ -28,8 +28,8 @@ enum TreeEntry: Equatable {
     }
 
     case top
-    case node(DeviceNode)
-    case file(DeviceNode, NodeFile)
+    case node(NodeView)
+    case file(NodeView, NodeFile)
     /// `.interfaces` and `.interfaces/{GUID}`.
     case interfaceDir([String])
     /// `.interfaces/{GUID}/instance`: a symbolic link to the device file.
@@ -40,35 +40,35 @@ extension FuseBridge {
     /// Inodes of `.devices` entries start here (device files count up from 4).
     static let treeBase: fuse_ino_t = 1 << 40
 
-    /// What `path` (`.devices`, `.devices/a/b`, `.devices/a/status`) names now, if anything.
-    func resolve(_ path: String) -> TreeEntry? {
-        if path == ".interfaces" || path.hasPrefix(".interfaces/") { return resolveInterface(path) }
-        var parts = path.split(separator: "/").map(String.init)
-        guard parts.first == ".devices" else { return nil }
-        parts.removeFirst()
-        var nodes = io.deviceNodes.filter { $0.state != .removed }
-        var current: DeviceNode?
-        for (i, part) in parts.enumerated() {
-            if let node = current, i == parts.count - 1, let f = NodeFile(rawValue: part) { return .file(node, f) }
-            guard let next = nodes.first(where: { $0.instanceName == part }) else { return nil }
-            current = next
-            nodes = next.children.filter { $0.state != .removed }
-        }
-        return current.map { .node($0) } ?? .top
+    /// What `path` (`.devices`, `.devices/a/b`, `.devices/a/status`) names in the
+    /// tree the PnP manager last published (one dictionary look-up).
+    func resolve(_ path: String, in tree: TreeSnapshot? = nil) -> TreeEntry? {
+        if path == ".interfaces" || path.hasPrefix(".interfaces/") { return resolveInterface(path, in: tree ?? io.pnp.snapshot) }
+        if path == ".devices" { return .top }
+        guard path.hasPrefix(".devices/") else { return nil }
+        let tree = tree ?? io.pnp.snapshot
+        let rest = String(path.dropFirst(".devices/".count))
+        if let node = tree.node(atPath: rest) { return .node(node) }
+        guard let slash = rest.lastIndex(of: "/"), let f = NodeFile(rawValue: String(rest[rest.index(after: slash)...])),
+              let node = tree.node(atPath: String(rest[..<slash]))
+        else { return nil }
+        return .file(node, f)
     }
 
     /// `.interfaces/{GUID}/instance` -> `../../FILE` for every enabled interface.
-    func resolveInterface(_ path: String) -> TreeEntry? {
+    func resolveInterface(_ path: String, in tree: TreeSnapshot) -> TreeEntry? {
         let parts = path.split(separator: "/").map(String.init)
         let enabled = io.enabledInterfaces()
         switch parts.count {
-        case 1: return .interfaceDir(Array(Set(enabled.map(\.classGUID))).sorted())
+        case 1: return .interfaceDir(io.knownInterfaceClasses.sorted())
         case 2:
-            let mine = enabled.filter { $0.classGUID == parts[1] }
-            return mine.isEmpty ? nil : .interfaceDir(mine.map(\.instance).sorted())
+            // A class with no enabled interface left is an empty directory while it
+            // is known, not "not a directory".
+            guard enabled.contains(where: { $0.classGUID == parts[1] }) || io.isRegisteredInterfaceClass(parts[1]) else { return nil }
+            return .interfaceDir(enabled.filter { $0.classGUID == parts[1] }.map(\.instance).sorted())
         case 3:
             guard enabled.contains(where: { $0.classGUID == parts[1] && $0.instance == parts[2] }),
-                  let file = io.link(forInstance: parts[2]), io.isPresent(file)
+                  let file = tree.node(named: parts[2])?.link, tree.presentLinks.contains(file)
             else { return nil }
             return .interfaceLink("../../" + file)
         default: return nil
@@ -76,8 +76,8 @@ extension FuseBridge {
     }
 
     /// The inode of a `.devices` path that exists now.
-    func treeInode(_ path: String) -> fuse_ino_t? {
-        guard resolve(path) != nil else { return nil }
+    func treeInode(_ path: String, in tree: TreeSnapshot? = nil) -> fuse_ino_t? {
+        guard resolve(path, in: tree) != nil else { return nil }
         return inodes.withLock { t in
             if let ino = t.byName[path] { return ino }
             let ino = FuseBridge.treeBase + t.nextTree
@@ -93,17 +93,19 @@ extension FuseBridge {
         ino >= FuseBridge.treeBase ? inodes.withLock { $0.byInode[ino] } : nil
     }
 
-    /// A directory's entries: child nodes, then the node's files.
+    /// A directory's entries: child nodes, then the node's files. One snapshot for
+    /// the whole listing, so it costs O(entries).
     func treeEntries(_ path: String) -> [(name: String, ino: fuse_ino_t, dir: Bool)]? {
-        switch resolve(path) {
+        let tree = io.pnp.snapshot
+        switch resolve(path, in: tree) {
         case .interfaceDir(let names)?:
             let leaf = path.split(separator: "/").count == 2
-            return names.compactMap { n in treeInode(path + "/" + n).map { (n, $0, !leaf) } }
+            return names.compactMap { n in treeInode(path + "/" + n, in: tree).map { (n, $0, !leaf) } }
         case .top?:
-            return io.deviceNodes.filter { $0.state != .removed }.compactMap { n in treeInode(path + "/" + n.instanceName).map { (n.instanceName, $0, true) } }
+            return tree.roots.compactMap { n in treeInode(path + "/" + n.name, in: tree).map { (n.name, $0, true) } }
         case .node(let node)?:
-            let children = node.children.filter { $0.state != .removed }.compactMap { n in treeInode(path + "/" + n.instanceName).map { (n.instanceName, $0, true) } }
-            let files = NodeFile.allCases.compactMap { f in treeInode(path + "/" + f.rawValue).map { (f.rawValue, $0, false) } }
+            let children = node.children.compactMap { n in treeInode(path + "/" + n.name, in: tree).map { (n.name, $0, true) } }
+            let files = NodeFile.allCases.compactMap { f in treeInode(path + "/" + f.rawValue, in: tree).map { (f.rawValue, $0, false) } }
             return children + files
         default:
             return nil
@@ -111,73 +113,56 @@ extension FuseBridge {
     }
 
     /// A node file's text.
-    func text(_ node: DeviceNode, _ file: NodeFile) -> String {
+    func text(_ node: NodeView, _ file: NodeFile) -> String {
         switch file {
         case .deviceID: return (node.hardwareIDs.first ?? "") + "\n"
-        case .instanceID: return node.instanceName + "\n"
+        case .instanceID: return node.name + "\n"
         case .hardwareIDs: return node.hardwareIDs.map { $0 + "\n" }.joined()
         case .compatibleIDs: return node.compatibleIDs.map { $0 + "\n" }.joined()
-        case .status:
-            switch node.state {
-            case .started: return "started\n"
-            case .surpriseRemoved: return "surprise-removed\n"
-            case .disabled: return "disabled\n"
-            case .removed: return "removed\n"
-            default: return node.problem == nil ? "\(node.state.rawValue)\n" : "problem\n"
-            }
+        case .status: return node.status + "\n"
         case .problem:
             guard let p = node.problem else { return "0\n" }
             return "\(p.rawValue) CM_PROB_\(String(describing: p).uppercasedWords)\n"
-        case .stack:
-            var lines: [String] = []
-            var d = node.pdo?.topOfStack
-            while let device = d {
-                lines.append("\(device.driverObject.name) \(device.name ?? "")".trimmingTrailingSpace)
-                d = device.lowerDevice
-            }
-            return lines.map { $0 + "\n" }.joined()
-        case .power: return "\(node.pdo?.topOfStack.powerState.description ?? "D3")\n"
-        case .handles: return "\(node.pdo?.topOfStack.openHandles.load(ordering: .relaxed) ?? 0)\n"
+        case .stack: return node.stack.map { $0 + "\n" }.joined()
+        case .power: return "\(node.powerState)\n"
+        case .handles: return "\(node.handles)\n"
         case .control: return ""
-        case .result: return lastResults.withLock { $0[node.instanceName] } ?? ""
-        case .filterLog: return node.log.map { $0 + "\n" }.joined()
+        case .result: return lastResults.withLock { $0[node.path] } ?? ""
+        case .filterLog: return node.node.log.map { $0 + "\n" }.joined()
         }
     }
 
-    /// A verb written to a node's `control` file: `remove` (orderly: a driver may
-    /// veto it, EBUSY), `rescan` (ask a bus for its children again).
-    func control(_ node: DeviceNode, _ verb: String) -> Int32 {
-        func result(_ text: String) { lastResults.withLock { $0[node.instanceName] = text + "\n" } }
+    /// A verb written to a node's `control` file: remove, disable, enable,
+    /// restart, rebalance, eject (a driver or an open handle may veto: EBUSY,
+    /// with who and why in `result`), rescan (ask a bus for its children again).
+    /// Each runs as one action of the PnP manager and is waited for.
+    func control(_ view: NodeView, _ verb: String) -> Int32 {
+        func result(_ text: String) { lastResults.withLock { $0[view.path] = text + "\n" } }
+        let node = view.node
+        let r: PnPResult
+        let done: String
         switch verb {
-        case "remove":
-            let (status, vetoedBy) = io.remove(node)
-            if !status.isSuccess {
-                let why = "remove vetoed by \(vetoedBy?.driverObject.name ?? "a driver"): \(status)"
-                io.log?("\(node.instanceName): \(why)")
-                result(why)
-                return EBUSY
-            }
-            result("removed")
-            return 0
-        case "disable", "restart":
-            let (status, vetoedBy) = verb == "disable" ? io.disable(node) : io.restart(node)
-            if !status.isSuccess {
-                result("\(verb) " + (vetoedBy.map { "vetoed by \($0.driverObject.name)" } ?? "failed") + ": \(status)")
-                return EBUSY
-            }
-            result(verb == "disable" ? "disabled" : "restarted")
-            return 0
-        case "enable":
-            let status = io.enable(node)
-            result(status.isSuccess ? "enabled" : "enable failed: \(status)")
-            return status.isSuccess ? 0 : EIO
-        case "rescan":
-            if let pdo = node.pdo { io.invalidateDeviceRelations(pdo); io.waitForPnP() }
-            result("rescanned")
-            return 0
+        case "remove": (r, done) = (io.remove(node), "removed")
+        case "disable": (r, done) = (io.disable(node), "disabled")
+        case "enable": (r, done) = (io.enable(node), "enabled")
+        case "restart": (r, done) = (io.restart(node), "restarted")
+        case "rebalance": (r, done) = (io.rebalance(node), "rebalanced")
+        case "eject": (r, done) = (io.eject(node), "ejected")
+        case "rescan": (r, done) = (io.rescan(node), "rescanned")
         default:
+            result("unknown verb \(verb.debugDescription): remove, disable, enable, restart, rebalance, eject or rescan")
             return EINVAL
         }
+        guard r.isSuccess else {
+            let why = "\(verb) failed: \(r)"
+            io.log?("\(view.path): \(why)")
+            result(why)
+            if r.vetoType != nil { return EBUSY }
+            if r.status == .noSuchDevice { return ENODEV }
+            return r.detail?.hasPrefix("already") == true ? EALREADY : EINVAL
+        }
+        result(done)
+        return 0
     }
 }
 

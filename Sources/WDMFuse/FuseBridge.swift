@@ -79,15 +79,15 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         self.io = io
         self.sink = sink ?? LibfuseSink(log: { line in io.log?(line) })
         buffers = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier)
-        for link in io.symbolicLinks { _ = inode(of: link) }
-        io.namespaceObserver = { [weak self] name in self?.namespaceChanged(name) }
+        for link in io.pnp.snapshot.links { _ = inode(of: link) }
+        io.pnp.observer = { [weak self] change in self?.treeChanged(change) }
     }
 
     /// The inode of a device file that exists now (assigned on first sight).
-    func inode(of name: String) -> fuse_ino_t? {
+    func inode(of name: String, in tree: TreeSnapshot? = nil) -> fuse_ino_t? {
         if name == ".stats" { return 2 }
         if name == ".power" { return 3 }
-        guard io.isPresent(name) else { return nil }
+        guard (tree ?? io.pnp.snapshot).presentLinks.contains(name) else { return nil }
         return inodes.withLock { t in
             if let ino = t.byName[name] { return ino }
             let ino = t.next
@@ -98,26 +98,31 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         }
     }
 
-    /// A symbolic link was created or deleted: forget a name that went away, and
-    /// tell the kernel to drop what it cached for the name and the root's listing.
-    func namespaceChanged(_ name: String) {
-        if !io.isPresent(name) {
-            inodes.withLock { t in
-                if let ino = t.byName.removeValue(forKey: name) { t.byInode[ino] = nil }
+    /// The PnP manager published a new tree (on its executor): forget the device
+    /// files that went away, and tell the kernel to drop what it cached for them,
+    /// the root's listing and the `.devices` entries that changed. Nothing here
+    /// waits for the kernel: the notifications leave on the sink's own thread.
+    func treeChanged(_ change: TreeChange) {
+        let tree = io.pnp.snapshot
+        for name in change.links {
+            if !tree.presentLinks.contains(name) {
+                inodes.withLock { t in
+                    if let ino = t.byName.removeValue(forKey: name) { t.byInode[ino] = nil }
+                }
             }
+            sink.invalidateEntry(parent: 1, name: name)
         }
-        sink.invalidateEntry(parent: 1, name: name)
-        invalidateTree()
+        if change.treeChanged || !change.links.isEmpty { invalidateTree(tree) }
     }
 
     /// The `.devices` and `.interfaces` entries the kernel may have cached and
     /// that no longer exist are invalidated and forgotten (a node that comes back
     /// is a new directory); the directories that remain are invalidated so their
     /// listings are read again.
-    func invalidateTree() {
+    func invalidateTree(_ tree: TreeSnapshot) {
         let known = inodes.withLock { t in t.byInode.filter { $0.key >= FuseBridge.treeBase } }
         var gone: [(parent: fuse_ino_t, name: String, ino: fuse_ino_t)] = []
-        for (ino, path) in known where resolve(path) == nil {
+        for (ino, path) in known where resolve(path, in: tree) == nil {
             let parentPath = path.split(separator: "/").dropLast().joined(separator: "/")
             let parent = parentPath.isEmpty ? 1 : (inodes.withLock { $0.byName[parentPath] } ?? 0)
             gone.append((parent, String(path.split(separator: "/").last ?? ""), ino))
@@ -132,8 +137,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     /// The entries of the root directory now: `.stats`, then every device file.
     var rootEntries: [(name: String, ino: fuse_ino_t)] {
-        [(".stats", 2), (".power", 3)] + (treeInode(".devices").map { [(".devices", $0)] } ?? [])
-            + (treeInode(".interfaces").map { [(".interfaces", $0)] } ?? []) + io.symbolicLinks.compactMap { name in inode(of: name).map { (name, $0) } }
+        let tree = io.pnp.snapshot
+        return [(".stats", 2), (".power", 3)] + (treeInode(".devices", in: tree).map { [(".devices", $0)] } ?? [])
+            + (treeInode(".interfaces", in: tree).map { [(".interfaces", $0)] } ?? [])
+            + tree.links.compactMap { name in inode(of: name, in: tree).map { (name, $0) } }
     }
 
     /// Poll handles the kernel gave us, per open file: woken when the device's
@@ -171,7 +178,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             case nil: return nil
             }
         default:
-            guard let name = inodes.withLock({ $0.byInode[ino] }), io.isPresent(name) else { return nil }
+            guard let name = inodes.withLock({ $0.byInode[ino] }), io.pnp.snapshot.presentLinks.contains(name) else { return nil }
             return .device(name)
         }
     }
@@ -287,8 +294,14 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     // MARK: - Handles
 
-    static func file(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> FileObject? {
-        guard let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) else { return nil }
+    /// Whether an inode is a virtual file of the bridge's (`.stats`, `.power`,
+    /// anything under `.devices` or `.interfaces`): its handle holds a text
+    /// snapshot (or nothing, for a control file), never a file object.
+    static func isVirtual(_ ino: fuse_ino_t) -> Bool { ino == 2 || ino == 3 || ino >= treeBase }
+
+    /// The file object of a device file's handle; nil for a virtual file's.
+    static func file(_ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) -> FileObject? {
+        guard !isVirtual(ino), let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) else { return nil }
         return Unmanaged<FileObject>.fromOpaque(p).takeUnretainedValue()
     }
 
@@ -372,11 +385,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     // MARK: - Data path
 
     func read(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        if ino == 2 || ino == 3 || ino >= FuseBridge.treeBase {
+        if Self.isVirtual(ino) {
             readStats(FuseReply(req, sink), size, off, fi)
             return
         }
-        guard let file = Self.file(fi) else {
+        guard let file = Self.file(ino, fi) else {
             FuseReply(req, sink).error(EBADF)
             return
         }
@@ -394,7 +407,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         if ino >= FuseBridge.treeBase {
             let reply = FuseReply(req, sink)
             guard let path = treePath(ino), case .file(let node, .control)? = resolve(path) else {
-                reply.error(EBADF)
+                // The node went away after the file was opened.
+                reply.error(ENODEV)
                 return
             }
             let verb = data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
@@ -402,7 +416,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             if e == 0 { reply.written(size) } else { reply.error(e) }
             return
         }
-        guard let file = Self.file(fi) else {
+        guard let file = Self.file(ino, fi) else {
             FuseReply(req, sink).error(EBADF)
             return
         }
@@ -414,13 +428,14 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     }
 
     func ioctl(
-        _ req: FuseRequestHandle, _ cmd: UInt32, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ flags: UInt32,
+        _ req: FuseRequestHandle, _ ino: fuse_ino_t, _ cmd: UInt32, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ flags: UInt32,
         _ inBuf: UnsafeRawPointer?, _ inSize: Int, _ outSize: Int
     ) {
         let reply = FuseReply(req, sink)
-        // Not the envelope: the kernel's convention for an unknown request (TCGETS,
+        // Not the envelope, or a virtual file (which takes no ioctl, as a regular file
+        // does not): the kernel's convention for an unknown request (TCGETS,
         // BLKGETSIZE64, FS_IOC_GETFLAGS...), so isatty, stty and lsattr say so plainly.
-        guard let file = Self.file(fi), flags & UInt32(FUSE_IOCTL_DIR) == 0, IoctlEnvelope.isEnvelopeFamily(cmd) else {
+        guard let file = Self.file(ino, fi), flags & UInt32(FUSE_IOCTL_DIR) == 0, IoctlEnvelope.isEnvelopeFamily(cmd) else {
             reply.error(ENOTTY)
             return
         }
@@ -441,14 +456,16 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         let r = requests.take(self)
         r.begin(reply, kind: .ioctl, size: header.outputLength)
         r.outputOffset = outputAt
+        r.envelopeData = envelope + IoctlEnvelope.headerSize
         _ = io.send(
             .deviceControl(code: ControlCode(rawValue: header.code), buffer: envelope + IoctlEnvelope.headerSize, capacity: capacity,
                            inputLength: header.inputLength, outputLength: header.outputLength, borrowedFrom: envelope),
             on: file, requester: r)
     }
 
-    func fsync(_ req: FuseRequestHandle, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        guard let file = Self.file(fi) else {
+    func fsync(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        guard let file = Self.file(ino, fi) else {
+            // A virtual file has nothing to flush: its writes took effect at once.
             FuseReply(req, sink).error(0)
             return
         }
@@ -468,7 +485,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             reply.error(ENOSYS)
             return
         }
-        guard ino != 2, let file = Self.file(fi) else {
+        guard let file = Self.file(ino, fi) else {
+            // A virtual file is always ready, as a regular file is.
             if let handle { sink.destroyPollHandle(handle) }
             reply.poll(UInt32(POLLIN | POLLOUT))
             return
@@ -537,7 +555,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             }
         case .ioctl:
             // The envelope (or the I/O manager's copy of it, if the IRP pended).
-            let data = irp.hostBuffer!
+            guard let data = irp.hostBuffer ?? r.envelopeData else {
+                reply.error(EIO)
+                return
+            }
             let envelope = data - IoctlEnvelope.headerSize
             let n = status.isError ? 0 : Self.clamp(information, r.size)
             IoctlEnvelope.storeResult(status: status, information: information, into: envelope)

@@ -26,10 +26,10 @@ extension FuseBridge {
         ops.release = { req, ino, fi in FuseBridge.of(req).release(req, ino, fi) }
         ops.read = { req, ino, size, off, fi in FuseBridge.of(req).read(req, ino, size, off, fi) }
         ops.write = { req, ino, buf, size, off, fi in FuseBridge.of(req).write(req, ino, buf, size, off, fi) }
-        ops.ioctl = { req, _, cmd, _, fi, flags, inBuf, inSize, outSize in
-            FuseBridge.of(req).ioctl(req, UInt32(truncatingIfNeeded: cmd), fi, flags, inBuf, inSize, outSize)
+        ops.ioctl = { req, ino, cmd, _, fi, flags, inBuf, inSize, outSize in
+            FuseBridge.of(req).ioctl(req, ino, UInt32(truncatingIfNeeded: cmd), fi, flags, inBuf, inSize, outSize)
         }
-        ops.fsync = { req, _, _, fi in FuseBridge.of(req).fsync(req, fi) }
+        ops.fsync = { req, ino, _, fi in FuseBridge.of(req).fsync(req, ino, fi) }
         ops.poll = { req, ino, fi, ph in FuseBridge.of(req).poll(req, ino, fi, ph) }
         // The tree is the drivers' to shape: names are not created, removed or moved from userland.
         ops.create = { req, _, _, _, _ in FuseBridge.of(req).refuse(req) }

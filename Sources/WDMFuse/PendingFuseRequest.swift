@@ -26,6 +26,9 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     @exclusivity(unchecked) var buffer: UnsafeMutableRawPointer?
     /// For an ioctl: where the output starts in the data area.
     @exclusivity(unchecked) var outputOffset = 0
+    /// For an ioctl: the envelope's data area in the FUSE request (what a request
+    /// refused before any driver saw it is answered from).
+    @exclusivity(unchecked) var envelopeData: UnsafeMutableRawPointer?
     @exclusivity(unchecked) var nonBlocking = false
     @exclusivity(unchecked) var armed = false
     /// The IRP, while it pends (for cancels).
@@ -49,6 +52,7 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
         self.nonBlocking = nonBlocking
         self.armed = false
         self.outputOffset = 0
+        self.envelopeData = nil
         busy.store(true, ordering: .relaxed)
         claimed.store(false, ordering: .releasing)
     }

@@ -109,6 +109,11 @@ final class Rig {
         bridge.inode(of: name)!
     }
 
+    /// The inode a handle was opened on.
+    func ino(of fi: UnsafeMutablePointer<fuse_file_info>) -> fuse_ino_t {
+        infos.first { $0.fi == fi }?.ino ?? 100
+    }
+
     func open(_ name: String, flags: Int32 = O_RDWR) -> UnsafeMutablePointer<fuse_file_info> {
         let fi = UnsafeMutablePointer<fuse_file_info>.allocate(capacity: 1)
         fi.initialize(to: fuse_file_info())
@@ -142,7 +147,7 @@ final class Rig {
         env.replaceSubrange(IoctlEnvelope.headerSize..<IoctlEnvelope.headerSize + input.count, with: input)
         let (r, n) = req()
         env.withUnsafeBytes { b in
-            bridge.ioctl(r, UInt32(truncatingIfNeeded: IoctlEnvelope.request(capacity: cap)), fi, 0, b.baseAddress, b.count, b.count)
+            bridge.ioctl(r, ino(of: fi), UInt32(truncatingIfNeeded: IoctlEnvelope.request(capacity: cap)), fi, 0, b.baseAddress, b.count, b.count)
         }
         env.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0xEE) }  // the request's memory is gone
         return n
@@ -202,7 +207,7 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
         for (cmd, expected) in cases {
             let (r, n) = rig.req()
             let size = Int((cmd >> 16) & 0x3FFF)
-            buf.withUnsafeBytes { rig.bridge.ioctl(r, cmd, ram, 0, $0.baseAddress, size, size) }
+            buf.withUnsafeBytes { rig.bridge.ioctl(r, rig.ino(of: ram), cmd, ram, 0, $0.baseAddress, size, size) }
             #expect(rig.sink.replies(n) == [.error(expected)], "cmd 0x\(String(cmd, radix: 16))")
         }
         let lengths = rig.ioctl(ram, code: 0x0007_405C, input: [], outputLength: 100, capacity: 8)

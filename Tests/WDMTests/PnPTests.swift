@@ -108,9 +108,9 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         let pdo = try stack(io, function: veto)
         let node = try #require(pdo.deviceNode)
         let before = tracer.events.all.count
-        let (status, vetoedBy) = io.remove(node)
-        #expect(status == .deviceBusy)
-        #expect(vetoedBy?.driverObject.name == "\\Driver\\Function")
+        let r = io.remove(node)
+        #expect(r.status == .deviceBusy && r.vetoType == .device)
+        #expect(r.vetoedBy?.driverObject.name == "\\Driver\\Function")
         #expect(Array(tracer.events.all.dropFirst(before)) == [
             "Upper IRP_MN_QUERY_REMOVE_DEVICE", "Function IRP_MN_QUERY_REMOVE_DEVICE",
             "Upper IRP_MN_CANCEL_REMOVE_DEVICE", "Function IRP_MN_CANCEL_REMOVE_DEVICE", "Lower IRP_MN_CANCEL_REMOVE_DEVICE", "PnpManager IRP_MN_CANCEL_REMOVE_DEVICE",
@@ -159,7 +159,7 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         #expect(lock.isRemoved)
     }
 
-    @Test func stopAndRestartAndARestartThatFailsEndsInRemoval() throws {
+    @Test func aRebalanceStopsAndStartsAndAStartThatFailsAfterItEndsInRemoval() throws {
         let io = IOManager()
         let tracer = PnPTracer()
         io.addObserver(tracer)
@@ -170,8 +170,8 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         }))
         let node = try #require(pdo.deviceNode)
         let before = tracer.events.all.count
-        let (status, _) = io.restart(node)
-        #expect(status == .insufficientResources)
+        let r = io.rebalance(node)
+        #expect(r.status == .insufficientResources)
         let minors = tracer.events.all.dropFirst(before).filter { $0.hasPrefix("Function") }
         #expect(Array(minors) == ["Function IRP_MN_QUERY_STOP_DEVICE", "Function IRP_MN_STOP_DEVICE", "Function IRP_MN_START_DEVICE",
                                   "Function IRP_MN_SURPRISE_REMOVAL", "Function IRP_MN_REMOVE_DEVICE"])
@@ -190,13 +190,13 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         }
         let pdo = try stack(io, function: veto)
         let node = try #require(pdo.deviceNode)
-        let (status, vetoedBy) = io.restart(node)
-        #expect(status == .deviceBusy && vetoedBy?.driverObject.name == "\\Driver\\Function")
+        let r = io.rebalance(node)
+        #expect(r.status == .deviceBusy && r.vetoedBy?.driverObject.name == "\\Driver\\Function")
         #expect(node.state == .started)
         #expect(io.disable(node).status == .success)
         #expect(node.state == .disabled && node.problem == .disabled && io.symbolicLinks.isEmpty)
         #expect(io.deviceNodes.contains { $0 === node })
-        #expect(io.enable(node) == .success)
+        #expect(io.enable(node).isSuccess)
         #expect(node.state == .started && node.problem == nil && io.symbolicLinks == ["dev"])
     }
 
@@ -223,7 +223,8 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         entered.wait()
         let removed = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            _ = io.remove(node, orderly: false)
+            // Removed while the request is inside, and the PDO deleted (no query: what unmount does).
+            io.pnp.perform { io.pnp.removeEverything() }
             removed.signal()
         }
         #expect(removed.wait(timeout: .now() + 5) == .success)

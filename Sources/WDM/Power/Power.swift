@@ -49,15 +49,15 @@ extension IRP {
 /// The power dispatch routines drivers use.
 public enum Power {
     /// A function driver's IRP_MJ_POWER, as the device's power policy owner:
-    /// system SET_POWER goes down, then (in a completion routine) the driver
-    /// requests the device SET_POWER for DeviceState[S] and completes the system
-    /// IRP when that one is done. Device SET_POWER: going down, the driver records
-    /// the new state before passing it on; going up, after the lower drivers
-    /// finished (the bus powers up first). QUERY_POWER and the rest go down.
+    /// a system SET_POWER or QUERY_POWER goes down, then (in a completion routine)
+    /// the driver requests the device IRP of the same minor for DeviceState[S]
+    /// and completes the system IRP with its status. Device SET_POWER: going down,
+    /// the driver records the new state before passing it on; going up, after the
+    /// lower drivers finished (the bus powers up first). The rest goes down.
     public static let functionDispatch: DispatchRoutine = { device, irp in
         let io = device.driverObject.ioManager
         switch (irp.powerMinor, irp.power?.target) {
-        case (.setPower?, .system(let s)?):
+        case (let minor?, .system(let s)?) where minor == .setPower || minor == .queryPower:
             irp.copyCurrentStackLocationToNext()
             irp.setCompletionRoutine { device, irp, _ in
                 guard let device, irp.ioStatus.status.isSuccess else { return .success }
@@ -65,7 +65,7 @@ public enum Power {
                 let d = DevicePowerState(rawValue: UInt32(mapped)) ?? .d3
                 // PoRequestPowerIrp: the device IRP for the mapped state; its
                 // completion completes the system IRP.
-                io.requestDevicePower(device, d) { status in
+                io.requestDevicePower(device, minor, d) { status in
                     irp.complete(status)
                 }
                 return .moreProcessingRequired
@@ -113,37 +113,27 @@ extension IOManager {
     /// The system power state.
     public var systemPowerState: SystemPowerState { systemPower.withLock { $0 } }
 
-    /// Moves the system to `state`: QUERY_POWER then SET_POWER (system) down every
-    /// stack, children before parents when going to sleep, parents before children
-    /// when waking. Each stack's power policy owner turns it into a device IRP.
-    /// Returns the status of the first stack that refused.
+    /// Moves the system to `state`, as one action of the PnP manager: before
+    /// sleeping, QUERY_POWER (system) down every started stack, children first; a
+    /// stack that refuses ends it, and every stack asked gets SET_POWER for the
+    /// current state again (the query is "reaffirmed"). Then SET_POWER (system)
+    /// down every stack, children first when going to sleep, parents first when
+    /// waking. Each stack's power policy owner turns it into a device IRP.
+    /// Returns the status of the stack that refused, or STATUS_SUCCESS.
     @discardableResult
     public func setSystemPower(_ state: SystemPowerState) -> NTStatus {
-        var order = allDeviceNodes.filter { $0.state == .started }
-        let sleeping = state != .working
-        if sleeping { order.reverse() }
-        for node in order {
-            guard let pdo = node.pdo else { continue }
-            if sleeping {
-                let (q, _) = sendPower(.queryPower, .system(state), to: pdo.topOfStack)
-                if !q.isSuccess && q != .notSupported { return q }
-            }
-        }
-        for node in order {
-            guard let pdo = node.pdo else { continue }
-            _ = sendPower(.setPower, .system(state), to: pdo.topOfStack)
-            powerLog?("\(node.instanceName) \(state) \(pdo.topOfStack.powerState)")
-        }
-        systemPower.withLock { $0 = state }
-        return .success
+        pnp.perform { pnp.powerTransition(state) }
     }
 
-    /// `PoRequestPowerIrp(device, IRP_MN_SET_POWER, D)`: a device IRP sent to the
-    /// top of `device`'s stack; `done` runs with its status when it completes.
-    public func requestDevicePower(_ device: DeviceObject, _ state: DevicePowerState, done: @escaping @Sendable (NTStatus) -> Void) {
+    /// `PoRequestPowerIrp(device, minor, D)`: a device IRP sent to the top of
+    /// `device`'s stack; `done` runs with its status when it completes. After a
+    /// SET_POWER to D0 has completed, the requests that waited for D0 go down.
+    public func requestDevicePower(_ device: DeviceObject, _ minor: PowerMinor = .setPower, _ state: DevicePowerState,
+                                   done: @escaping @Sendable (NTStatus) -> Void) {
         let top = device.topOfStack
         DispatchQueue.global().async { [self] in
-            let (status, _) = sendPower(.setPower, .device(state), to: top)
+            let (status, _) = sendPower(minor, .device(state), to: top)
+            if minor == .setPower, state == .d0, status.isSuccess { resumeWaitingIO(top) }
             done(status)
         }
     }
@@ -155,24 +145,26 @@ extension IOManager {
 
     /// Records a device's power state. The power policy owner's state decides
     /// whether I/O to the stack waits: not in D0, new requests wait (and can still
-    /// be cancelled); back in D0, they go down in the order they came.
+    /// be cancelled); the requests go down in the order they came once the D0 IRP
+    /// has completed (`requestDevicePower`).
     public func setPowerState(_ device: DeviceObject, _ state: DevicePowerState) {
         device.powerStateWord.store(state.rawValue, ordering: .releasing)
-        guard device.deviceNode?.pdo !== device else { return }  // the bus's PDO: recorded only
-        let top = device.topOfStack
-        if state == .d0 {
-            top.asleep.store(false, ordering: .releasing)
-            while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
-            recountAsleep()
-        } else {
-            top.asleep.store(true, ordering: .releasing)
-            anyAsleep.store(true, ordering: .releasing)
-        }
+        guard let node = device.deviceNode, node.pdo !== device else { return }  // the bus's PDO: recorded only
+        node.powerWord.store(state.rawValue, ordering: .releasing)
+        if state != .d0 { setAsleep(device.topOfStack, true) }
     }
 
-    func recountAsleep() {
-        let still = allDeviceNodes.contains { n in n.pdo?.topOfStack.asleep.load(ordering: .acquiring) == true }
-        anyAsleep.store(still, ordering: .releasing)
+    /// The requests that waited for D0 go down, in the order they came.
+    func resumeWaitingIO(_ top: DeviceObject) {
+        setAsleep(top, false)
+        while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
+    }
+
+    /// Marks a stack (its top) asleep or awake, keeping the count of asleep stacks.
+    func setAsleep(_ top: DeviceObject, _ asleep: Bool) {
+        guard top.asleep.exchange(asleep, ordering: .acquiringAndReleasing) != asleep else { return }
+        let n = asleepStacks.add(asleep ? 1 : -1, ordering: .acquiringAndReleasing).newValue
+        anyAsleep.store(n > 0, ordering: .releasing)
     }
 
     /// A request to a stack that is not in D0: it waits, pending, until D0.
@@ -189,6 +181,37 @@ extension IOManager {
             while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
         }
         return .pending
+    }
+}
+
+extension PnPManager {
+    /// See `IOManager.setSystemPower`. On the executor.
+    func powerTransition(_ state: SystemPowerState) -> NTStatus {
+        let current = io.systemPowerState
+        var order = allNodes.filter { $0.state == .started && $0.pdo != nil }
+        let sleeping = state != .working
+        if sleeping { order.reverse() }
+        if sleeping {
+            for (i, node) in order.enumerated() {
+                let (q, _) = io.sendPower(.queryPower, .system(state), to: node.pdo!.topOfStack)
+                if !q.isSuccess && q != .notSupported {
+                    io.log?("\(node.instanceName): refused \(state) (\(q)); \(current) is reaffirmed")
+                    for asked in order[...i] {
+                        if let pdo = asked.pdo { _ = io.sendPower(.setPower, .system(current), to: pdo.topOfStack) }
+                    }
+                    return q
+                }
+            }
+        }
+        for node in order {
+            guard let pdo = node.pdo else { continue }
+            _ = io.sendPower(.setPower, .system(state), to: pdo.topOfStack)
+            if !sleeping, node.powerState == .d0 { io.resumeWaitingIO(pdo.topOfStack) }
+            io.powerLog?("\(node.instanceName) \(state) \(node.powerState)")
+        }
+        io.systemPower.withLock { $0 = state }
+        dirty = true
+        return .success
     }
 }
 

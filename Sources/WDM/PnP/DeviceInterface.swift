@@ -34,8 +34,16 @@ extension IOManager {
             }
         }
         pdo.interfaceNames.withLock { if !$0.contains(name) { $0.append(name) } }
+        interfaceClasses.withLock { if !$0.contains(classGUID) { $0.append(classGUID) } }
         return name
     }
+
+    /// Every interface class a device ever registered, in the order first seen (as
+    /// Windows keeps a class's key once it exists).
+    public var knownInterfaceClasses: [String] { interfaceClasses.withLock { $0 } }
+
+    /// Whether a device ever registered an interface of `classGUID`.
+    public func isRegisteredInterfaceClass(_ classGUID: String) -> Bool { interfaceClasses.withLock { $0.contains(classGUID) } }
 
     /// `IoSetDeviceInterfaceState(name, enable)`: STATUS_OBJECT_NAME_EXISTS when
     /// enabling one that is enabled, STATUS_OBJECT_NAME_NOT_FOUND for an unknown name.
@@ -55,15 +63,10 @@ extension IOManager {
         interfaces.withLock { $0.filter { $0.enabled && (classGUID == nil || $0.classGUID == classGUID) } }
     }
 
-    /// The device file a device node's interface leads to: the symbolic link of a device in its stack.
+    /// The device file a device node's interface leads to: the symbolic link of a
+    /// device in its stack (as the PnP manager last published the tree).
     public func link(forInstance instance: String) -> String? {
-        guard let node = allDeviceNodes.first(where: { $0.instanceName == instance }), let pdo = node.pdo else { return nil }
-        var d: DeviceObject? = pdo.topOfStack
-        while let device = d {
-            if let name = symbolicLinks.first(where: { self.device(forLink: $0) === device }) { return name }
-            d = device.lowerDevice
-        }
-        return nil
+        pnp.snapshot.node(named: instance)?.link
     }
 
     /// Drops a PDO's interfaces (it is deleted).

@@ -15,6 +15,8 @@ public struct DeviceFlags: OptionSet, Sendable, Hashable {
     public static let deviceInitializing = DeviceFlags(rawValue: 0x0000_0080)
     /// `DO_POWER_PAGABLE`
     public static let powerPagable = DeviceFlags(rawValue: 0x0000_2000)
+    /// `DO_EXCLUSIVE`: one handle at a time (a second open gets STATUS_ACCESS_DENIED).
+    public static let exclusive = DeviceFlags(rawValue: 0x0000_0008)
 }
 
 /// `DEVICE_OBJECT`.
@@ -79,9 +81,20 @@ public final class DeviceObject: @unchecked Sendable {
     let powerQueue = CancelSafeQueue()
     /// The device interfaces registered for this PDO.
     let interfaceNames = Mutex<[String]>([])
-    /// Set on every device of a stack whose device is gone (surprise removal).
+    /// Set on every device of a stack whose device is gone (surprise removal) or
+    /// being removed: the I/O manager sends no new request into it.
     public let gone = Atomic<Bool>(false)
-    /// Open handles on the stack this device tops (counted at CREATE and CLOSE).
+    /// What IopCheckDeviceAndDriver looks at when a handle is opened (the device
+    /// object extension's flags): set by the PnP manager on every device of a stack.
+    let openState = Atomic<UInt8>(OpenState.notStarted.rawValue)
+    enum OpenState: UInt8 {
+        /// DOE_START_PENDING: AddDevice ran, START has not succeeded yet.
+        case notStarted = 0
+        case started = 1
+        /// DOE_REMOVE_PENDING / DOE_DELETE_PENDING: removal began, or the device is gone.
+        case removing = 2
+    }
+    /// Handles opened by this device's name (counted from before CREATE until after CLOSE; DO_EXCLUSIVE allows one).
     public let openHandles = Atomic<Int>(0)
     /// `IO_REMOVE_LOCK`: the device's I/O in flight, which REMOVE_DEVICE waits for.
     /// (In Windows it lives in the device extension; here every device has one.)
@@ -124,50 +137,3 @@ public final class DeviceObject: @unchecked Sendable {
     }
 }
 
-/// A PDO's device node: the identity the bus reported and the settings the
-/// drivers of the stack read (the registry's "Device Parameters").
-public final class DeviceNode: @unchecked Sendable {
-    /// `DeviceInstanceId`-like name, unique in the tree (`ramdisk0`).
-    public let instanceName: String
-    /// `IRP_MN_QUERY_ID` BusQueryHardwareIDs.
-    public let hardwareIDs: [String]
-    /// `IRP_MN_QUERY_ID` BusQueryCompatibleIDs.
-    public let compatibleIDs: [String]
-    /// Per-device settings, as `HKR\Device Parameters`.
-    public let parameters: [String: String]
-    /// Where the node is in its life.
-    public internal(set) var state = DeviceNodeState.initialized
-    /// `CM_PROB_*`, when the node is not working.
-    public internal(set) var problem: ProblemCode?
-    /// The bus node that reported this one (nil for root-enumerated nodes).
-    public internal(set) weak var parent: DeviceNode?
-    /// The nodes this one's bus driver reported.
-    public internal(set) var children: [DeviceNode] = []
-    /// True once the bus stopped reporting the device.
-    public internal(set) var missing = false
-    /// The drivers of the stack (lower filters, function driver, upper filters), to build it again.
-    public internal(set) var drivers: (lower: [DriverObject], function: DriverObject, upper: [DriverObject])?
-    /// Lines drivers log about this node (a filter's log of the PnP and power IRPs it saw).
-    let logLines = Mutex<[String]>([])
-    /// Appends a line to the node's log (the last 1,000 are kept).
-    public func appendLog(_ line: String) {
-        logLines.withLock {
-            if $0.count >= 1000 { $0.removeFirst() }
-            $0.append(line)
-        }
-    }
-    /// The node's log.
-    public var log: [String] { logLines.withLock { $0 } }
-    /// What QUERY_CAPABILITIES answered (DeviceState[] maps system to device power states).
-    public internal(set) var capabilities = DeviceCapabilities()
-    /// The node's PDO while it exists (the bus driver owns it).
-    public private(set) weak var pdo: DeviceObject?
-
-    init(instanceName: String, hardwareIDs: [String], compatibleIDs: [String] = [], parameters: [String: String], pdo: DeviceObject) {
-        self.instanceName = instanceName
-        self.hardwareIDs = hardwareIDs
-        self.compatibleIDs = compatibleIDs
-        self.parameters = parameters
-        self.pdo = pdo
-    }
-}

@@ -26,6 +26,15 @@ public enum IORequest: @unchecked Sendable {
     /// IRP_MJ_QUERY_INFORMATION(FileStandardInformation) into `buffer` (24 bytes).
     case queryStandardInformation(buffer: UnsafeMutableRawPointer)
 
+    /// The host's buffer the request is answered from.
+    var hostBuffer: UnsafeMutableRawPointer? {
+        switch self {
+        case .read(let b, _, _), .write(let b, _, _, _), .queryStandardInformation(let b): b
+        case .deviceControl(_, let b, _, _, _, _): b
+        case .flush: nil
+        }
+    }
+
     var major: MajorFunction {
         switch self {
         case .read: .read
@@ -45,16 +54,42 @@ extension IOManager {
     /// object that did not go through CREATE.
     public func open(_ link: String, access: AccessMask) throws(NTStatus) -> FileObject {
         guard let device = device(forLink: link), !device.deleted else { throw NTStatus.noSuchDevice }
-        if let node = device.deviceNode, node.state != .started { throw NTStatus.noSuchDevice }
+        // IopCheckDeviceAndDriver. The handle counts itself before it looks at the
+        // device's state, and removal marks the state before it counts handles, so
+        // one of the two always sees the other.
+        let node = device.deviceNode
+        if device.flags.contains(.exclusive) {
+            guard device.openHandles.compareExchange(expected: 0, desired: 1, ordering: .sequentiallyConsistent).exchanged else {
+                throw NTStatus.accessDenied  // a second open of a DO_EXCLUSIVE device
+            }
+        } else {
+            device.openHandles.add(1, ordering: .sequentiallyConsistent)
+        }
+        node?.handles.add(1, ordering: .sequentiallyConsistent)
+        func undo() {
+            device.openHandles.subtract(1, ordering: .sequentiallyConsistent)
+            if let node {
+                node.handles.subtract(1, ordering: .sequentiallyConsistent)
+                handleClosed(node)
+            }
+        }
+        let state = device.openState.load(ordering: .sequentiallyConsistent)
+        guard node == nil || state == DeviceObject.OpenState.started.rawValue, !device.flags.contains(.deviceInitializing) else {
+            undo()
+            throw NTStatus.noSuchDevice  // not started yet, being removed, or gone
+        }
         let file = FileObject(deviceObject: device, grantedAccess: access, fileName: link)
         let irp = makeIrp(.create, file: file)
         irp.nextStackLocation.parameters.create.desiredAccess = access
         let (status, completed) = callSynchronously(irp)
         if completed { freeIrp(irp) }
-        guard status.isSuccess else { throw status }
+        guard status.isSuccess else {
+            undo()
+            throw status
+        }
         file.state.store(FileObject.State.open.rawValue, ordering: .releasing)
         file.top = device.topOfStack
-        file.top!.openHandles.add(1, ordering: .relaxed)
+        file.node = node
         return file
     }
 
@@ -72,9 +107,10 @@ extension IOManager {
             if completed { freeIrp(irp) }
             result.append(status)
         }
-        if let top = file.top {
-            top.openHandles.subtract(1, ordering: .acquiringAndReleasing)
-            handleClosed(top)
+        file.deviceObject.openHandles.subtract(1, ordering: .sequentiallyConsistent)
+        if let node = file.node {
+            node.handles.subtract(1, ordering: .sequentiallyConsistent)
+            handleClosed(node)
         }
         return (result[0], result[1])
     }
@@ -168,10 +204,16 @@ extension IOManager {
     /// the request may go to the drivers, else why it is refused.
     @inline(__always)
     private func prepare(_ irp: IRP, _ request: IORequest, _ file: FileObject) -> NTStatus? {
-        guard file.isOpen else { return .invalidHandle }
-        // A device that is gone (surprise removal) takes no new I/O.
-        if file.deviceObject.gone.load(ordering: .relaxed) { return .deletePending }
         let p = irp.packet
+        guard file.isOpen else {
+            p.hostBuffer = request.hostBuffer  // a refused request is answered from it
+            return .invalidHandle
+        }
+        // A device that is gone or being removed takes no new I/O.
+        if file.deviceObject.gone.load(ordering: .relaxed) {
+            p.hostBuffer = request.hostBuffer
+            return .deletePending
+        }
         let loc = p.currentLocation - 2
         switch request {
         case .read(let buffer, let length, let offset), .write(let buffer, let length, let offset, _):

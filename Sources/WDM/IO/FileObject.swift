@@ -17,8 +17,11 @@ public final class FileObject: @unchecked Sendable {
     /// `FsContext2`.
     public var fsContext2: AnyObject?
 
-    /// The top of the stack when it was opened (whose handle count it holds).
+    /// The top of the stack when it was opened.
     var top: DeviceObject?
+    /// The device node whose handle count this handle holds (the PnP manager's
+    /// open-handle veto and the end of a surprise removal look at it).
+    var node: DeviceNode?
 
     enum State: UInt8 { case creating = 0, open = 1, closed = 2 }
     let state = Atomic<UInt8>(State.creating.rawValue)

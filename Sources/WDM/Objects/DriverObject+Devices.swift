@@ -8,12 +8,17 @@ extension DriverObject {
     /// parameter, else its instance name.
     @discardableResult
     public func createFunctionDevice(
-        for pdo: DeviceObject, deviceType: UInt32, flags: DeviceFlags = [], extension ext: AnyObject? = nil
+        for pdo: DeviceObject, deviceType: UInt32, characteristics: UInt32 = 0, flags: DeviceFlags = [], extension ext: AnyObject? = nil
     ) throws(NTStatus) -> DeviceObject {
-        let fdo = ioManager.createDevice(driver: self, deviceType: deviceType, flags: flags, extension: ext)
+        let fdo = ioManager.createDevice(driver: self, deviceType: deviceType, characteristics: characteristics, flags: flags, extension: ext)
         ioManager.attachDeviceToDeviceStack(fdo, to: pdo)
         if let node = pdo.deviceNode {
-            try ioManager.createSymbolicLink(node.parameters["SymbolicLinkName"] ?? node.instanceName, device: fdo)
+            do throws(NTStatus) {
+                try ioManager.createSymbolicLink(node.parameters["SymbolicLinkName"] ?? node.instanceName, device: fdo)
+            } catch {
+                ioManager.detachAndDelete(fdo)  // AddDevice fails: nothing of it is left attached
+                throw error
+            }
         }
         fdo.flags.remove(.deviceInitializing)
         return fdo
@@ -21,10 +26,10 @@ extension DriverObject {
 
     /// `createFunctionDevice` as an AddDevice routine's result: STATUS_SUCCESS, or why it failed.
     public func addFunctionDevice(
-        for pdo: DeviceObject, deviceType: UInt32, flags: DeviceFlags = [], extension ext: AnyObject? = nil
+        for pdo: DeviceObject, deviceType: UInt32, characteristics: UInt32 = 0, flags: DeviceFlags = [], extension ext: AnyObject? = nil
     ) -> NTStatus {
         do throws(NTStatus) {
-            try createFunctionDevice(for: pdo, deviceType: deviceType, flags: flags, extension: ext)
+            try createFunctionDevice(for: pdo, deviceType: deviceType, characteristics: characteristics, flags: flags, extension: ext)
             return .success
         } catch {
             return error

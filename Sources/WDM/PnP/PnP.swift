@@ -74,16 +74,7 @@ public final class PnPRequest: @unchecked Sendable {
     init() {}
 }
 
-/// `CM_PROB_*`: why a device node is not started.
-public enum ProblemCode: UInt32, Sendable {
-    case failedStart = 10, disabled = 22, deviceNotThere = 24, failedAdd = 31, failedDriverEntry = 37
-    case failedPostStart = 43, halted = 44, heldForEject = 47
-}
 
-/// Where a device node is in its life.
-public enum DeviceNodeState: String, Sendable {
-    case initialized, driversAdded, started, queryRemove, removed, stopped, surpriseRemoved, disabled
-}
 
 extension IRP {
     /// The PnP parameters and answers of an IRP_MJ_PNP IRP (nil for others).

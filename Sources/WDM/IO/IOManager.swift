@@ -23,9 +23,6 @@ public final class IOManager: @unchecked Sendable {
     /// so a driver that kept a buffer after completion reads garbage, and a host's
     /// pooled buffer that changes after it was poisoned is reported.
     public let checkedBuffers: Bool
-    /// Told the name of every symbolic link created or deleted (the bridge updates
-    /// the mount). Set before the tree changes at run time.
-    public nonisolated(unsafe) var namespaceObserver: (@Sendable (String) -> Void)?
     /// Polled by synchronous waits: when it says true (the host is shutting down),
     /// a wait cancels its IRP and gives up after `shutdownGrace` seconds.
     public nonisolated(unsafe) var isShuttingDown: (@Sendable () -> Bool)?
@@ -43,8 +40,8 @@ public final class IOManager: @unchecked Sendable {
 
     /// Matches child PDOs to function drivers (see `DriverMatcher`). Set before buses enumerate.
     public nonisolated(unsafe) var driverMatcher: DriverMatcher?
-    /// The PnP manager's own thread: enumeration and removal run here, in order.
-    let pnpQueue = DispatchQueue(label: "wdmfs.pnp")
+    /// The PnP manager: the owner of the device tree (set in init, never changed).
+    public private(set) nonisolated(unsafe) var pnp: PnPManager!
 
     /// Deleted devices, kept until no IRP is in flight: a request that was already
     /// inside a stack when its devices were detached and deleted still walks
@@ -52,18 +49,22 @@ public final class IOManager: @unchecked Sendable {
     let graveyard = Mutex<[DeviceObject]>([])
     /// Registered device interfaces.
     let interfaces = Mutex<[DeviceInterface]>([])
+    /// Interface classes ever registered.
+    let interfaceClasses = Mutex<[String]>([])
     /// Some stack is not in D0 (so `send` looks at the one it sends to).
     let anyAsleep = Atomic<Bool>(false)
+    /// How many stacks are not in D0.
+    let asleepStacks = Atomic<Int>(0)
     let systemPower = Mutex(SystemPowerState.working)
     /// Told "node Sx Dy" as each stack moves between power states (filters' logs, tests).
     public nonisolated(unsafe) var powerLog: (@Sendable (String) -> Void)?
 
     let counters = IOCounters()
     let pool = IRPPool()
-    private let links = Mutex<[(name: String, device: DeviceObject)]>([])
+    /// The object namespace's symbolic links (Namespace.swift).
+    let links = Mutex(LinkTable())
     private let drivers = Mutex<[DriverObject]>([])
-    private let rootNodes = Mutex<[DeviceNode]>([])
-    private let deviceCount = Atomic<Int>(0)
+    let deviceCount = Atomic<Int>(0)
     private var rootBusObject: DriverObject?
     var rootBus: DriverObject {
         if let b = rootBusObject { return b }
@@ -77,6 +78,7 @@ public final class IOManager: @unchecked Sendable {
     public init(bounceBuffers: Bool = false, verifierRules: Bool = true, checkedBuffers: Bool = false) {
         self.bounceBuffers = bounceBuffers
         self.checkedBuffers = checkedBuffers
+        pnp = PnPManager(io: self)
         if verifierRules { addObserver(VerifierRules(verifier)) }
         verifier.driverNames = { [unowned self] id in
             self.loadedDrivers.first { ObjectIdentifier($0) == id }?.name
@@ -132,8 +134,7 @@ public final class IOManager: @unchecked Sendable {
     /// added first: each driver detaches and deletes its device, then the PDO is
     /// deleted), then calls each driver's Unload in reverse load order.
     public func unloadAll() {
-        let nodes = rootNodes.withLock { n in defer { n.removeAll() }; return n }
-        for node in nodes.reversed() { remove(node, orderly: false) }
+        pnp.perform { pnp.removeEverything() }
         let all = drivers.withLock { d in defer { d.removeAll() }; return d }
         for driver in all.reversed() {
             driver.unload?(driver)
@@ -143,7 +144,7 @@ public final class IOManager: @unchecked Sendable {
             log?("unloaded \(driver.name)")
             driver.release()
         }
-        links.withLock { $0.removeAll() }
+        links.withLock { $0 = LinkTable() }
         rootBusObject?.release()
         readinessObserver = nil
         pool.drain()
@@ -153,8 +154,7 @@ public final class IOManager: @unchecked Sendable {
     deinit {
         // A tree dropped without an unmount (tests, embedded hosts): break the links
         // that hold stacks together so everything it built is freed. No Unload runs.
-        let nodes = rootNodes.withLock { n in defer { n.removeAll() }; return n }
-        for node in nodes {
+        for node in pnp.roots {
             var top: DeviceObject? = node.pdo?.topOfStack
             while let d = top {
                 top = d.lowerDevice
@@ -170,364 +170,6 @@ public final class IOManager: @unchecked Sendable {
         for p in pool.all where p.life != .free { p.forget() }
     }
 
-    // MARK: - Devices
-
-    /// `IoCreateDevice`. The device starts with DO_DEVICE_INITIALIZING set.
-    public func createDevice(
-        driver: DriverObject, deviceType: UInt32, characteristics: UInt32 = 0,
-        flags: DeviceFlags = [], name: String? = nil, extension ext: AnyObject? = nil
-    ) -> DeviceObject {
-        let d = DeviceObject(
-            driver: driver, deviceType: deviceType, characteristics: characteristics,
-            flags: flags.union(.deviceInitializing), name: name)
-        d.deviceExtension = ext
-        driver.devices.withLock { $0.append(d) }
-        deviceCount.add(1, ordering: .relaxed)
-        return d
-    }
-
-    /// `IoAttachDeviceToDeviceStack`: attaches `source` above the top of `target`'s
-    /// stack and returns the device it attached to. The new device's stack size is
-    /// one more than the one below; nothing else is copied (as on Windows: a filter
-    /// copies the buffering flags, DeviceType and Characteristics itself).
-    @discardableResult
-    public func attachDeviceToDeviceStack(_ source: DeviceObject, to target: DeviceObject) -> DeviceObject {
-        let lower = target.topOfStack
-        lower.attachedDevice = source
-        source.lowerDevice = lower
-        source.stackSize = lower.stackSize + 1
-        source.deviceNode = lower.deviceNode
-        return lower
-    }
-
-    /// `IoDetachDevice`: detaches whatever is attached above `target`.
-    public func detachDevice(_ target: DeviceObject) {
-        if let up = target.attachedDevice { up.lowerDevice = nil }
-        target.attachedDevice = nil
-    }
-
-    /// `IoDeleteDevice`.
-    public func deleteDevice(_ device: DeviceObject) {
-        device.deleted = true
-        forgetInterfaces(of: device)
-        if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }
-        device.attachedDevice = nil
-        device.lowerDevice = nil
-        graveyard.withLock { $0.append(device) }
-        device.driverObject.devices.withLock { $0.removeAll { $0 === device } }
-        let gone = links.withLock { l -> [String] in
-            let names = l.filter { $0.device === device }.map(\.name)
-            l.removeAll { $0.device === device }
-            return names
-        }
-        for name in gone { namespaceObserver?(name) }
-    }
-
-    /// `IoCreateSymbolicLink`: the name is the file name under the mount.
-    public func createSymbolicLink(_ name: String, device: DeviceObject) throws(NTStatus) {
-        try links.withLock { (l) throws(NTStatus) in
-            guard !l.contains(where: { $0.name == name }) else { throw NTStatus.invalidParameter }
-            l.append((name, device))
-        }
-        namespaceObserver?(name)
-    }
-
-    /// `IoDeleteSymbolicLink`.
-    public func deleteSymbolicLink(_ name: String) {
-        let removed = links.withLock { l in
-            let before = l.count
-            l.removeAll { $0.name == name }
-            return before != l.count
-        }
-        if removed { namespaceObserver?(name) }
-    }
-
-    /// The symbolic link names, in creation order.
-    public var symbolicLinks: [String] { links.withLock { $0.map(\.name) } }
-
-    /// Whether a symbolic link names a device that is there for users: its node is
-    /// started (a device's files appear when it starts and go when it is removed or
-    /// surprise-removed, as a device interface is enabled at START and disabled then).
-    public func isPresent(_ link: String) -> Bool {
-        guard let d = device(forLink: link), !d.deleted else { return false }
-        guard let node = d.deviceNode else { return true }
-        return node.state == .started
-    }
-
-    /// Tells the namespace observer about every link of the stack `pdo` is at the bottom of.
-    func announceLinks(of pdo: DeviceObject) {
-        guard let observer = namespaceObserver else { return }
-        var stack: [ObjectIdentifier] = []
-        var d: DeviceObject? = pdo
-        while let x = d { stack.append(ObjectIdentifier(x)); d = x.attachedDevice }
-        let names = links.withLock { $0.filter { stack.contains(ObjectIdentifier($0.device)) }.map(\.name) }
-        for n in names { observer(n) }
-    }
-
-    /// The device a symbolic link names.
-    public func device(forLink name: String) -> DeviceObject? {
-        links.withLock { l in l.first { $0.name == name }?.device }
-    }
-
-    /// Creates a root-enumerated device node and brings it up as the PnP manager
-    /// does: IRP_MN_QUERY_ID (device, instance, hardware and compatible IDs) and
-    /// IRP_MN_QUERY_CAPABILITIES to the PDO; AddDevice of the lower filters, the
-    /// function driver and the upper filters; IRP_MN_START_DEVICE down the whole
-    /// stack; then QUERY_CAPABILITIES, QUERY_PNP_DEVICE_STATE and
-    /// QUERY_DEVICE_RELATIONS (BusRelations). A START that fails leaves the node
-    /// with CM_PROB_FAILED_START and its stack removed. Returns the PDO.
-    @discardableResult
-    public func addRootDevice(
-        instanceName: String, hardwareIDs: [String] = [], compatibleIDs: [String] = [], parameters: [String: String] = [:],
-        functionDriver: DriverObject, lowerFilters: [DriverObject] = [], upperFilters: [DriverObject] = []
-    ) throws(NTStatus) -> DeviceObject {
-        let n = deviceCount.load(ordering: .relaxed) + 1
-        let pdo = createDevice(
-            driver: rootBus, deviceType: DeviceType.unknown,
-            name: "\\Device\\" + String(n, radix: 16, uppercase: true).leftPadded(to: 8))
-        let node = DeviceNode(instanceName: instanceName, hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs, parameters: parameters, pdo: pdo)
-        pdo.deviceNode = node
-        pdo.flags.remove(.deviceInitializing)
-        rootNodes.withLock { $0.append(node) }
-        for type in [BusQueryIdType.deviceID, .instanceID, .hardwareIDs, .compatibleIDs] {
-            _ = sendPnP(.queryId, to: pdo) { $0.idType = type }
-        }
-        node.capabilities = sendPnP(.queryCapabilities, to: pdo).1.capabilities
-        node.drivers = (lowerFilters, functionDriver, upperFilters)
-        try bringUp(node)
-        return pdo
-    }
-
-    /// AddDevice of the lower filters, the function driver and the upper filters,
-    /// then START_DEVICE and the queries that follow it. A START that fails leaves
-    /// CM_PROB_FAILED_START and the stack removed.
-    func bringUp(_ node: DeviceNode) throws(NTStatus) {
-        guard let pdo = node.pdo, let (lowerFilters, functionDriver, upperFilters) = node.drivers else { return }
-        let filters = Set((lowerFilters + upperFilters).map(ObjectIdentifier.init))
-        for driver in lowerFilters + [functionDriver] + upperFilters {
-            guard let add = driver.addDevice else { throw NTStatus.invalidDeviceRequest }
-            let below = pdo.topOfStack
-            let status = add(driver, pdo)
-            guard status.isSuccess else {
-                node.problem = .failedAdd
-                throw status
-            }
-            let top = pdo.topOfStack
-            if top.flags.contains(.deviceInitializing) {
-                verifier.report(.deviceInitializingLeftSet, device: top)
-                top.flags.remove(.deviceInitializing)
-            }
-            if top !== below, driver !== functionDriver || filters.contains(ObjectIdentifier(driver)) {
-                checkFilterCopied(top, from: below)
-            }
-        }
-        node.state = .driversAdded
-        node.problem = nil
-        let (started, _) = sendPnP(.startDevice, to: pdo.topOfStack)
-        guard started.isSuccess else {
-            log?("\(node.instanceName): IRP_MN_START_DEVICE failed with \(started)")
-            node.problem = .failedStart
-            // Windows removes a device whose START failed.
-            _ = sendPnP(.removeDevice, to: pdo.topOfStack)
-            node.state = .removed
-            return
-        }
-        node.state = .started
-        announceLinks(of: pdo)
-        _ = sendPnP(.queryCapabilities, to: pdo.topOfStack)
-        _ = sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
-        _ = sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }
-    }
-
-    /// devcon disable: an orderly removal of the stack (a driver may veto it) that
-    /// keeps the node and its PDO, with CM_PROB_DISABLED.
-    @discardableResult
-    public func disable(_ node: DeviceNode) -> (status: NTStatus, vetoedBy: DeviceObject?) {
-        guard node.state == .started, let pdo = node.pdo else { return (.invalidDeviceRequest, nil) }
-        let veto = queryOrCancel(.queryRemoveDevice, .cancelRemoveDevice, pdo)
-        if !veto.status.isSuccess { return veto }
-        for child in node.children.reversed() where child.state != .removed { finishRemoval(child) }
-        node.children.removeAll()
-        markGone(pdo)
-        _ = sendPnP(.removeDevice, to: pdo.topOfStack)
-        pdo.gone.store(false, ordering: .releasing)  // the PDO stays, for enable
-        node.state = .disabled
-        node.problem = .disabled
-        announceLinks(of: pdo)
-        purgeGraveyard()
-        return (.success, nil)
-    }
-
-    /// Frees the deleted devices once no IRP is in flight anywhere.
-    func purgeGraveyard() {
-        guard outstandingIrps.isEmpty else { return }
-        let dead = graveyard.withLock { g in defer { g.removeAll() }; return g }
-        _ = dead  // released here, outside the lock
-    }
-
-    /// Sets `gone` on every device of the stack `pdo` is at the bottom of: the I/O
-    /// manager sends no new request into it (STATUS_DELETE_PENDING, ENODEV).
-    func markGone(_ pdo: DeviceObject) {
-        var d: DeviceObject? = pdo
-        while let device = d {
-            device.gone.store(true, ordering: .releasing)
-            d = device.attachedDevice
-        }
-    }
-
-    /// devcon enable: a disabled node's stack is built and started again.
-    @discardableResult
-    public func enable(_ node: DeviceNode) -> NTStatus {
-        guard node.state == .disabled else { return .invalidDeviceRequest }
-        do throws(NTStatus) { try bringUp(node) } catch { return error }
-        return node.state == .started ? .success : .unsuccessful
-    }
-
-    /// devcon restart: QUERY_STOP (a driver may veto: CANCEL_STOP), STOP, then
-    /// START again; a START that fails after the stop ends in SURPRISE_REMOVAL and
-    /// REMOVE_DEVICE, with CM_PROB_FAILED_START.
-    @discardableResult
-    public func restart(_ node: DeviceNode) -> (status: NTStatus, vetoedBy: DeviceObject?) {
-        guard node.state == .started, let pdo = node.pdo else { return (.invalidDeviceRequest, nil) }
-        let veto = queryOrCancel(.queryStopDevice, .cancelStopDevice, pdo)
-        if !veto.status.isSuccess { return veto }
-        _ = sendPnP(.stopDevice, to: pdo.topOfStack)
-        node.state = .stopped
-        let (started, _) = sendPnP(.startDevice, to: pdo.topOfStack)
-        guard started.isSuccess else {
-            node.problem = .failedStart
-            _ = sendPnP(.surpriseRemoval, to: pdo.topOfStack)
-            _ = sendPnP(.removeDevice, to: pdo.topOfStack)
-            node.state = .removed
-            announceLinks(of: pdo)
-            return (started, nil)
-        }
-        node.state = .started
-        return (.success, nil)
-    }
-
-    /// The device nodes the root bus reported, in the order they were added.
-    public var deviceNodes: [DeviceNode] { rootNodes.withLock { $0 } }
-
-    /// Removes a device node. Orderly (`orderly: true`): IRP_MN_QUERY_REMOVE_DEVICE
-    /// first; a driver may veto it, and then IRP_MN_CANCEL_REMOVE_DEVICE follows and
-    /// the veto comes back with the device whose driver said no. Then
-    /// IRP_MN_REMOVE_DEVICE: each driver detaches and deletes its device, and the
-    /// PDO is deleted (the bus no longer reports it).
-    @discardableResult
-    public func remove(_ node: DeviceNode, orderly: Bool = true) -> (status: NTStatus, vetoedBy: DeviceObject?) {
-        guard let pdo = node.pdo else { return (.noSuchDevice, nil) }
-        // Children first: a bus's children are removed before the bus.
-        for child in node.children.reversed() where child.state != .removed { finishRemoval(child) }
-        if orderly, node.state == .started {
-            let veto = queryOrCancel(.queryRemoveDevice, .cancelRemoveDevice, pdo)
-            if !veto.status.isSuccess { return veto }
-            node.state = .queryRemove
-        }
-        if pdo.attachedDevice != nil || node.state != .removed {
-            markGone(pdo)  // no new I/O enters a stack that is being removed
-            _ = sendPnP(.removeDevice, to: pdo.topOfStack)
-        }
-        node.state = .removed
-        if let parent = node.parent {
-            // The bus keeps its PDO (the hardware is still there): a rescan brings it back.
-            parent.children.removeAll { $0 === node }
-            pdo.deviceNode = nil
-        } else {
-            detachAndDelete(pdo)
-        }
-        rootNodes.withLock { $0.removeAll { $0 === node } }
-        purgeGraveyard()
-        return (.success, nil)
-    }
-
-    /// IoDetachDevice(lower) and IoDeleteDevice(device): what a driver does at
-    /// the end of IRP_MN_REMOVE_DEVICE.
-    public func detachAndDelete(_ device: DeviceObject) {
-        if let lower = device.lowerDevice { detachDevice(lower) }
-        deleteDevice(device)
-    }
-
-    /// Sends a PnP IRP to `device` (the top of a stack, or a PDO during enumeration)
-    /// and waits for it. It starts with STATUS_NOT_SUPPORTED, as every PnP IRP does.
-    func sendPnP(_ minor: PnPMinor, to device: DeviceObject, _ configure: (PnPRequest) -> Void = { _ in }) -> (NTStatus, PnPRequest) {
-        let request = PnPRequest()
-        configure(request)
-        let status = sendSystemIrp(.pnp, minor.rawValue, to: device) { $0.pnp = request }
-        return (status, request)
-    }
-
-    /// An IRP the PnP or power manager builds (no file object), sent to `device` and
-    /// waited for; it starts with STATUS_NOT_SUPPORTED.
-    func sendSystemIrp(_ major: MajorFunction, _ minor: UInt8, to device: DeviceObject, _ attach: (IRPPacket) -> Void) -> NTStatus {
-        let irp = allocateIrp(stackSize: device.stackSize)
-        let p = irp.packet
-        p.targetDevice = device
-        attach(p)
-        p.ioStatus = IOStatusBlock(status: .notSupported)
-        p.locations[p.currentLocation - 2].majorFunction = major
-        p.locations[p.currentLocation - 2].minorFunction = minor
-        let (status, completed) = callSynchronously(irp)
-        if completed { freeIrp(irp) }
-        return status
-    }
-
-    /// A query a driver may veto (QUERY_REMOVE, QUERY_STOP): on a veto the cancel
-    /// minor follows, and the device whose driver said no comes back.
-    func queryOrCancel(_ query: PnPMinor, _ cancel: PnPMinor, _ pdo: DeviceObject) -> (status: NTStatus, vetoedBy: DeviceObject?) {
-        let (status, request) = sendPnP(query, to: pdo.topOfStack)
-        if status.isSuccess { return (status, nil) }
-        _ = sendPnP(cancel, to: pdo.topOfStack)
-        return (status, request.completedBy)
-    }
-
-    /// Every device node, parents before children, depth first.
-    public var allDeviceNodes: [DeviceNode] {
-        var out: [DeviceNode] = []
-        func walk(_ n: DeviceNode) {
-            out.append(n)
-            n.children.forEach(walk)
-        }
-        deviceNodes.forEach(walk)
-        return out
-    }
-
-    private func checkFilterCopied(_ filter: DeviceObject, from lower: DeviceObject) {
-        let copied: DeviceFlags = [.bufferedIO, .directIO, .powerPagable]
-        if filter.flags.intersection(copied) != lower.flags.intersection(copied) {
-            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Flags \(filter.flags.intersection(copied)) below: \(lower.flags.intersection(copied))")
-        }
-        if filter.deviceType != lower.deviceType {
-            verifier.report(.filterFlagsNotCopied, device: filter, detail: "DeviceType 0x\(String(filter.deviceType, radix: 16)), below: 0x\(String(lower.deviceType, radix: 16))")
-        }
-        if filter.characteristics != lower.characteristics {
-            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Characteristics differ from the device below")
-        }
-    }
-
-    private func makeRootBus() -> DriverObject {
-        let bus = DriverObject(name: "\\Driver\\PnpManager", ioManager: self)
-        // A root-enumerated PDO has no hardware behind it: it answers the PnP IRPs a
-        // PDO must, leaves the others with the status they carry, and fails the rest.
-        bus.majorFunction.setAll { _, irp in
-            irp.complete(.invalidDeviceRequest)
-            return .invalidDeviceRequest
-        }
-        bus.majorFunction[.power] = Power.pdoDispatch
-        bus.majorFunction[.pnp] = { device, irp in
-            let node = device.deviceNode
-            return PnP.completeAsPDO(device, irp, ids: { type in
-                guard let node else { return nil }
-                switch type {
-                case .deviceID: return [node.hardwareIDs.first ?? "ROOT\\" + node.instanceName.uppercased()]
-                case .instanceID: return [node.instanceName]
-                case .hardwareIDs: return node.hardwareIDs
-                case .compatibleIDs: return node.compatibleIDs
-                }
-            })
-        }
-        return bus
-    }
 
     // MARK: - IRPs
 

@@ -1,0 +1,60 @@
+// IoCreateDevice, IoAttachDeviceToDeviceStack, IoDetachDevice, IoDeleteDevice.
+
+import Synchronization
+
+extension IOManager {
+    // MARK: - Devices
+
+    /// `IoCreateDevice`. The device starts with DO_DEVICE_INITIALIZING set.
+    public func createDevice(
+        driver: DriverObject, deviceType: UInt32, characteristics: UInt32 = 0,
+        flags: DeviceFlags = [], name: String? = nil, extension ext: AnyObject? = nil
+    ) -> DeviceObject {
+        let d = DeviceObject(
+            driver: driver, deviceType: deviceType, characteristics: characteristics,
+            flags: flags.union(.deviceInitializing), name: name)
+        d.deviceExtension = ext
+        driver.devices.withLock { $0.append(d) }
+        deviceCount.add(1, ordering: .relaxed)
+        return d
+    }
+
+    /// `IoAttachDeviceToDeviceStack`: attaches `source` above the top of `target`'s
+    /// stack and returns the device it attached to. The new device's stack size is
+    /// one more than the one below; nothing else is copied (as on Windows: a filter
+    /// copies the buffering flags, DeviceType and Characteristics itself).
+    @discardableResult
+    public func attachDeviceToDeviceStack(_ source: DeviceObject, to target: DeviceObject) -> DeviceObject {
+        let lower = target.topOfStack
+        lower.attachedDevice = source
+        source.lowerDevice = lower
+        source.stackSize = lower.stackSize + 1
+        source.deviceNode = lower.deviceNode
+        return lower
+    }
+
+    /// `IoDetachDevice`: detaches whatever is attached above `target`.
+    public func detachDevice(_ target: DeviceObject) {
+        if let up = target.attachedDevice { up.lowerDevice = nil }
+        target.attachedDevice = nil
+    }
+
+    /// `IoDeleteDevice`.
+    public func deleteDevice(_ device: DeviceObject) {
+        device.deleted = true
+        forgetInterfaces(of: device)
+        if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }
+        device.attachedDevice = nil
+        device.lowerDevice = nil
+        graveyard.withLock { $0.append(device) }
+        device.driverObject.devices.withLock { $0.removeAll { $0 === device } }
+        deleteSymbolicLinks(of: device)
+    }
+
+    /// Frees the deleted devices once no IRP is in flight anywhere.
+    func purgeGraveyard() {
+        guard outstandingIrps.isEmpty else { return }
+        let dead = graveyard.withLock { g in defer { g.removeAll() }; return g }
+        _ = dead  // released here, outside the lock
+    }
+}

@@ -1,0 +1,86 @@
+// Buses and a tree that changes: IoInvalidateDeviceRelations queues an action
+// that asks a bus for its children (QUERY_DEVICE_RELATIONS, BusRelations) and
+// applies the difference: new PDOs are enumerated and started as root devices
+// are, missing ones are surprise-removed, and a PDO whose node was removed while
+// it was still reported comes back as a new node.
+
+import Dispatch
+import Synchronization
+
+extension IOManager {
+    /// `IoInvalidateDeviceRelations(pdo, BusRelations)`: the bus whose stack `pdo`
+    /// is at the bottom of has children to report. The PnP manager asks and
+    /// applies the difference on its executor; `waitForPnP` waits for it.
+    public func invalidateDeviceRelations(_ pdo: DeviceObject) {
+        pnp.enqueue { [self] in
+            guard let node = pdo.deviceNode, pnp.isInTree(node) else { return }
+            pnp.enumerate(node)
+        }
+    }
+
+    /// Matches a child PDO's IDs to a function driver (set by the host: the catalog
+    /// of drivers it ships); nil means the child stays without a driver.
+    /// Returns the function driver and the filters (lower, upper; bottom first) for a device.
+    public typealias DriverMatcher = @Sendable (_ hardwareIDs: [String], _ compatibleIDs: [String])
+        -> (lower: [DriverObject], function: DriverObject, upper: [DriverObject])?
+
+    /// Called when a handle on `node`'s stack closes: a surprise-removed subtree is
+    /// finished once nothing in it is open.
+    func handleClosed(_ node: DeviceNode) {
+        guard node.handles.load(ordering: .acquiring) == 0, node.missing || node.state == .surpriseRemoved else { return }
+        pnp.enqueue { [self] in pnp.finishSurpriseRemovals() }
+    }
+}
+
+extension PnPManager {
+    /// QUERY_DEVICE_RELATIONS(BusRelations) to a started node, and the difference applied.
+    func enumerate(_ node: DeviceNode) {
+        guard node.state == .started, node.stackBuilt, let pdo = node.pdo else { return }
+        let (status, answer) = io.sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }
+        guard status.isSuccess else { return }
+        let reported = answer.relations ?? []
+        let known = node.children
+        for child in known where !child.missing && !reported.contains(where: { $0 === child.pdo }) {
+            surpriseRemove(child)
+        }
+        for childPDO in reported {
+            if let existing = node.children.first(where: { $0.pdo === childPDO && !$0.missing }) {
+                // Removed (devcon remove, eject vetoed nothing) while still reported:
+                // it comes back as a new node.
+                guard existing.state == .removed, existing.problem == nil, let fresh = existing.reborn() else { continue }
+                node.children.removeAll { $0 === existing }
+                childPDO.deviceNode = fresh
+                node.children.append(fresh)
+                dirty = true
+                bringUp(fresh)
+            } else {
+                enumerateChild(childPDO, parent: node)
+            }
+        }
+    }
+
+    /// A new PDO a bus reported: its IDs, a driver, AddDevice, START.
+    func enumerateChild(_ pdo: DeviceObject, parent: DeviceNode) {
+        dirty = true
+        var ids: [BusQueryIdType: [String]] = [:]
+        for type in [BusQueryIdType.deviceID, .instanceID, .hardwareIDs, .compatibleIDs] {
+            let (status, q) = io.sendPnP(.queryId, to: pdo) { $0.idType = type }
+            ids[type] = status.isSuccess ? (q.ids ?? []) : []
+        }
+        let capabilities = io.sendPnP(.queryCapabilities, to: pdo).1.capabilities
+        let instance = ids[.instanceID]?.first ?? "child"
+        let node = DeviceNode(instanceName: instance, hardwareIDs: ids[.hardwareIDs] ?? [], compatibleIDs: ids[.compatibleIDs] ?? [],
+                              parameters: [:], pdo: pdo)
+        node.parent = parent
+        node.capabilities = capabilities
+        pdo.deviceNode = node
+        parent.children.append(node)
+        guard let drivers = io.driverMatcher?(node.hardwareIDs, node.compatibleIDs) else {
+            node.problem = .failedAdd
+            io.log?("\(instance): no driver serves \(node.hardwareIDs + node.compatibleIDs)")
+            return
+        }
+        node.drivers = drivers
+        bringUp(node)
+    }
+}
