@@ -267,7 +267,7 @@ extension TreeDescription {
         }
         // Children that buses report later find their driver, and their class's filters, the same way.
         let classes = self.classes, hardwareFilters = self.hardwareFilters
-        io.driverMatcher = { [unowned io] hardwareIDs, compatibleIDs in
+        io.driverMatcher = { [unowned io] _, hardwareIDs, compatibleIDs in
             guard let e = DriverCatalog.match(hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs) else { return nil }
             func load(_ name: String) -> DriverObject? {
                 if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + name }) { return d }

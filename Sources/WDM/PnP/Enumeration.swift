@@ -19,9 +19,11 @@ extension IOManager {
     }
 
     /// Matches a child PDO's IDs to a function driver (set by the host: the catalog
-    /// of drivers it ships); nil means the child stays without a driver.
-    /// Returns the function driver and the filters (lower, upper; bottom first) for a device.
-    public typealias DriverMatcher = @Sendable (_ hardwareIDs: [String], _ compatibleIDs: [String])
+    /// of drivers it ships and the tree allows); nil means the child stays without
+    /// a driver (CM_PROB_FAILED_ADD). `bus` is the function driver of the bus that
+    /// reported the child. Returns the function driver and the filters (lower,
+    /// upper; bottom first) for a device.
+    public typealias DriverMatcher = @Sendable (_ bus: DriverObject?, _ hardwareIDs: [String], _ compatibleIDs: [String])
         -> (lower: [DriverObject], function: DriverObject, upper: [DriverObject])?
 
     /// Called when a handle on `node`'s stack closes: a surprise-removed subtree is
@@ -75,7 +77,7 @@ extension PnPManager {
         node.capabilities = capabilities
         pdo.deviceNode = node
         parent.children.append(node)
-        guard let drivers = io.driverMatcher?(node.hardwareIDs, node.compatibleIDs) else {
+        guard let drivers = io.driverMatcher?(parent.drivers?.function, node.hardwareIDs, node.compatibleIDs) else {
             node.problem = .failedAdd
             io.log?("\(instance): no driver serves \(node.hardwareIDs + node.compatibleIDs)")
             return
