@@ -722,9 +722,10 @@ def test_a_reader_waiting_in_a_toaster_gets_enodev_when_it_is_unplugged(tree):
             reader.kill()
 
 
-def test_disabling_a_device_releases_the_caller_waiting_in_it(tree):
-    """A reader blocked in echo when echo is disabled gets ENODEV; the handle it
-    still holds gets ENODEV too; enabled again, echo works."""
+def test_disabling_a_device_someone_has_open_is_vetoed_and_it_keeps_serving(tree):
+    """As on Windows since 2000, an open handle vetoes removal and disable
+    (PNP_VetoOutstandingOpen): the reader waiting in echo stays where it is,
+    echo keeps serving, and once the handle is closed disable works."""
     r = os.open(tree.dev("echo"), os.O_RDONLY | os.O_NONBLOCK)
     try:
         while True:
@@ -733,20 +734,24 @@ def test_disabling_a_device_releases_the_caller_waiting_in_it(tree):
         pass
     finally:
         os.close(r)
+    before = tree.stats()["irps_pended"]
     reader = subprocess.Popen([sys.executable, "-c", "import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\n"
-                               "try:\n    os.read(fd, 10)\n    print('read')\nexcept OSError as e:\n    print(e.errno)\n"
-                               "try:\n    os.read(fd, 10)\nexcept OSError as e:\n    print(e.errno)",
-                               tree.dev("echo")], stdout=subprocess.PIPE, text=True)
+                               "print(os.read(fd, 10).decode())", tree.dev("echo")], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.3)
-        assert reader.poll() is None
-        assert run_wdmfs("disable", tree.path, "echo").returncode == 0
+        assert wait_for(lambda: tree.stats()["irps_pended"] > before)  # the reader waits in echo
+        r = run_wdmfs("disable", tree.path, "echo")
+        assert r.returncode == 1 and "vetoed by echo, PNP_VetoOutstandingOpen: 1 handle open" in r.stderr, r.stderr
+        assert run_wdmfs("status", tree.path, "echo").stdout == "echo: running\n"
+        with open(tree.dev("echo"), "wb", buffering=0) as w:
+            w.write(b"still")
         out, _ = reader.communicate(timeout=5)
-        assert out.split() == [str(errno.ENODEV), str(errno.ENODEV)]
+        assert out.strip() == "still"
     finally:
         if reader.poll() is None:
             reader.kill()
-        assert run_wdmfs("enable", tree.path, "echo").returncode == 0
+            reader.wait()
+    assert run_wdmfs("disable", tree.path, "echo").returncode == 0
+    assert run_wdmfs("enable", tree.path, "echo").returncode == 0
     assert wait_for(lambda: "echo" in os.listdir(tree.path))
     fd = os.open(tree.dev("echo"), os.O_RDWR)
     try:
