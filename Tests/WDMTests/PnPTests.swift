@@ -141,11 +141,14 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
 
     @Test func removeLocksCountIOAndRemovalWaitsForIt() throws {
         let lock = RemoveLock()
-        #expect(lock.acquire() == .success)
+        #expect(lock.acquire() == .success)  // an I/O in flight
         let waited = Mutex(false)
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            lock.releaseAndWait()  // removal begins while one I/O is in flight
+            // REMOVE_DEVICE's dispatch holds an acquire of its own, as the samples' does;
+            // IoReleaseRemoveLockAndWait drops it and the initial count, then waits.
+            #expect(lock.acquire() == .success)
+            lock.releaseAndWait()
             waited.withLock { $0 = true }
             done.signal()
         }

@@ -133,10 +133,10 @@ extension IOManager {
         if let refused = prepare(irp, request, file) {
             return refuse(irp, refused)
         }
-        if anyAsleep.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.asleep.load(ordering: .acquiring) {
+        if anyHeld.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.held.load(ordering: .acquiring) != 0 {
             // A driver that says so fails I/O while it is not in D0, instead of holding it.
-            if failsWhileAsleep(top) { return refuse(irp, .deviceNotReady) }
-            return parkUntilPowered(irp, top)
+            if top.held.load(ordering: .relaxed) & HoldReason.power.rawValue != 0, failsWhileAsleep(top) { return refuse(irp, .deviceNotReady) }
+            return park(irp, top)
         }
         return submit(irp)
     }
@@ -148,15 +148,19 @@ extension IOManager {
             freeIrp(irp)
             return IOStatusBlock(status: refused)
         }
-        if anyAsleep.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.asleep.load(ordering: .acquiring) {
-            if failsWhileAsleep(top) {
+        if anyHeld.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.held.load(ordering: .acquiring) != 0 {
+            if top.held.load(ordering: .relaxed) & HoldReason.power.rawValue != 0, failsWhileAsleep(top) {
                 freeIrp(irp)
                 return IOStatusBlock(status: .deviceNotReady)
             }
-            // A synchronous caller waits for D0 here (a host's waits end at shutdown).
-            while top.asleep.load(ordering: .acquiring), isShuttingDown?() != true {
-                _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.005)
-            }
+            // A synchronous caller's request waits with the others, and it waits for it.
+            irp.packet.requester = SynchronousRequester.shared
+            _ = park(irp, top)
+            let (_, completed) = waitSynchronously(irp)
+            guard completed else { return IOStatusBlock(status: .cancelled) }
+            let result = irp.packet.ioStatus
+            freeIrp(irp)
+            return result
         }
         let (_, completed) = callSynchronously(irp)
         guard completed else { return IOStatusBlock(status: .cancelled) }
@@ -209,10 +213,17 @@ extension IOManager {
             p.hostBuffer = request.hostBuffer  // a refused request is answered from it
             return .invalidHandle
         }
-        // A device that is gone or being removed takes no new I/O.
-        if file.deviceObject.gone.load(ordering: .relaxed) {
+        // The function driver said its device is gone (SURPRISE_REMOVAL, REMOVE_DEVICE:
+        // `PnP.functionDispatch`); a device deleted meanwhile is reported (on Windows
+        // the request would reach freed memory) and refused.
+        if file.deviceObject.failsNewIO.load(ordering: .relaxed) {
             p.hostBuffer = request.hostBuffer
-            return .deletePending
+            return .noSuchDevice
+        }
+        if file.deviceObject.deleted {
+            verifier.report(.requestToDeletedDevice, device: file.deviceObject, detail: "a request on a handle whose device was deleted")
+            p.hostBuffer = request.hostBuffer
+            return .noSuchDevice
         }
         let loc = p.currentLocation - 2
         switch request {

@@ -51,10 +51,10 @@ public final class IOManager: @unchecked Sendable {
     let interfaces = Mutex<[DeviceInterface]>([])
     /// Interface classes ever registered.
     let interfaceClasses = Mutex<[String]>([])
-    /// Some stack is not in D0 (so `send` looks at the one it sends to).
-    let anyAsleep = Atomic<Bool>(false)
-    /// How many stacks are not in D0.
-    let asleepStacks = Atomic<Int>(0)
+    /// Some stack holds its new requests (not in D0, or stopped), so `send` looks at the one it sends to.
+    let anyHeld = Atomic<Bool>(false)
+    /// How many stacks hold their new requests (`hold`).
+    let heldStacks = Atomic<Int>(0)
     let systemPower = Mutex(SystemPowerState.working)
     /// Told "node Sx Dy" as each stack moves between power states (filters' logs, tests).
     public nonisolated(unsafe) var powerLog: (@Sendable (String) -> Void)?
@@ -271,7 +271,14 @@ public final class IOManager: @unchecked Sendable {
     /// The caller frees a completed IRP.
     func callSynchronously(_ irp: IRP) -> (status: NTStatus, completed: Bool) {
         irp.packet.requester = SynchronousRequester.shared
-        if submit(irp) == .pending {
+        if submit(irp) == .pending { return waitSynchronously(irp) }
+        return (irp.packet.ioStatus.status, true)
+    }
+
+    /// Waits for an IRP whose requester is `SynchronousRequester` and that pended
+    /// (see `callSynchronously`).
+    func waitSynchronously(_ irp: IRP) -> (status: NTStatus, completed: Bool) {
+        do {
             var cancelledAt: Double?
             while !irp.packet.done.wait(timeout: .now() + 0.1).isSuccess {
                 guard isShuttingDown?() == true else { continue }

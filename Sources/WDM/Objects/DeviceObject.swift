@@ -75,15 +75,19 @@ public final class DeviceObject: @unchecked Sendable {
     public var failsIOWhenNotInD0 = false
     /// `DEVICE_POWER_STATE` (see `powerState`).
     let powerStateWord = Atomic<UInt32>(DevicePowerState.d0.rawValue)
-    /// On the top of a stack: its power policy owner is not in D0, so I/O waits.
-    let asleep = Atomic<Bool>(false)
-    /// On the top of a stack: the requests waiting for D0.
+    /// On the top of a stack: why new requests wait there (`HoldReason` bits: the
+    /// power policy owner is not in D0; the function driver holds I/O between
+    /// QUERY_STOP and START). Set through the power and PnP helpers.
+    let held = Atomic<UInt8>(0)
+    /// On the top of a stack: the requests waiting there.
     let powerQueue = CancelSafeQueue()
     /// The device interfaces registered for this PDO.
     let interfaceNames = Mutex<[String]>([])
-    /// Set on every device of a stack whose device is gone (surprise removal) or
-    /// being removed: the I/O manager sends no new request into it.
-    public let gone = Atomic<Bool>(false)
+    /// Set by the PnP helper (`PnP.functionDispatch`) at SURPRISE_REMOVAL and
+    /// REMOVE_DEVICE: new requests on handles of this device fail with
+    /// STATUS_NO_SUCH_DEVICE before they reach it (what the sample's function
+    /// driver does in each dispatch routine, done once at the top of the stack).
+    public let failsNewIO = Atomic<Bool>(false)
     /// What IopCheckDeviceAndDriver looks at when a handle is opened (the device
     /// object extension's flags): set by the PnP manager on every device of a stack.
     let openState = Atomic<UInt8>(OpenState.notStarted.rawValue)

@@ -153,7 +153,6 @@ extension PnPManager {
         dirty = true
         guard let pdo = node.pdo, let (lowerFilters, functionDriver, upperFilters) = node.drivers else { return .noSuchDevice }
         let filters = Set((lowerFilters + upperFilters).map(ObjectIdentifier.init))
-        pdo.gone.store(false, ordering: .releasing)
         pdo.openState.store(DeviceObject.OpenState.notStarted.rawValue, ordering: .sequentiallyConsistent)
         node.stackBuilt = true
         for driver in lowerFilters + [functionDriver] + upperFilters {

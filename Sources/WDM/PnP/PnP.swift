@@ -84,46 +84,97 @@ extension IRP {
 }
 
 /// The PnP dispatch routines drivers use for what they do not handle themselves.
+/// They do what the WDM samples do: the remove lock is acquired for every IRP the
+/// driver forwards and released after it (REMOVE_DEVICE: released and waited for
+/// with IoReleaseRemoveLockAndWait, before the device is detached and deleted);
+/// after SURPRISE_REMOVAL the function driver fails new I/O with
+/// STATUS_NO_SUCH_DEVICE and gives up its device's names; between a successful
+/// QUERY_STOP and START or CANCEL_STOP it holds the I/O that arrives.
 public enum PnP {
     /// A function driver's IRP_MJ_PNP: START goes down first and the driver acts
     /// after the lower drivers succeeded (the forward-and-wait pattern);
     /// REMOVE_DEVICE goes down, then the driver waits for its I/O (remove lock),
     /// detaches and deletes its device; everything else is passed down untouched.
-    /// `start` and `remove`, if given, run at those points.
+    /// `start`, `surpriseRemoval` and `remove`, if given, run at those points
+    /// (`remove` before the remove lock is waited for: complete what waits in the
+    /// device there).
     public static func functionDispatch(
         start: (@Sendable (DeviceObject, IRP) -> NTStatus)? = nil,
+        surpriseRemoval: (@Sendable (DeviceObject) -> Void)? = nil,
         remove: (@Sendable (DeviceObject) -> Void)? = nil
     ) -> DispatchRoutine {
         { device, irp in
+            let io = device.driverObject.ioManager
+            // IoAcquireRemoveLock for every PnP IRP, as the samples do.
+            let locked = device.removeLock.acquire()
+            guard locked.isSuccess else {
+                irp.complete(locked)
+                return locked
+            }
             switch irp.pnpMinor {
             case .startDevice:
                 var status = forwardAndWait(device, irp)
                 if status.isSuccess, let start { status = start(device, irp) }
                 irp.complete(status)
+                if status.isSuccess { io.hold(device, .stop, false) }  // a START after a STOP lets held I/O go
+                device.removeLock.release()
                 return status
             case .removeDevice:
+                // No new I/O; what waits in the device is completed before its I/O is waited for.
+                device.failsNewIO.store(true, ordering: .releasing)
+                io.hold(device, .stop, false)
+                remove?(device)
                 irp.ioStatus.status = .success
                 irp.skipCurrentStackLocation()
                 let status = device.callLower(irp)
-                remove?(device)  // what waits in the device is completed before its I/O is waited for
+                // IoReleaseRemoveLockAndWait: this IRP's acquire and the initial count go, then it waits.
                 device.removeLock.releaseAndWait()
-                device.driverObject.ioManager.detachAndDelete(device)
+                io.deleteSymbolicLinks(of: device)
+                io.detachAndDelete(device)
                 return status
-            case .queryRemoveDevice, .cancelRemoveDevice, .queryStopDevice, .cancelStopDevice, .stopDevice, .surpriseRemoval:
+            case .surpriseRemoval:
+                // The device is gone: new I/O fails, its names go (a device plugged in
+                // again may take them), nothing is detached or deleted until REMOVE.
+                device.failsNewIO.store(true, ordering: .releasing)
+                io.hold(device, .stop, false)
+                io.deleteSymbolicLinks(of: device)
+                surpriseRemoval?(device)
+                return passDown(device, irp, status: .success)
+            case .queryStopDevice:
+                // Says yes, and holds the I/O that arrives from now until START or CANCEL_STOP.
+                io.hold(device, .stop, true)
+                return passDown(device, irp, status: .success)
+            case .cancelStopDevice:
+                io.hold(device, .stop, false)
+                return passDown(device, irp, status: .success)
+            case .queryRemoveDevice, .cancelRemoveDevice, .stopDevice:
                 // A function driver that has nothing to veto says yes, and passes it on.
-                irp.ioStatus.status = .success
-                irp.skipCurrentStackLocation()
-                return device.callLower(irp)
+                return passDown(device, irp, status: .success)
             default:
-                irp.skipCurrentStackLocation()
-                return device.callLower(irp)
+                return passDown(device, irp, status: nil)
             }
         }
     }
 
-    /// A filter's IRP_MJ_PNP: everything goes down untouched; after REMOVE_DEVICE
-    /// went down the filter detaches and deletes its device.
+    /// Passes an IRP down untouched (with `status` set first, if given) and
+    /// releases the remove lock the dispatch routine acquired.
+    static func passDown(_ device: DeviceObject, _ irp: IRP, status: NTStatus?) -> NTStatus {
+        if let status { irp.ioStatus.status = status }
+        irp.skipCurrentStackLocation()
+        let result = device.callLower(irp)
+        device.removeLock.release()
+        return result
+    }
+
+    /// A filter's IRP_MJ_PNP: everything goes down untouched, under the remove
+    /// lock; after REMOVE_DEVICE went down the filter waits for its I/O, detaches
+    /// and deletes its device.
     public static let filterDispatch: DispatchRoutine = { device, irp in
+        let locked = device.removeLock.acquire()
+        guard locked.isSuccess else {
+            irp.complete(locked)
+            return locked
+        }
         if irp.pnpMinor == .removeDevice {
             irp.skipCurrentStackLocation()
             let status = device.callLower(irp)
@@ -131,8 +182,7 @@ public enum PnP {
             device.driverObject.ioManager.detachAndDelete(device)
             return status
         }
-        irp.skipCurrentStackLocation()
-        return device.callLower(irp)
+        return passDown(device, irp, status: nil)
     }
 
     /// What a PDO answers, for bus drivers: QUERY_ID from `ids` (nil: not answered),
@@ -204,8 +254,9 @@ public final class Event: @unchecked Sendable {
 
 /// `IO_REMOVE_LOCK`: counts the I/O a device has in flight so REMOVE_DEVICE can
 /// wait for it. The count starts at 1; acquiring adds one, or fails with
-/// STATUS_DELETE_PENDING once removal began; `releaseAndWait` marks the lock
-/// removed, drops the initial reference and waits for zero.
+/// STATUS_DELETE_PENDING once removal began; `releaseAndWait` (called holding an
+/// acquire) marks the lock removed, drops that acquire and the initial count, and
+/// waits for zero.
 public final class RemoveLock: @unchecked Sendable {
     private let state = Mutex((count: 1, removed: false))
     private let zero = DispatchSemaphore(value: 0)
@@ -230,13 +281,16 @@ public final class RemoveLock: @unchecked Sendable {
         if last { zero.signal() }
     }
 
-    /// `IoReleaseRemoveLockAndWait`: called once, after REMOVE_DEVICE went down,
-    /// with the caller's own acquire already released.
+    /// `IoReleaseRemoveLockAndWait`: called once, at REMOVE_DEVICE, by a dispatch
+    /// routine that holds an acquire of its own (as every sample's does): marks the
+    /// lock removed (later acquires fail with STATUS_DELETE_PENDING), drops that
+    /// acquire and the initial count, and waits until the I/O still holding the
+    /// lock has released it.
     public func releaseAndWait() {
         let wait = state.withLock { s -> Bool in
             guard !s.removed else { return false }
             s.removed = true
-            s.count -= 1
+            s.count -= 2
             return s.count > 0
         }
         if wait { zero.wait() }

@@ -253,7 +253,7 @@ public final class TreeSnapshot: @unchecked Sendable {
         let present = order.filter { name in
             guard let d = table[name], !d.deleted else { return false }
             guard let node = d.deviceNode else { return true }
-            return node.state == .started && !d.gone.load(ordering: .relaxed)
+            return node.state == .started
         }
         self.links = present
         self.presentLinks = Set(present)

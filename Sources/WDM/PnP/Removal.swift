@@ -105,12 +105,13 @@ extension PnPManager {
         return nil
     }
 
-    /// No new handle and no new I/O enter the node's stack.
+    /// No new handle is opened on the node's stack (DOE_REMOVE_PENDING: the I/O
+    /// manager's open-time check). I/O on handles already open is the drivers'
+    /// business, as on Windows.
     func markRemoving(_ node: DeviceNode) {
         guard let pdo = node.pdo else { return }
         forEachDevice(of: pdo) { d in
             d.openState.store(DeviceObject.OpenState.removing.rawValue, ordering: .sequentiallyConsistent)
-            d.gone.store(true, ordering: .releasing)
         }
         dirty = true
     }
@@ -118,7 +119,6 @@ extension PnPManager {
     func unmarkRemoving(_ node: DeviceNode) {
         guard let pdo = node.pdo else { return }
         forEachDevice(of: pdo) { d in
-            d.gone.store(false, ordering: .releasing)
             d.openState.store(DeviceObject.OpenState.started.rawValue, ordering: .sequentiallyConsistent)
         }
     }

@@ -46,6 +46,16 @@ extension IRP {
     public var powerMinor: PowerMinor? { PowerMinor(rawValue: minorFunction) }
 }
 
+/// Why a stack holds its new requests at its top.
+public struct HoldReason: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The power policy owner is not in D0.
+    public static let power = HoldReason(rawValue: 1)
+    /// The function driver is between QUERY_STOP and START or CANCEL_STOP.
+    public static let stop = HoldReason(rawValue: 2)
+}
+
 /// The power dispatch routines drivers use.
 public enum Power {
     /// A function driver's IRP_MJ_POWER, as the device's power policy owner:
@@ -151,24 +161,34 @@ extension IOManager {
         device.powerStateWord.store(state.rawValue, ordering: .releasing)
         guard let node = device.deviceNode, node.pdo !== device else { return }  // the bus's PDO: recorded only
         node.powerWord.store(state.rawValue, ordering: .releasing)
-        if state != .d0 { setAsleep(device.topOfStack, true) }
+        if state != .d0 { hold(device, .power, true) }
     }
 
-    /// The requests that waited for D0 go down, in the order they came.
-    func resumeWaitingIO(_ top: DeviceObject) {
-        setAsleep(top, false)
-        while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
+    /// The requests that waited for D0 go down, in the order they came (unless the
+    /// stack still holds them for another reason).
+    func resumeWaitingIO(_ top: DeviceObject) { hold(top, .power, false) }
+
+    /// Holds (or stops holding) new requests at the top of `device`'s stack for
+    /// `reason`; when no reason is left, what waited goes down in the order it came.
+    /// The power helper holds while the policy owner is not in D0 (KMDF's
+    /// power-managed queue); the PnP helper from QUERY_STOP to START or CANCEL_STOP.
+    /// A driver that uses neither gets its I/O in any state, as on Windows.
+    public func hold(_ device: DeviceObject, _ reason: HoldReason, _ on: Bool) {
+        let top = device.topOfStack
+        let before = on ? top.held.bitwiseOr(reason.rawValue, ordering: .acquiringAndReleasing).oldValue
+                        : top.held.bitwiseAnd(~reason.rawValue, ordering: .acquiringAndReleasing).oldValue
+        let after = on ? before | reason.rawValue : before & ~reason.rawValue
+        if (before == 0) != (after == 0) {
+            let n = heldStacks.add(after == 0 ? -1 : 1, ordering: .acquiringAndReleasing).newValue
+            anyHeld.store(n > 0, ordering: .releasing)
+        }
+        if after == 0, before != 0 {
+            while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
+        }
     }
 
-    /// Marks a stack (its top) asleep or awake, keeping the count of asleep stacks.
-    func setAsleep(_ top: DeviceObject, _ asleep: Bool) {
-        guard top.asleep.exchange(asleep, ordering: .acquiringAndReleasing) != asleep else { return }
-        let n = asleepStacks.add(asleep ? 1 : -1, ordering: .acquiringAndReleasing).newValue
-        anyAsleep.store(n > 0, ordering: .releasing)
-    }
-
-    /// A request to a stack that is not in D0: it waits, pending, until D0.
-    func parkUntilPowered(_ irp: IRP, _ top: DeviceObject) -> NTStatus {
+    /// A request to a stack that holds its I/O: it waits, pending, at the top.
+    func park(_ irp: IRP, _ top: DeviceObject) -> NTStatus {
         let p = irp.packet
         counters.submitted.add(1, ordering: .relaxed)
         counters.pended.add(1, ordering: .relaxed)
@@ -176,8 +196,8 @@ extension IOManager {
         if p.borrowed { relocateBorrowedMemory(p) }
         p.requester?.irpPending(irp)
         top.powerQueue.park(irp)
-        // It may have woken up meanwhile.
-        if !top.asleep.load(ordering: .acquiring) {
+        // The stack may have stopped holding meanwhile.
+        if top.held.load(ordering: .acquiring) == 0 {
             while let irp = top.powerQueue.removeNext() { _ = callDriver(irp.packet.targetDevice!, irp) }
         }
         return .pending

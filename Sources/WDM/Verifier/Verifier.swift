@@ -47,6 +47,8 @@ public final class Verifier: @unchecked Sendable {
         case bufferWrittenAfterCompletion
         /// An IRP still not completed when its request had to be answered (a signal or shutdown, after a cancel and a grace period).
         case neverCompleted
+        /// A request sent to a device after IoDeleteDevice (wdmfs keeps the device alive and refuses it).
+        case requestToDeletedDevice
 
         /// What Windows shows: the bug check and, for 0xC9, Verifier's code.
         public var windowsCode: String {
@@ -69,6 +71,7 @@ public final class Verifier: @unchecked Sendable {
             case .unloadWithDevices: "bug check 0xCE"
             case .bufferWrittenAfterCompletion: "none (Special Pool would catch it)"
             case .neverCompleted: "none (Windows waits 5 minutes for a cancelled IRP)"
+            case .requestToDeletedDevice: "none (on Windows a use after free: bug check 0xD5 under Special Pool)"
             }
         }
     }
