@@ -121,6 +121,9 @@ public enum TreeFile {
                     for e in seq {
                         guard let n = e.string, let entry = DriverCatalog.named(n) else { throw fail(e, "unknown driver `\(e.string ?? "?")`") }
                         guard entry.role == .filter else { throw fail(e, "`\(n)` is a function driver, not a filter") }
+                        guard !entry.testOnly else {
+                            throw fail(e, "`\(n)` is for tests only: name it in a device's `upper_filters` or `lower_filters` (`\(section)` reach the devices a bus reports)")
+                        }
                         names.append(n)
                     }
                     if which == "upper_filters" { f.upper = names } else { f.lower = names }
@@ -202,9 +205,13 @@ public enum TreeFile {
                 }
             }
             if d.hardwareIDs.isEmpty && d.compatibleIDs.isEmpty { throw fail(item, "device `\(name)` needs `hardware_ids`") }
-            if DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) == nil {
+            guard let function = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {
                 throw fail(m["hardware_ids"] ?? item,
                            "no driver serves \((d.hardwareIDs + d.compatibleIDs).joined(separator: ", ")) (served: \(DriverCatalog.all.flatMap(\.serves).joined(separator: ", ")))")
+            }
+            guard function.parents.contains(.root) else {
+                throw fail(m["hardware_ids"] ?? m["compatible_ids"] ?? item,
+                           "`\(function.name)` serves only \(function.parents.map(\.description).sorted().joined(separator: " and ")), not a device of the tree")
             }
             devices.append(d)
         }
@@ -225,6 +232,14 @@ public enum TreeFile {
     static func userID(_ name: String) -> UInt32? { getpwnam(name).map { $0.pointee.pw_uid } }
     static func groupID(_ name: String) -> UInt32? { getgrnam(name).map { $0.pointee.gr_gid } }
 
+    /// A catalog entry for the file's comment: its role, the IDs it serves and where.
+    static func describe(_ e: DriverCatalog.Entry) -> String {
+        var out = "#   \(e.name) (\(e.role.rawValue)\(e.testOnly ? ", tests only" : ""))"
+        if !e.serves.isEmpty { out += ": " + e.serves.joined(separator: ", ") }
+        if e.role == .function && e.parents != [.root] { out += "; for " + e.parents.map(\.description).sorted().joined(separator: " and ") }
+        return out
+    }
+
     /// The tree as a file users can copy and edit.
     public static func text(of tree: TreeDescription) -> String {
         func list(_ a: [String]) -> String { "[" + a.map { "'\($0)'" }.joined(separator: ", ") + "]" }
@@ -235,8 +250,10 @@ public enum TreeFile {
             # lower_filters / upper_filters (filter drivers, bottom first), link (the file
             # name under the mount; the name by default), settings (the driver's device
             # parameters), mode (octal), owner and group (names or numbers).
+            # A bus's children get only the drivers that serve that bus's children,
+            # never a driver for tests.
             # Drivers and the IDs they serve:
-            \(DriverCatalog.all.map { "#   \($0.name) (\($0.role.rawValue))" + ($0.serves.isEmpty ? "" : ": " + $0.serves.joined(separator: ", ")) }.joined(separator: "\n"))
+            \(DriverCatalog.all.map(describe).joined(separator: "\n"))
             devices:
 
             """
@@ -258,32 +275,50 @@ public enum TreeFile {
 
 extension TreeDescription {
     /// Loads the drivers the tree needs and brings every device up through the
-    /// PnP manager, in file order.
+    /// PnP manager, in file order. A child a bus reports later gets the driver that
+    /// serves its IDs only if that driver serves that bus's children (the catalog
+    /// says which) and is not for tests; any other child stays without a driver
+    /// (CM_PROB_FAILED_ADD).
     public func build(into io: IOManager) throws(NTStatus) {
         func driver(_ name: String) throws(NTStatus) -> DriverObject {
             if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + name }) { return d }
             guard let e = DriverCatalog.named(name) else { throw NTStatus.noSuchDevice }
             return try io.loadDriver(name: e.name, entry: e.entry)
         }
+        var functions: [DriverCatalog.Entry] = []
+        for d in devices {
+            guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs),
+                  match.parents.contains(.root)
+            else { throw NTStatus.noSuchDevice }
+            functions.append(match)
+        }
+        // The drivers the tree allows for the children its buses report.
+        let allowed = Set(DriverCatalog.reachable(from: functions).filter { !$0.testOnly }.map(\.name))
         // Children that buses report later find their driver, and their class's filters, the same way.
         let classes = self.classes, hardwareFilters = self.hardwareFilters
-        io.driverMatcher = { [unowned io] _, hardwareIDs, compatibleIDs in
-            guard let e = DriverCatalog.match(hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs) else { return nil }
+        io.driverMatcher = { [unowned io] bus, hardwareIDs, compatibleIDs in
+            guard let bus, let busEntry = DriverCatalog.entry(of: bus),
+                  let e = DriverCatalog.matchChild(of: busEntry.name, hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs),
+                  allowed.contains(e.name)
+            else { return nil }
+            let cls = classes[e.className] ?? ClassFilters()
+            let dev = hardwareIDs.lazy.compactMap { hardwareFilters[$0] }.first ?? ClassFilters()
+            // Bottom up: device lower, class lower, function, device upper, class upper.
+            let lowerNames = dev.lower + cls.lower, upperNames = dev.upper + cls.upper
+            // A filter for tests only never stacks on a bus's child.
+            let filters = (lowerNames + upperNames).map(DriverCatalog.named)
+            guard filters.allSatisfy({ $0.map { $0.role == .filter && !$0.testOnly } ?? false }) else { return nil }
             func load(_ name: String) -> DriverObject? {
                 if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + name }) { return d }
                 guard let c = DriverCatalog.named(name) else { return nil }
                 return try? io.loadDriver(name: c.name, entry: c.entry)
             }
             guard let function = load(e.name) else { return nil }
-            let cls = classes[e.className] ?? ClassFilters()
-            let dev = hardwareIDs.lazy.compactMap { hardwareFilters[$0] }.first ?? ClassFilters()
-            // Bottom up: device lower, class lower, function, device upper, class upper.
-            return ((dev.lower + cls.lower).compactMap(load), function, (dev.upper + cls.upper).compactMap(load))
+            let lower = lowerNames.compactMap(load), upper = upperNames.compactMap(load)
+            guard lower.count == lowerNames.count, upper.count == upperNames.count else { return nil }
+            return (lower, function, upper)
         }
-        for d in devices {
-            guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {
-                throw NTStatus.noSuchDevice
-            }
+        for (d, match) in zip(devices, functions) {
             var parameters = d.settings
             if let link = d.link { parameters["SymbolicLinkName"] = link }
             let function = try driver(match.name)

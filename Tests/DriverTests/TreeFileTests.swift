@@ -5,6 +5,14 @@ import DefaultTree
 import Testing
 import WDM
 
+/// A tree of one device `a` of Root\Null with these extra lines (each a key of the device).
+func treeOfA(_ lines: String..., name: String = "a") -> String {
+    "devices:\n  - name: \(name)\n    hardware_ids: ['Root\\Null']\n" + lines.map { "    " + $0 + "\n" }.joined()
+}
+
+/// The toaster bus, as one more device of a tree.
+let toasterBusDevice = "  - name: toaster-bus\n    hardware_ids: ['Root\\ToasterBus']\n"
+
 @Suite struct TreeFileTests {
     func reject(_ text: String) -> TreeError? {
         do throws(TreeError) {
@@ -66,6 +74,12 @@ import WDM
         ("devices:\n  - name: a\n    hardware_ids: ['Root\\Null']\n    owner: no-such-user-here\n", 4, "unknown user"),
         ("devices: 3\n", 1, "`devices` must be a list"),
         ("drivers: []\n", 1, "unknown key `drivers`"),
+        // A root device whose driver serves only a bus's children; a test-only filter where it would reach a bus's children.
+        ("devices:\n  - name: t\n    hardware_ids: ['{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster']\n", 3,
+         "`Toaster` serves only the devices ToasterBus reports, not a device of the tree"),
+        ("classes:\n  Toaster: {upper_filters: [LazyFilter]}\n" + "devices:\n" + toasterBusDevice, 2,
+         "`LazyFilter` is for tests only: name it in a device's `upper_filters` or `lower_filters`"),
+        ("hardware_filters:\n  X: {lower_filters: [LazyFilter]}\n" + "devices:\n" + toasterBusDevice, 2, "`LazyFilter` is for tests only"),
     ])
     func aBadTreeFileIsRejectedWithWhereAndWhy(text: String, line: Int, reason: String) {
         let e = reject(text)
@@ -73,5 +87,17 @@ import WDM
         #expect(e?.line == line, "\(e?.description ?? "")")
         #expect(e?.description.contains(reason) == true, "\(e?.description ?? "")")
         #expect(e?.description.hasPrefix("t.yaml:\(line):") == true)
+    }
+
+    @Test func theTestTreeRoundTripsAndMayNameTheTestOnlyDrivers() throws {
+        let test = DefaultTree.description(.init(test: true))
+        #expect(try TreeFile.parse(TreeFile.text(of: test), file: "test") == test)
+        #expect(test.devices.contains { $0.hardwareIDs == ["Root\\Misbehave"] })
+        #expect(!DefaultTree.description().devices.contains { $0.hardwareIDs == ["Root\\Misbehave"] || $0.upperFilters.contains("LazyFilter") })
+        // The administrator's choice: a tree file may put them on its own devices.
+        let tree = try TreeFile.parse(treeOfA("upper_filters: [LazyFilter]") + "  - name: m\n    hardware_ids: ['Root\\Misbehave']\n", file: "t.yaml")
+        let io = IOManager()
+        try tree.build(into: io)
+        #expect(io.symbolicLinks == ["a", "m"])
     }
 }
