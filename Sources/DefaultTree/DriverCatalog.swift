@@ -31,6 +31,23 @@ public enum DriverCatalog {
         }
     }
 
+    /// The names a bus gives the children it reports: a prefix and a number
+    /// (the toaster bus names its children `toaster1`, `toaster2`, ...). No device
+    /// of a tree with that bus may take one.
+    public struct ChildNames: Sendable, Equatable, CustomStringConvertible {
+        public let prefix: String
+        public init(prefix: String) { self.prefix = prefix }
+
+        /// The prefix followed by one or more ASCII digits.
+        public func matches(_ name: String) -> Bool {
+            guard name.hasPrefix(prefix) else { return false }
+            let rest = name.unicodeScalars.dropFirst(prefix.unicodeScalars.count)
+            return !rest.isEmpty && rest.allSatisfy { ("0"..."9").contains($0) }
+        }
+
+        public var description: String { prefix + "<N>" }
+    }
+
     public struct Entry: Sendable {
         public let name: String
         public let role: Role
@@ -42,18 +59,21 @@ public enum DriverCatalog {
         /// Where the devices it serves are (function drivers): a child a bus reports
         /// matches it only if it serves that bus's children.
         public var parents: Set<Parent> = [.root]
+        /// For a bus driver: the names of the children it reports.
+        public var childNames: ChildNames? = nil
         /// A driver that breaks the rules on purpose, for tests: a tree may name it
         /// on its own devices (the `test` tree does), a bus's child never matches it.
         public var testOnly = false
 
         init(name: String, role: Role, serves: [String], entry: @escaping DriverEntry, className: String = "System",
-             parents: Set<Parent> = [.root], testOnly: Bool = false) {
+             parents: Set<Parent> = [.root], childNames: ChildNames? = nil, testOnly: Bool = false) {
             self.name = name
             self.role = role
             self.serves = serves
             self.entry = entry
             self.className = className
             self.parents = parents
+            self.childNames = childNames
             self.testOnly = testOnly
         }
 
@@ -68,7 +88,9 @@ public enum DriverCatalog {
         Entry(name: EchoDriver.name, role: .function, serves: ["Root\\Echo"], entry: EchoDriver.driverEntry),
         Entry(name: IoctlDemoDriver.name, role: .function, serves: ["Root\\IoctlDemo"], entry: IoctlDemoDriver.driverEntry),
         Entry(name: MisbehaveDriver.name, role: .function, serves: ["Root\\Misbehave"], entry: MisbehaveDriver.driverEntry, testOnly: true),
-        Entry(name: ToasterBus.name, role: .function, serves: [ToasterBus.hardwareID], entry: ToasterBus.driverEntry),
+        // The bus reports each child as `toaster` + its serial (its instance ID, hence its file name).
+        Entry(name: ToasterBus.name, role: .function, serves: [ToasterBus.hardwareID], entry: ToasterBus.driverEntry,
+              childNames: ChildNames(prefix: "toaster")),
         Entry(name: ToasterDriver.name, role: .function, serves: [ToasterBus.toasterHardwareID, ToasterBus.toasterCompatibleID],
               entry: ToasterDriver.driverEntry, className: "Toaster", parents: [.bus(ToasterBus.name)]),
         Entry(name: PassThroughFilter.name, role: .filter, serves: [], entry: PassThroughFilter.driverEntry),
@@ -121,5 +143,10 @@ public enum DriverCatalog {
             i += 1
         }
         return out
+    }
+
+    /// The buses (drivers that name their children) a tree with these function drivers has.
+    public static func buses(reachableFrom drivers: [Entry]) -> [Entry] {
+        reachable(from: drivers).filter { $0.childNames != nil }
     }
 }

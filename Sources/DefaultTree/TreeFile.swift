@@ -93,7 +93,7 @@ public enum TreeFile {
         do {
             root = try Yams.compose(yaml: text)
         } catch let e as YamlError {
-            throw yamlError(e, file: file)
+            throw yamlError(e, text: text, file: file)
         } catch {
             throw TreeError(file: file, line: 1, column: 1, reason: "\(error)")
         }
@@ -137,6 +137,7 @@ public enum TreeFile {
         guard case .sequence(let list) = devicesNode else { throw fail(devicesNode, "`devices` must be a list") }
         var devices: [DeviceDescription] = []
         var names: [String: Node] = [:], links: [String: Node] = [:]
+        var placed: [(DeviceDescription, name: Node?, link: Node?)] = []
         for item in list {
             guard case .mapping(let m) = item else { throw fail(item, "each device must be a mapping") }
             for (key, _) in m where !deviceKeys.contains(key.string ?? "") {
@@ -160,9 +161,10 @@ public enum TreeFile {
                 }
                 return out
             }
-            guard let name = try string("name", required: true), !name.isEmpty else { throw fail(m["name"] ?? item, "`name` must not be empty") }
+            guard let name = try string("name", required: true) else { throw fail(item, "a device needs `name`") }
+            if let problem = nameProblem(name) { throw fail(m["name"], "device name \(shown(name)) cannot be a file name under `.devices`: \(problem)") }
             if let first = names[name] {
-                throw fail(m["name"], "duplicate device name `\(name)` (first at line \(first.mark?.line ?? 0))")
+                throw fail(m["name"], "duplicate device name \(shown(name)) (first at line \(first.mark?.line ?? 0))")
             }
             names[name] = m["name"]
             var d = DeviceDescription(name: name, hardwareIDs: try strings("hardware_ids"))
@@ -171,17 +173,20 @@ public enum TreeFile {
             d.upperFilters = try strings("upper_filters")
             d.link = try string("link")
             let link = d.link ?? name
-            guard !link.isEmpty, !link.contains("/"), link != ".", link != "..", link != ".stats" else {
-                throw fail(m["link"] ?? m["name"], "`\(link)` cannot be a file name under the mount")
-            }
+            let linkNode = m["link"] ?? m["name"]
+            if let problem = fileNameProblem(link) { throw fail(linkNode, "\(shown(link)) cannot be a file name under the mount: \(problem)") }
             if let first = links[link] {
-                throw fail(m["link"] ?? m["name"], "duplicate file name `\(link)` (first at line \(first.mark?.line ?? 0))")
+                throw fail(linkNode, "duplicate file name \(shown(link)) (first at line \(first.mark?.line ?? 0))")
             }
-            links[link] = m["link"] ?? m["name"]
+            links[link] = linkNode
             if let s = m["settings"] {
                 guard case .mapping(let sm) = s else { throw fail(s, "`settings` must be a mapping") }
                 for (k, v) in sm {
                     guard case .scalar(let ks) = k, case .scalar(let vs) = v else { throw fail(k, "settings are names and scalar values") }
+                    // The file name is `link`, checked above; a setting must not name another one.
+                    guard ks.string.lowercased() != "symboliclinkname" else {
+                        throw fail(k, "`\(ks.string)` is not a setting: a device's file name under the mount is its `link`")
+                    }
                     d.settings[ks.string] = vs.string
                 }
             }
@@ -214,19 +219,133 @@ public enum TreeFile {
                            "`\(function.name)` serves only \(function.parents.map(\.description).sorted().joined(separator: " and ")), not a device of the tree")
             }
             devices.append(d)
+            placed.append((d, m["name"], linkNode))
+        }
+        // A device of the tree may not take a name a bus in the tree gives its
+        // children (a root `toaster1` beside the toaster bus's toaster1).
+        let buses = DriverCatalog.buses(reachableFrom: devices.compactMap { DriverCatalog.match(hardwareIDs: $0.hardwareIDs, compatibleIDs: $0.compatibleIDs) })
+        for (d, nameNode, linkNode) in placed {
+            for bus in buses {
+                guard let pattern = bus.childNames else { continue }
+                if pattern.matches(d.name) {
+                    throw fail(nameNode, "device name \(shown(d.name)) is one \(bus.name) gives the children it reports (\(pattern)); a device of the tree cannot take it")
+                }
+                if let link = d.link, pattern.matches(link) {
+                    throw fail(linkNode, "file name \(shown(link)) is one \(bus.name) gives the children it reports (\(pattern)); a device of the tree cannot take it")
+                }
+            }
         }
         return TreeDescription(devices: devices, classes: filterMaps["classes"] ?? [:], hardwareFilters: filterMaps["hardware_filters"] ?? [:])
     }
 
-    static func yamlError(_ e: YamlError, file: String) -> TreeError {
+    static func yamlError(_ e: YamlError, text: String, file: String) -> TreeError {
         switch e {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             return TreeError(file: file, line: mark.line, column: mark.column, reason: "not valid YAML: \(problem)")
         case .reader(let problem, _, _, _):
             return TreeError(file: file, line: 1, column: 1, reason: "not valid YAML: \(problem)")
+        case .duplicatedKeysInMapping(let keys, let context):
+            // Yams gives the first use of the key and the whole file as context: point at the second use.
+            let key = keys.first ?? "?"
+            let first = (line: context.mark.line, column: context.mark.column)
+            guard let second = secondUse(of: key, firstAt: first, in: text) else {
+                return TreeError(file: file, line: first.line, column: first.column, reason: "duplicate key \(shown(key))")
+            }
+            return TreeError(file: file, line: second.line, column: second.column,
+                             reason: "duplicate key \(shown(key)) (first at line \(first.line))")
         default:
             return TreeError(file: file, line: 1, column: 1, reason: "not valid YAML: \(e)")
         }
+    }
+
+    /// Where a mapping's key is used the second time, given its first use: the first
+    /// use is renamed and the text composed again, so the key is unique and the
+    /// composer shows where it is.
+    static func secondUse(of key: String, firstAt first: (line: Int, column: Int), in text: String) -> (line: Int, column: Int)? {
+        let rename = "wdmfs-first-use-"
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { Array($0.unicodeScalars) }
+        guard first.line >= 1, first.line <= lines.count, first.column >= 1, first.column <= lines[first.line - 1].count + 1 else { return nil }
+        lines[first.line - 1].insert(contentsOf: rename.unicodeScalars, at: first.column - 1)
+        let renamed = lines.map { String(String.UnicodeScalarView($0)) }.joined(separator: "\n")
+        // Marks on the first use's line after it moved right by the rename.
+        func unshift(_ m: Mark) -> (line: Int, column: Int) {
+            (m.line, m.line == first.line && m.column > first.column ? m.column - rename.unicodeScalars.count : m.column)
+        }
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: renamed)
+        } catch YamlError.duplicatedKeysInMapping(let keys, let context) where keys.first == key {
+            // Used three times: the second use is now the first of two.
+            let m = unshift(context.mark)
+            return m.line > first.line || (m.line == first.line && m.column > first.column) ? m : nil
+        } catch {
+            return nil
+        }
+        // The mapping that holds the renamed key holds the second use.
+        func find(_ node: Node) -> (line: Int, column: Int)? {
+            switch node {
+            case .mapping(let m):
+                if m.keys.contains(where: { $0.string?.hasPrefix(rename) == true }),
+                   let second = m.keys.first(where: { $0.string == key })?.mark {
+                    return unshift(second)
+                }
+                for (k, v) in m { if let found = find(k) ?? find(v) { return found } }
+                return nil
+            case .sequence(let s):
+                for e in s { if let found = find(e) { return found } }
+                return nil
+            case .scalar, .alias:
+                return nil
+            }
+        }
+        return root.flatMap(find)
+    }
+
+    /// The names the bridge shows beside the device files at the mount's root.
+    public static let reservedFileNames: Set<String> = [".stats", ".power", ".devices", ".interfaces"]
+    /// The longest file name Linux takes, in bytes (NAME_MAX); FUSE refuses a longer one.
+    public static let nameMax = 255
+
+    /// Why `name` cannot be a file name (a directory under `.devices`), or nil.
+    static func nameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "it is empty" }
+        if name == "." || name == ".." { return "`.` and `..` are the directory and its parent" }
+        let bytes = name.utf8.count
+        if bytes > nameMax { return "it is \(bytes) bytes long, and a file name has at most \(nameMax) (NAME_MAX)" }
+        for u in name.unicodeScalars {
+            switch u {
+            case "\0": return "it contains a NUL"
+            case "/": return "it contains `/`"
+            case "\n": return "it contains a newline"
+            case _ where u.value < 0x20 || u.value == 0x7F:
+                return "it contains the control character " + String(format: "U+%04X", u.value)
+            default: continue
+            }
+        }
+        return nil
+    }
+
+    /// Why `name` cannot be a device's file name under the mount's root, or nil.
+    static func fileNameProblem(_ name: String) -> String? {
+        if reservedFileNames.contains(name) { return "the mount shows its own `\(name)` there" }
+        return nameProblem(name)
+    }
+
+    /// A name for a message: in backticks, control characters escaped, a long one cut.
+    static func shown(_ name: String) -> String {
+        var out = ""
+        for (i, u) in name.unicodeScalars.enumerated() {
+            if i == 40 { out += "…"; break }
+            switch u {
+            case "\0": out += "\\0"
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            case _ where u.value < 0x20 || u.value == 0x7F: out += "\\u{\(String(u.value, radix: 16))}"
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return "`" + out + "`"
     }
 
     static func userID(_ name: String) -> UInt32? { getpwnam(name).map { $0.pointee.pw_uid } }
@@ -237,12 +356,15 @@ public enum TreeFile {
         var out = "#   \(e.name) (\(e.role.rawValue)\(e.testOnly ? ", tests only" : ""))"
         if !e.serves.isEmpty { out += ": " + e.serves.joined(separator: ", ") }
         if e.role == .function && e.parents != [.root] { out += "; for " + e.parents.map(\.description).sorted().joined(separator: " and ") }
+        if let c = e.childNames { out += "; names its children \(c)" }
         return out
     }
 
     /// The tree as a file users can copy and edit.
     public static func text(of tree: TreeDescription) -> String {
-        func list(_ a: [String]) -> String { "[" + a.map { "'\($0)'" }.joined(separator: ", ") + "]" }
+        // Single-quoted scalars: a quote is written twice.
+        func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
+        func list(_ a: [String]) -> String { "[" + a.map(q).joined(separator: ", ") + "]" }
         var out = """
             # wdmfs device tree: `wdmfs mount MOUNTPOINT --tree THIS_FILE`.
             # Each device: name (unique), hardware_ids and compatible_ids (the PnP manager
@@ -250,24 +372,28 @@ public enum TreeFile {
             # lower_filters / upper_filters (filter drivers, bottom first), link (the file
             # name under the mount; the name by default), settings (the driver's device
             # parameters), mode (octal), owner and group (names or numbers).
-            # A bus's children get only the drivers that serve that bus's children,
-            # never a driver for tests.
+            # Names and links are file names (at most 255 bytes, no `/`, NUL or control
+            # characters, not .stats, .power, .devices or .interfaces) and no device takes
+            # a name a bus of the tree gives its children. A bus's children get only the
+            # drivers that serve that bus's children, never a driver for tests.
             # Drivers and the IDs they serve:
             \(DriverCatalog.all.map(describe).joined(separator: "\n"))
             devices:
 
             """
         for d in tree.devices {
-            out += "  - name: '\(d.name)'\n"
+            out += "  - name: \(q(d.name))\n"
             out += "    hardware_ids: \(list(d.hardwareIDs))\n"
             if !d.compatibleIDs.isEmpty { out += "    compatible_ids: \(list(d.compatibleIDs))\n" }
             if !d.lowerFilters.isEmpty { out += "    lower_filters: \(list(d.lowerFilters))\n" }
             if !d.upperFilters.isEmpty { out += "    upper_filters: \(list(d.upperFilters))\n" }
-            if let link = d.link { out += "    link: '\(link)'\n" }
+            if let link = d.link { out += "    link: \(q(link))\n" }
             if !d.settings.isEmpty {
-                out += "    settings: {" + d.settings.sorted { $0.key < $1.key }.map { "\($0.key): '\($0.value)'" }.joined(separator: ", ") + "}\n"
+                out += "    settings: {" + d.settings.sorted { $0.key < $1.key }.map { "\(q($0.key)): \(q($0.value))" }.joined(separator: ", ") + "}\n"
             }
             out += "    mode: '0" + String(d.mode, radix: 8) + "'\n"
+            if let owner = d.owner { out += "    owner: \(owner)\n" }
+            if let group = d.group { out += "    group: \(group)\n" }
         }
         return out
     }
@@ -320,7 +446,8 @@ extension TreeDescription {
         }
         for (d, match) in zip(devices, functions) {
             var parameters = d.settings
-            if let link = d.link { parameters["SymbolicLinkName"] = link }
+            // The file name is the link (the name by default), never a setting's.
+            parameters["SymbolicLinkName"] = d.link ?? d.name
             let function = try driver(match.name)
             var lower: [DriverObject] = [], upper: [DriverObject] = []
             // Bottom up: lower device filters, lower class filters, the function
