@@ -28,8 +28,8 @@ public enum DefaultTree {
     }
 
     /// The default tree as a description: null, zero, ramdisk0 (a RAM disk under a
-    /// pass-through filter), echo, ioctl-demo, toaster-bus (no toasters plugged in); `test` adds misbehave and lazy-null,
-    /// `bench` adds zero-stacked.
+    /// pass-through filter), echo, ioctl-demo, toaster-bus (no toasters plugged in; mode 0600,
+    /// the others 0666); `test` adds misbehave and lazy-null, `bench` adds zero-stacked.
     public static func description(_ options: Options = Options()) -> TreeDescription {
         var devices = [
             DeviceDescription(name: "null", hardwareIDs: ["Root\\Null"]),
@@ -38,7 +38,9 @@ public enum DefaultTree {
                               settings: ["Size": String(options.ramdiskSize), "Buffering": "direct"]),
             DeviceDescription(name: "echo", hardwareIDs: ["Root\\Echo"], settings: ["BufferSize": String(options.echoBufferSize)]),
             DeviceDescription(name: "ioctl-demo", hardwareIDs: ["Root\\IoctlDemo"]),
-            DeviceDescription(name: "toaster-bus", hardwareIDs: ["Root\\ToasterBus"]),
+            // Whoever opens the bus makes the PnP manager load drivers: root only, as the
+            // sample's bus is for administrators only.
+            DeviceDescription(name: "toaster-bus", hardwareIDs: ["Root\\ToasterBus"], mode: 0o600),
         ]
         if options.test {
             devices.append(DeviceDescription(name: "misbehave", hardwareIDs: ["Root\\Misbehave"]))

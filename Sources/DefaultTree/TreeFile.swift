@@ -93,7 +93,7 @@ public enum TreeFile {
         do {
             root = try Yams.compose(yaml: text)
         } catch let e as YamlError {
-            throw yamlError(e, file: file)
+            throw yamlError(e, text: text, file: file)
         } catch {
             throw TreeError(file: file, line: 1, column: 1, reason: "\(error)")
         }
@@ -121,6 +121,9 @@ public enum TreeFile {
                     for e in seq {
                         guard let n = e.string, let entry = DriverCatalog.named(n) else { throw fail(e, "unknown driver `\(e.string ?? "?")`") }
                         guard entry.role == .filter else { throw fail(e, "`\(n)` is a function driver, not a filter") }
+                        guard !entry.testOnly else {
+                            throw fail(e, "`\(n)` is for tests only: name it in a device's `upper_filters` or `lower_filters` (`\(section)` reach the devices a bus reports)")
+                        }
                         names.append(n)
                     }
                     if which == "upper_filters" { f.upper = names } else { f.lower = names }
@@ -134,6 +137,7 @@ public enum TreeFile {
         guard case .sequence(let list) = devicesNode else { throw fail(devicesNode, "`devices` must be a list") }
         var devices: [DeviceDescription] = []
         var names: [String: Node] = [:], links: [String: Node] = [:]
+        var placed: [(DeviceDescription, name: Node?, link: Node?)] = []
         for item in list {
             guard case .mapping(let m) = item else { throw fail(item, "each device must be a mapping") }
             for (key, _) in m where !deviceKeys.contains(key.string ?? "") {
@@ -157,9 +161,10 @@ public enum TreeFile {
                 }
                 return out
             }
-            guard let name = try string("name", required: true), !name.isEmpty else { throw fail(m["name"] ?? item, "`name` must not be empty") }
+            guard let name = try string("name", required: true) else { throw fail(item, "a device needs `name`") }
+            if let problem = nameProblem(name) { throw fail(m["name"], "device name \(shown(name)) cannot be a file name under `.devices`: \(problem)") }
             if let first = names[name] {
-                throw fail(m["name"], "duplicate device name `\(name)` (first at line \(first.mark?.line ?? 0))")
+                throw fail(m["name"], "duplicate device name \(shown(name)) (first at line \(first.mark?.line ?? 0))")
             }
             names[name] = m["name"]
             var d = DeviceDescription(name: name, hardwareIDs: try strings("hardware_ids"))
@@ -168,17 +173,20 @@ public enum TreeFile {
             d.upperFilters = try strings("upper_filters")
             d.link = try string("link")
             let link = d.link ?? name
-            guard !link.isEmpty, !link.contains("/"), link != ".", link != "..", link != ".stats" else {
-                throw fail(m["link"] ?? m["name"], "`\(link)` cannot be a file name under the mount")
-            }
+            let linkNode = m["link"] ?? m["name"]
+            if let problem = fileNameProblem(link) { throw fail(linkNode, "\(shown(link)) cannot be a file name under the mount: \(problem)") }
             if let first = links[link] {
-                throw fail(m["link"] ?? m["name"], "duplicate file name `\(link)` (first at line \(first.mark?.line ?? 0))")
+                throw fail(linkNode, "duplicate file name \(shown(link)) (first at line \(first.mark?.line ?? 0))")
             }
-            links[link] = m["link"] ?? m["name"]
+            links[link] = linkNode
             if let s = m["settings"] {
                 guard case .mapping(let sm) = s else { throw fail(s, "`settings` must be a mapping") }
                 for (k, v) in sm {
                     guard case .scalar(let ks) = k, case .scalar(let vs) = v else { throw fail(k, "settings are names and scalar values") }
+                    // The file name is `link`, checked above; a setting must not name another one.
+                    guard ks.string.lowercased() != "symboliclinkname" else {
+                        throw fail(k, "`\(ks.string)` is not a setting: a device's file name under the mount is its `link`")
+                    }
                     d.settings[ks.string] = vs.string
                 }
             }
@@ -202,32 +210,161 @@ public enum TreeFile {
                 }
             }
             if d.hardwareIDs.isEmpty && d.compatibleIDs.isEmpty { throw fail(item, "device `\(name)` needs `hardware_ids`") }
-            if DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) == nil {
+            guard let function = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {
                 throw fail(m["hardware_ids"] ?? item,
                            "no driver serves \((d.hardwareIDs + d.compatibleIDs).joined(separator: ", ")) (served: \(DriverCatalog.all.flatMap(\.serves).joined(separator: ", ")))")
             }
+            guard function.parents.contains(.root) else {
+                throw fail(m["hardware_ids"] ?? m["compatible_ids"] ?? item,
+                           "`\(function.name)` serves only \(function.parents.map(\.description).sorted().joined(separator: " and ")), not a device of the tree")
+            }
             devices.append(d)
+            placed.append((d, m["name"], linkNode))
+        }
+        // A device of the tree may not take a name a bus in the tree gives its
+        // children (a root `toaster1` beside the toaster bus's toaster1).
+        let buses = DriverCatalog.buses(reachableFrom: devices.compactMap { DriverCatalog.match(hardwareIDs: $0.hardwareIDs, compatibleIDs: $0.compatibleIDs) })
+        for (d, nameNode, linkNode) in placed {
+            for bus in buses {
+                guard let pattern = bus.childNames else { continue }
+                if pattern.matches(d.name) {
+                    throw fail(nameNode, "device name \(shown(d.name)) is one \(bus.name) gives the children it reports (\(pattern)); a device of the tree cannot take it")
+                }
+                if let link = d.link, pattern.matches(link) {
+                    throw fail(linkNode, "file name \(shown(link)) is one \(bus.name) gives the children it reports (\(pattern)); a device of the tree cannot take it")
+                }
+            }
         }
         return TreeDescription(devices: devices, classes: filterMaps["classes"] ?? [:], hardwareFilters: filterMaps["hardware_filters"] ?? [:])
     }
 
-    static func yamlError(_ e: YamlError, file: String) -> TreeError {
+    static func yamlError(_ e: YamlError, text: String, file: String) -> TreeError {
         switch e {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             return TreeError(file: file, line: mark.line, column: mark.column, reason: "not valid YAML: \(problem)")
         case .reader(let problem, _, _, _):
             return TreeError(file: file, line: 1, column: 1, reason: "not valid YAML: \(problem)")
+        case .duplicatedKeysInMapping(let keys, let context):
+            // Yams gives the first use of the key and the whole file as context: point at the second use.
+            let key = keys.first ?? "?"
+            let first = (line: context.mark.line, column: context.mark.column)
+            guard let second = secondUse(of: key, firstAt: first, in: text) else {
+                return TreeError(file: file, line: first.line, column: first.column, reason: "duplicate key \(shown(key))")
+            }
+            return TreeError(file: file, line: second.line, column: second.column,
+                             reason: "duplicate key \(shown(key)) (first at line \(first.line))")
         default:
             return TreeError(file: file, line: 1, column: 1, reason: "not valid YAML: \(e)")
         }
     }
 
+    /// Where a mapping's key is used the second time, given its first use: the first
+    /// use is renamed and the text composed again, so the key is unique and the
+    /// composer shows where it is.
+    static func secondUse(of key: String, firstAt first: (line: Int, column: Int), in text: String) -> (line: Int, column: Int)? {
+        let rename = "wdmfs-first-use-"
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { Array($0.unicodeScalars) }
+        guard first.line >= 1, first.line <= lines.count, first.column >= 1, first.column <= lines[first.line - 1].count + 1 else { return nil }
+        lines[first.line - 1].insert(contentsOf: rename.unicodeScalars, at: first.column - 1)
+        let renamed = lines.map { String(String.UnicodeScalarView($0)) }.joined(separator: "\n")
+        // Marks on the first use's line after it moved right by the rename.
+        func unshift(_ m: Mark) -> (line: Int, column: Int) {
+            (m.line, m.line == first.line && m.column > first.column ? m.column - rename.unicodeScalars.count : m.column)
+        }
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: renamed)
+        } catch YamlError.duplicatedKeysInMapping(let keys, let context) where keys.first == key {
+            // Used three times: the second use is now the first of two.
+            let m = unshift(context.mark)
+            return m.line > first.line || (m.line == first.line && m.column > first.column) ? m : nil
+        } catch {
+            return nil
+        }
+        // The mapping that holds the renamed key holds the second use.
+        func find(_ node: Node) -> (line: Int, column: Int)? {
+            switch node {
+            case .mapping(let m):
+                if m.keys.contains(where: { $0.string?.hasPrefix(rename) == true }),
+                   let second = m.keys.first(where: { $0.string == key })?.mark {
+                    return unshift(second)
+                }
+                for (k, v) in m { if let found = find(k) ?? find(v) { return found } }
+                return nil
+            case .sequence(let s):
+                for e in s { if let found = find(e) { return found } }
+                return nil
+            case .scalar, .alias:
+                return nil
+            }
+        }
+        return root.flatMap(find)
+    }
+
+    /// The names the bridge shows beside the device files at the mount's root.
+    public static let reservedFileNames: Set<String> = [".stats", ".power", ".devices", ".interfaces"]
+    /// The longest file name Linux takes, in bytes (NAME_MAX); FUSE refuses a longer one.
+    public static let nameMax = 255
+
+    /// Why `name` cannot be a file name (a directory under `.devices`), or nil.
+    static func nameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "it is empty" }
+        if name == "." || name == ".." { return "`.` and `..` are the directory and its parent" }
+        let bytes = name.utf8.count
+        if bytes > nameMax { return "it is \(bytes) bytes long, and a file name has at most \(nameMax) (NAME_MAX)" }
+        for u in name.unicodeScalars {
+            switch u {
+            case "\0": return "it contains a NUL"
+            case "/": return "it contains `/`"
+            case "\n": return "it contains a newline"
+            case _ where u.value < 0x20 || u.value == 0x7F:
+                return "it contains the control character " + String(format: "U+%04X", u.value)
+            default: continue
+            }
+        }
+        return nil
+    }
+
+    /// Why `name` cannot be a device's file name under the mount's root, or nil.
+    static func fileNameProblem(_ name: String) -> String? {
+        if reservedFileNames.contains(name) { return "the mount shows its own `\(name)` there" }
+        return nameProblem(name)
+    }
+
+    /// A name for a message: in backticks, control characters escaped, a long one cut.
+    static func shown(_ name: String) -> String {
+        var out = ""
+        for (i, u) in name.unicodeScalars.enumerated() {
+            if i == 40 { out += "…"; break }
+            switch u {
+            case "\0": out += "\\0"
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            case _ where u.value < 0x20 || u.value == 0x7F: out += "\\u{\(String(u.value, radix: 16))}"
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return "`" + out + "`"
+    }
+
     static func userID(_ name: String) -> UInt32? { getpwnam(name).map { $0.pointee.pw_uid } }
     static func groupID(_ name: String) -> UInt32? { getgrnam(name).map { $0.pointee.gr_gid } }
 
+    /// A catalog entry for the file's comment: its role, the IDs it serves and where.
+    static func describe(_ e: DriverCatalog.Entry) -> String {
+        var out = "#   \(e.name) (\(e.role.rawValue)\(e.testOnly ? ", tests only" : ""))"
+        if !e.serves.isEmpty { out += ": " + e.serves.joined(separator: ", ") }
+        if e.role == .function && e.parents != [.root] { out += "; for " + e.parents.map(\.description).sorted().joined(separator: " and ") }
+        if let c = e.childNames { out += "; names its children \(c)" }
+        return out
+    }
+
     /// The tree as a file users can copy and edit.
     public static func text(of tree: TreeDescription) -> String {
-        func list(_ a: [String]) -> String { "[" + a.map { "'\($0)'" }.joined(separator: ", ") + "]" }
+        // Single-quoted scalars: a quote is written twice.
+        func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
+        func list(_ a: [String]) -> String { "[" + a.map(q).joined(separator: ", ") + "]" }
         var out = """
             # wdmfs device tree: `wdmfs mount MOUNTPOINT --tree THIS_FILE`.
             # Each device: name (unique), hardware_ids and compatible_ids (the PnP manager
@@ -235,22 +372,28 @@ public enum TreeFile {
             # lower_filters / upper_filters (filter drivers, bottom first), link (the file
             # name under the mount; the name by default), settings (the driver's device
             # parameters), mode (octal), owner and group (names or numbers).
+            # Names and links are file names (at most 255 bytes, no `/`, NUL or control
+            # characters, not .stats, .power, .devices or .interfaces) and no device takes
+            # a name a bus of the tree gives its children. A bus's children get only the
+            # drivers that serve that bus's children, never a driver for tests.
             # Drivers and the IDs they serve:
-            \(DriverCatalog.all.map { "#   \($0.name) (\($0.role.rawValue))" + ($0.serves.isEmpty ? "" : ": " + $0.serves.joined(separator: ", ")) }.joined(separator: "\n"))
+            \(DriverCatalog.all.map(describe).joined(separator: "\n"))
             devices:
 
             """
         for d in tree.devices {
-            out += "  - name: '\(d.name)'\n"
+            out += "  - name: \(q(d.name))\n"
             out += "    hardware_ids: \(list(d.hardwareIDs))\n"
             if !d.compatibleIDs.isEmpty { out += "    compatible_ids: \(list(d.compatibleIDs))\n" }
             if !d.lowerFilters.isEmpty { out += "    lower_filters: \(list(d.lowerFilters))\n" }
             if !d.upperFilters.isEmpty { out += "    upper_filters: \(list(d.upperFilters))\n" }
-            if let link = d.link { out += "    link: '\(link)'\n" }
+            if let link = d.link { out += "    link: \(q(link))\n" }
             if !d.settings.isEmpty {
-                out += "    settings: {" + d.settings.sorted { $0.key < $1.key }.map { "\($0.key): '\($0.value)'" }.joined(separator: ", ") + "}\n"
+                out += "    settings: {" + d.settings.sorted { $0.key < $1.key }.map { "\(q($0.key)): \(q($0.value))" }.joined(separator: ", ") + "}\n"
             }
             out += "    mode: '0" + String(d.mode, radix: 8) + "'\n"
+            if let owner = d.owner { out += "    owner: \(owner)\n" }
+            if let group = d.group { out += "    group: \(group)\n" }
         }
         return out
     }
@@ -258,34 +401,53 @@ public enum TreeFile {
 
 extension TreeDescription {
     /// Loads the drivers the tree needs and brings every device up through the
-    /// PnP manager, in file order.
+    /// PnP manager, in file order. A child a bus reports later gets the driver that
+    /// serves its IDs only if that driver serves that bus's children (the catalog
+    /// says which) and is not for tests; any other child stays without a driver
+    /// (CM_PROB_FAILED_ADD).
     public func build(into io: IOManager) throws(NTStatus) {
         func driver(_ name: String) throws(NTStatus) -> DriverObject {
             if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + name }) { return d }
             guard let e = DriverCatalog.named(name) else { throw NTStatus.noSuchDevice }
             return try io.loadDriver(name: e.name, entry: e.entry)
         }
+        var functions: [DriverCatalog.Entry] = []
+        for d in devices {
+            guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs),
+                  match.parents.contains(.root)
+            else { throw NTStatus.noSuchDevice }
+            functions.append(match)
+        }
+        // The drivers the tree allows for the children its buses report.
+        let allowed = Set(DriverCatalog.reachable(from: functions).filter { !$0.testOnly }.map(\.name))
         // Children that buses report later find their driver, and their class's filters, the same way.
         let classes = self.classes, hardwareFilters = self.hardwareFilters
-        io.driverMatcher = { [unowned io] _, hardwareIDs, compatibleIDs in
-            guard let e = DriverCatalog.match(hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs) else { return nil }
+        io.driverMatcher = { [unowned io] bus, hardwareIDs, compatibleIDs in
+            guard let bus, let busEntry = DriverCatalog.entry(of: bus),
+                  let e = DriverCatalog.matchChild(of: busEntry.name, hardwareIDs: hardwareIDs, compatibleIDs: compatibleIDs),
+                  allowed.contains(e.name)
+            else { return nil }
+            let cls = classes[e.className] ?? ClassFilters()
+            let dev = hardwareIDs.lazy.compactMap { hardwareFilters[$0] }.first ?? ClassFilters()
+            // Bottom up: device lower, class lower, function, device upper, class upper.
+            let lowerNames = dev.lower + cls.lower, upperNames = dev.upper + cls.upper
+            // A filter for tests only never stacks on a bus's child.
+            let filters = (lowerNames + upperNames).map(DriverCatalog.named)
+            guard filters.allSatisfy({ $0.map { $0.role == .filter && !$0.testOnly } ?? false }) else { return nil }
             func load(_ name: String) -> DriverObject? {
                 if let d = io.loadedDrivers.first(where: { $0.name == "\\Driver\\" + name }) { return d }
                 guard let c = DriverCatalog.named(name) else { return nil }
                 return try? io.loadDriver(name: c.name, entry: c.entry)
             }
             guard let function = load(e.name) else { return nil }
-            let cls = classes[e.className] ?? ClassFilters()
-            let dev = hardwareIDs.lazy.compactMap { hardwareFilters[$0] }.first ?? ClassFilters()
-            // Bottom up: device lower, class lower, function, device upper, class upper.
-            return ((dev.lower + cls.lower).compactMap(load), function, (dev.upper + cls.upper).compactMap(load))
+            let lower = lowerNames.compactMap(load), upper = upperNames.compactMap(load)
+            guard lower.count == lowerNames.count, upper.count == upperNames.count else { return nil }
+            return (lower, function, upper)
         }
-        for d in devices {
-            guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {
-                throw NTStatus.noSuchDevice
-            }
+        for (d, match) in zip(devices, functions) {
             var parameters = d.settings
-            if let link = d.link { parameters["SymbolicLinkName"] = link }
+            // The file name is the link (the name by default), never a setting's.
+            parameters["SymbolicLinkName"] = d.link ?? d.name
             let function = try driver(match.name)
             var lower: [DriverObject] = [], upper: [DriverObject] = []
             // Bottom up: lower device filters, lower class filters, the function

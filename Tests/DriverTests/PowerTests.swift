@@ -14,6 +14,15 @@ import WDM
     func threeLevels() throws -> (IOManager, EmbeddedHost) {
         let io = IOManager()
         try DefaultTree.build(into: io, options: .init(ramdiskSize: 1 << 20))
+        // No tree gives a bus's child another bus (ToasterBus serves root devices only):
+        // this test nests one to see three levels, so it matches that child itself.
+        let treeMatcher = io.driverMatcher
+        io.driverMatcher = { [unowned io] bus, hardwareIDs, compatibleIDs in
+            if hardwareIDs == [ToasterBus.hardwareID], let b = io.loadedDrivers.first(where: { $0.name == "\\Driver\\ToasterBus" }) {
+                return ([], b, [])
+            }
+            return treeMatcher?(bus, hardwareIDs, compatibleIDs)
+        }
         let host = EmbeddedHost(io)
         let bus = try host.open("toaster-bus", access: .readData)
         #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: plugInBuffer(serial: 2, ids: [ToasterBus.hardwareID])).status == .success)

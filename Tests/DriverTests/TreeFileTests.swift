@@ -5,6 +5,14 @@ import DefaultTree
 import Testing
 import WDM
 
+/// A tree of one device `a` of Root\Null with these extra lines (each a key of the device).
+func treeOfA(_ lines: String..., name: String = "a") -> String {
+    "devices:\n  - name: \(name)\n    hardware_ids: ['Root\\Null']\n" + lines.map { "    " + $0 + "\n" }.joined()
+}
+
+/// The toaster bus, as one more device of a tree.
+let toasterBusDevice = "  - name: toaster-bus\n    hardware_ids: ['Root\\ToasterBus']\n"
+
 @Suite struct TreeFileTests {
     func reject(_ text: String) -> TreeError? {
         do throws(TreeError) {
@@ -18,6 +26,14 @@ import WDM
     @Test func theDefaultTreeRoundTripsThroughItsFile() throws {
         let text = TreeFile.text(of: DefaultTree.description())
         #expect(try TreeFile.parse(text, file: "default") == DefaultTree.description())
+    }
+
+    @Test func aTreeWithQuotesAndColonsRoundTripsThroughItsFile() throws {
+        var d = DeviceDescription(name: "it's", hardwareIDs: ["Root\\Null"], link: "a: 'b'", settings: ["k: x": "v'", "#": "{}"], mode: 0o640)
+        d.owner = 0
+        d.group = 0
+        let tree = TreeDescription(devices: [d])
+        #expect(try TreeFile.parse(TreeFile.text(of: tree), file: "t.yaml") == tree)
     }
 
     @Test func aTreeFileBuildsThroughThePnPManager() throws {
@@ -66,6 +82,12 @@ import WDM
         ("devices:\n  - name: a\n    hardware_ids: ['Root\\Null']\n    owner: no-such-user-here\n", 4, "unknown user"),
         ("devices: 3\n", 1, "`devices` must be a list"),
         ("drivers: []\n", 1, "unknown key `drivers`"),
+        // A root device whose driver serves only a bus's children; a test-only filter where it would reach a bus's children.
+        ("devices:\n  - name: t\n    hardware_ids: ['{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster']\n", 3,
+         "`Toaster` serves only the devices ToasterBus reports, not a device of the tree"),
+        ("classes:\n  Toaster: {upper_filters: [LazyFilter]}\n" + "devices:\n" + toasterBusDevice, 2,
+         "`LazyFilter` is for tests only: name it in a device's `upper_filters` or `lower_filters`"),
+        ("hardware_filters:\n  X: {lower_filters: [LazyFilter]}\n" + "devices:\n" + toasterBusDevice, 2, "`LazyFilter` is for tests only"),
     ])
     func aBadTreeFileIsRejectedWithWhereAndWhy(text: String, line: Int, reason: String) {
         let e = reject(text)
@@ -73,5 +95,88 @@ import WDM
         #expect(e?.line == line, "\(e?.description ?? "")")
         #expect(e?.description.contains(reason) == true, "\(e?.description ?? "")")
         #expect(e?.description.hasPrefix("t.yaml:\(line):") == true)
+    }
+
+    // Names that break the mount, each rejected where it is written (line and column) and why.
+    @Test(arguments: [
+        // The bridge's own files at the root: listed twice, or the device's file shadowing the real one.
+        (treeOfA("link: .power"), 4, 11, "`.power` cannot be a file name under the mount: the mount shows its own `.power` there"),
+        (treeOfA("link: .devices"), 4, 11, "`.devices` cannot be a file name under the mount: the mount shows its own `.devices` there"),
+        (treeOfA("link: .interfaces"), 4, 11, "the mount shows its own `.interfaces` there"),
+        (treeOfA(name: ".stats"), 2, 11, "`.stats` cannot be a file name under the mount: the mount shows its own `.stats` there"),
+        (treeOfA("link: '..'"), 4, 11, "`.` and `..` are the directory and its parent"),
+        // NUL, newline, `/` and other control characters, in a link or a name.
+        (treeOfA("link: \"a\\0b\""), 4, 11, "`a\\0b` cannot be a file name under the mount: it contains a NUL"),
+        (treeOfA("link: \"a\\nb\""), 4, 11, "`a\\nb` cannot be a file name under the mount: it contains a newline"),
+        (treeOfA("link: \"a\\tb\""), 4, 11, "it contains the control character U+0009"),
+        (treeOfA(name: "\"a\\0b\""), 2, 11, "device name `a\\0b` cannot be a file name under `.devices`: it contains a NUL"),
+        (treeOfA(name: "\"a\\nb\""), 2, 11, "device name `a\\nb` cannot be a file name under `.devices`: it contains a newline"),
+        (treeOfA(name: "a/b"), 2, 11, "device name `a/b` cannot be a file name under `.devices`: it contains `/`"),
+        // Longer than NAME_MAX (255 bytes): FUSE would fail the whole listing with EIO.
+        (treeOfA("link: " + String(repeating: "x", count: 256)), 4, 11, "it is 256 bytes long, and a file name has at most 255 (NAME_MAX)"),
+        (treeOfA("link: " + String(repeating: "é", count: 128)), 4, 11, "it is 256 bytes long"),
+        (treeOfA(name: String(repeating: "n", count: 300)), 2, 11, "device name `nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn…` cannot be a file name under `.devices`: it is 300 bytes long"),
+        // A setting that would become the link without any of these checks.
+        (treeOfA("settings: {SymbolicLinkName: .stats}"), 4, 16, "`SymbolicLinkName` is not a setting: a device's file name under the mount is its `link`"),
+        (treeOfA("settings:", "  symboliclinkname: x"), 5, 7, "`symboliclinkname` is not a setting"),
+        // A name a bus in the tree gives its children (the toaster bus: toaster<N>).
+        (treeOfA(name: "toaster1") + toasterBusDevice, 2, 11,
+         "device name `toaster1` is one ToasterBus gives the children it reports (toaster<N>); a device of the tree cannot take it"),
+        (treeOfA("link: toaster12") + toasterBusDevice, 4, 11, "file name `toaster12` is one ToasterBus gives the children it reports (toaster<N>)"),
+        ("devices:\n  - name: toaster2\n    hardware_ids: ['Root\\ToasterBus']\n", 2, 11, "device name `toaster2` is one ToasterBus gives"),
+        // Two devices with the same name, or the same file name (a link, or a name used as one).
+        (treeOfA() + "  - name: a\n    hardware_ids: ['Root\\Zero']\n", 4, 11, "duplicate device name `a` (first at line 2)"),
+        (treeOfA("link: b") + "  - name: c\n    link: b\n    hardware_ids: ['Root\\Zero']\n", 6, 11, "duplicate file name `b` (first at line 4)"),
+        (treeOfA("link: b") + "  - name: b\n    hardware_ids: ['Root\\Zero']\n", 5, 11, "duplicate file name `b` (first at line 4)"),
+        // A duplicate YAML key: at the second use, not line 1 with the whole file.
+        (treeOfA("name: b"), 4, 5, "duplicate key `name` (first at line 2)"),
+        ("devices: []\nclasses: {}\ndevices: []\n", 3, 1, "duplicate key `devices` (first at line 1)"),
+        (treeOfA("settings: {Size: 1, Size: 2}"), 4, 25, "duplicate key `Size` (first at line 4)"),
+        (treeOfA("settings: {A: 1, A: 2, A: 3}"), 4, 22, "duplicate key `A` (first at line 4)"),
+    ])
+    func aNameThatWouldBreakTheMountIsRejected(text: String, line: Int, column: Int, reason: String) {
+        let e = reject(text)
+        #expect(e != nil, "accepted: \(text)")
+        #expect(e?.line == line && e?.column == column, "\(e?.description ?? "")")
+        #expect(e?.description.contains(reason) == true, "\(e?.description ?? "")")
+        #expect(e?.description.hasPrefix("t.yaml:\(line):\(column): ") == true, "\(e?.description ?? "")")
+        #expect(e.map { !$0.description.contains("\n") } ?? true, "one line: \(e?.description ?? "")")
+    }
+
+    @Test func namesAtTheLimitsAreAccepted() throws {
+        let longest = String(repeating: "x", count: 255)
+        let tree = try TreeFile.parse(treeOfA("link: " + longest) + "  - name: toaster1\n    hardware_ids: ['Root\\Zero']\n", file: "t.yaml")
+        // 255 bytes is a file name; `toaster1` is a name only when a toaster bus is in the tree.
+        #expect(tree.devices.map { $0.link ?? $0.name } == [longest, "toaster1"])
+        let io = IOManager()
+        try tree.build(into: io)
+        #expect(io.symbolicLinks == [longest, "toaster1"])
+        // Hidden names other than the bridge's are file names like any other; so is toaster-bus.
+        _ = try TreeFile.parse(treeOfA("link: .null") + toasterBusDevice, file: "t.yaml")
+    }
+
+    @Test func theTestTreeRoundTripsAndMayNameTheTestOnlyDrivers() throws {
+        let test = DefaultTree.description(.init(test: true))
+        #expect(try TreeFile.parse(TreeFile.text(of: test), file: "test") == test)
+        #expect(test.devices.contains { $0.hardwareIDs == ["Root\\Misbehave"] })
+        #expect(!DefaultTree.description().devices.contains { $0.hardwareIDs == ["Root\\Misbehave"] || $0.upperFilters.contains("LazyFilter") })
+        // The administrator's choice: a tree file may put them on its own devices.
+        let tree = try TreeFile.parse(treeOfA("upper_filters: [LazyFilter]") + "  - name: m\n    hardware_ids: ['Root\\Misbehave']\n", file: "t.yaml")
+        let io = IOManager()
+        try tree.build(into: io)
+        #expect(io.symbolicLinks == ["a", "m"])
+    }
+
+    @Test func aSettingCannotNameTheLinkEvenInADescriptionBuiltInCode() throws {
+        // TreeFile rejects it; a description built in code gets its link (its name) anyway.
+        var d = DeviceDescription(name: "n", hardwareIDs: ["Root\\Null"], settings: ["SymbolicLinkName": ".stats"])
+        let io = IOManager()
+        try TreeDescription(devices: [d]).build(into: io)
+        #expect(io.symbolicLinks == ["n"])
+        d.name = "m"
+        d.link = "l"
+        let io2 = IOManager()
+        try TreeDescription(devices: [d]).build(into: io2)
+        #expect(io2.symbolicLinks == ["l"])
     }
 }
