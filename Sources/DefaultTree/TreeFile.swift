@@ -310,6 +310,7 @@ public enum TreeFile {
     static func nameProblem(_ name: String) -> String? {
         if name.isEmpty { return "it is empty" }
         if name == "." || name == ".." { return "`.` and `..` are the directory and its parent" }
+        if name == ".control" { return "`.devices/.control` is the tree's own control file" }
         let bytes = name.utf8.count
         if bytes > nameMax { return "it is \(bytes) bytes long, and a file name has at most \(nameMax) (NAME_MAX)" }
         for u in name.unicodeScalars {

@@ -23,6 +23,7 @@ enum TreeEntry: Equatable {
         case (.file(let x, let f), .file(let y, let g)): x === y && f == g
         case (.interfaceDir(let x), .interfaceDir(let y)): x == y
         case (.interfaceLink(let x), .interfaceLink(let y)): x == y
+        case (.rootControl, .rootControl): true
         default: false
         }
     }
@@ -34,6 +35,8 @@ enum TreeEntry: Equatable {
     case interfaceDir([String])
     /// `.interfaces/{GUID}/instance`: a symbolic link to the device file.
     case interfaceLink(String)
+    /// `.devices/.control`: verbs for the whole tree (`rescan`: the root's).
+    case rootControl
 }
 
 extension FuseBridge {
@@ -45,6 +48,7 @@ extension FuseBridge {
     func resolve(_ path: String, in tree: TreeSnapshot? = nil) -> TreeEntry? {
         if path == ".interfaces" || path.hasPrefix(".interfaces/") { return resolveInterface(path, in: tree ?? io.pnp.snapshot) }
         if path == ".devices" { return .top }
+        if path == ".devices/.control" { return .rootControl }
         guard path.hasPrefix(".devices/") else { return nil }
         let tree = tree ?? io.pnp.snapshot
         let rest = String(path.dropFirst(".devices/".count))
@@ -103,6 +107,7 @@ extension FuseBridge {
             return names.compactMap { n in treeInode(path + "/" + n, in: tree).map { (n, $0, !leaf) } }
         case .top?:
             return tree.roots.compactMap { n in treeInode(path + "/" + n.name, in: tree).map { (n.name, $0, true) } }
+                + (treeInode(".devices/.control", in: tree).map { [(".control", $0, false)] } ?? [])
         case .node(let node)?:
             let children = node.children.compactMap { n in treeInode(path + "/" + n.name, in: tree).map { (n.name, $0, true) } }
             let files = NodeFile.allCases.compactMap { f in treeInode(path + "/" + f.rawValue, in: tree).map { (f.rawValue, $0, false) } }

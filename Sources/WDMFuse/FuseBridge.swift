@@ -174,6 +174,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             switch resolve(path) {
             case .top?, .node?, .interfaceDir?: return .treeDir(path)
             case .file(_, let f)?: return .treeFile(path, f)
+            case .rootControl?: return .treeFile(path, .control)
             case .interfaceLink(let target)?: return .symlink(target)
             case nil: return nil
             }
@@ -406,13 +407,24 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         }
         if ino >= FuseBridge.treeBase {
             let reply = FuseReply(req, sink)
-            guard let path = treePath(ino), case .file(let node, .control)? = resolve(path) else {
+            let verb = String((data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? "").filter { !$0.isWhitespace })
+            let path = treePath(ino)
+            if path.map({ resolve($0) == .rootControl }) == true {
+                // `.devices/.control`: a rescan from the root (removed root devices come back).
+                guard verb == "rescan" else {
+                    reply.error(EINVAL)
+                    return
+                }
+                _ = io.rescan(nil)
+                reply.written(size)
+                return
+            }
+            guard let path, case .file(let node, .control)? = resolve(path) else {
                 // The node went away after the file was opened.
                 reply.error(ENODEV)
                 return
             }
-            let verb = data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
-            let e = control(node, String(verb.filter { !$0.isWhitespace }))
+            let e = control(node, verb)
             if e == 0 { reply.written(size) } else { reply.error(e) }
             return
         }

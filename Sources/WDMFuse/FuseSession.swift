@@ -3,6 +3,7 @@
 // the multi-threaded loop, the shutdown drain, unmount.
 
 import CFuse
+import Foundation
 import Glibc
 import WDM
 import WDMClient
@@ -97,6 +98,8 @@ extension FuseBridge {
         guard fuse_session_mount(se, mountpoint) == 0 else {
             throw MountError("could not mount at \(mountpoint) (does it exist, and is /dev/fuse usable?)")
         }
+        // The connection's number, read now (at shutdown nothing may touch the mount).
+        let connection = FuseBridge.connectionNumber(of: mountpoint)
         io.readinessObserver = self
         defer { io.readinessObserver = nil }
         // A synchronous wait (CREATE, CLEANUP, CLOSE) on a driver that never completes
@@ -113,9 +116,40 @@ extension FuseBridge {
         // hold the request's memory), so libfuse's default worker limits serve.
         let result = cfuse_session_loop_mt(se, maxThreads)
         drain()
+        (sink as? LibfuseSink)?.session = nil  // no new notification leaves
+        if let lib = sink as? LibfuseSink, !lib.notificationsDone(within: 0.5), let connection {
+            // A notification is stuck in the kernel behind a client's lookup that nobody
+            // will answer now: abort the connection (every request still in the kernel
+            // fails, the notification returns) instead of waiting forever.
+            FuseBridge.abortConnection(connection, log: { io.log?($0) })
+        }
         fuse_session_unmount(se)
         requests.clear()
         return result
+    }
+}
+
+extension FuseBridge {
+    /// The FUSE connection of the mount at `path` (its device number's minor, the
+    /// name of its directory under /sys/fs/fuse/connections), from /proc/self/mountinfo.
+    static func connectionNumber(of path: String) -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 4, String(f[4]) == path else { continue }
+            return f[2].split(separator: ":").last.map(String.init)
+        }
+        return nil
+    }
+
+    /// Aborts a FUSE connection (what `echo 1 > /sys/fs/fuse/connections/N/abort` does).
+    static func abortConnection(_ n: String, log: (String) -> Void) {
+        let path = "/sys/fs/fuse/connections/\(n)/abort"
+        let fd = Glibc.open(path, O_WRONLY)
+        guard fd >= 0 else { return log("wdmfs: could not abort the FUSE connection (\(path): \(String(cString: strerror(Glibc.errno))))") }
+        _ = "1".withCString { Glibc.write(fd, $0, 1) }
+        Glibc.close(fd)
+        log("wdmfs: a kernel notification was stuck at shutdown; the FUSE connection was aborted")
     }
 }
 

@@ -98,17 +98,28 @@ final class LibfuseSink: ReplySink, @unchecked Sendable {
     let log: @Sendable (String) -> Void
     /// The session while mounted (for notifications).
     nonisolated(unsafe) var session: OpaquePointer?
-    /// Notifications leave on their own thread: the kernel may hold the directory's
-    /// lock while it waits for a request this daemon is answering.
+    /// Notifications leave on their own thread, and nothing waits for them: the
+    /// kernel holds a directory's lock while it waits for a lookup in it, and a
+    /// notification about that directory waits for the lock.
     let notifications = DispatchQueue(label: "wdmfs.notify")
+    /// Notifications queued or on their way.
+    let inFlight = DispatchGroup()
     init(log: @escaping @Sendable (String) -> Void) { self.log = log }
 
     func invalidateEntry(parent: UInt64, name: String) {
+        inFlight.enter()
         notifications.async { [self] in
+            defer { inFlight.leave() }
             guard let se = session else { return }
             _ = name.withCString { fuse_lowlevel_notify_inval_entry(se, parent, $0, strlen($0)) }
             _ = fuse_lowlevel_notify_inval_inode(se, parent, 0, 0)
         }
+    }
+
+    /// Whether every notification has left within `seconds` (false: one is stuck in
+    /// the kernel, waiting for a lock a client holds while nobody answers it).
+    func notificationsDone(within seconds: Double) -> Bool {
+        inFlight.wait(timeout: .now() + seconds) == .success
     }
 
     func replyError(_ req: FuseRequestHandle, _ errno: Int32) { fuse_reply_err(req, errno) }

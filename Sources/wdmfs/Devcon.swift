@@ -124,8 +124,8 @@ func controlVerb(_ verb: String, _ options: DeviceVerbOptions, done: String) thr
 
 struct Remove: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Remove device nodes (QUERY_REMOVE, then REMOVE_DEVICE; a driver may veto) (devcon remove).",
-        discussion: "Example:\n  wdmfs remove /mnt/wdm echo\nExit status 1 when a driver vetoed; the message names it.")
+        abstract: "Remove device nodes and their children (QUERY_REMOVE, then REMOVE_DEVICE; a driver or an open handle may veto) (devcon remove).",
+        discussion: "Example:\n  wdmfs remove /mnt/wdm echo\nExit status 1 when it was vetoed; the message names the device and the veto type.\n`wdmfs rescan MOUNTPOINT` brings a removed device back.")
     @OptionGroup var options: DeviceVerbOptions
     func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to remove") } }
     func run() throws { try controlVerb("remove", options, done: "removed") }
@@ -133,11 +133,20 @@ struct Remove: ParsableCommand {
 
 struct Restart: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Stop and start device nodes again (QUERY_STOP, STOP, START) (devcon restart).",
+        abstract: "Restart device nodes: remove them (vetoable, as remove), then AddDevice and START again (devcon restart).",
         discussion: "Example:\n  wdmfs restart /mnt/wdm ramdisk0")
     @OptionGroup var options: DeviceVerbOptions
     func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to restart") } }
     func run() throws { try controlVerb("restart", options, done: "restarted") }
+}
+
+struct Rebalance: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop and start device nodes for a resource rebalance (QUERY_STOP, STOP, START; I/O that arrives meanwhile waits).",
+        discussion: "Example:\n  wdmfs rebalance /mnt/wdm ramdisk0")
+    @OptionGroup var options: DeviceVerbOptions
+    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to rebalance") } }
+    func run() throws { try controlVerb("rebalance", options, done: "rebalanced") }
 }
 
 struct Disable: ParsableCommand {
@@ -160,15 +169,18 @@ struct Enable: ParsableCommand {
 
 struct Rescan: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Ask bus drivers for their children again (devcon rescan).",
-        discussion: "Example:\n  wdmfs rescan /mnt/wdm toaster-bus")
+        abstract: "Ask bus drivers for their children again; with no device, rescan from the root: removed root devices come back and every bus is asked (devcon rescan).",
+        discussion: "Example:\n  wdmfs rescan /mnt/wdm toaster-bus\n  wdmfs rescan /mnt/wdm")
     @OptionGroup var options: DeviceVerbOptions
 
     func run() throws {
         let tree = DeviceTreeFiles(options.mountpoint)
-        for node in tree.select(options.devices) where node.depth == 0 || !options.devices.isEmpty {
-            _ = write(node.path + "/control", "rescan")
+        if options.devices.isEmpty {
+            guard write(tree.root + "/.control", "rescan") else { fail("\(options.mountpoint): the rescan failed") }
+            print("rescanned")
+            return
         }
+        try controlVerb("rescan", options, done: "rescanned")
     }
 }
 

@@ -17,7 +17,17 @@ enum BusRequest {
         let fd: Int32
         do { fd = try DeviceFile.open(bus, readOnly: true) } catch {
             let reason: String
-            if case .system(let e) = error { reason = DeviceFile.describe(e) } else { reason = "\(error)" }
+            if case .system(let e) = error {
+                // The bus is DO_EXCLUSIVE: a second open gets STATUS_ACCESS_DENIED (EACCES)
+                // while the mode itself would let this user in.
+                if e == EACCES, access(bus, R_OK) == 0 {
+                    FileHandle.standardError.write(Data("wdmfs: \(bus) is busy: another program has the bus open (it takes one handle at a time); try again\n".utf8))
+                    throw ExitCode(1)
+                }
+                reason = DeviceFile.describe(e)
+            } else {
+                reason = "\(error)"
+            }
             fail("\(bus): \(reason)")
         }
         defer { DeviceFile.close(fd) }

@@ -1,0 +1,178 @@
+"""The device tree with one owner, seen through real system calls: inputs that
+used to kill the daemon (ioctl, fsync and select on virtual files, an ioctl on a
+handle whose toaster went away, `.devices` walked while toasters come and go, a
+shutdown during a plug/unplug storm), removal as Windows does it (an open handle
+vetoes, a removed device comes back on a rescan from the root) and a busy bus."""
+import errno
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import envelope as env
+from conftest import is_mounted, mount_tree, unmount_tree
+from test_core_mounted import daemon_pid, run_wdmfs, wait_for
+
+STATUS_NO_SUCH_DEVICE = 0xC000000E
+
+
+def serving(m):
+    """The daemon answers: zero reads as zeros."""
+    with open(m.dev("zero"), "rb") as f:
+        return f.read(4) == bytes(4)
+
+
+def test_ioctl_fsync_and_select_on_virtual_files_are_answered_and_the_daemon_serves_on(tree):
+    for name in (".stats", ".power", ".devices/null/status", ".devices/toaster-bus/hardware_ids"):
+        fd = os.open(tree.dev(name), os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as e:
+                env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)
+            assert e.value.errno == errno.ENOTTY, name
+            os.fsync(fd)
+            r, w, _ = select.select([fd], [fd], [], 1)
+            assert r == [fd] and w == [fd], name
+        finally:
+            os.close(fd)
+    # An editor saving .power: a write, then fsync.
+    assert subprocess.run(["dd", f"of={tree.dev('.power')}", "conv=fsync,notrunc", "status=none"], input=b"S0\n").returncode == 0
+    r = subprocess.run([tree.wdmfs, "ioctl", tree.dev(".stats"), "IOCTL_DISK_GET_LENGTH_INFO", "--out-size", "8", "--read-only"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "daemon" not in r.stderr.lower()
+    assert serving(tree)
+
+
+def test_an_ioctl_on_a_handle_whose_toaster_went_away_gets_no_such_device(tree):
+    bus = tree.dev("toaster-bus")
+    assert run_wdmfs("plug", bus, "21").returncode == 0
+    fd = os.open(tree.dev("toaster21"), os.O_RDWR)
+    try:
+        assert run_wdmfs("unplug", bus, "21").returncode == 0
+        status, _, _ = env.call(fd, env.IOCTL_DISK_GET_LENGTH_INFO, out_len=8)
+        assert status == STATUS_NO_SUCH_DEVICE
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 10, 0)
+        assert e.value.errno == errno.ENODEV
+    finally:
+        os.close(fd)
+    assert serving(tree)
+
+
+def test_walking_the_device_tree_while_toasters_come_and_go_never_hurts_the_daemon(tree):
+    bus = tree.dev("toaster-bus")
+    stop = threading.Event()
+    problems = []
+
+    def walk():
+        while not stop.is_set():
+            for root, dirs, files in os.walk(os.path.join(tree.path, ".devices")):
+                for f in files:
+                    if f in ("control", ".control"):  # write-only
+                        continue
+                    try:
+                        with open(os.path.join(root, f), "rb") as fh:
+                            fh.read()
+                    except FileNotFoundError:
+                        pass  # the node went away between the listing and the open
+                    except OSError as e:
+                        problems.append(f"{root}/{f}: {e}")
+
+    walkers = [threading.Thread(target=walk) for _ in range(2)]
+    for t in walkers:
+        t.start()
+    try:
+        for i in range(40):
+            serial = str(30 + i % 4)
+            run_wdmfs("plug", bus, serial)
+            run_wdmfs("unplug", bus, serial)
+    finally:
+        stop.set()
+        for t in walkers:
+            t.join(timeout=30)
+    assert not problems, problems[:5]
+    assert serving(tree)
+    names = os.listdir(os.path.join(tree.path, ".devices", "toaster-bus"))
+    assert len(names) == len(set(names))
+
+
+def test_a_shutdown_during_a_plug_and_lookup_storm_ends_the_daemon_and_its_clients():
+    m = mount_tree()
+    try:
+        pid = daemon_pid(m)
+        stop = threading.Event()
+
+        def look():
+            while not stop.is_set():
+                for name in ("toaster40", "toaster41", "nosuch"):
+                    try:
+                        os.stat(m.dev(name))
+                    except OSError:
+                        pass
+
+        def storm():
+            while not stop.is_set():
+                for s in ("40", "41"):
+                    subprocess.run([m.wdmfs, "plug", m.dev("toaster-bus"), s], capture_output=True, timeout=30)
+                    subprocess.run([m.wdmfs, "unplug", m.dev("toaster-bus"), s], capture_output=True, timeout=30)
+
+        lookers = [threading.Thread(target=look, daemon=True) for _ in range(3)]
+        plugger = threading.Thread(target=storm, daemon=True)
+        for t in lookers + [plugger]:
+            t.start()
+        assert wait_for(lambda: os.path.exists(m.dev("toaster40")) or os.path.exists(m.dev("toaster41")), 10)
+        os.kill(pid, signal.SIGTERM)
+        # The daemon ends, and so does every client of the mount (none is left in D state).
+        assert wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z", 15)
+        stop.set()
+        for t in lookers + [plugger]:
+            t.join(timeout=15)
+            assert not t.is_alive()
+    finally:
+        unmount_tree(m)
+
+
+def test_removing_a_device_someone_has_open_is_vetoed_and_a_root_rescan_brings_a_removed_one_back(tree):
+    fd = os.open(tree.dev("echo"), os.O_RDWR)
+    try:
+        r = run_wdmfs("remove", tree.path, "echo")
+        assert r.returncode == 1 and "vetoed by echo, PNP_VetoOutstandingOpen: 1 handle open" in r.stderr, r.stderr
+        os.write(fd, b"ok")
+        assert os.read(fd, 2) == b"ok"
+    finally:
+        os.close(fd)
+    r = run_wdmfs("remove", tree.path, "echo")
+    assert r.returncode == 0 and r.stdout == "echo: removed\n", r.stderr
+    assert wait_for(lambda: "echo" not in os.listdir(tree.path))
+    r = run_wdmfs("enable", tree.path, "echo")
+    assert r.returncode == 2 and "no device node named echo" in r.stderr
+    r = run_wdmfs("rescan", tree.path)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: "echo" in os.listdir(tree.path))
+    assert run_wdmfs("status", tree.path, "echo").stdout == "echo: running\n"
+
+
+def test_a_second_disable_says_already_disabled(tree):
+    assert run_wdmfs("disable", tree.path, "ioctl-demo").returncode == 0
+    try:
+        r = run_wdmfs("disable", tree.path, "ioctl-demo")
+        assert r.returncode == 1 and "already disabled" in r.stderr, r.stderr
+    finally:
+        assert run_wdmfs("enable", tree.path, "ioctl-demo").returncode == 0
+
+
+def test_plugging_while_someone_has_the_bus_open_says_the_bus_is_busy(tree):
+    bus = tree.dev("toaster-bus")
+    fd = os.open(bus, os.O_RDONLY)
+    try:
+        r = run_wdmfs("plug", bus, "50")
+        assert r.returncode == 1 and "is busy" in r.stderr and "Permission denied" not in r.stderr, r.stderr
+    finally:
+        os.close(fd)
+    assert run_wdmfs("plug", bus, "50").returncode == 0
+    assert run_wdmfs("unplug", bus, "50").returncode == 0
