@@ -19,6 +19,16 @@ public enum ToasterBus {
     public static let unplug = ControlCode(rawValue: 0x002A_4004)
     /// `IOCTL_BUSENUM_EJECT_HARDWARE`
     public static let eject = ControlCode(rawValue: 0x002A_4008)
+    /// `IOCTL_BUSENUM_DONT_DISPLAY_IN_UI_DEVICE`: the child reports PNP_DEVICE_DONT_DISPLAY_IN_UI.
+    public static let dontDisplayInUI = ControlCode(rawValue: 0x002A_400C)
+    /// An internal IOCTL (IRP_MJ_INTERNAL_DEVICE_CONTROL, drivers only) the toaster's
+    /// function driver sends its PDO for what the hardware would tell it: the serial
+    /// number, as a ULONG in the buffer. CTL_CODE(FILE_DEVICE_BUS_EXTENDER, 0x200, METHOD_NEITHER, FILE_ANY_ACCESS).
+    public static let internalGetSerial = ControlCode(rawValue: 0x002A_0803)
+    /// `GUID_DEVCLASS_TOASTER`: the bus type the children report (QUERY_BUS_INFORMATION).
+    public static let busTypeGuid = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}"
+    /// `GUID_TOASTER_INTERFACE_STANDARD`, version 1 (IRP_MN_QUERY_INTERFACE).
+    public static let interfaceStandard = "{E0B27630-5434-11d3-B890-00C04FAD5171}"
     /// The toaster's hardware and compatible IDs.
     public static let toasterHardwareID = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster"
     public static let toasterCompatibleID = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsCompatibleToaster"
@@ -55,6 +65,13 @@ public enum ToasterBus {
         var reported = false
         /// Left out of the latest BusRelations answer: its next REMOVE_DEVICE deletes it.
         var reportedMissing = false
+        /// IOCTL_BUSENUM_DONT_DISPLAY_IN_UI_DEVICE was sent for it.
+        var dontDisplay = false
+        /// References on the GUID_TOASTER_INTERFACE_STANDARD it gave out: while
+        /// there are any, it refuses QUERY_REMOVE (as the sample's PDO does).
+        let interfaceReferences = Atomic<Int>(0)
+        /// The crispiness level the interface sets and reads.
+        let crispiness = Atomic<UInt8>(0)
         /// The bus that created it.
         weak var bus: Bus?
         init(serial: UInt32, hardwareIDs: [String]) {
@@ -204,6 +221,18 @@ public enum ToasterBus {
                 io.invalidateDeviceRelations(busPDO)
             }
             return .success
+        case dontDisplayInUI:
+            guard p.inputBufferLength == 16, u32(0) == 16 else { return .invalidParameter }
+            let serial = u32(4)
+            let found = bus.children.withLock { c -> [DeviceObject] in
+                let f = c.filter { child($0).present && child($0).serial == serial }
+                for pdo in f { child(pdo).dontDisplay = true }
+                return f
+            }
+            guard !found.isEmpty else { return .invalidParameter }
+            // IoInvalidateDeviceState: the PnP manager asks the stack again.
+            for pdo in found { device.driverObject.ioManager.invalidateDeviceState(pdo) }
+            return .success
         default:
             return .invalidParameter  // as the sample answers an unknown IOCTL
         }
@@ -234,6 +263,17 @@ public enum ToasterBus {
     static func childDispatch(_ device: DeviceObject, _ irp: IRP) -> NTStatus {
         let child = child(device)
         if irp.majorFunction == .power { return Power.pdoDispatch(device, irp) }
+        if irp.majorFunction == .internalDeviceControl {
+            // What the hardware would tell its function driver (only drivers can ask).
+            let p = irp.parameters.deviceIoControl
+            guard p.ioControlCode == internalGetSerial, p.outputBufferLength >= 4, let out = irp.userBuffer else {
+                irp.complete(.invalidDeviceRequest)
+                return .invalidDeviceRequest
+            }
+            out.storeBytes(of: child.serial.littleEndian, as: UInt32.self)
+            irp.complete(.success, information: 4)
+            return .success
+        }
         guard irp.majorFunction == .pnp else {
             // Below the toaster's function device nothing else is there to do.
             irp.complete(.invalidDeviceRequest)
@@ -256,6 +296,37 @@ public enum ToasterBus {
             child.bus?.children.withLock { _ in child.present = false }
             irp.complete(.success)
             return .success
+        case .queryRemoveDevice where child.interfaceReferences.load(ordering: .acquiring) > 0:
+            // Somebody still uses its interface: the removal must fail (the sample's words).
+            irp.complete(.unsuccessful)
+            return .unsuccessful
+        case .queryDeviceText:
+            // DeviceTextDescription, as the sample answers it; other text types are not answered.
+            guard irp.pnp?.deviceTextType == 0 else { break }
+            irp.pnp?.text = "Microsoft_Eliyas_Toaster_" + String(child.serial).leftPadded(to: 2)
+            irp.complete(.success)
+            return .success
+        case .queryBusInformation:
+            irp.pnp?.busInformation = BusInformation(busTypeGuid: busTypeGuid, legacyBusType: 15, busNumber: 0)
+            irp.complete(.success)
+            return .success
+        case .deviceUsageNotification:
+            irp.complete(.unsuccessful)  // as the sample: no paging, hibernation or dump files here
+            return .unsuccessful
+        case .queryPnpDeviceState:
+            if let q = irp.pnp, child.bus?.children.withLock({ _ in child.dontDisplay }) == true { q.deviceState |= 0x2 }
+            irp.complete(.success)
+            return .success
+        case .queryInterface where irp.pnp?.interfaceType == interfaceStandard:
+            guard let q = irp.pnp, q.interfaceVersion >= 1 else {
+                irp.complete(.invalidParameter)
+                return .invalidParameter
+            }
+            let i = ToasterInterfaceStandard(child)
+            i.interfaceReference()  // the provider references it before handing it out
+            q.interface = i
+            irp.complete(.success)
+            return .success
         default:
             break
         }
@@ -267,12 +338,39 @@ public enum ToasterBus {
             case .compatibleIDs: [toasterCompatibleID]
             }
         }, capabilities: { caps in
+            // As the sample's PDO: Address and UINumber the serial number, ejectable,
+            // S1 -> D1, S2..S5 -> D3, able to wake from D1.
             caps.removable = true
             caps.surpriseRemovalOK = true
-            caps.uniqueID = true
+            caps.uniqueID = false
+            caps.ejectSupported = true
+            caps.address = child.serial
             caps.uiNumber = child.serial
+            caps.deviceState = [1, 2, 4, 4, 4, 4]
+            caps.deviceWake = 2
         })
     }
+}
+
+/// `TOASTER_INTERFACE_STANDARD`: the direct-call interface a toaster's bus gives
+/// its function driver through IRP_MN_QUERY_INTERFACE. Holding a reference makes
+/// the PDO refuse QUERY_REMOVE, so the function driver lets go of it first.
+public final class ToasterInterfaceStandard: @unchecked Sendable {
+    private let child: ToasterBus.Child
+    init(_ child: ToasterBus.Child) { self.child = child }
+    /// `InterfaceReference`
+    public func interfaceReference() { child.interfaceReferences.add(1, ordering: .acquiringAndReleasing) }
+    /// `InterfaceDereference`
+    public func interfaceDereference() { child.interfaceReferences.subtract(1, ordering: .acquiringAndReleasing) }
+    /// `GetCrispinessLevel`
+    public func getCrispinessLevel() -> UInt8 { child.crispiness.load(ordering: .relaxed) }
+    /// `SetCrispinessLevel`: STATUS_SUCCESS (the sample accepts any level).
+    public func setCrispinessLevel(_ level: UInt8) -> NTStatus {
+        child.crispiness.store(level, ordering: .relaxed)
+        return .success
+    }
+    /// `IsSafetyLockEnabled`
+    public func isSafetyLockEnabled() -> Bool { true }
 }
 
 /// The toaster function driver: each write puts a slice of bread in; a read
@@ -286,6 +384,10 @@ public enum ToasterDriver {
     final class Toaster: @unchecked Sendable {
         let toasts = Atomic<Int>(0)
         var interface = ""
+        /// The bus's GUID_TOASTER_INTERFACE_STANDARD while the toaster holds it.
+        let busInterface = Mutex<ToasterInterfaceStandard?>(nil)
+        /// The serial number its PDO gave (an internal IOCTL), once started.
+        let serial = Atomic<UInt32>(0)
         /// Reads waiting for bread.
         let waiting = CancelSafeQueue()
         /// Set at surprise removal: new reads fail instead of waiting.
@@ -305,6 +407,31 @@ public enum ToasterDriver {
         irp.complete(.success, information: n)
     }
 
+    /// IRP_MN_QUERY_INTERFACE for GUID_TOASTER_INTERFACE_STANDARD to the device below.
+    static func takeBusInterface(_ device: DeviceObject, _ toaster: Toaster) {
+        guard let below = device.lowerDevice else { return }
+        let (status, q) = device.driverObject.ioManager.callPnP(.queryInterface, to: below) { q in
+            q.interfaceType = ToasterBus.interfaceStandard
+            q.interfaceSize = 40
+            q.interfaceVersion = 1
+        }
+        guard status.isSuccess, let i = q.interface as? ToasterInterfaceStandard else { return }
+        toaster.busInterface.withLock { old in
+            old?.interfaceDereference()
+            old = i
+        }
+    }
+
+    /// The bus's interface the toaster on `device` holds (tests, the toaster's own use).
+    public static func busInterface(of device: DeviceObject) -> ToasterInterfaceStandard? {
+        (device.deviceExtension as? Toaster)?.busInterface.withLock { $0 }
+    }
+
+    /// The serial number the toaster's PDO reported through the internal IOCTL.
+    public static func serialNumber(of device: DeviceObject) -> UInt32? {
+        (device.deviceExtension as? Toaster).map { $0.serial.load(ordering: .relaxed) }
+    }
+
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in
             let toaster = Toaster()
@@ -319,14 +446,38 @@ public enum ToasterDriver {
             return .success
         }
         let pnp = PnP.functionDispatch(start: { device, _ in
+            let toaster = device.deviceExtension(as: Toaster.self)
+            let io = device.driverObject.ioManager
+            // What the hardware says (an internal IOCTL to the PDO), and the bus's interface.
+            if let below = device.lowerDevice {
+                var serial: UInt32 = 0
+                let r = withUnsafeMutableBytes(of: &serial) {
+                    io.callDeviceIoControl(ToasterBus.internalGetSerial, to: below, internal: true, buffer: $0.baseAddress, outputLength: 4)
+                }
+                if r.status.isSuccess { toaster.serial.store(UInt32(littleEndian: serial), ordering: .relaxed) }
+            }
+            takeBusInterface(device, toaster)
             // The interface is enabled once the device works.
-            device.driverObject.ioManager.setDeviceInterfaceState(device.deviceExtension(as: Toaster.self).interface, enabled: true)
+            io.setDeviceInterfaceState(toaster.interface, enabled: true)
             return .success
         })
         driver.majorFunction[.pnp] = { device, irp in
             let toaster = device.deviceExtension(as: Toaster.self)
             // Its QUERY_REMOVE and QUERY_STOP do not veto (as in the sample); a handle
             // still open vetoes a removal in the PnP manager (PNP_VetoOutstandingOpen).
+            // The bus's interface is let go before the query reaches the PDO (a
+            // referenced PDO refuses it), and taken again if the removal is off.
+            if irp.pnpMinor == .queryRemoveDevice || irp.pnpMinor == .surpriseRemoval || irp.pnpMinor == .removeDevice {
+                toaster.busInterface.withLock { i in
+                    i?.interfaceDereference()
+                    i = nil
+                }
+            }
+            if irp.pnpMinor == .cancelRemoveDevice {
+                let status = pnp(device, irp)
+                takeBusInterface(device, toaster)
+                return status
+            }
             if irp.pnpMinor == .surpriseRemoval || irp.pnpMinor == .removeDevice {
                 device.driverObject.ioManager.setDeviceInterfaceState(toaster.interface, enabled: false)
                 // The toaster is gone: nobody will put bread in.
@@ -400,4 +551,8 @@ public enum ToasterFilter {
             return .success
         }
     }
+}
+
+extension String {
+    func leftPadded(to n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
 }

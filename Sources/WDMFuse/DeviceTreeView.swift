@@ -10,7 +10,7 @@ import WDM
 /// A node directory's files.
 enum NodeFile: String, CaseIterable {
     case deviceID = "device_id", instanceID = "instance_id", hardwareIDs = "hardware_ids", compatibleIDs = "compatible_ids"
-    case status, problem, stack, power, handles, control, result
+    case description, status, problem, stack, power, handles, control, result
     case filterLog = "filter.log"
 }
 
@@ -124,6 +124,7 @@ extension FuseBridge {
         case .instanceID: return node.name + "\n"
         case .hardwareIDs: return node.hardwareIDs.map { $0 + "\n" }.joined()
         case .compatibleIDs: return node.compatibleIDs.map { $0 + "\n" }.joined()
+        case .description: return node.description.map { $0 + "\n" } ?? ""
         case .status: return node.status + "\n"
         case .problem:
             guard let p = node.problem else { return "0\n" }

@@ -53,8 +53,11 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
             return .success
         }))
         #expect(tracer.events.all == [
-            "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_ID",
-            "PnpManager IRP_MN_QUERY_CAPABILITIES",
+            // QUERY_ID DeviceID, QUERY_CAPABILITIES, QUERY_ID InstanceID, HardwareIDs,
+            // CompatibleIDs, QUERY_DEVICE_TEXT, QUERY_BUS_INFORMATION (ReactOS's and Windows' order).
+            "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_CAPABILITIES", "PnpManager IRP_MN_QUERY_ID",
+            "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_ID", "PnpManager IRP_MN_QUERY_DEVICE_TEXT",
+            "PnpManager IRP_MN_QUERY_BUS_INFORMATION",
             "Upper IRP_MN_START_DEVICE", "Function IRP_MN_START_DEVICE", "Lower IRP_MN_START_DEVICE", "PnpManager IRP_MN_START_DEVICE",
             "Upper IRP_MN_QUERY_CAPABILITIES", "Function IRP_MN_QUERY_CAPABILITIES", "Lower IRP_MN_QUERY_CAPABILITIES", "PnpManager IRP_MN_QUERY_CAPABILITIES",
             "Upper IRP_MN_QUERY_PNP_DEVICE_STATE", "Function IRP_MN_QUERY_PNP_DEVICE_STATE", "Lower IRP_MN_QUERY_PNP_DEVICE_STATE", "PnpManager IRP_MN_QUERY_PNP_DEVICE_STATE",

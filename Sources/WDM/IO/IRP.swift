@@ -348,6 +348,8 @@ public final class IRPPacket: @unchecked Sendable {
     @exclusivity(unchecked) var pnp: PnPRequest?
     /// An IRP_MJ_POWER IRP's parameters.
     @exclusivity(unchecked) var power: PowerRequest?
+    /// An IRP_MJ_INTERNAL_DEVICE_CONTROL IRP's `Parameters.Others`.
+    @exclusivity(unchecked) var others: InternalArguments?
     /// The next free packet of the same size (the pool's list).
     @exclusivity(unchecked) var nextFree: Unmanaged<IRPPacket>?
     /// A completion that arrived while the completion walk was still running.
@@ -431,6 +433,7 @@ public final class IRPPacket: @unchecked Sendable {
         if file != nil { file = nil }
         if pnp != nil { pnp = nil }
         if power != nil { power = nil }
+        if others != nil { others = nil }
         hostBuffer = nil
         borrowed = false
         borrowedCount = 0

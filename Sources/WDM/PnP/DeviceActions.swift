@@ -30,10 +30,8 @@ extension IOManager {
             pdo.flags.remove(.deviceInitializing)
             pnp.roots.append(node)
             pnp.dirty = true
-            for type in [BusQueryIdType.deviceID, .instanceID, .hardwareIDs, .compatibleIDs] {
-                _ = sendPnP(.queryId, to: pdo) { $0.idType = type }
-            }
-            node.capabilities = sendPnP(.queryCapabilities, to: pdo).1.capabilities
+            _ = pnp.identify(pdo)
+            node.capabilities = pnp.lastCapabilities
             node.drivers = (lowerFilters, functionDriver, upperFilters)
             let status = pnp.bringUp(node)
             return node.problem == .failedAdd ? .failure(status) : .success(pdo)
@@ -189,7 +187,8 @@ extension PnPManager {
         forEachDevice(of: pdo) { $0.openState.store(DeviceObject.OpenState.started.rawValue, ordering: .sequentiallyConsistent) }
         // The capabilities as they came back up the stack: the policy owner's S -> D map.
         node.capabilities = io.sendPnP(.queryCapabilities, to: pdo.topOfStack).1.capabilities
-        _ = io.sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
+        let (stateStatus, state) = io.sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
+        if stateStatus.isSuccess { node.deviceState = state.deviceState }
         enumerate(node)
         let s = io.systemPowerState
         if s != .working {

@@ -61,6 +61,12 @@ public final class DeviceNode: @unchecked Sendable {
     /// What QUERY_CAPABILITIES answered after START, as it came back up the stack
     /// (DeviceState[] maps system to device power states).
     public internal(set) var capabilities = DeviceCapabilities()
+    /// What QUERY_DEVICE_TEXT answered (DeviceTextDescription), if anything.
+    public internal(set) var description: String?
+    /// What QUERY_BUS_INFORMATION answered, if anything.
+    public internal(set) var busInformation: BusInformation?
+    /// The last PNP_DEVICE_STATE the stack reported (DONT_DISPLAY_IN_UI 0x2, ...).
+    public internal(set) var deviceState: UInt32 = 0
     /// The node's PDO while it exists (the bus driver owns it).
     public internal(set) weak var pdo: DeviceObject?
 

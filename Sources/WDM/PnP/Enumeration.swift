@@ -61,20 +61,47 @@ extension PnPManager {
         }
     }
 
+    /// What the PnP manager asks a new PDO, in Windows' order: QUERY_ID DeviceID,
+    /// QUERY_CAPABILITIES, QUERY_ID InstanceID, HardwareIDs and CompatibleIDs,
+    /// QUERY_DEVICE_TEXT (the description) and QUERY_BUS_INFORMATION.
+    func identify(_ pdo: DeviceObject) -> Identity {
+        func ids(_ type: BusQueryIdType) -> [String] {
+            let (status, q) = io.sendPnP(.queryId, to: pdo) { $0.idType = type }
+            return status.isSuccess ? (q.ids ?? []) : []
+        }
+        var who = Identity()
+        who.deviceID = ids(.deviceID).first
+        lastCapabilities = io.sendPnP(.queryCapabilities, to: pdo).1.capabilities
+        who.instanceID = ids(.instanceID).first
+        who.hardwareIDs = ids(.hardwareIDs)
+        who.compatibleIDs = ids(.compatibleIDs)
+        let (textStatus, text) = io.sendPnP(.queryDeviceText, to: pdo) { $0.deviceTextType = 0 }
+        who.description = textStatus.isSuccess ? text.text : nil
+        let (busStatus, bus) = io.sendPnP(.queryBusInformation, to: pdo)
+        who.busInformation = busStatus.isSuccess ? bus.busInformation : nil
+        return who
+    }
+
+    struct Identity {
+        var deviceID: String?
+        var instanceID: String?
+        var hardwareIDs: [String] = []
+        var compatibleIDs: [String] = []
+        var description: String?
+        var busInformation: BusInformation?
+    }
+
     /// A new PDO a bus reported: its IDs, a driver, AddDevice, START.
     func enumerateChild(_ pdo: DeviceObject, parent: DeviceNode) {
         dirty = true
-        var ids: [BusQueryIdType: [String]] = [:]
-        for type in [BusQueryIdType.deviceID, .instanceID, .hardwareIDs, .compatibleIDs] {
-            let (status, q) = io.sendPnP(.queryId, to: pdo) { $0.idType = type }
-            ids[type] = status.isSuccess ? (q.ids ?? []) : []
-        }
-        let capabilities = io.sendPnP(.queryCapabilities, to: pdo).1.capabilities
-        let instance = ids[.instanceID]?.first ?? "child"
-        let node = DeviceNode(instanceName: instance, hardwareIDs: ids[.hardwareIDs] ?? [], compatibleIDs: ids[.compatibleIDs] ?? [],
+        let who = identify(pdo)
+        let instance = who.instanceID ?? "child"
+        let node = DeviceNode(instanceName: instance, hardwareIDs: who.hardwareIDs, compatibleIDs: who.compatibleIDs,
                               parameters: [:], pdo: pdo)
         node.parent = parent
-        node.capabilities = capabilities
+        node.capabilities = lastCapabilities
+        node.description = who.description
+        node.busInformation = who.busInformation
         pdo.deviceNode = node
         parent.children.append(node)
         guard let drivers = io.driverMatcher?(parent.drivers?.function, node.hardwareIDs, node.compatibleIDs) else {

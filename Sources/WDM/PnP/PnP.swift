@@ -47,6 +47,9 @@ public final class DeviceCapabilities: @unchecked Sendable {
     public var removable = false
     public var surpriseRemovalOK = false
     public var uniqueID = false
+    public var ejectSupported = false
+    /// `DeviceWake`: the lowest device state from which the device can wake the system (D1...).
+    public var deviceWake: UInt8 = 0
     /// `DeviceState[S0...S5]`: the device power state for each system state
     /// (root-enumerated devices: S0 -> D0, every other -> D3).
     public var deviceState: [UInt8] = [1, 4, 4, 4, 4, 4]
@@ -69,9 +72,56 @@ public final class PnPRequest: @unchecked Sendable {
     public var relations: [DeviceObject]?
     /// IoStatus.Information of QUERY_PNP_DEVICE_STATE: PNP_DEVICE_STATE bits.
     public var deviceState: UInt32 = 0
+    /// `Parameters.QueryDeviceText.DeviceTextType`: 0 DeviceTextDescription, 1 DeviceTextLocationInformation.
+    public var deviceTextType: UInt32 = 0
+    /// IoStatus.Information of QUERY_DEVICE_TEXT.
+    public var text: String?
+    /// IoStatus.Information of QUERY_BUS_INFORMATION (`PNP_BUS_INFORMATION`).
+    public var busInformation: BusInformation?
+    /// `Parameters.QueryInterface`: InterfaceType (a GUID), Size and Version asked.
+    public var interfaceType = ""
+    public var interfaceSize = 0
+    public var interfaceVersion = 0
+    /// What QUERY_INTERFACE answered: the interface (the provider referenced it).
+    public var interface: AnyObject?
     /// The device whose driver completed the IRP (who vetoed a QUERY_REMOVE).
     public internal(set) var completedBy: DeviceObject?
-    init() {}
+    public init() {}
+}
+
+/// `PNP_BUS_INFORMATION`.
+public struct BusInformation: Sendable, Equatable {
+    public var busTypeGuid: String
+    /// `INTERFACE_TYPE` (PNPBus = 15).
+    public var legacyBusType: UInt32
+    public var busNumber: UInt32
+    public init(busTypeGuid: String, legacyBusType: UInt32 = 15, busNumber: UInt32 = 0) {
+        self.busTypeGuid = busTypeGuid
+        self.legacyBusType = legacyBusType
+        self.busNumber = busNumber
+    }
+}
+
+extension IOManager {
+    /// A PnP IRP a driver builds and sends down its own stack (IRP_MN_QUERY_INTERFACE
+    /// to the device below, as the toaster asks its bus), waited for. It starts with
+    /// STATUS_NOT_SUPPORTED, as every PnP IRP does.
+    public func callPnP(_ minor: PnPMinor, to device: DeviceObject, _ configure: (PnPRequest) -> Void = { _ in }) -> (NTStatus, PnPRequest) {
+        sendPnP(minor, to: device, configure)
+    }
+
+    /// `IoInvalidateDeviceState(pdo)`: the stack's PNP_DEVICE_STATE changed; the PnP
+    /// manager sends IRP_MN_QUERY_PNP_DEVICE_STATE and records the answer.
+    public func invalidateDeviceState(_ pdo: DeviceObject) {
+        pnp.enqueue { [self] in
+            guard let node = pdo.deviceNode, pnp.isInTree(node), node.state == .started else { return }
+            let (status, answer) = sendPnP(.queryPnpDeviceState, to: pdo.topOfStack)
+            if status.isSuccess, node.deviceState != answer.deviceState {
+                node.deviceState = answer.deviceState
+                pnp.dirty = true
+            }
+        }
+    }
 }
 
 

@@ -82,6 +82,8 @@ public final class PnPManager: @unchecked Sendable {
     var awaitingClose: [DeviceNode] = []
     /// Something changed since the last snapshot.
     var dirty = true
+    /// The capabilities the last `identify` was answered.
+    var lastCapabilities = DeviceCapabilities()
 
     private let current = Mutex(TreeSnapshot.empty)
     /// Told after each publish what changed (set before the tree changes at run time).
@@ -195,6 +197,8 @@ public final class NodeView: @unchecked Sendable {
     }
     public var hardwareIDs: [String] { node.hardwareIDs }
     public var compatibleIDs: [String] { node.compatibleIDs }
+    /// What its bus said it is (QUERY_DEVICE_TEXT), if anything.
+    public var description: String? { node.description }
     /// Handles open on its stack now.
     public var handles: Int { node.handles.load(ordering: .relaxed) }
     /// The power policy owner's device power state now.
