@@ -445,21 +445,30 @@ extension TreeDescription {
             guard lower.count == lowerNames.count, upper.count == upperNames.count else { return nil }
             return (lower, function, upper)
         }
-        for (d, match) in zip(devices, functions) {
-            var parameters = d.settings
-            // The file name is the link (the name by default), never a setting's.
-            parameters["SymbolicLinkName"] = d.link ?? d.name
-            let function = try driver(match.name)
-            var lower: [DriverObject] = [], upper: [DriverObject] = []
-            // Bottom up: lower device filters, lower class filters, the function
-            // driver, upper device filters, upper class filters.
-            let cls = classes[match.className] ?? ClassFilters()
-            for f in d.lowerFilters + cls.lower { lower.append(try driver(f)) }
-            for f in d.upperFilters + cls.upper { upper.append(try driver(f)) }
-            try io.addRootDevice(
-                instanceName: d.name, hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs, parameters: parameters,
-                functionDriver: function, lowerFilters: lower, upperFilters: upper)
+        // One action of the PnP manager for the whole tree: it is published once.
+        let built: Result<Void, NTStatus> = io.changeTree {
+            do throws(NTStatus) {
+                for (d, match) in zip(devices, functions) {
+                    var parameters = d.settings
+                    // The file name is the link (the name by default), never a setting's.
+                    parameters["SymbolicLinkName"] = d.link ?? d.name
+                    let function = try driver(match.name)
+                    var lower: [DriverObject] = [], upper: [DriverObject] = []
+                    // Bottom up: lower device filters, lower class filters, the function
+                    // driver, upper device filters, upper class filters.
+                    let cls = classes[match.className] ?? ClassFilters()
+                    for f in d.lowerFilters + cls.lower { lower.append(try driver(f)) }
+                    for f in d.upperFilters + cls.upper { upper.append(try driver(f)) }
+                    try io.addRootDevice(
+                        instanceName: d.name, hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs, parameters: parameters,
+                        functionDriver: function, lowerFilters: lower, upperFilters: upper)
+                }
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
         }
+        try built.get()
     }
 
     /// Mode, owner and group per file name under the mount.

@@ -115,8 +115,8 @@ extension FuseBridge {
         // No worker ever waits for a driver (pending writes and ioctls no longer
         // hold the request's memory), so libfuse's default worker limits serve.
         let result = cfuse_session_loop_mt(se, maxThreads)
-        drain()
         (sink as? LibfuseSink)?.session = nil  // no new notification leaves
+        drain()
         if let lib = sink as? LibfuseSink, !lib.notificationsDone(within: 0.5), let connection {
             // A notification is stuck in the kernel behind a client's lookup that nobody
             // will answer now: abort the connection (every request still in the kernel
@@ -143,8 +143,12 @@ extension FuseBridge {
     }
 
     /// Aborts a FUSE connection (what `echo 1 > /sys/fs/fuse/connections/N/abort` does).
+    /// The fuse control file system is mounted there first if it is not (root only).
     static func abortConnection(_ n: String, log: (String) -> Void) {
         let path = "/sys/fs/fuse/connections/\(n)/abort"
+        if access(path, F_OK) != 0, geteuid() == 0 {
+            _ = Glibc.mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nil)
+        }
         let fd = Glibc.open(path, O_WRONLY)
         guard fd >= 0 else { return log("wdmfs: could not abort the FUSE connection (\(path): \(String(cString: strerror(Glibc.errno))))") }
         _ = "1".withCString { Glibc.write(fd, $0, 1) }
