@@ -492,25 +492,44 @@ extension IRPPacket {
 /// themselves (no array work per IRP). Packets are owned by `every` and never
 /// released while the I/O manager serves, which keeps a late cancel or
 /// completion (an IRP a driver kept) pointing at valid memory that the
-/// generation check then refuses.
+/// generation check then refuses. Every stack size is pooled: the table of
+/// lists starts with room for `initialSizes` and grows (under the lock, once
+/// per new depth) when a deeper stack frees its first packet, so the number of
+/// packets is bounded by how many are in flight at once, whatever the depth.
 final class IRPPool: @unchecked Sendable {
-    static let sizes = 17
-    private let lock = Mutex(())
-    private let heads: UnsafeMutablePointer<Unmanaged<IRPPacket>?> = {
-        let p = UnsafeMutablePointer<Unmanaged<IRPPacket>?>.allocate(capacity: IRPPool.sizes)
-        p.initialize(repeating: nil, count: IRPPool.sizes)
-        return p
-    }()
+    static let initialSizes = 17
+    /// The list heads, indexed by stack size (`capacity` of them).
+    struct Table {
+        var heads: UnsafeMutablePointer<Unmanaged<IRPPacket>?>
+        var capacity: Int
+
+        init(capacity: Int) {
+            heads = .allocate(capacity: capacity)
+            heads.initialize(repeating: nil, count: capacity)
+            self.capacity = capacity
+        }
+
+        /// Room for a list of packets with `stackSize` locations.
+        mutating func grow(toFit stackSize: Int) {
+            let n = max(stackSize + 1, capacity * 2)
+            let bigger = UnsafeMutablePointer<Unmanaged<IRPPacket>?>.allocate(capacity: n)
+            bigger.moveInitialize(from: heads, count: capacity)
+            (bigger + capacity).initialize(repeating: nil, count: n - capacity)
+            heads.deallocate()
+            heads = bigger
+            capacity = n
+        }
+    }
+    private let free = Mutex(Table(capacity: IRPPool.initialSizes))
     private let every = Mutex<[IRPPacket]>([])
 
-    deinit { heads.deallocate() }
+    deinit { free.withLock { $0.heads.deallocate() } }
 
     @inline(__always)
     func take(stackSize: Int) -> IRPPacket? {
-        guard stackSize < IRPPool.sizes else { return nil }
-        let p: Unmanaged<IRPPacket>? = lock.withLock { _ in
-            guard let h = heads[stackSize] else { return nil }
-            heads[stackSize] = h._withUnsafeGuaranteedRef { $0.nextFree }
+        let p: Unmanaged<IRPPacket>? = free.withLock { t in
+            guard stackSize < t.capacity, let h = t.heads[stackSize] else { return nil }
+            t.heads[stackSize] = h._withUnsafeGuaranteedRef { $0.nextFree }
             return h
         }
         return p?.takeUnretainedValue()
@@ -524,11 +543,12 @@ final class IRPPool: @unchecked Sendable {
 
     @inline(__always)
     func put(_ p: IRPPacket) {
-        guard p.stackCount < IRPPool.sizes else { return }
         let u = Unmanaged.passUnretained(p)
-        lock.withLock { _ in
-            p.nextFree = heads[p.stackCount]
-            heads[p.stackCount] = u
+        let size = p.stackCount
+        free.withLock { t in
+            if size >= t.capacity { t.grow(toFit: size) }
+            p.nextFree = t.heads[size]
+            t.heads[size] = u
         }
     }
 
@@ -537,14 +557,14 @@ final class IRPPool: @unchecked Sendable {
     /// Forgets the free packets (at unload); packets still with drivers stay known.
     func drain() {
         var free = Set<ObjectIdentifier>()
-        lock.withLock { _ in
-            for i in 0..<IRPPool.sizes {
-                var h = heads[i]
+        self.free.withLock { t in
+            for i in 0..<t.capacity {
+                var h = t.heads[i]
                 while let u = h {
                     free.insert(ObjectIdentifier(u.takeUnretainedValue()))
                     h = u.takeUnretainedValue().nextFree
                 }
-                heads[i] = nil
+                t.heads[i] = nil
             }
         }
         every.withLock { $0.removeAll { free.contains(ObjectIdentifier($0)) } }
