@@ -261,8 +261,11 @@ public final class IOManager: @unchecked Sendable {
             counters.pended.add(1, ordering: .relaxed)
             return .pending
         }
+        // Read before delivering: `deliver` frees the packet (unless the caller waits
+        // for it), and another thread may take it from the pool at once.
+        let final = p.ioStatus.status
         deliver(irp, asynchronously: false)
-        return p.ioStatus.status
+        return final
     }
 
     /// Submits and waits: the IRP is completed when this returns, unless the host
