@@ -523,8 +523,10 @@ final class IRPPool: @unchecked Sendable {
             capacity = n
         }
     }
-    private let free = Mutex(Table(capacity: IRPPool.initialSizes))
-    private let every = Mutex<[IRPPacket]>([])
+    // Handoff mutexes: a packet goes to the pool on one thread and out of it on
+    // another, and TSan must see that the second comes after the first.
+    private let free = HandoffMutex(Table(capacity: IRPPool.initialSizes))
+    private let every = HandoffMutex<[IRPPacket]>([])
 
     deinit { free.withLock { $0.heads.deallocate() } }
 
