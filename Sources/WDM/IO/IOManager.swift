@@ -224,8 +224,11 @@ public final class IOManager: @unchecked Sendable {
         }
         return observers._withUnsafeGuaranteedRef { chain in
             chain.callingDriver(device, irp, location: location)
+            // Read while this thread still owns the IRP: once the routine returned
+            // STATUS_PENDING, the verifier must not read the locations.
+            let major = p.locations[location - 1].majorFunction, minor = p.locations[location - 1].minorFunction
             let status = routine.map { $0(device, irp) } ?? invalidRequest(irp)
-            chain.driverReturned(device, irp, location: location, status: status)
+            chain.driverReturned(device, irp, location: location, status: status, major: major, minor: minor)
             return status
         }
     }
@@ -342,7 +345,9 @@ public final class IOManager: @unchecked Sendable {
             p.locations[i].completionRoutine = nil
             p.locations[i].context = nil
             p.locations[i].completedStatus = p.ioStatus.status
-            p.currentLocation += 1
+            // Releasing: a dispatching thread that sees the walk past this location
+            // (the verifier, after the routine returned) also sees completedStatus.
+            p.location.store(i + 2, ordering: .releasing)
             p.pendingReturned = control.contains(.pendingReturned)
             let status = p.ioStatus.status
             let above = p.currentLocation <= p.stackCount ? p.locations[p.currentLocation - 1].deviceObject : nil
@@ -368,15 +373,18 @@ public final class IOManager: @unchecked Sendable {
                 }
             } else if p.pendingReturned, p.currentLocation <= p.stackCount {
                 p.locations[p.currentLocation - 1].control.insert(.pendingReturned)
+                p.notePending(.marked, at: p.currentLocation - 1, generation: g)
             }
         }
+        // Sequentially consistent: the verifier's pending check pairs this store with
+        // its reads of the locations' pending notes (see VerifierRules).
         let (finished, _) = p.state.compareExchange(
-            expected: IRPPacket.word(g, .walking), desired: IRPPacket.word(g, .completed), ordering: .acquiringAndReleasing)
+            expected: IRPPacket.word(g, .walking), desired: IRPPacket.word(g, .completed), ordering: .sequentiallyConsistent)
         if !finished {
             // Completed again while the walk ran, and no routine asked for it back.
             verifier.report(.completedTwice, irp: irp)
             p.queuedStatus = nil
-            p.state.store(IRPPacket.word(g, .completed), ordering: .releasing)
+            p.state.store(IRPPacket.word(g, .completed), ordering: .sequentiallyConsistent)
         }
         counters.completed.add(1, ordering: .relaxed)
         copyBackBounceBuffer(p)
