@@ -41,9 +41,10 @@ import Testing
         #expect(depth == 18)  // PDO, FDO, 16 filters
         let file = try io.open("dev", access: .readData)
         let before = io.pool.all.count
-        var byte: UInt8 = 0
+        let byte = UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 1)
+        defer { byte.deallocate() }
         for _ in 0..<5000 {
-            let result = io.call(.read(buffer: &byte, length: 1, offset: 0), on: file)
+            let result = io.call(.read(buffer: byte, length: 1, offset: 0), on: file)
             #expect(result.status == .success)
         }
         // Each read allocates and frees one packet of the stack's depth: the next
