@@ -32,7 +32,7 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     @exclusivity(unchecked) var nonBlocking = false
     @exclusivity(unchecked) var armed = false
     /// The IRP, while it pends (for cancels).
-    let pendingIrp = Mutex<IRP?>(nil)
+    let pendingIrp = HandoffMutex<IRP?>(nil)
     /// Bumped each time the object serves a new request: late interrupt work for
     /// an earlier request finds a different serial and does nothing.
     let serial = Atomic<UInt64>(0)
@@ -136,8 +136,8 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
 
 /// The pool of request objects, and the list of all of them (for shutdown).
 final class RequestPool: @unchecked Sendable {
-    private let free = Mutex<[PendingFuseRequest]>([])
-    private let every = Mutex<[PendingFuseRequest]>([])
+    private let free = HandoffMutex<[PendingFuseRequest]>([])
+    private let every = HandoffMutex<[PendingFuseRequest]>([])
 
     @inline(__always)
     func take(_ bridge: FuseBridge) -> PendingFuseRequest {

@@ -332,7 +332,7 @@ public final class IRPPacket: @unchecked Sendable {
         var routine: CancelRoutine?
     }
     /// The cancel routine, changed under this lock (checked against the generation).
-    let cancelState = Mutex(CancelState())
+    let cancelState = HandoffMutex(CancelState())
     /// `Irp->Cancel` for generation g is `cancelledGeneration == g`: a new generation
     /// starts uncancelled without touching it.
     let cancelledGeneration = Atomic<UInt32>(0)

@@ -101,7 +101,7 @@ public final class Verifier: @unchecked Sendable {
     /// Names drivers a stale IRP report refers to by identity.
     nonisolated(unsafe) var driverNames: (@Sendable (ObjectIdentifier) -> String?)?
 
-    private let log = Mutex<[Violation]>([])
+    private let log = HandoffMutex<[Violation]>([])
     private let total = Atomic<Int>(0)
     /// Called for every violation (the daemon logs them). Set before I/O starts.
     public nonisolated(unsafe) var onViolation: (@Sendable (Violation) -> Void)?
