@@ -5,6 +5,9 @@
 # Ends with one line "N passed, N failed, N skipped"; exits non-zero if anything
 # failed. A failed build, a stage that could not run and a missing tool each
 # count as a failure; skipped tests are counted apart, never as passes.
+# Between the in-process and the mounted stages, the in-process tests run again
+# under AddressSanitizer and under ThreadSanitizer (one result each; a report
+# fails the stage): WDMFS_SKIP_ASAN=1 or WDMFS_SKIP_TSAN=1 leaves one out.
 set -u
 set -o pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +65,21 @@ if [ -z "${WDMFS_SKIP_ASAN:-}" ] && [ -d Sources/WDM ]; then
         stage_result 0 1 0 0
     else
         grep -E 'ERROR: |SUMMARY: |^✘' "$log" | head -n 20
+        stage_result "$rc" 0 1 0
+    fi
+fi
+
+if [ -z "${WDMFS_SKIP_TSAN:-}" ] && [ -d Sources/WDM ]; then
+    echo "== swift test --sanitize=thread (data races; one result)"
+    # The suppressions file lists the races TSan cannot see are ordered, each with the reason.
+    TSAN_OPTIONS="suppressions=$PWD/mount-scripts/tsan-suppressions.txt" \
+        swift test --sanitize=thread --scratch-path .build-tsan >"$log" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ] && ! grep -q 'WARNING: ThreadSanitizer' "$log"; then
+        echo "ok: no data race"
+        stage_result 0 1 0 0
+    else
+        grep -E 'WARNING: ThreadSanitizer|SUMMARY: ThreadSanitizer|^✘' "$log" | head -n 20
         stage_result "$rc" 0 1 0
     fi
 fi

@@ -5,7 +5,12 @@
 //
 // Who answers: exactly one of the completing thread, the interrupt timeout
 // (EINTR after a signal, when the driver ignored the cancel) or the shutdown
-// drain (ENODEV) claims the reply; the others find it claimed.
+// drain (ENODEV) claims the reply; the others find it claimed. A claim names
+// the request it is for (the object's serial), so late interrupt or timeout
+// work for an earlier request can never claim, or cancel the IRP of, the
+// request the object serves now. An object whose reply was claimed by anyone
+// but the completing thread is retired instead of reused when its IRP comes
+// back: the claimer may still be answering from it.
 
 import Dispatch
 import Glibc
@@ -17,7 +22,12 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
 
     unowned(unsafe) let bridge: FuseBridge
     @exclusivity(unchecked) var reply: FuseReply?
-    let claimed = Atomic<Bool>(true)
+    /// The request the object serves (its serial, bumped for each new one) and
+    /// whether its reply is claimed: serial << 2 | `answered` | `answeredElsewhere`.
+    let ticket = Atomic<UInt64>(PendingFuseRequest.answered)
+    static let answered: UInt64 = 1
+    /// Claimed by the timeout or the shutdown drain, not by the completing thread.
+    static let answeredElsewhere: UInt64 = 2
     @exclusivity(unchecked) var req: FuseRequestHandle = nil
     @exclusivity(unchecked) var kind = Kind.read
     /// A read's length, a write's length, an ioctl's output length.
@@ -31,15 +41,15 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     @exclusivity(unchecked) var envelopeData: UnsafeMutableRawPointer?
     @exclusivity(unchecked) var nonBlocking = false
     @exclusivity(unchecked) var armed = false
-    /// The IRP, while it pends (for cancels).
-    let pendingIrp = Mutex<IRP?>(nil)
-    /// Bumped each time the object serves a new request: late interrupt work for
-    /// an earlier request finds a different serial and does nothing.
-    let serial = Atomic<UInt64>(0)
+    /// The IRP while it pends (for cancels), with the serial of the request it serves.
+    let pendingIrp = HandoffMutex<(serial: UInt64, irp: IRP)?>(nil)
     /// In flight: handed to the I/O manager and not yet back.
     let busy = Atomic<Bool>(false)
 
     init(bridge: FuseBridge) { self.bridge = bridge }
+
+    /// The serial of the request the object serves now.
+    var serial: UInt64 { ticket.load(ordering: .acquiring) >> 2 }
 
     /// Starts serving `req`.
     @inline(__always)
@@ -54,19 +64,22 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
         self.outputOffset = 0
         self.envelopeData = nil
         busy.store(true, ordering: .relaxed)
-        claimed.store(false, ordering: .releasing)
+        // Unanswered, same serial (`finish` moved it on).
+        ticket.store(serial << 2, ordering: .releasing)
     }
 
-    /// The reply, for whoever answers first; nil once answered.
+    /// The reply of request `s`, for whoever answers it first; nil once answered
+    /// (or if the object serves another request now).
     @inline(__always)
-    func claim() -> FuseReply? {
-        guard !claimed.exchange(true, ordering: .acquiringAndReleasing) else { return nil }
+    func claim(serial s: UInt64, elsewhere: Bool) -> FuseReply? {
+        let claimed = s << 2 | Self.answered | (elsewhere ? Self.answeredElsewhere : 0)
+        guard ticket.compareExchange(expected: s << 2, desired: claimed, ordering: .acquiringAndReleasing).exchanged else { return nil }
         if armed { bridge.sink.disarmInterrupt(req) }
         return reply.take()
     }
 
-    /// True while the request is unanswered.
-    var isUnanswered: Bool { !claimed.load(ordering: .acquiring) }
+    /// True while request `s` is unanswered.
+    func isUnanswered(serial s: UInt64) -> Bool { ticket.load(ordering: .acquiring) == s << 2 }
 
     // MARK: - IRPRequester
 
@@ -74,54 +87,64 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     /// caller cancels it, and the caller is answered within a bounded time even if
     /// the driver ignores the cancel.
     public func irpPending(_ irp: IRP) {
-        pendingIrp.withLock { $0 = irp }
+        let s = serial
+        pendingIrp.withLock { $0 = (s, irp) }
         armed = true
         bridge.sink.armInterrupt(req, self)
         if nonBlocking {
             // O_NONBLOCK: a request that would wait is called back at once; its
             // STATUS_CANCELLED becomes EAGAIN. (Data that won the race is still delivered.)
             irp.cancelIrp(reportingStale: false)
-            scheduleTimeout(serial: serial.load(ordering: .relaxed))
+            scheduleTimeout(serial: s, nonBlocking: true)
         }
     }
 
     public func irpCompleted(_ irp: IRP) {
-        if let reply = claim() {
+        if let reply = claim(serial: serial, elsewhere: false) {
             bridge.answer(reply, self, irp)
         }
         finish()
     }
 
-    /// Back to the pool.
+    /// Back to the pool, or retired if someone else answered (and may still be at it).
     private func finish() {
         if kind == .read, let buffer { bridge.buffers.put(buffer, size: size) }
         buffer = nil
         pendingIrp.withLock { $0 = nil }
-        serial.add(1, ordering: .relaxed)
+        let w = ticket.load(ordering: .acquiring)
+        // The next serial, answered until `begin`: late work for this request finds
+        // another serial and does nothing.
+        ticket.store(((w >> 2) &+ 1) << 2 | Self.answered, ordering: .releasing)
         busy.store(false, ordering: .releasing)
-        bridge.requests.put(self)
+        if w & Self.answeredElsewhere != 0 {
+            bridge.requests.retire(self)
+        } else {
+            bridge.requests.put(self)
+        }
     }
 
     // MARK: - Interrupts and timeouts
 
     /// FUSE_INTERRUPT (called with libfuse's request lock held): cancel elsewhere.
     func interrupted() {
-        let s = serial.load(ordering: .acquiring)
+        let s = serial
+        let nonBlocking = self.nonBlocking
         DispatchQueue.global().async { [self] in
-            guard serial.load(ordering: .acquiring) == s, isUnanswered else { return }
-            pendingIrp.withLock { $0 }?.cancelIrp(reportingStale: false)
-            scheduleTimeout(serial: s)
+            guard isUnanswered(serial: s) else { return }
+            pendingIrp.withLock { $0?.serial == s ? $0?.irp : nil }?.cancelIrp(reportingStale: false)
+            scheduleTimeout(serial: s, nonBlocking: nonBlocking)
         }
     }
 
-    /// If the IRP is still not completed `cancelGrace` seconds from now, the caller
-    /// is answered anyway (EINTR, or EAGAIN for O_NONBLOCK) and the verifier
-    /// reports the IRP. The driver keeps the IRP; its late completion answers nothing.
-    private func scheduleTimeout(serial s: UInt64) {
-        DispatchQueue.global().asyncAfter(deadline: .now() + bridge.cancelGrace) { [self] in
-            guard serial.load(ordering: .acquiring) == s, let reply = claim() else { return }
-            if let irp = pendingIrp.withLock({ $0 }) {
-                bridge.io.verifier.report(.neverCompleted, irp: irp, detail: "not completed \(bridge.cancelGrace) s after IoCancelIrp; the caller was answered")
+    /// If request `s`'s IRP is still not completed `cancelGrace` seconds from now,
+    /// the caller is answered anyway (EINTR, or EAGAIN for O_NONBLOCK) and the
+    /// verifier reports the IRP. The driver keeps the IRP; its late completion answers nothing.
+    private func scheduleTimeout(serial s: UInt64, nonBlocking: Bool) {
+        let grace = bridge.cancelGrace
+        DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in
+            guard let reply = claim(serial: s, elsewhere: true) else { return }
+            if let irp = pendingIrp.withLock({ $0?.serial == s ? $0?.irp : nil }) {
+                bridge.io.verifier.report(.neverCompleted, irp: irp, detail: "not completed \(grace) s after IoCancelIrp; the caller was answered")
             }
             reply.error(nonBlocking ? EAGAIN : EINTR)
         }
@@ -129,15 +152,15 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
 
     /// At shutdown: answer a request the drivers never completed.
     func answerAtShutdown() {
-        guard busy.load(ordering: .acquiring), let reply = claim() else { return }
+        guard busy.load(ordering: .acquiring), let reply = claim(serial: serial, elsewhere: true) else { return }
         reply.error(ENODEV)
     }
 }
 
 /// The pool of request objects, and the list of all of them (for shutdown).
 final class RequestPool: @unchecked Sendable {
-    private let free = Mutex<[PendingFuseRequest]>([])
-    private let every = Mutex<[PendingFuseRequest]>([])
+    private let free = HandoffMutex<[PendingFuseRequest]>([])
+    private let every = HandoffMutex<[PendingFuseRequest]>([])
 
     @inline(__always)
     func take(_ bridge: FuseBridge) -> PendingFuseRequest {
@@ -149,6 +172,10 @@ final class RequestPool: @unchecked Sendable {
 
     @inline(__always)
     func put(_ r: PendingFuseRequest) { free.withLock { $0.append(r) } }
+
+    /// Forgets an object for good (its reply was answered by a timeout or the
+    /// shutdown drain, which may still hold it): the pool makes a new one instead.
+    func retire(_ r: PendingFuseRequest) { every.withLock { $0.removeAll { $0 === r } } }
 
     var all: [PendingFuseRequest] { every.withLock { $0 } }
 

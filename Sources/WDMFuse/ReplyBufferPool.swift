@@ -11,7 +11,7 @@ import WDM
 final class ReplyBufferPool: @unchecked Sendable {
     /// Size classes: 4 KiB << k, up to 4 MiB.
     private static let classes = 11
-    private let free = Mutex<[[UInt]]>(Array(repeating: [], count: classes))
+    private let free = HandoffMutex<[[UInt]]>(Array(repeating: [], count: classes))
     let checked: Bool
     unowned let verifier: Verifier
 

@@ -20,7 +20,7 @@ final class FakeSink: ReplySink, @unchecked Sendable {
     enum Reply: Equatable {
         case error(Int32), data([UInt8]), written(Int), ioctl([UInt8]), open, poll(UInt32), attr(stat_size: Int, mode: UInt32), entry
     }
-    private let state = Mutex<(replies: [Int: [Reply]], armed: [Int: PendingFuseRequest], dropped: Int, invalidated: [String])>(([:], [:], 0, []))
+    private let state = HandoffMutex<(replies: [Int: [Reply]], armed: [Int: PendingFuseRequest], dropped: Int, invalidated: [String])>(([:], [:], 0, []))
     private let arrived = DispatchSemaphore(value: 0)
 
     static func id(_ req: FuseRequestHandle) -> Int { Int(bitPattern: UnsafeRawPointer(req)) }

@@ -28,9 +28,11 @@ import Testing
             let status = device.callLower(irp)
             // The lower driver pends and completes on another thread.
             if status == .pending { ready.wait() } else { ready.wait() }
+            // Marked before completing: once completed the IRP is not this driver's
+            // (the walk picks it up on the other thread at once).
+            irp.markPending()
             irp.complete(.success, information: 7)
             events.add("second completion returned")
-            irp.markPending()
             return .pending
         }
         let fdo: DispatchRoutine = { _, irp in

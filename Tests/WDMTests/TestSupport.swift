@@ -7,7 +7,7 @@ import Synchronization
 
 /// A thread-safe list of events.
 final class Recorder: Sendable {
-    private let items = Mutex<[String]>([])
+    private let items = HandoffMutex<[String]>([])
     func add(_ s: String) { items.withLock { $0.append(s) } }
     var all: [String] { items.withLock { $0 } }
 }

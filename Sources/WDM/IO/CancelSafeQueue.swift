@@ -7,7 +7,7 @@ import Synchronization
 
 /// A cancel-safe IRP queue (`IO_CSQ`).
 public final class CancelSafeQueue: @unchecked Sendable {
-    private let items = Mutex<[IRP]>([])
+    private let items = HandoffMutex<[IRP]>([])
 
     public init() {
         items.withLock { $0.reserveCapacity(16) }

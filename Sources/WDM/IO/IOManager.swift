@@ -224,8 +224,11 @@ public final class IOManager: @unchecked Sendable {
         }
         return observers._withUnsafeGuaranteedRef { chain in
             chain.callingDriver(device, irp, location: location)
+            // Read while this thread still owns the IRP: once the routine returned
+            // STATUS_PENDING, the verifier must not read the locations.
+            let major = p.locations[location - 1].majorFunction, minor = p.locations[location - 1].minorFunction
             let status = routine.map { $0(device, irp) } ?? invalidRequest(irp)
-            chain.driverReturned(device, irp, location: location, status: status)
+            chain.driverReturned(device, irp, location: location, status: status, major: major, minor: minor)
             return status
         }
     }
@@ -261,8 +264,11 @@ public final class IOManager: @unchecked Sendable {
             counters.pended.add(1, ordering: .relaxed)
             return .pending
         }
+        // Read before delivering: `deliver` frees the packet (unless the caller waits
+        // for it), and another thread may take it from the pool at once.
+        let final = p.ioStatus.status
         deliver(irp, asynchronously: false)
-        return p.ioStatus.status
+        return final
     }
 
     /// Submits and waits: the IRP is completed when this returns, unless the host
@@ -346,7 +352,9 @@ public final class IOManager: @unchecked Sendable {
             p.locations[i].completionRoutine = nil
             p.locations[i].context = nil
             p.locations[i].completedStatus = p.ioStatus.status
-            p.currentLocation += 1
+            // Releasing: a dispatching thread that sees the walk past this location
+            // (the verifier, after the routine returned) also sees completedStatus.
+            p.location.store(i + 2, ordering: .releasing)
             p.pendingReturned = control.contains(.pendingReturned)
             let status = p.ioStatus.status
             let above = p.currentLocation <= p.stackCount ? p.locations[p.currentLocation - 1].deviceObject : nil
@@ -372,15 +380,18 @@ public final class IOManager: @unchecked Sendable {
                 }
             } else if p.pendingReturned, p.currentLocation <= p.stackCount {
                 p.locations[p.currentLocation - 1].control.insert(.pendingReturned)
+                p.notePending(.marked, at: p.currentLocation - 1, generation: g)
             }
         }
+        // Sequentially consistent: the verifier's pending check pairs this store with
+        // its reads of the locations' pending notes (see VerifierRules).
         let (finished, _) = p.state.compareExchange(
-            expected: IRPPacket.word(g, .walking), desired: IRPPacket.word(g, .completed), ordering: .acquiringAndReleasing)
+            expected: IRPPacket.word(g, .walking), desired: IRPPacket.word(g, .completed), ordering: .sequentiallyConsistent)
         if !finished {
             // Completed again while the walk ran, and no routine asked for it back.
             verifier.report(.completedTwice, irp: irp)
             p.queuedStatus = nil
-            p.state.store(IRPPacket.word(g, .completed), ordering: .releasing)
+            p.state.store(IRPPacket.word(g, .completed), ordering: .sequentiallyConsistent)
         }
         counters.completed.add(1, ordering: .relaxed)
         copyBackBounceBuffer(p)
@@ -499,25 +510,46 @@ extension IRPPacket {
 /// themselves (no array work per IRP). Packets are owned by `every` and never
 /// released while the I/O manager serves, which keeps a late cancel or
 /// completion (an IRP a driver kept) pointing at valid memory that the
-/// generation check then refuses.
+/// generation check then refuses. Every stack size is pooled: the table of
+/// lists starts with room for `initialSizes` and grows (under the lock, once
+/// per new depth) when a deeper stack frees its first packet, so the number of
+/// packets is bounded by how many are in flight at once, whatever the depth.
 final class IRPPool: @unchecked Sendable {
-    static let sizes = 17
-    private let lock = Mutex(())
-    private let heads: UnsafeMutablePointer<Unmanaged<IRPPacket>?> = {
-        let p = UnsafeMutablePointer<Unmanaged<IRPPacket>?>.allocate(capacity: IRPPool.sizes)
-        p.initialize(repeating: nil, count: IRPPool.sizes)
-        return p
-    }()
-    private let every = Mutex<[IRPPacket]>([])
+    static let initialSizes = 17
+    /// The list heads, indexed by stack size (`capacity` of them).
+    struct Table {
+        var heads: UnsafeMutablePointer<Unmanaged<IRPPacket>?>
+        var capacity: Int
 
-    deinit { heads.deallocate() }
+        init(capacity: Int) {
+            heads = .allocate(capacity: capacity)
+            heads.initialize(repeating: nil, count: capacity)
+            self.capacity = capacity
+        }
+
+        /// Room for a list of packets with `stackSize` locations.
+        mutating func grow(toFit stackSize: Int) {
+            let n = max(stackSize + 1, capacity * 2)
+            let bigger = UnsafeMutablePointer<Unmanaged<IRPPacket>?>.allocate(capacity: n)
+            bigger.moveInitialize(from: heads, count: capacity)
+            (bigger + capacity).initialize(repeating: nil, count: n - capacity)
+            heads.deallocate()
+            heads = bigger
+            capacity = n
+        }
+    }
+    // Handoff mutexes: a packet goes to the pool on one thread and out of it on
+    // another, and TSan must see that the second comes after the first.
+    private let free = HandoffMutex(Table(capacity: IRPPool.initialSizes))
+    private let every = HandoffMutex<[IRPPacket]>([])
+
+    deinit { free.withLock { $0.heads.deallocate() } }
 
     @inline(__always)
     func take(stackSize: Int) -> IRPPacket? {
-        guard stackSize < IRPPool.sizes else { return nil }
-        let p: Unmanaged<IRPPacket>? = lock.withLock { _ in
-            guard let h = heads[stackSize] else { return nil }
-            heads[stackSize] = h._withUnsafeGuaranteedRef { $0.nextFree }
+        let p: Unmanaged<IRPPacket>? = free.withLock { t in
+            guard stackSize < t.capacity, let h = t.heads[stackSize] else { return nil }
+            t.heads[stackSize] = h._withUnsafeGuaranteedRef { $0.nextFree }
             return h
         }
         return p?.takeUnretainedValue()
@@ -531,11 +563,12 @@ final class IRPPool: @unchecked Sendable {
 
     @inline(__always)
     func put(_ p: IRPPacket) {
-        guard p.stackCount < IRPPool.sizes else { return }
         let u = Unmanaged.passUnretained(p)
-        lock.withLock { _ in
-            p.nextFree = heads[p.stackCount]
-            heads[p.stackCount] = u
+        let size = p.stackCount
+        free.withLock { t in
+            if size >= t.capacity { t.grow(toFit: size) }
+            p.nextFree = t.heads[size]
+            t.heads[size] = u
         }
     }
 
@@ -544,14 +577,14 @@ final class IRPPool: @unchecked Sendable {
     /// Forgets the free packets (at unload); packets still with drivers stay known.
     func drain() {
         var free = Set<ObjectIdentifier>()
-        lock.withLock { _ in
-            for i in 0..<IRPPool.sizes {
-                var h = heads[i]
+        self.free.withLock { t in
+            for i in 0..<t.capacity {
+                var h = t.heads[i]
                 while let u = h {
                     free.insert(ObjectIdentifier(u.takeUnretainedValue()))
                     h = u.takeUnretainedValue().nextFree
                 }
-                heads[i] = nil
+                t.heads[i] = nil
             }
         }
         every.withLock { $0.removeAll { free.contains(ObjectIdentifier($0)) } }

@@ -33,9 +33,6 @@ public struct IOStackLocation: @unchecked Sendable {
     /// this location's driver saw as the result; the verifier compares it with
     /// what the driver returned).
     public internal(set) var completedStatus: NTStatus = .success
-    /// The verifier's note: this location's driver returned STATUS_PENDING before
-    /// the location was marked; it must be marked by the time the walk passes it.
-    var returnedPendingUnmarked = false
 
     public init() {}
 

@@ -146,6 +146,7 @@ public struct IRP: @unchecked Sendable, Equatable {
         p.locations[next].minorFunction = p.locations[cur].minorFunction
         p.locations[next].flags = p.locations[cur].flags
         p.locations[next].control = []
+        p.clearPendingNote(at: next, generation: generation)  // what the verifier knows of `control`
         p.locations[next].parameters = p.locations[cur].parameters
         p.locations[next].fileObject = p.locations[cur].fileObject
         if p.locations[next].completionRoutine != nil { p.locations[next].completionRoutine = nil }
@@ -184,7 +185,9 @@ public struct IRP: @unchecked Sendable, Equatable {
             p.ioManager.verifier.report(.staleIrpUsed, irp: self)
             return
         }
-        p.locations[p.currentLocation - 1].control.insert(.pendingReturned)
+        let i = p.currentLocation - 1
+        p.locations[i].control.insert(.pendingReturned)
+        p.notePending(.marked, at: i, generation: generation)
         if p.borrowed { p.ioManager.relocateBorrowedMemory(p) }
     }
 
@@ -273,7 +276,15 @@ public struct IRP: @unchecked Sendable, Equatable {
 /// The pooled packet behind an `IRP`. Only the I/O manager touches it directly.
 public final class IRPPacket: @unchecked Sendable {
     @usableFromInline let stackCount: Int
-    @exclusivity(unchecked) @usableFromInline var currentLocation: Int
+    /// `CurrentLocation`. Changed only by the IRP's owner, but an atomic: after a
+    /// dispatch routine returned, the verifier on the dispatching thread reads how
+    /// far a completion running elsewhere got (the walk publishes each step with a
+    /// releasing store). Relaxed everywhere else: a plain load or store.
+    @usableFromInline let location: Atomic<Int>
+    @inlinable var currentLocation: Int {
+        @inline(__always) get { location.load(ordering: .relaxed) }
+        @inline(__always) set { location.store(newValue, ordering: .relaxed) }
+    }
     /// The stack locations, allocated once for the packet's life: a plain buffer,
     /// so touching a location costs no uniqueness check.
     @usableFromInline let locations: UnsafeMutablePointer<IOStackLocation>
@@ -321,7 +332,7 @@ public final class IRPPacket: @unchecked Sendable {
         var routine: CancelRoutine?
     }
     /// The cancel routine, changed under this lock (checked against the generation).
-    let cancelState = Mutex(CancelState())
+    let cancelState = HandoffMutex(CancelState())
     /// `Irp->Cancel` for generation g is `cancelledGeneration == g`: a new generation
     /// starts uncancelled without touching it.
     let cancelledGeneration = Atomic<UInt32>(0)
@@ -358,11 +369,32 @@ public final class IRPPacket: @unchecked Sendable {
     let dispatchState = Atomic<UInt8>(0)
     let done = DispatchSemaphore(value: 0)
 
+    /// What the pending rules need from both the dispatching thread and the thread
+    /// that completes the IRP, one word per location: the generation (high bits)
+    /// and `PendingNote` flags (low byte). The dispatching thread stops owning the
+    /// IRP when its routine returns STATUS_PENDING, so what it learns then (and what
+    /// the completing thread tells it) goes through these atomics, never through
+    /// the locations. A word of another generation counts as no flags: nothing is
+    /// cleared when the packet is reused.
+    let pendingNotes: UnsafeMutablePointer<Atomic<UInt64>>
+
+    struct PendingNote: OptionSet {
+        let rawValue: UInt8
+        /// IoMarkIrpPending on this location (by its driver, or by the walk passing SL_PENDING_RETURNED up).
+        static let marked = PendingNote(rawValue: 1)
+        /// Its dispatch routine returned STATUS_PENDING.
+        static let returnedPending = PendingNote(rawValue: 2)
+        /// The verifier has checked it: the thread that sets this reports, the other does not.
+        static let checked = PendingNote(rawValue: 4)
+    }
+
     init(stackCount: Int, ioManager: IOManager) {
         self.stackCount = stackCount
-        self.currentLocation = stackCount + 1
+        self.location = Atomic(stackCount + 1)
         self.locations = .allocate(capacity: max(stackCount, 1))
         self.locations.initialize(repeating: IOStackLocation(), count: stackCount)
+        self.pendingNotes = .allocate(capacity: max(stackCount, 1))
+        for i in 0..<stackCount { (pendingNotes + i).initialize(to: Atomic(0)) }
         self.ioManager = ioManager
         self.manager = Unmanaged.passUnretained(ioManager)
     }
@@ -370,7 +402,46 @@ public final class IRPPacket: @unchecked Sendable {
     deinit {
         locations.deinitialize(count: stackCount)
         locations.deallocate()
+        pendingNotes.deinitialize(count: stackCount)
+        pendingNotes.deallocate()
         retired.deallocate()
+    }
+
+    /// Adds `note` to location `index`'s word for generation `g` and returns what it
+    /// held for `g` before; nil if the packet no longer serves generation `g` (then
+    /// nothing is written: the word may belong to the next request).
+    @discardableResult
+    func notePending(_ note: PendingNote, at index: Int, generation g: UInt32) -> PendingNote? {
+        let word = pendingNotes + index
+        var old = word.pointee.load(ordering: .relaxed)
+        while true {
+            let had: PendingNote
+            if UInt32(truncatingIfNeeded: old >> 8) == g {
+                had = PendingNote(rawValue: UInt8(truncatingIfNeeded: old))
+            } else {
+                // Left by an earlier generation, or the packet moved on to a later one.
+                guard generation == g else { return nil }
+                had = []
+            }
+            let new = UInt64(g) << 8 | UInt64(had.union(note).rawValue)
+            if new == old { return had }
+            // Sequentially consistent: see VerifierRules (a store then a load on each side).
+            let (ok, seen) = word.pointee.compareExchange(expected: old, desired: new, ordering: .sequentiallyConsistent)
+            if ok { return had }
+            old = seen
+        }
+    }
+
+    /// Location `index`'s word starts over for generation `g` (its `control` was
+    /// cleared, by the owner, before the location goes to the next driver).
+    func clearPendingNote(at index: Int, generation g: UInt32) {
+        pendingNotes[index].store(UInt64(g) << 8, ordering: .relaxed)
+    }
+
+    /// Location `index`'s flags for generation `g` (none if the word is another generation's).
+    func notes(at index: Int, generation g: UInt32) -> PendingNote {
+        let w = pendingNotes[index].load(ordering: .sequentiallyConsistent)
+        return UInt32(truncatingIfNeeded: w >> 8) == g ? PendingNote(rawValue: UInt8(truncatingIfNeeded: w)) : []
     }
 
     enum Life: UInt8 {
@@ -414,7 +485,6 @@ public final class IRPPacket: @unchecked Sendable {
             locations[i].minorFunction = 0
             locations[i].flags = 0
             locations[i].control = []
-            locations[i].returnedPendingUnmarked = false
             locations[i].parameters = IOStackLocation.Parameters()
             locations[i].deviceObject = nil
             locations[i].fileObject = nil

@@ -5,7 +5,10 @@
 
 /// Sees every IRP at the call-down and completion choke points. Every method
 /// has an empty default; an observer implements what it needs. Observers run on
-/// the thread of the event and must not block.
+/// the thread of the event and must not block. `driverReturned` runs on the
+/// dispatching thread after the routine returned: if it returned STATUS_PENDING
+/// (or the IRP is being completed elsewhere) another thread may be completing,
+/// freeing or reusing the IRP, so it should read no more than the arguments.
 public protocol IRPObserver: AnyObject, Sendable {
     /// IoCallDriver: `device` is about to see `irp` at stack location `location` (1 is the bottom).
     func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int)
@@ -46,8 +49,10 @@ extension IRPObserver {
         if others.isEmpty { return }
         for o in others { o.callingDriver(device, irp, location: location) }
     }
-    @inline(__always) func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {
-        rules?._withUnsafeGuaranteedRef { $0.driverReturned(device, irp, location: location, status: status) }
+    /// `major` and `minor` are the location's, read before the routine ran (the
+    /// rules must not read the locations of an IRP the thread no longer owns).
+    @inline(__always) func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus, major: MajorFunction, minor: UInt8) {
+        rules?._withUnsafeGuaranteedRef { $0.driverReturned(device, irp, location: location, status: status, major: major, minor: minor) }
         if others.isEmpty { return }
         for o in others { o.driverReturned(device, irp, location: location, status: status) }
     }

@@ -104,22 +104,22 @@ public final class Verifier: @unchecked Sendable {
     /// Names drivers a stale IRP report refers to by identity.
     nonisolated(unsafe) var driverNames: (@Sendable (ObjectIdentifier) -> String?)?
 
-    private let log = Mutex<[Violation]>([])
+    private let log = HandoffMutex<[Violation]>([])
     private let total = Atomic<Int>(0)
     /// Called for every violation (the daemon logs them). Set before I/O starts.
     public nonisolated(unsafe) var onViolation: (@Sendable (Violation) -> Void)?
 
     public init() {}
 
-    /// Records a violation. `device` defaults to the device at the IRP's current location.
+    /// Records a violation. `device` defaults to the device at the IRP's current
+    /// location. Reads the IRP's locations: for an IRP the calling thread owns
+    /// (or one that was freed, whose last owners the packet remembers).
     public func report(_ rule: Rule, irp: IRP? = nil, device: DeviceObject? = nil, detail: String? = nil) {
         var major: MajorFunction?, minor: UInt8?
         var dev = device
-        var irpName: String?
         var driverName: String?
         if let irp {
             let p = irp.packet
-            irpName = "0x" + String(UInt(bitPattern: Unmanaged.passUnretained(p).toOpaque()), radix: 16) + "#\(irp.generation)"
             // Only read the locations of the IRP's own incarnation.
             if p.generation != irp.generation || p.life == .free {
                 if let r = p.retiredIncarnation(irp.generation), let id = r.driver {
@@ -135,6 +135,18 @@ public final class Verifier: @unchecked Sendable {
                 }
             }
         }
+        record(rule, irp: irp, device: dev, driverName: driverName, major: major, minor: minor, detail: detail)
+    }
+
+    /// Records a violation about an IRP the calling thread does not own (a dispatch
+    /// routine returned, and another thread may be completing, freeing or reusing
+    /// the IRP): everything comes from the caller, nothing from the packet.
+    func report(_ rule: Rule, notOwned irp: IRP, device: DeviceObject, major: MajorFunction, minor: UInt8, detail: String? = nil) {
+        record(rule, irp: irp, device: device, driverName: nil, major: major, minor: minor, detail: detail)
+    }
+
+    private func record(_ rule: Rule, irp: IRP?, device dev: DeviceObject?, driverName: String?, major: MajorFunction?, minor: UInt8?, detail: String?) {
+        let irpName = irp.map { "0x" + String(UInt(bitPattern: Unmanaged.passUnretained($0.packet).toOpaque()), radix: 16) + "#\($0.generation)" }
         let v = Violation(
             rule: rule, majorFunction: major, minorFunction: minor, driver: dev?.driverObject.name ?? driverName,
             device: dev.map { $0.name ?? $0.deviceNode.map { "(\($0.instanceName))" } ?? "(unnamed)" },
@@ -154,34 +166,70 @@ public final class Verifier: @unchecked Sendable {
 }
 
 /// Driver Verifier's IRP rules, as an observer at the choke points.
+///
+/// Who reads what. `completing`, `completionRoutineReturned` and `completed` run
+/// in the completion walk, on the thread that owns the IRP then, and read it
+/// freely. `driverReturned` runs on the dispatching thread once the routine
+/// returned; after STATUS_PENDING (or with a completion under way elsewhere)
+/// that thread no longer owns the IRP, which another thread may be completing,
+/// freeing or reusing. It reads only atomics there: the packet's state, its
+/// current location (which the walk publishes with releasing stores) and the
+/// locations' pending notes (`IRPPacket.notePending`), and reports with what the
+/// I/O manager handed it (the device, the major and minor function).
+///
+/// STATUS_PENDING without IoMarkIrpPending (0x23D) needs both threads: the
+/// dispatching one knows the routine returned STATUS_PENDING, the walk knows
+/// whether the location was marked by the time it passed (a filter's completion
+/// routine may mark it late). Each writes its half, then reads the other's, all
+/// sequentially consistent: `driverReturned` adds `returnedPending` to the
+/// location's note, then reads whether the walk finished (the packet's state);
+/// the walk stores `completed` in that state, then `completed` here reads every
+/// note. In the one total order of these operations at least one side sees the
+/// other's write; when both do, the one that adds `checked` first reports.
 public final class VerifierRules: IRPObserver, @unchecked Sendable {
     unowned let verifier: Verifier
     public init(_ verifier: Verifier) { self.verifier = verifier }
 
+    /// Through the protocol rather than the I/O manager's chain: for a caller that
+    /// owns the IRP (the chain reads major and minor before the routine runs).
     public func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {
+        let l = irp.packet.locations[location - 1]
+        driverReturned(device, irp, location: location, status: status, major: l.majorFunction, minor: l.minorFunction)
+    }
+
+    func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus, major: MajorFunction, minor: UInt8) {
         let p = irp.packet
-        let marked = p.locations[location - 1].control.contains(.pendingReturned)
-        let life = p.life
+        let g = irp.generation
+        let i = location - 1
+        func report(_ rule: Verifier.Rule, _ detail: String? = nil) {
+            verifier.report(rule, notOwned: irp, device: device, major: major, minor: minor, detail: detail)
+        }
         if status == .pending {
-            guard !marked else { return }
-            if life == .completed || (life == .inFlight && p.currentLocation > location) {
-                verifier.report(.pendingWithoutMark, irp: irp, device: device)
-            } else {
-                // Not completed yet: a completion routine of this driver may still mark
-                // its location (a filter returning the lower driver's STATUS_PENDING).
-                p.locations[location - 1].returnedPendingUnmarked = true
-            }
+            // Nil: the packet already serves another request; nothing left to check.
+            guard let had = p.notePending(.returnedPending, at: i, generation: g), !had.contains(.marked) else { return }
+            // Not marked (yet): a completion routine of this driver may still mark the
+            // location. Unless the walk has finished, `completed` checks it.
+            let w = p.state.load(ordering: .sequentiallyConsistent)
+            let life = IRPPacket.Life(rawValue: UInt8(truncatingIfNeeded: w)) ?? .free
+            guard UInt32(truncatingIfNeeded: w >> 8) == g, life == .completed || life == .free else { return }
+            // It has, and may have read this note before `returnedPending` was in it.
+            guard let seen = p.notePending(.checked, at: i, generation: g),
+                  !seen.contains(.marked), !seen.contains(.checked) else { return }
+            report(.pendingWithoutMark)
             return
         }
-        if marked { verifier.report(.markedPendingReturnedOther, irp: irp, device: device) }
-        // A walk running on another thread right now: its outcome is not known yet.
-        if life == .walking || life == .walkingQueued { return }
-        // The walk has passed this location if the IRP was completed below (or here).
-        if p.currentLocation <= location {
-            verifier.report(.returnedWithoutCompleting, irp: irp, device: device, detail: "returned \(status)")
-        } else if status != p.locations[location - 1].completedStatus {
-            verifier.report(.statusMismatch, irp: irp, device: device,
-                            detail: "returned \(status), completed with \(p.locations[location - 1].completedStatus)")
+        if p.notes(at: i, generation: g).contains(.marked) { report(.markedPendingReturnedOther) }
+        let w = p.state.load(ordering: .acquiring)
+        let life = IRPPacket.Life(rawValue: UInt8(truncatingIfNeeded: w)) ?? .free
+        // Freed or reused already (a bug the I/O manager reports where it happens), or
+        // a walk running on another thread right now: its outcome is not known yet.
+        guard UInt32(truncatingIfNeeded: w >> 8) == g, life == .inFlight || life == .completed else { return }
+        // The walk has passed this location if the IRP was completed below (or here);
+        // the acquiring load then also sees the status it left there.
+        if p.location.load(ordering: .acquiring) <= location {
+            report(.returnedWithoutCompleting, "returned \(status)")
+        } else if status != p.locations[i].completedStatus {
+            report(.statusMismatch, "returned \(status), completed with \(p.locations[i].completedStatus)")
         }
     }
 
@@ -199,12 +247,16 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
 
     public func completed(_ irp: IRP) {
         let p = irp.packet
-        for i in 0..<p.stackCount where p.locations[i].returnedPendingUnmarked {
-            p.locations[i].returnedPendingUnmarked = false
-            if !p.locations[i].control.contains(.pendingReturned) {
-                verifier.report(.pendingWithoutMark, irp: irp, device: p.locations[i].deviceObject,
-                                detail: "returned STATUS_PENDING; the location was never marked")
-            }
+        let g = irp.generation
+        // Every mark is final now. A routine that returned STATUS_PENDING after this
+        // read its note checks it itself (see above).
+        for i in 0..<p.stackCount {
+            let n = p.notes(at: i, generation: g)
+            guard n.contains(.returnedPending), !n.contains(.marked), !n.contains(.checked) else { continue }
+            guard let seen = p.notePending(.checked, at: i, generation: g),
+                  !seen.contains(.marked), !seen.contains(.checked) else { continue }
+            verifier.report(.pendingWithoutMark, irp: irp, device: p.locations[i].deviceObject,
+                            detail: "returned STATUS_PENDING; the location was never marked")
         }
         let limit = p.informationLimit
         if limit >= 0, !p.ioStatus.status.isError, p.ioStatus.information > limit || p.ioStatus.information < 0 {
