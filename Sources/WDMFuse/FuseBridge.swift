@@ -596,13 +596,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// Hosts that tear the bridge down without a session (tests) call it first.
     @discardableResult
     public func waitUntilIdle(seconds: Double = 5) -> Bool {
-        let deadline = DispatchTime.now() + seconds
-        while requests.all.contains(where: { $0.busy.load(ordering: .acquiring) }) || !io.outstandingIrps.isEmpty {
-            if DispatchTime.now() > deadline { return false }
-            _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.005)
+        // Woken by each IRP handed back (its request has been answered by then).
+        io.waitForDeliveries(until: .now() + seconds) {
+            requests.all.contains(where: { $0.busy.load(ordering: .acquiring) }) || !io.outstandingIrps.isEmpty
         }
-        _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.01)  // the tail of the last delivery
-        return true
     }
 
     /// After the session loop ended: cancel what the drivers still hold, give them

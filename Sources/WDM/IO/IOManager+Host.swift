@@ -201,6 +201,7 @@ extension IOManager {
         p.state.store(IRPPacket.word(irp.generation, .completed), ordering: .releasing)
         p.requester?.irpCompleted(irp)
         freeIrp(irp)
+        noteDelivery()
         return status
     }
 

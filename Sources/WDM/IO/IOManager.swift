@@ -60,6 +60,9 @@ public final class IOManager: @unchecked Sendable {
     public nonisolated(unsafe) var powerLog: (@Sendable (String) -> Void)?
 
     let counters = IOCounters()
+    /// Threads in `waitForDeliveries`, and what wakes them.
+    let deliveryWaiters = Atomic<Int>(0)
+    let delivered = DispatchSemaphore(value: 0)
     let pool = IRPPool()
     /// The object namespace's symbolic links (Namespace.swift).
     let links = Mutex(LinkTable())
@@ -405,6 +408,7 @@ public final class IOManager: @unchecked Sendable {
 
     /// Hands a completed IRP to its requester, then frees it (a synchronous caller frees its own).
     private func deliver(_ irp: IRP, asynchronously: Bool) {
+        defer { noteDelivery() }
         let p = irp.packet
         p.completedAsynchronously = asynchronously
         guard let requester = p.requester else { return }
@@ -476,16 +480,31 @@ public final class IOManager: @unchecked Sendable {
     @discardableResult
     public func cancelOutstanding(grace: Double) -> [IRP] {
         for irp in outstandingIrps { irp.cancelIrp(reportingStale: false) }
-        let deadline = Self.now + grace
-        var left = outstandingIrps
-        while !left.isEmpty, Self.now < deadline {
-            _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.01)
-            left = outstandingIrps
-        }
+        // Woken by each completion that is handed back, until none is left or the grace is over.
+        _ = waitForDeliveries(until: .now() + grace) { !outstandingIrps.isEmpty }
+        let left = outstandingIrps
         for irp in left {
             verifier.report(.neverCompleted, irp: irp, device: irp.packet.targetDevice, detail: "still not completed \(grace) s after IoCancelIrp at shutdown")
         }
         return left
+    }
+}
+
+extension IOManager {
+    /// Told at the end of every hand-back (and refusal): wakes `waitForDeliveries`.
+    @inline(__always) func noteDelivery() {
+        if deliveryWaiters.load(ordering: .relaxed) > 0 { delivered.signal() }
+    }
+
+    /// Waits while `condition` holds, woken by each IRP handed back to its requester
+    /// (no polling), until `deadline`. Returns true once the condition is false.
+    public func waitForDeliveries(until deadline: DispatchTime, while condition: () -> Bool) -> Bool {
+        deliveryWaiters.add(1, ordering: .sequentiallyConsistent)
+        defer { deliveryWaiters.subtract(1, ordering: .relaxed) }
+        while condition() {
+            if delivered.wait(timeout: deadline) == .timedOut { return !condition() }
+        }
+        return true
     }
 }
 
