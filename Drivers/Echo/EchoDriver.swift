@@ -19,7 +19,7 @@ public enum EchoDriver {
     /// The echo device's extension.
     public final class Extension: @unchecked Sendable {
         let storage: PoolMemory
-        let lock = Mutex(Ring())
+        let lock = HandoffMutex(Ring())
         /// Reads waiting for data.
         public let readers = CancelSafeQueue()
         /// Writes waiting for room.

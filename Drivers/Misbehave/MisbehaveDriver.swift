@@ -37,7 +37,7 @@ public enum MisbehaveDriver {
 
     final class Extension: @unchecked Sendable {
         /// IRPs the driver holds on to forever (`pendForever`, `returnWithoutCompleting`).
-        let kept = Mutex<[IRP]>([])
+        let kept = HandoffMutex<[IRP]>([])
     }
 
     public static let driverEntry: DriverEntry = { driver in

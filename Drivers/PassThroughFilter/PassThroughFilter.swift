@@ -11,7 +11,7 @@ public enum PassThroughFilter {
     /// The filter's device extension.
     public final class Extension: Sendable {
         /// IRPs seen, indexed by major function (an array: no hashing per IRP).
-        let counts = Mutex<[Int]>(Array(repeating: 0, count: MajorFunction.tableSize))
+        let counts = HandoffMutex<[Int]>(Array(repeating: 0, count: MajorFunction.tableSize))
         public init() {}
 
         /// IRPs seen, per major function.

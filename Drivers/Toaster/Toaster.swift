@@ -84,7 +84,7 @@ public enum ToasterBus {
     final class Bus: @unchecked Sendable {
         var interface = ""
         /// The child PDOs, under the lock (with their `Child` fields).
-        let children = Mutex<[DeviceObject]>([])
+        let children = HandoffMutex<[DeviceObject]>([])
         weak var pdo: DeviceObject?
     }
 
@@ -385,7 +385,7 @@ public enum ToasterDriver {
         let toasts = Atomic<Int>(0)
         var interface = ""
         /// The bus's GUID_TOASTER_INTERFACE_STANDARD while the toaster holds it.
-        let busInterface = Mutex<ToasterInterfaceStandard?>(nil)
+        let busInterface = HandoffMutex<ToasterInterfaceStandard?>(nil)
         /// The serial number its PDO gave (an internal IOCTL), once started.
         let serial = Atomic<UInt32>(0)
         /// Reads waiting for bread.

@@ -69,9 +69,9 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         var next: fuse_ino_t = 4
         var nextTree: fuse_ino_t = 0
     }
-    let inodes = Mutex(Inodes())
+    let inodes = HandoffMutex(Inodes())
     /// The outcome of the last verb written to each node's `control` file (its `result` file).
-    let lastResults = Mutex<[String: String]>([:])
+    let lastResults = HandoffMutex<[String: String]>([:])
     /// The libfuse session while `serve` runs.
     nonisolated(unsafe) var session: OpaquePointer?
 
@@ -145,7 +145,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     /// Poll handles the kernel gave us, per open file: woken when the device's
     /// readiness changes (`ReadinessObserver`), replaced by the next poll, destroyed at release.
-    let pollHandles = Mutex<[ObjectIdentifier: PollHandle]>([:])
+    let pollHandles = HandoffMutex<[ObjectIdentifier: PollHandle]>([:])
 
     /// A kernel poll handle (struct fuse_pollhandle *) and the device it waits on.
     struct PollHandle: @unchecked Sendable {

@@ -121,8 +121,8 @@ public final class PendingRequest: IRPRequester, @unchecked Sendable {
     let outputAt: Int
     let outputLength: Int?
     private let finished = DispatchSemaphore(value: 0)
-    private let irp = Mutex<IRP?>(nil)
-    private let result = Mutex<(NTStatus, Int, [UInt8])>((.pending, 0, []))
+    private let irp = HandoffMutex<IRP?>(nil)
+    private let result = HandoffMutex<(NTStatus, Int, [UInt8])>((.pending, 0, []))
     /// True when `send` returned STATUS_PENDING.
     public private(set) var pended = false
 

@@ -46,16 +46,16 @@ public final class IOManager: @unchecked Sendable {
     /// Deleted devices, kept until no IRP is in flight: a request that was already
     /// inside a stack when its devices were detached and deleted still walks
     /// through live objects (the links it follows are not counted).
-    let graveyard = Mutex<[DeviceObject]>([])
+    let graveyard = HandoffMutex<[DeviceObject]>([])
     /// Registered device interfaces.
-    let interfaces = Mutex<[DeviceInterface]>([])
+    let interfaces = HandoffMutex<[DeviceInterface]>([])
     /// Interface classes ever registered.
-    let interfaceClasses = Mutex<[String]>([])
+    let interfaceClasses = HandoffMutex<[String]>([])
     /// Some stack holds its new requests (not in D0, or stopped), so `send` looks at the one it sends to.
     let anyHeld = Atomic<Bool>(false)
     /// How many stacks hold their new requests (`hold`).
     let heldStacks = Atomic<Int>(0)
-    let systemPower = Mutex(SystemPowerState.working)
+    let systemPower = HandoffMutex(SystemPowerState.working)
     /// Told "node Sx Dy" as each stack moves between power states (filters' logs, tests).
     public nonisolated(unsafe) var powerLog: (@Sendable (String) -> Void)?
 
@@ -65,8 +65,8 @@ public final class IOManager: @unchecked Sendable {
     let delivered = DispatchSemaphore(value: 0)
     let pool = IRPPool()
     /// The object namespace's symbolic links (Namespace.swift).
-    let links = Mutex(LinkTable())
-    private let drivers = Mutex<[DriverObject]>([])
+    let links = HandoffMutex(LinkTable())
+    private let drivers = HandoffMutex<[DriverObject]>([])
     let deviceCount = Atomic<Int>(0)
     private var rootBusObject: DriverObject?
     var rootBus: DriverObject {

@@ -82,7 +82,7 @@ public final class DeviceObject: @unchecked Sendable {
     /// On the top of a stack: the requests waiting there.
     let powerQueue = CancelSafeQueue()
     /// The device interfaces registered for this PDO.
-    let interfaceNames = Mutex<[String]>([])
+    let interfaceNames = HandoffMutex<[String]>([])
     /// Set by the PnP helper (`PnP.functionDispatch`) at SURPRISE_REMOVAL and
     /// REMOVE_DEVICE: new requests on handles of this device fail with
     /// STATUS_NO_SUCH_DEVICE before they reach it (what the sample's function

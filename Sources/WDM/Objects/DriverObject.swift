@@ -50,7 +50,7 @@ public final class DriverObject: @unchecked Sendable {
     /// Driver-wide state (the WDM driver extension's client area).
     public var driverExtension: AnyObject?
 
-    let devices = Mutex<[DeviceObject]>([])
+    let devices = HandoffMutex<[DeviceObject]>([])
 
     init(name: String, ioManager: IOManager) {
         self.name = name

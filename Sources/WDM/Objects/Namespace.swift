@@ -25,12 +25,14 @@ extension IOManager {
     /// `IoCreateSymbolicLink`: the name is the file name under the mount.
     /// STATUS_OBJECT_NAME_COLLISION when the name exists.
     public func createSymbolicLink(_ name: String, device: DeviceObject) throws(NTStatus) {
-        try links.withLock { (l) throws(NTStatus) in
-            guard l.byName[name] == nil else { throw NTStatus.objectNameCollision }
+        let added = links.withLock { l -> Bool in
+            guard l.byName[name] == nil else { return false }
             l.byName[name] = device
             l.order.append(name)
             l.byDevice[ObjectIdentifier(device), default: []].append(name)
+            return true
         }
+        guard added else { throw NTStatus.objectNameCollision }
         pnp.namespaceChanged()
     }
 

@@ -79,7 +79,7 @@ public final class DeviceNode: @unchecked Sendable {
     /// The device power state of the stack's power policy owner (D0 until it says otherwise).
     public var powerState: DevicePowerState { DevicePowerState(rawValue: powerWord.load(ordering: .acquiring)) ?? .d0 }
     /// Lines drivers log about this node (a filter's log of the PnP and power IRPs it saw).
-    let logLines = Mutex<[String]>([])
+    let logLines = HandoffMutex<[String]>([])
     /// Appends a line to the node's log (the last 1,000 are kept).
     public func appendLog(_ line: String) {
         logLines.withLock {

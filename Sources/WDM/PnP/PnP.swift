@@ -308,7 +308,7 @@ public final class Event: @unchecked Sendable {
 /// acquire) marks the lock removed, drops that acquire and the initial count, and
 /// waits for zero.
 public final class RemoveLock: @unchecked Sendable {
-    private let state = Mutex((count: 1, removed: false))
+    private let state = HandoffMutex((count: 1, removed: false))
     private let zero = DispatchSemaphore(value: 0)
 
     public init() {}

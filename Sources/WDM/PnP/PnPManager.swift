@@ -85,7 +85,7 @@ public final class PnPManager: @unchecked Sendable {
     /// The capabilities the last `identify` was answered.
     var lastCapabilities = DeviceCapabilities()
 
-    private let current = Mutex(TreeSnapshot.empty)
+    private let current = HandoffMutex(TreeSnapshot.empty)
     /// Told after each publish what changed (set before the tree changes at run time).
     public nonisolated(unsafe) var observer: (@Sendable (TreeChange) -> Void)?
 
