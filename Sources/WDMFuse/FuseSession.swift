@@ -21,7 +21,9 @@ extension FuseBridge {
         ops.lookup = { req, parent, name in FuseBridge.of(req).lookup(req, parent, name.map { String(cString: $0) }) }
         ops.getattr = { req, ino, _ in FuseBridge.of(req).getattr(req, ino) }
         ops.setattr = { req, ino, _, toSet, _ in FuseBridge.of(req).setattr(req, ino, toSet) }
-        ops.readdir = { req, ino, size, off, _ in FuseBridge.of(req).readdir(req, ino, size, off) }
+        ops.opendir = { req, ino, fi in FuseBridge.of(req).opendir(req, ino, fi) }
+        ops.readdir = { req, ino, size, off, fi in FuseBridge.of(req).readdir(req, ino, size, off, fi) }
+        ops.releasedir = { req, ino, fi in FuseBridge.of(req).releasedir(req, ino, fi) }
         ops.open = { req, ino, fi in FuseBridge.of(req).open(req, ino, fi!) }
         ops.readlink = { req, ino in FuseBridge.of(req).readlink(req, ino) }
         ops.release = { req, ino, fi in FuseBridge.of(req).release(req, ino, fi) }
@@ -47,19 +49,53 @@ extension FuseBridge {
     /// Creating, removing or moving a name: the tree is the drivers' to shape.
     func refuse(_ req: FuseRequestHandle) { FuseReply(req, sink).error(EPERM) }
 
-    func readdir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int) {
+    /// opendir: the handle keeps the directory's listing, taken when it is first
+    /// read (and again at offset 0), so a listing of n entries costs O(n) in all
+    /// however many readdir calls the kernel makes.
+    func opendir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let reply = FuseReply(req, sink)
+        guard ino == 1 || treePath(ino) != nil else {
+            reply.error(ENOTDIR)
+            return
+        }
+        fi?.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(DirListing()).toOpaque()))
+        if let fi { reply.open(fi) } else { reply.error(0) }
+    }
+
+    func releasedir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        if let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) { Unmanaged<DirListing>.fromOpaque(p).release() }
+        FuseReply(req, sink).error(0)
+    }
+
+    /// A directory's entries now: `.` and `..`, then the root's or a tree directory's.
+    func directoryEntries(_ ino: fuse_ino_t) -> [(String, fuse_ino_t, mode_t)]? {
         var entries: [(String, fuse_ino_t, mode_t)] = [(".", ino, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
         if ino == 1 {
             for (name, i) in rootEntries { entries.append((name, i, name == ".devices" || name == ".interfaces" ? Glibc.S_IFDIR : Glibc.S_IFREG)) }
         } else if let path = treePath(ino), let list = treeEntries(path) {
+            let leaf = path.hasPrefix(".interfaces/")
             for e in list {
-                let leaf = path.hasPrefix(".interfaces/")
                 entries.append((e.name, e.ino, e.dir ? Glibc.S_IFDIR : (leaf ? Glibc.S_IFLNK : Glibc.S_IFREG)))
             }
         } else {
-            reply.error(ENOTDIR)
-            return
+            return nil
+        }
+        return entries
+    }
+
+    func readdir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        let reply = FuseReply(req, sink)
+        let listing = fi.flatMap { UnsafeRawPointer(bitPattern: UInt($0.pointee.fh)) }.map { Unmanaged<DirListing>.fromOpaque($0).takeUnretainedValue() }
+        let entries: [(String, fuse_ino_t, mode_t)]
+        if let listing, off > 0, let cached = listing.entries {
+            entries = cached
+        } else {
+            guard let now = directoryEntries(ino) else {
+                reply.error(ENOENT)  // the directory went away
+                return
+            }
+            listing?.entries = now
+            entries = now
         }
         let out = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
         defer { out.deallocate() }
@@ -155,6 +191,11 @@ extension FuseBridge {
         Glibc.close(fd)
         log("wdmfs: a kernel notification was stuck at shutdown; the FUSE connection was aborted")
     }
+}
+
+/// An open directory's listing (one per opendir; readdir calls share it).
+final class DirListing {
+    var entries: [(String, fuse_ino_t, mode_t)]?
 }
 
 /// Whether a libfuse session has been told to exit (a signal, an unmount).

@@ -104,7 +104,8 @@ public final class DeviceObject: @unchecked Sendable {
     /// (In Windows it lives in the device extension; here every device has one.)
     public let removeLock = RemoveLock()
     /// True once IoDeleteDevice ran.
-    public internal(set) var deleted = false
+    public var deleted: Bool { deletedFlag.load(ordering: .acquiring) }
+    let deletedFlag = Atomic<Bool>(false)
 
     init(driver: DriverObject, deviceType: UInt32, characteristics: UInt32, flags: DeviceFlags, name: String?) {
         self.driverObject = driver

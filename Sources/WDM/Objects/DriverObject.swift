@@ -50,7 +50,7 @@ public final class DriverObject: @unchecked Sendable {
     /// Driver-wide state (the WDM driver extension's client area).
     public var driverExtension: AnyObject?
 
-    let devices = HandoffMutex<[DeviceObject]>([])
+    let devices = HandoffMutex(DeviceList())
 
     init(name: String, ioManager: IOManager) {
         self.name = name
@@ -66,12 +66,12 @@ public final class DriverObject: @unchecked Sendable {
     /// At unload: forgets the devices and the driver's own state, so nothing the
     /// driver built stays referenced.
     func release() {
-        devices.withLock { $0.removeAll() }
+        devices.withLock { $0 = DeviceList() }
         driverExtension = nil
     }
 
     /// `DeviceObject` list: every device this driver created and has not deleted.
-    public var deviceObjects: [DeviceObject] { devices.withLock { $0 } }
+    public var deviceObjects: [DeviceObject] { devices.withLock { $0.all } }
 }
 
 /// A driver's dispatch table, indexed by major function (`MajorFunction[]`).
@@ -101,4 +101,18 @@ public struct DispatchTable: Sendable {
 @usableFromInline struct DispatchSlot: @unchecked Sendable {
     @usableFromInline var routine: DispatchRoutine?
     init() {}
+}
+
+/// A driver's devices in creation order, removable in O(1) (a tree of thousands
+/// of devices is torn down in linear time).
+struct DeviceList {
+    private var byID: [ObjectIdentifier: (order: Int, device: DeviceObject)] = [:]
+    private var next = 0
+    mutating func append(_ d: DeviceObject) {
+        byID[ObjectIdentifier(d)] = (next, d)
+        next += 1
+    }
+    mutating func remove(_ d: DeviceObject) { byID[ObjectIdentifier(d)] = nil }
+    var all: [DeviceObject] { byID.values.sorted { $0.order < $1.order }.map(\.device) }
+    var isEmpty: Bool { byID.isEmpty }
 }

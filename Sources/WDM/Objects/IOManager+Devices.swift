@@ -41,13 +41,13 @@ extension IOManager {
 
     /// `IoDeleteDevice`.
     public func deleteDevice(_ device: DeviceObject) {
-        device.deleted = true
+        device.deletedFlag.store(true, ordering: .releasing)
         forgetInterfaces(of: device)
         if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }
         device.attachedDevice = nil
         device.lowerDevice = nil
         graveyard.withLock { $0.append(device) }
-        device.driverObject.devices.withLock { $0.removeAll { $0 === device } }
+        device.driverObject.devices.withLock { $0.remove(device) }
         deleteSymbolicLinks(of: device)
     }
 

@@ -72,6 +72,9 @@ public final class DeviceNode: @unchecked Sendable {
 
     // Read and written from any thread.
 
+    /// Set by the executor when the node is surprise-removed: its last handle's
+    /// close queues the end of the removal.
+    let awaitingClose = Atomic<Bool>(false)
     /// Handles open on the stack (counted from before IRP_MJ_CREATE until after IRP_MJ_CLOSE).
     public let handles = Atomic<Int>(0)
     /// The device power state of the stack's power policy owner.

@@ -29,7 +29,7 @@ extension IOManager {
     /// Called when a handle on `node`'s stack closes: a surprise-removed subtree is
     /// finished once nothing in it is open.
     func handleClosed(_ node: DeviceNode) {
-        guard node.handles.load(ordering: .acquiring) == 0, node.missing || node.state == .surpriseRemoved else { return }
+        guard node.handles.load(ordering: .acquiring) == 0, node.awaitingClose.load(ordering: .acquiring) else { return }
         pnp.enqueue { [self] in pnp.finishSurpriseRemovals() }
     }
 }

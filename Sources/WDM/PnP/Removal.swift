@@ -163,6 +163,7 @@ extension PnPManager {
             top.powerQueue.completeAll(.noSuchDevice)
             _ = io.sendPnP(.surpriseRemoval, to: top)
             n.state = .surpriseRemoved
+            n.awaitingClose.store(true, ordering: .releasing)
         }
         awaitingClose.append(node)
         finishSurpriseRemovals()
