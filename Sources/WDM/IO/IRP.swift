@@ -377,6 +377,9 @@ public final class IRPPacket: @unchecked Sendable {
     /// the locations. A word of another generation counts as no flags: nothing is
     /// cleared when the packet is reused.
     let pendingNotes: UnsafeMutablePointer<Atomic<UInt64>>
+    /// The last generation in which some location's routine returned STATUS_PENDING
+    /// (so the walk's end reads the notes only for an IRP that pended somewhere).
+    let returnedPendingIn = Atomic<UInt32>(0)
 
     struct PendingNote: OptionSet {
         let rawValue: UInt8

@@ -182,10 +182,12 @@ public final class Verifier: @unchecked Sendable {
 /// whether the location was marked by the time it passed (a filter's completion
 /// routine may mark it late). Each writes its half, then reads the other's, all
 /// sequentially consistent: `driverReturned` adds `returnedPending` to the
-/// location's note, then reads whether the walk finished (the packet's state);
-/// the walk stores `completed` in that state, then `completed` here reads every
-/// note. In the one total order of these operations at least one side sees the
-/// other's write; when both do, the one that adds `checked` first reports.
+/// location's note and stores the generation in `returnedPendingIn`, then reads
+/// whether the walk finished (the packet's state); the walk stores `completed` in
+/// that state, then `completed` here reads `returnedPendingIn` and, if it names
+/// this generation, every note. In the one total order of these operations at
+/// least one side sees the other's writes; when both do, the one that adds
+/// `checked` first reports.
 public final class VerifierRules: IRPObserver, @unchecked Sendable {
     unowned let verifier: Verifier
     public init(_ verifier: Verifier) { self.verifier = verifier }
@@ -207,6 +209,7 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         if status == .pending {
             // Nil: the packet already serves another request; nothing left to check.
             guard let had = p.notePending(.returnedPending, at: i, generation: g), !had.contains(.marked) else { return }
+            p.returnedPendingIn.store(g, ordering: .sequentiallyConsistent)
             // Not marked (yet): a completion routine of this driver may still mark the
             // location. Unless the walk has finished, `completed` checks it.
             let w = p.state.load(ordering: .sequentiallyConsistent)
@@ -249,8 +252,9 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         let p = irp.packet
         let g = irp.generation
         // Every mark is final now. A routine that returned STATUS_PENDING after this
-        // read its note checks it itself (see above).
-        for i in 0..<p.stackCount {
+        // read its note checks it itself (see above). None did: nothing to read.
+        let pended = p.returnedPendingIn.load(ordering: .sequentiallyConsistent) == g
+        for i in 0..<(pended ? p.stackCount : 0) {
             let n = p.notes(at: i, generation: g)
             guard n.contains(.returnedPending), !n.contains(.marked), !n.contains(.checked) else { continue }
             guard let seen = p.notePending(.checked, at: i, generation: g),
