@@ -408,12 +408,13 @@ public final class IOManager: @unchecked Sendable {
 
     /// Hands a completed IRP to its requester, then frees it (a synchronous caller frees its own).
     private func deliver(_ irp: IRP, asynchronously: Bool) {
-        defer { noteDelivery() }
         let p = irp.packet
         p.completedAsynchronously = asynchronously
-        guard let requester = p.requester else { return }
+        guard let requester = p.requester else { return noteDelivery() }
         if requester === SynchronousRequester.shared {
             if asynchronously {
+                // Told before the waiter wakes: once it has, the I/O manager may be gone.
+                noteDelivery()
                 // A caller that gave up at shutdown is gone: the IRP is ours to free.
                 if p.abandoned.load(ordering: .acquiring) { freeIrp(irp) } else { p.done.signal() }
             }
@@ -426,10 +427,12 @@ public final class IOManager: @unchecked Sendable {
             let keep = Unmanaged.passUnretained(self).retain()
             requester.irpCompleted(irp)
             freeIrp(irp)
+            noteDelivery()
             keep.release()
         } else {
             requester.irpCompleted(irp)
             freeIrp(irp)
+            noteDelivery()
         }
     }
 
