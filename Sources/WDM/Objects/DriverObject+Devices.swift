@@ -12,6 +12,9 @@ extension DriverObject {
     ) throws(NTStatus) -> DeviceObject {
         let fdo = ioManager.createDevice(driver: self, deviceType: deviceType, characteristics: characteristics, flags: flags, extension: ext)
         ioManager.attachDeviceToDeviceStack(fdo, to: pdo)
+        // Flags first: once the name exists another thread may open it and read them
+        // (it is refused until START all the same).
+        fdo.flags.remove(.deviceInitializing)
         if let node = pdo.deviceNode {
             do throws(NTStatus) {
                 try ioManager.createSymbolicLink(node.parameters["SymbolicLinkName"] ?? node.instanceName, device: fdo)
@@ -20,7 +23,6 @@ extension DriverObject {
                 throw error
             }
         }
-        fdo.flags.remove(.deviceInitializing)
         return fdo
     }
 
