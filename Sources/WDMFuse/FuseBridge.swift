@@ -334,7 +334,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
                 }
                 fi.pointee.fh = 0
             } else {
-                guard fi.pointee.flags & O_ACCMODE == O_RDONLY, case .file(let node, _)? = resolve(path) else {
+                guard case .file(let node, _)? = resolve(path) else {
+                    reply.error(ENOENT)  // the node went away since the name was looked up
+                    return
+                }
+                guard fi.pointee.flags & O_ACCMODE == O_RDONLY else {
                     reply.error(EACCES)
                     return
                 }
