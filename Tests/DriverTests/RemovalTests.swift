@@ -345,11 +345,14 @@ final class ToasterRig: @unchecked Sendable {
             _ = io.remove(node)
             removed.signal()
         }
-        // REMOVE waits for the read, which holds the remove lock.
-        #expect(removed.wait(timeout: .now() + 0.3) == .timedOut)
+        // REMOVE reaches IoReleaseRemoveLockAndWait (the lock says removal began) and
+        // waits there for the read, which holds the remove lock.
+        let fdo = try #require(io.device(forLink: "sample"))
+        for _ in 0..<1000 where !fdo.removeLock.isRemoved { _ = removed.wait(timeout: .now() + 0.005) }
+        #expect(fdo.removeLock.isRemoved)
+        #expect(removed.wait(timeout: .now()) == .timedOut)
         let irp = try #require(inFlight.withLock { $0 })
         irp.complete(.success, information: 0)
-        let fdo = try #require(io.device(forLink: "sample"))
         fdo.removeLock.release()
         #expect(removed.wait(timeout: .now() + 5) == .success)
         #expect(node.state == .removed && fdo.deleted)
