@@ -55,33 +55,34 @@ t=$(attr tests) f=$(( $(attr failures) + $(attr errors) )) s=$(attr skipped)
 rm -rf "$xunit"
 stage_result "$rc" "$((t - f))" "$f" "$s"
 
+# sanitizer_stage NAME DIR FAILURE_PATTERN OK_MESSAGE: `swift test --sanitize=NAME` in its
+# own build directory DIR, one result; on a failure the report is kept whole in
+# DIR/last-run.log (the summary lines are shown here).
+sanitizer_stage() {
+    local name=$1 dir=$2 pattern=$3 ok=$4
+    swift test --sanitize="$name" --scratch-path "$dir" >"$log" 2>&1
+    local rc=$?
+    if [ "$rc" -eq 0 ] && ! grep -qE "$pattern" "$log"; then
+        echo "ok: $ok"
+        stage_result 0 1 0 0
+    else
+        grep -E "$pattern|SUMMARY: |^✘" "$log" | head -n 20
+        cp "$log" "$dir/last-run.log" 2>/dev/null && echo "(the whole report: $dir/last-run.log)"
+        stage_result "$rc" 0 1 0
+    fi
+}
+
 if [ -z "${WDMFS_SKIP_ASAN:-}" ] && [ -d Sources/WDM ]; then
     echo "== swift test --sanitize=address (memory errors and leaks; one result)"
     ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/mount-scripts/lsan-suppressions.txt" \
-        swift test --sanitize=address --scratch-path .build-asan >"$log" 2>&1
-    rc=$?
-    if [ "$rc" -eq 0 ] && ! grep -qE 'ERROR: (Address|Leak)Sanitizer' "$log"; then
-        echo "ok: no memory error, no leak"
-        stage_result 0 1 0 0
-    else
-        grep -E 'ERROR: |SUMMARY: |^✘' "$log" | head -n 20
-        stage_result "$rc" 0 1 0
-    fi
+        sanitizer_stage address .build-asan 'ERROR: (Address|Leak)Sanitizer' "no memory error, no leak"
 fi
 
 if [ -z "${WDMFS_SKIP_TSAN:-}" ] && [ -d Sources/WDM ]; then
     echo "== swift test --sanitize=thread (data races; one result)"
     # The suppressions file lists the races TSan cannot see are ordered, each with the reason.
     TSAN_OPTIONS="suppressions=$PWD/mount-scripts/tsan-suppressions.txt" \
-        swift test --sanitize=thread --scratch-path .build-tsan >"$log" 2>&1
-    rc=$?
-    if [ "$rc" -eq 0 ] && ! grep -q 'WARNING: ThreadSanitizer' "$log"; then
-        echo "ok: no data race"
-        stage_result 0 1 0 0
-    else
-        grep -E 'WARNING: ThreadSanitizer|SUMMARY: ThreadSanitizer|^✘' "$log" | head -n 20
-        stage_result "$rc" 0 1 0
-    fi
+        sanitizer_stage thread .build-tsan 'WARNING: ThreadSanitizer' "no data race"
 fi
 
 if [ -d Tests/Integration ]; then
