@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "WDMClient", dependencies: ["WDM", "CWDMSys"]),
 
         // MARK: - Bridge (the only module that imports CFuse)
-        .target(name: "WDMFuse", dependencies: ["WDM", "WDMClient", "CFuse"]),
+        .target(name: "WDMFuse", dependencies: ["WDM", "WDMClient", "CFuse", "CWDMSys"]),
 
         // MARK: - The default device tree, and the command-line tool that mounts it
         .target(name: "DefaultTree", dependencies: ["WDM", .product(name: "Yams", package: "Yams")] + driverDependencies),

@@ -29,6 +29,9 @@ public enum MisbehaveDriver {
         case completeAfterReuse = 5
         /// Marks the IRP pending and returns another status (0x23E).
         case markedButNotPending = 6
+        /// Completes; from then on the device's CLOSEs pend forever (no cancel
+        /// routine): the last close of a handle never finishes.
+        case keepCloses = 7
 
         public var code: ControlCode {
             ControlCode(deviceType: DeviceType.unknown, function: 0x900 + rawValue, method: .buffered, access: [])
@@ -38,11 +41,23 @@ public enum MisbehaveDriver {
     final class Extension: @unchecked Sendable {
         /// IRPs the driver holds on to forever (`pendForever`, `returnWithoutCompleting`).
         let kept = HandoffMutex<[IRP]>([])
+        /// Set by `keepCloses`.
+        let keepCloses = Atomic<Bool>(false)
     }
 
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension()) }
         driver.majorFunction.succeed([.create, .cleanup, .close])
+        driver.majorFunction[.close] = { device, irp in
+            let ext = device.deviceExtension(as: Extension.self)
+            guard ext.keepCloses.load(ordering: .acquiring) else {
+                irp.complete(.success)
+                return .success
+            }
+            irp.markPending()
+            ext.kept.withLock { $0.append(irp) }
+            return .pending
+        }
         driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { _, irp in
@@ -90,6 +105,10 @@ public enum MisbehaveDriver {
                 return .success
             case .markedButNotPending:
                 irp.markPending()
+                irp.complete(.success)
+                return .success
+            case .keepCloses:
+                ext.keepCloses.store(true, ordering: .releasing)
                 irp.complete(.success)
                 return .success
             }

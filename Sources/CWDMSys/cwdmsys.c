@@ -2,9 +2,13 @@
 #define _GNU_SOURCE
 #include "cwdmsys.h"
 #include <errno.h>
+#include <string.h>
 #include <fcntl.h>
 #include <spawn.h>
+#include <signal.h>
+#include <stdint.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 extern char **environ;
 
@@ -28,4 +32,37 @@ pid_t cwdmsys_spawn_daemon(const char *path, char *const argv[], int stderr_fd) 
     posix_spawnattr_destroy(&attr);
     if (r != 0) { errno = r; return -1; }
     return pid;
+}
+
+static const int chained[] = { SIGHUP, SIGINT, SIGTERM };
+static struct sigaction previous[3];
+static volatile int chained_fd = -1;
+
+static void chained_handler(int sig) {
+    int saved = errno;
+    for (int i = 0; i < 3; i++) {
+        if (chained[i] != sig) continue;
+        void (*h)(int) = previous[i].sa_handler;
+        if (h != SIG_IGN && h != SIG_DFL) h(sig);
+    }
+    int fd = chained_fd;
+    if (fd >= 0) { uint64_t one = 1; ssize_t r = write(fd, &one, sizeof one); (void)r; }
+    errno = saved;
+}
+
+int cwdmsys_chain_signals_to_eventfd(int fd) {
+    chained_fd = fd;
+    for (int i = 0; i < 3; i++) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = chained_handler;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(chained[i], &sa, &previous[i]) != 0) return -1;
+    }
+    return 0;
+}
+
+void cwdmsys_unchain_signals(void) {
+    for (int i = 0; i < 3; i++) sigaction(chained[i], &previous[i], NULL);
+    chained_fd = -1;
 }

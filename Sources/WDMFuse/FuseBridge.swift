@@ -584,10 +584,13 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         }
     }
 
-    /// The errno table, except that a non-blocking caller's cancelled wait is EAGAIN.
+    /// The errno table, except for a cancelled wait: EAGAIN for a non-blocking
+    /// caller, and ENODEV once the daemon is ending (an EINTR would be retried by
+    /// the caller, and the retry would find the connection gone: ENOTCONN).
     @inline(__always)
     func errno(for status: NTStatus, _ r: PendingFuseRequest) -> Int32 {
-        status == .cancelled && r.nonBlocking ? EAGAIN : ErrnoTable.errno(for: status)
+        guard status == .cancelled else { return ErrnoTable.errno(for: status) }
+        return r.nonBlocking ? EAGAIN : io.isShuttingDown ? ENODEV : EINTR
     }
 
     /// Never more than the buffer holds (the verifier reports a driver that claims more).
@@ -606,11 +609,15 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         }
     }
 
-    /// After the session loop ended: cancel what the drivers still hold, give them
-    /// `io.shutdownGrace` seconds, then answer every request still unanswered
-    /// (ENODEV) so no caller stays blocked. The verifier reports each IRP left.
+    /// When the session ends (a signal or an unmount, told by the session's
+    /// watcher, and again after the loop): cancel what the drivers hold, give them
+    /// `io.shutdownGrace` seconds (once), then answer every request still
+    /// unanswered ENODEV, while the connection still carries answers, so no caller
+    /// stays blocked. The verifier reports each IRP left.
     public func drain() {
-        io.cancelOutstanding(grace: io.shutdownGrace)
+        io.beginShutdown()
+        // Requests that came in after the shutdown began are cancelled too.
+        for irp in io.outstandingIrps { irp.cancelIrp(reportingStale: false) }
         for r in requests.all { r.answerAtShutdown() }
     }
 }

@@ -3,9 +3,11 @@
 // the multi-threaded loop, the shutdown drain, unmount.
 
 import CFuse
+import CWDMSys
 import Foundation
 import Glibc
 import WDM
+import Synchronization
 import WDMClient
 
 /// Seconds the kernel may cache names and attributes.
@@ -131,6 +133,8 @@ extension FuseBridge {
         defer { fuse_session_destroy(se) }
         guard fuse_set_signal_handlers(se) == 0 else { throw MountError("could not install signal handlers") }
         defer { fuse_remove_signal_handlers(se) }
+        let watcher = ShutdownWatcher()
+        defer { watcher.stop() }
         guard fuse_session_mount(se, mountpoint) == 0 else {
             throw MountError("could not mount at \(mountpoint) (does it exist, and is /dev/fuse usable?)")
         }
@@ -138,11 +142,11 @@ extension FuseBridge {
         let connection = FuseBridge.connectionNumber(of: mountpoint)
         io.readinessObserver = self
         defer { io.readinessObserver = nil }
-        // A synchronous wait (CREATE, CLEANUP, CLOSE) on a driver that never completes
-        // must not keep a worker, and so the loop, alive once the session is ending.
-        let exited = SessionProbe(se)
-        io.isShuttingDown = { exited.ended }
-        defer { io.isShuttingDown = nil }
+        // A worker waiting for a driver (a synchronous CREATE, CLEANUP or CLOSE, or
+        // any request in a driver that never completes) must not keep the loop alive
+        // once the session is ending: the watcher hears the end as it happens (a
+        // signal, the mount going away) and drains at once.
+        watcher.start(device: fuse_session_fd(se), connection: connection) { [self] in drain() }
         session = se
         defer { session = nil }
         (sink as? LibfuseSink)?.session = se
@@ -198,9 +202,73 @@ final class DirListing {
     var entries: [(String, fuse_ino_t, mode_t)]?
 }
 
-/// Whether a libfuse session has been told to exit (a signal, an unmount).
-private struct SessionProbe: @unchecked Sendable {
-    let session: OpaquePointer
-    init(_ s: OpaquePointer) { session = s }
-    var ended: Bool { fuse_session_exited(session) != 0 }
+/// Hears a session's end as it happens, with no timer, and runs its action once,
+/// on its own thread: a SIGINT, SIGTERM or SIGHUP (a handler chained after
+/// libfuse's writes an eventfd), or the FUSE connection ending. The connection's
+/// end is seen in two steps: the mount leaves the mount table (`umount`,
+/// `fusermount -u`, `umount -l`: /proc/self/mountinfo polls POLLPRI on every
+/// change), then /dev/fuse reports POLLERR (at once after an unmount; after a
+/// lazy one, when the last file closes). /dev/fuse is not watched before the
+/// mount goes: every request queued to it would wake the watcher.
+final class ShutdownWatcher: @unchecked Sendable {
+    private let wake = eventfd(0, Int32(EFD_CLOEXEC))
+    private let mounts = Glibc.open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+    private let stopping = Atomic<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+    private var started = false
+
+    init() {
+        if wake >= 0 { _ = cwdmsys_chain_signals_to_eventfd(wake) }
+    }
+
+    /// Watches the session whose /dev/fuse descriptor is `device`, mounted as FUSE
+    /// connection `connection` (the device minor in mountinfo; nil: signals only).
+    func start(device: Int32, connection: String?, action: @escaping @Sendable () -> Void) {
+        guard wake >= 0 else { return }
+        started = true
+        let thread = Thread { [self] in
+            defer { finished.signal() }
+            // [0]: signals; [1]: the mount table, until the mount left it; then /dev/fuse.
+            var fds = [pollfd(fd: wake, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: mounts, events: Int16(POLLPRI), revents: 0)]
+            var detached = mounts < 0 || connection == nil
+            if detached { fds[1] = pollfd(fd: connection == nil ? -1 : device, events: 0, revents: 0) }
+            while true {
+                fds[0].revents = 0; fds[1].revents = 0
+                let n = poll(&fds, 2, -1)
+                if n < 0 && Glibc.errno == EINTR { continue }
+                if stopping.load(ordering: .acquiring) || n < 0 { return }
+                if fds[0].revents & Int16(POLLIN) != 0 { break }  // a signal
+                guard fds[1].revents != 0 else { continue }
+                if detached { break }  // POLLERR: the connection ended
+                if let connection, !Self.listed(connection) {
+                    detached = true
+                    fds[1] = pollfd(fd: device, events: 0, revents: 0)
+                }
+            }
+            action()
+        }
+        thread.name = "wdmfs shutdown"
+        thread.start()
+    }
+
+    /// Whether a FUSE mount with device 0:`connection` is still in the mount table.
+    static func listed(_ connection: String) -> Bool {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return true }
+        return text.split(separator: "\n").contains { $0.split(separator: " ").dropFirst(2).first == Substring("0:" + connection) }
+    }
+
+    /// Ends the watch (after the loop ended) and waits for the thread; puts the
+    /// previous signal handlers back.
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        if wake >= 0 {
+            var one: UInt64 = 1
+            _ = Glibc.write(wake, &one, 8)
+            if started { finished.wait() }
+            cwdmsys_unchain_signals()
+            Glibc.close(wake)
+        }
+        if mounts >= 0 { Glibc.close(mounts) }
+    }
 }

@@ -129,7 +129,9 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     func interrupted() {
         let s = serial
         let nonBlocking = self.nonBlocking
-        DispatchQueue.global().async { [self] in
+        let bridge = self.bridge  // kept alive until the work is done (see scheduleTimeout)
+        DispatchQueue.global().async { [self, bridge] in
+            defer { withExtendedLifetime(bridge) {} }
             guard isUnanswered(serial: s) else { return }
             pendingIrp.withLock { $0?.serial == s ? $0?.irp : nil }?.cancelIrp(reportingStale: false)
             scheduleTimeout(serial: s, nonBlocking: nonBlocking)
@@ -141,7 +143,12 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     /// verifier reports the IRP. The driver keeps the IRP; its late completion answers nothing.
     private func scheduleTimeout(serial s: UInt64, nonBlocking: Bool) {
         let grace = bridge.cancelGrace
-        DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in
+        // The work holds the bridge: `self.bridge` is unowned, and a host may drop
+        // the bridge (a test's rig does) while a request a driver never completes
+        // still waits for its timeout (AddressSanitizer found the use after free).
+        let bridge = self.bridge
+        DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self, bridge] in
+            defer { withExtendedLifetime(bridge) {} }
             guard let reply = claim(serial: s, elsewhere: true) else { return }
             if let irp = pendingIrp.withLock({ $0?.serial == s ? $0?.irp : nil }) {
                 bridge.io.verifier.report(.neverCompleted, irp: irp, detail: "not completed \(grace) s after IoCancelIrp; the caller was answered")

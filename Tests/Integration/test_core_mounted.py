@@ -20,7 +20,8 @@ from conftest import ROOT, is_mounted, mount_tree, require_fuse, unmount_tree, w
 MISBEHAVE = {  # CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS)
     name: (0x22 << 16) | ((0x900 + n) << 2)
     for n, name in enumerate(["complete_twice", "pending_without_mark", "return_without_completing", "pend_forever",
-                              "information_too_large", "complete_after_reuse", "marked_but_not_pending"])
+                              "information_too_large", "complete_after_reuse", "marked_but_not_pending",
+                              "keep_closes"])
 }
 WAIT_FOR_SIGNAL, SIGNAL_WAITERS = 0x00222080, 0x00222084
 
@@ -108,15 +109,24 @@ def test_sigterm_with_requests_outstanding_ends_the_daemon_cleanly(tmp_path):
         children.append(ioctl_in_child(os.path.join(mp, "misbehave"), MISBEHAVE["pend_forever"]))
         children.append(ioctl_in_child(os.path.join(mp, "ioctl-demo"), WAIT_FOR_SIGNAL, out_len=4))
         children.append(subprocess.Popen(["dd", "if=/dev/zero", f"of={mp}/echo", "bs=64k", "count=4"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        time.sleep(0.5)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+
+        def pended():
+            with open(os.path.join(mp, ".stats")) as f:
+                return dict(line.split() for line in f if line.strip()).get("irps_pended", "0")
+        assert wait_for(lambda: int(pended()) >= 3)  # all three wait in drivers
         assert all(c.poll() is None for c in children)
         t0 = time.monotonic()
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(10) == 0
         assert time.monotonic() - t0 < 5.0
-        for c in children:
-            c.wait(5)  # released, whatever they were told
+        # Each caller is told ENODEV (not EINTR, which coreutils and Python retry into
+        # ENOTCONN): the driver that ignores the cancel, and the writer whose wait
+        # was cancelled. The inverted call's envelope carries STATUS_CANCELLED itself.
+        assert children[0].communicate(timeout=5)[0].split() == [str(errno.ENODEV)]
+        assert children[1].communicate(timeout=5)[0].split() == ["0", "0xc0000120"]
+        _, err = children[2].communicate(timeout=5)
+        assert "No such device" in err, err
         text = log.read_text()
         for driver in ["Null", "Zero", "RamDisk", "PassThroughFilter", "Echo", "IoctlDemo", "Misbehave", "LazyFilter"]:
             assert f"unloaded \\Driver\\{driver}" in text, text
@@ -759,3 +769,37 @@ def test_disabling_a_device_someone_has_open_is_vetoed_and_it_keeps_serving(tree
         assert os.read(fd, 4) == b"back"
     finally:
         os.close(fd)
+
+
+def test_an_unmount_ends_the_daemon_even_when_a_driver_keeps_a_close(tmp_path):
+    """The last close of a handle waits in a driver forever (the kernel sends
+    RELEASE and does not wait). A plain unmount must still end the daemon: the end
+    of the connection is heard at once (the mount table, then /dev/fuse), the
+    waiting CLOSE is given up after the grace, and the daemon exits."""
+    require_fuse()
+    wdmfs = wdmfs_binary()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    log = tmp_path / "daemon.log"
+    daemon = subprocess.Popen([wdmfs, "mount", mp, "--foreground", "--tree", "test"],
+                              stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: is_mounted(mp))
+        fd = os.open(os.path.join(mp, "misbehave"), os.O_RDWR)
+        assert env.call(fd, MISBEHAVE["keep_closes"])[0] == env.STATUS_SUCCESS
+        os.close(fd)
+
+        def pended():
+            with open(os.path.join(mp, ".stats")) as f:
+                return int(dict(line.split() for line in f if line.strip())["irps_pended"])
+        assert wait_for(lambda: pended() >= 1)  # the CLOSE waits in the driver
+        t0 = time.monotonic()
+        subprocess.run(["umount", mp], check=True, capture_output=True)
+        assert daemon.wait(10) == 0
+        assert time.monotonic() - t0 < 5.0
+        assert "a synchronous request abandoned at shutdown" in log.read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        if is_mounted(mp):
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)

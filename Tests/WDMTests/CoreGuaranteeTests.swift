@@ -168,4 +168,57 @@ import Testing
         #expect(left.count == 1)
         #expect(io.verifier.violations.map(\.rule) == [.neverCompleted])
     }
+
+    /// A driver that keeps a CREATE forever (no cancel routine), and the host ends:
+    /// the waiting opener is answered STATUS_CANCELLED once the grace is over, woken
+    /// by the shutdown itself (no timer), and the driver's late completion frees
+    /// the abandoned IRP instead of waking anyone.
+    @Test func shutdownReleasesASynchronousCallerADriverNeverAnswers() throws {
+        let io = IOManager()
+        io.shutdownGrace = 0.2
+        let held = Mutex<[IRP]>([])
+        let entered = DispatchSemaphore(value: 0)
+        _ = try buildStack(io, function: [.create: { _, irp in
+            irp.markPending()
+            held.withLock { $0.append(irp) }
+            entered.signal()
+            return .pending
+        }])
+        let host = EmbeddedHost(io)
+        let result = Mutex<NTStatus?>(nil)
+        let opened = DispatchSemaphore(value: 0)
+        Thread {
+            do throws(NTStatus) { _ = try host.open("dev") } catch { result.withLock { $0 = error } }
+            opened.signal()
+        }.start()
+        entered.wait()
+        #expect(opened.wait(timeout: .now() + 0.3) == .timedOut)  // the driver holds it
+        let left = io.beginShutdown()
+        #expect(left.count == 1)
+        opened.wait()
+        #expect(result.withLock { $0 } == .cancelled)
+        #expect(io.verifier.violations.map(\.detail).contains("a synchronous request abandoned at shutdown"))
+        #expect(io.outstandingIrps.isEmpty)  // abandoned: no longer the host's
+        // The late completion frees the IRP (ASan and the pool's checks watch it).
+        let before = io.statistics.irpsCompleted
+        held.withLock { $0 }[0].complete(.success)
+        #expect(io.statistics.irpsCompleted == before + 1)
+        #expect(io.outstandingIrps.isEmpty)
+        #expect(io.beginShutdown().isEmpty)  // once
+    }
+
+    /// A synchronous wait that starts after the shutdown began gives up by itself
+    /// after the grace (nobody would wake it).
+    @Test func aSynchronousWaitThatStartsAfterTheShutdownGivesUpByItself() throws {
+        let io = IOManager()
+        io.shutdownGrace = 0.1
+        _ = try buildStack(io, function: [.create: { _, irp in
+            irp.markPending()
+            return .pending  // kept, no cancel routine
+        }])
+        io.beginShutdown()
+        let host = EmbeddedHost(io)
+        #expect(throws: NTStatus.cancelled) { _ = try host.open("dev") }
+        #expect(io.verifier.violations.map(\.detail).contains("a synchronous request abandoned at shutdown"))
+    }
 }

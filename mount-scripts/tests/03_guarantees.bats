@@ -18,17 +18,23 @@ stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
     assert_output "0000000400000000"
 }
 
-@test "unmount --force ends a daemon whose driver never completes a request" {
+@test "unmount --force ends a daemon whose driver never completes a request; its caller gets ENODEV" {
     mount_tree --tree test
-    "$WDMFS" ioctl "$MP/misbehave" 0x0022240C --out-size 0 &   # pends forever, no cancel routine
+    pended=$(stat_of irps_pended)
+    "$WDMFS" ioctl "$MP/misbehave" 0x0022240C --out-size 0 2>"$BATS_TEST_TMPDIR/caller.err" &   # pends forever, no cancel routine
     caller=$!
-    sleep 0.3
+    # Waits for the state (the request pends in the driver), not for a time.
+    for _ in $(seq 500); do [ "$(stat_of irps_pended)" -gt "$pended" ] && break; sleep 0.01; done
+    [ "$(stat_of irps_pended)" -gt "$pended" ]
     run "$WDMFS" unmount "$MP"
     assert_failure 2
     assert_output --partial "--force"
     run "$WDMFS" unmount --force "$MP"
     assert_success
-    wait "$caller" || true   # answered (ENODEV), not left blocked
+    run wait "$caller"
+    assert_failure 2
+    run cat "$BATS_TEST_TMPDIR/caller.err"
+    assert_output --partial "No such device"
     run cat "$MP/null"
     assert_failure
 }

@@ -1,11 +1,12 @@
 /*
  * CWDMSys: the few system calls the wdmfs client and tool need that Swift
- * cannot call directly (a variadic ioctl, posix_spawn's GNU closefrom action).
+ * cannot call directly (a variadic ioctl, posix_spawn's GNU closefrom action, a signal handler).
  * No libfuse here: a client that sends IOCTLs does not link it.
  */
 #ifndef CWDMSYS_H
 #define CWDMSYS_H
 
+#include <sys/eventfd.h>
 #include <sys/types.h>
 
 /* ioctl(2) is variadic: one pointer argument. */
@@ -21,5 +22,15 @@ int cwdmsys_errno(void);
  * for the daemon's lifetime). Returns the pid, or -1 with errno set.
  */
 pid_t cwdmsys_spawn_daemon(const char *path, char *const argv[], int stderr_fd);
+
+/*
+ * A signal handler runs in signal context: only async-signal-safe calls, which
+ * Swift cannot promise. After `sigs` have handlers (libfuse's), chains one to
+ * each that calls the previous handler, then writes 1 to the eventfd `fd`
+ * (how the daemon learns at once that a signal ended its session). 0 or -1.
+ */
+int cwdmsys_chain_signals_to_eventfd(int fd);
+/* Puts the previous handlers back; the eventfd is no longer written. */
+void cwdmsys_unchain_signals(void);
 
 #endif

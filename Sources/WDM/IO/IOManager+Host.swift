@@ -155,6 +155,7 @@ extension IOManager {
             }
             // A synchronous caller's request waits with the others, and it waits for it.
             irp.packet.requester = SynchronousRequester.shared
+            irp.packet.syncWait.store(UInt64(irp.generation) << 8 | IRPPacket.SyncWait.waiting.rawValue, ordering: .relaxed)
             _ = park(irp, top)
             let (_, completed) = waitSynchronously(irp)
             guard completed else { return IOStatusBlock(status: .cancelled) }

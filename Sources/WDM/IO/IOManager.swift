@@ -23,9 +23,10 @@ public final class IOManager: @unchecked Sendable {
     /// so a driver that kept a buffer after completion reads garbage, and a host's
     /// pooled buffer that changes after it was poisoned is reported.
     public let checkedBuffers: Bool
-    /// Polled by synchronous waits: when it says true (the host is shutting down),
-    /// a wait cancels its IRP and gives up after `shutdownGrace` seconds.
-    public nonisolated(unsafe) var isShuttingDown: (@Sendable () -> Bool)?
+    /// Set once by `beginShutdown`: the host is ending.
+    let shuttingDown = Atomic<Bool>(false)
+    /// True once the host began shutting down (`beginShutdown`).
+    public var isShuttingDown: Bool { shuttingDown.load(ordering: .acquiring) }
     /// How long a cancelled IRP may take to complete before the I/O manager stops
     /// waiting for it (at shutdown, after a host's cancel). Windows waits 5 minutes.
     public nonisolated(unsafe) var shutdownGrace: Double = 1.0
@@ -276,34 +277,64 @@ public final class IOManager: @unchecked Sendable {
 
     /// Submits and waits: the IRP is completed when this returns, unless the host
     /// is shutting down and the driver did not complete it within `shutdownGrace`
-    /// after a cancel (then STATUS_CANCELLED, and the IRP is abandoned to the driver).
+    /// after a cancel (`beginShutdown`; then STATUS_CANCELLED, and the IRP is
+    /// abandoned to the driver).
     /// The caller frees a completed IRP.
     func callSynchronously(_ irp: IRP) -> (status: NTStatus, completed: Bool) {
         irp.packet.requester = SynchronousRequester.shared
+        irp.packet.syncWait.store(UInt64(irp.generation) << 8 | IRPPacket.SyncWait.waiting.rawValue, ordering: .relaxed)
         if submit(irp) == .pending { return waitSynchronously(irp) }
         return (irp.packet.ioStatus.status, true)
     }
 
     /// Waits for an IRP whose requester is `SynchronousRequester` and that pended
-    /// (see `callSynchronously`).
+    /// (see `callSynchronously`). No timer: the completion or `beginShutdown` wakes
+    /// it. A wait that starts after the shutdown began gives up by itself.
     func waitSynchronously(_ irp: IRP) -> (status: NTStatus, completed: Bool) {
-        do {
-            var cancelledAt: Double?
-            while !irp.packet.done.wait(timeout: .now() + 0.1).isSuccess {
-                guard isShuttingDown?() == true else { continue }
-                let now = Self.now
-                if let t = cancelledAt {
-                    if now - t > shutdownGrace, irp.packet.abandoned.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged {
-                        verifier.report(.neverCompleted, irp: irp, detail: "a synchronous request abandoned at shutdown")
-                        return (.cancelled, false)
-                    }
-                } else {
-                    cancelledAt = now
-                    irp.cancelIrp(reportingStale: false)
-                }
-            }
+        let p = irp.packet
+        // Pairs with the fence in `beginShutdown`: either its scan sees this IRP
+        // outstanding, or this load sees the shutdown.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if shuttingDown.load(ordering: .relaxed) {
+            irp.cancelIrp(reportingStale: false)
+            if p.done.wait(timeout: .now() + shutdownGrace) == .success { return (p.ioStatus.status, true) }
+            if abandonSynchronousWait(irp, signalling: false) { return (.cancelled, false) }
+            // Delivered in the meantime: its signal is on the way.
         }
-        return (irp.packet.ioStatus.status, true)
+        p.done.wait()
+        if p.abandoned { return (.cancelled, false) }
+        return (p.ioStatus.status, true)
+    }
+
+    /// Gives up a synchronous caller's wait on `irp` (at shutdown), unless the IRP
+    /// was delivered first. The late completion then frees the IRP.
+    @discardableResult
+    func abandonSynchronousWait(_ irp: IRP, signalling: Bool) -> Bool {
+        let g = UInt64(irp.generation) << 8
+        guard irp.packet.syncWait.compareExchange(
+            expected: g | IRPPacket.SyncWait.waiting.rawValue, desired: g | IRPPacket.SyncWait.abandoned.rawValue,
+            ordering: .acquiringAndReleasing).exchanged else { return false }
+        verifier.report(.neverCompleted, irp: irp, detail: "a synchronous request abandoned at shutdown")
+        if signalling { irp.packet.done.signal() }
+        return true
+    }
+
+    /// The host is ending (a signal, an unmount): every outstanding IRP is cancelled,
+    /// the drivers get `shutdownGrace` seconds, each IRP still not completed is
+    /// reported, and every synchronous caller still waiting (for a driver, or in a
+    /// queue held while its device is not in D0) is answered STATUS_CANCELLED.
+    /// Runs once; later calls return at once. Returns the IRPs left with the drivers.
+    @discardableResult
+    public func beginShutdown() -> [IRP] {
+        guard shuttingDown.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged else { return [] }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        let left = cancelOutstanding(grace: shutdownGrace)
+        for p in pool.all {
+            let w = p.syncWait.load(ordering: .acquiring)
+            guard w & 0xFF == IRPPacket.SyncWait.waiting.rawValue else { continue }
+            abandonSynchronousWait(IRP(packet: p, generation: UInt32(truncatingIfNeeded: w >> 8)), signalling: true)
+        }
+        return left
     }
 
     static var now: Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
@@ -416,7 +447,11 @@ public final class IOManager: @unchecked Sendable {
                 // Told before the waiter wakes: once it has, the I/O manager may be gone.
                 noteDelivery()
                 // A caller that gave up at shutdown is gone: the IRP is ours to free.
-                if p.abandoned.load(ordering: .acquiring) { freeIrp(irp) } else { p.done.signal() }
+                let g = UInt64(irp.generation) << 8
+                let (woken, _) = p.syncWait.compareExchange(
+                    expected: g | IRPPacket.SyncWait.waiting.rawValue, desired: g | IRPPacket.SyncWait.delivered.rawValue,
+                    ordering: .acquiringAndReleasing)
+                if woken { p.done.signal() } else { freeIrp(irp) }
             }
             return
         }
@@ -471,7 +506,7 @@ public final class IOManager: @unchecked Sendable {
             let w = p.state.load(ordering: .acquiring)
             let life = IRPPacket.Life(rawValue: UInt8(truncatingIfNeeded: w)) ?? .free
             let d = p.dispatchState.load(ordering: .acquiring)
-            guard life != .free, life != .completed, d != IRPPacket.Dispatch.idle.rawValue, !p.abandoned.load(ordering: .relaxed) else { return nil }
+            guard life != .free, life != .completed, d != IRPPacket.Dispatch.idle.rawValue, !p.abandoned else { return nil }
             return IRP(packet: p, generation: UInt32(truncatingIfNeeded: w >> 8))
         }
     }

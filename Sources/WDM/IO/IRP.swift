@@ -319,8 +319,14 @@ public final class IRPPacket: @unchecked Sendable {
     @exclusivity(unchecked) var ownedCopy: UnsafeMutableRawPointer?
     /// The buffer lengths the verifier checks Information against (0: not checked).
     @exclusivity(unchecked) var informationLimit = -1
-    /// A synchronous caller gave up waiting (shutdown): its late completion is dropped.
-    let abandoned = Atomic<Bool>(false)
+    /// A synchronous caller's wait, tagged with the IRP's generation:
+    /// generation << 8 | `SyncWait`. Exactly one of the completion (`delivered`)
+    /// and the shutdown (`abandoned`) moves it on from `waiting`, and only that one
+    /// wakes the caller: `done` is signalled once per wait.
+    let syncWait = Atomic<UInt64>(0)
+    enum SyncWait: UInt64 { case none = 0, waiting, delivered, abandoned }
+    /// True when a synchronous caller gave up on this IRP (its late completion is dropped).
+    var abandoned: Bool { syncWait.load(ordering: .acquiring) & 0xFF == SyncWait.abandoned.rawValue }
 
     // Bounce buffering (IOManager.bounceBuffers): the caller's memory while the
     // driver works on a SystemBuffer of its own.
@@ -514,7 +520,7 @@ public final class IRPPacket: @unchecked Sendable {
         informationLimit = -1
         queuedStatus = nil
         completedAsynchronously = false
-        abandoned.store(false, ordering: .relaxed)
+        syncWait.store(0, ordering: .relaxed)
         dispatchState.store(Dispatch.idle.rawValue, ordering: .relaxed)
     }
 }
