@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -66,3 +67,5 @@ void cwdmsys_unchain_signals(void) {
     for (int i = 0; i < 3; i++) sigaction(chained[i], &previous[i], NULL);
     chained_fd = -1;
 }
+
+int cwdmsys_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

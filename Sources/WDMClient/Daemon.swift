@@ -203,11 +203,7 @@ public enum Daemon {
             }
         }
         if lazy { return nil }
-        let deadline = monotonicSeconds() + timeout
-        while monotonicSeconds() < deadline {
-            if daemons.allSatisfy({ !isRunning($0) }) { return nil }
-            usleep(10_000)
-        }
+        if waitForExit(daemons, timeout: timeout) { return nil }
         return "unmounted \(path), but the daemon is still running"
     }
 
@@ -218,13 +214,29 @@ public enum Daemon {
         let path = absolute(mountpoint)
         let daemons = daemonPids(for: path)
         guard !daemons.isEmpty else { return "no wdmfs daemon serves \(path)" }
+        let exits = daemons.map(cwdmsys_pidfd_open)  // opened before the signal: no pid reuse
+        defer { exits.forEach { if $0 >= 0 { close($0) } } }
         for pid in daemons { kill(pid, SIGTERM) }
-        let deadline = monotonicSeconds() + timeout
-        while monotonicSeconds() < deadline {
-            if daemons.allSatisfy({ !isRunning($0) }) { return nil }
-            usleep(10_000)
-        }
+        if waitForExit(daemons, pidfds: exits, timeout: timeout) { return nil }
         return "the daemon serving \(path) is still running \(Int(timeout)) s after SIGTERM"
+    }
+
+    /// Waits until every process of `pids` has exited (a zombie counts), woken by
+    /// each exit (pidfds poll readable), for at most `timeout` seconds.
+    static func waitForExit(_ pids: [pid_t], pidfds: [Int32]? = nil, timeout: Double) -> Bool {
+        let fds = pidfds ?? pids.map(cwdmsys_pidfd_open)
+        defer { if pidfds == nil { fds.forEach { if $0 >= 0 { close($0) } } } }
+        var polled = zip(pids, fds).filter { $0.1 >= 0 && isRunning($0.0) }.map { pollfd(fd: $0.1, events: Int16(POLLIN), revents: 0) }
+        // A pid whose pidfd could not be opened has gone already (or is not ours to watch).
+        let deadline = monotonicSeconds() + timeout
+        while !polled.isEmpty {
+            let left = deadline - monotonicSeconds()
+            guard left > 0 else { return false }
+            let n = poll(&polled, nfds_t(polled.count), Int32(left * 1000) + 1)
+            if n < 0 && errno != EINTR { return false }
+            polled.removeAll { $0.revents != 0 }
+        }
+        return true
     }
 
     static func runFusermount(_ path: String, lazy: Bool) -> Bool {

@@ -414,12 +414,15 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             let verb = String((data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? "").filter { !$0.isWhitespace })
             let path = treePath(ino)
             if path.map({ resolve($0) == .rootControl }) == true {
-                // `.devices/.control`: a rescan from the root (removed root devices come back).
-                guard verb == "rescan" else {
+                // `.devices/.control`: `rescan` from the root (removed root devices come
+                // back); `settle` waits until the PnP manager has nothing left to do.
+                switch verb {
+                case "rescan": _ = io.rescan(nil)
+                case "settle": io.pnp.settle()
+                default:
                     reply.error(EINVAL)
                     return
                 }
-                _ = io.rescan(nil)
                 reply.written(size)
                 return
             }

@@ -59,9 +59,17 @@ struct Plug: ParsableCommand {
         try BusRequest.send(bus: bus, code: BusRequest.plugIn,
                             input: ToasterBus.plugInRequest(serial: serial, hardwareIDs: hardwareId.isEmpty ? [ToasterBus.toasterHardwareID] : hardwareId),
                             what: "plugging in toaster \(serial)")
-        // The PnP manager starts it on its own thread; wait (briefly) for the file.
+        // The PnP manager starts it on its own thread: wait until it has nothing left
+        // to do (`settle`, which root may ask for), then the file is there or it failed.
         let dir = (bus as NSString).deletingLastPathComponent
-        for _ in 0..<200 where !FileManager.default.fileExists(atPath: dir + "/toaster\(serial)") { usleep(10_000) }
+        let control = dir + "/.devices/.control"
+        if access(control, W_OK) == 0, let h = FileHandle(forWritingAtPath: control) {
+            try? h.write(contentsOf: Data("settle\n".utf8))
+            try? h.close()
+            guard FileManager.default.fileExists(atPath: dir + "/toaster\(serial)") else {
+                fail("toaster \(serial) was plugged in but did not start (see \(dir)/.devices/toaster-bus/toaster\(serial)/status)")
+            }
+        }
         print("toaster\(serial)")
     }
 }

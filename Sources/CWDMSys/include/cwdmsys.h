@@ -30,6 +30,10 @@ pid_t cwdmsys_spawn_daemon(const char *path, char *const argv[], int stderr_fd);
  * (how the daemon learns at once that a signal ended its session). 0 or -1.
  */
 int cwdmsys_chain_signals_to_eventfd(int fd);
+/* pidfd_open(2) has no glibc wrapper before 2.36 and syscall(2) is variadic:
+   a descriptor that polls readable when `pid` exits (before it is reaped). */
+int cwdmsys_pidfd_open(pid_t pid);
+
 /* Puts the previous handlers back; the eventfd is no longer written. */
 void cwdmsys_unchain_signals(void);
 

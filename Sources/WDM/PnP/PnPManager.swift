@@ -113,11 +113,24 @@ public final class PnPManager: @unchecked Sendable {
     /// Queues `action` on the executor (IoInvalidateDeviceRelations, IoRequestDeviceEject, a closed handle).
     public func enqueue(_ action: @escaping @Sendable () -> Void) {
         let keep = io  // the I/O manager lives until the action has run
+        queued.add(1, ordering: .relaxed)
         queue.async { [self] in
             action()
             publish()
+            queued.subtract(1, ordering: .releasing)
             _ = keep
         }
+    }
+
+    /// Actions queued with `enqueue` that have not finished.
+    private let queued = Atomic<Int>(0)
+
+    /// Waits until the executor has nothing left to do, including the actions the
+    /// actions queue (an enumeration that starts children): what `udevadm settle`
+    /// is to udev. Woken by the executor; it loops only while work keeps arriving.
+    public func settle() {
+        guard !isOnExecutor else { return }
+        repeat { queue.sync {} } while queued.load(ordering: .acquiring) > 0
     }
 
     /// Waits until every action queued so far has run.
