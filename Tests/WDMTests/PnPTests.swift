@@ -249,4 +249,22 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         io.purgeGraveyard()
         #expect(pdo == nil)  // freed once no request is in flight
     }
+
+    /// `settle` returns only when the executor has nothing left, including actions
+    /// queued by actions (an enumeration that queues a start): one `sync` would not.
+    @Test func settleWaitsForActionsThatActionsQueue() {
+        let io = IOManager()
+        let done = Atomic<Int>(0)
+        let gate = DispatchSemaphore(value: 0)
+        io.pnp.enqueue {
+            gate.wait()  // the test's settle is queued behind this one
+            io.pnp.enqueue {
+                io.pnp.enqueue { done.store(2, ordering: .releasing) }
+                done.store(1, ordering: .releasing)
+            }
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.05) { gate.signal() }
+        io.pnp.settle()
+        #expect(done.load(ordering: .acquiring) == 2)
+    }
 }
