@@ -27,7 +27,6 @@ import WDMClient
 public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public let io: IOManager
     public let sink: any ReplySink
-    let buffers: ReplyBufferPool
     let requests = RequestPool()
     let mountTime = timespec(tv_sec: time(nil), tv_nsec: 0)
     /// Seconds a cancelled IRP may take before its caller is answered anyway.
@@ -78,7 +77,6 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public init(io: IOManager, sink: (any ReplySink)? = nil) {
         self.io = io
         self.sink = sink ?? LibfuseSink(log: { line in io.log?(line) })
-        buffers = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier)
         for link in io.pnp.snapshot.links { _ = inode(of: link) }
         io.pnp.observer = { [weak self] change in self?.treeChanged(change) }
     }
@@ -398,10 +396,19 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             FuseReply(req, sink).error(EBADF)
             return
         }
-        let buffer = buffers.take(size)
+        let pool = replyBuffers(of: file.deviceObject)
+        let buffer = pool.take(size)
         let r = requests.take(self)
-        r.begin(FuseReply(req, sink), kind: .read, size: size, buffer: buffer, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
+        r.begin(FuseReply(req, sink), kind: .read, size: size, buffer: buffer, from: pool, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
         _ = io.send(.read(buffer: buffer, length: size, offset: Int64(off)), on: file, requester: r)
+    }
+
+    /// The pool `device`'s reads are answered from (made at its first read).
+    @inline(__always)
+    func replyBuffers(of device: DeviceObject) -> ReplyBufferPool {
+        if let pool = device.hostData.load() { return unsafeDowncast(pool, to: ReplyBufferPool.self) }
+        let made = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier)
+        return unsafeDowncast(device.hostData.storeIfNil(made), to: ReplyBufferPool.self)
     }
 
     func write(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {

@@ -32,8 +32,9 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     @exclusivity(unchecked) var kind = Kind.read
     /// A read's length, a write's length, an ioctl's output length.
     @exclusivity(unchecked) var size = 0
-    /// A read's reply buffer (from the bridge's pool).
+    /// A read's reply buffer, and the pool of the device it came from.
     @exclusivity(unchecked) var buffer: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) var pool: ReplyBufferPool?
     /// For an ioctl: where the output starts in the data area.
     @exclusivity(unchecked) var outputOffset = 0
     /// For an ioctl: the envelope's data area in the FUSE request (what a request
@@ -53,12 +54,13 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
 
     /// Starts serving `req`.
     @inline(__always)
-    func begin(_ reply: consuming FuseReply, kind: Kind, size: Int, buffer: UnsafeMutableRawPointer? = nil, nonBlocking: Bool = false) {
+    func begin(_ reply: consuming FuseReply, kind: Kind, size: Int, buffer: UnsafeMutableRawPointer? = nil, from pool: ReplyBufferPool? = nil, nonBlocking: Bool = false) {
         self.req = reply.req
         self.reply = consume reply
         self.kind = kind
         self.size = size
         self.buffer = buffer
+        self.pool = pool
         self.nonBlocking = nonBlocking
         self.armed = false
         self.outputOffset = 0
@@ -108,8 +110,9 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
 
     /// Back to the pool, or retired if someone else answered (and may still be at it).
     private func finish() {
-        if kind == .read, let buffer { bridge.buffers.put(buffer, size: size) }
+        if kind == .read, let buffer { pool?.put(buffer, size: size) }
         buffer = nil
+        pool = nil
         pendingIrp.withLock { $0 = nil }
         let w = ticket.load(ordering: .acquiring)
         // The next serial, answered until `begin`: late work for this request finds

@@ -1,6 +1,9 @@
 // ReplyBufferPool: the memory reads are answered from. A read IRP's driver
 // fills one of these in place and the reply sends it, so the data is written
-// once, by the driver. Buffers are reused, never freed while mounted.
+// once, by the driver. Each device has its own pool (`DeviceObject.hostData`):
+// a driver that writes into a buffer after completing can only ever reach a
+// later read of its own device, never another device's caller. Buffers are
+// reused (up to `keep` per size class; more are freed) while the device lives.
 // In checked mode a returned buffer is poisoned, and a buffer whose poison
 // changed by the time it is handed out again was written by a driver that
 // kept it after its request completed: the verifier reports it.
@@ -12,6 +15,9 @@ final class ReplyBufferPool: @unchecked Sendable {
     /// Size classes: 4 KiB << k, up to 4 MiB.
     private static let classes = 11
     private let free = HandoffMutex<[[UInt]]>(Array(repeating: [], count: classes))
+    /// Free buffers kept per size class (the most reads one device has in flight
+    /// at once is about the FUSE worker count; beyond that a buffer is freed).
+    static let keep = 32
     let checked: Bool
     unowned let verifier: Verifier
 
@@ -52,8 +58,16 @@ final class ReplyBufferPool: @unchecked Sendable {
             return
         }
         if checked { p.initializeMemory(as: UInt8.self, repeating: Poison.byte, count: 4096 << k) }
-        free.withLock { $0[k].append(UInt(bitPattern: p)) }
+        let kept = free.withLock { lists in
+            guard lists[k].count < Self.keep else { return false }
+            lists[k].append(UInt(bitPattern: p))
+            return true
+        }
+        if !kept { p.deallocate() }
     }
+
+    /// The free buffers (for tests).
+    var freeBuffers: Set<UInt> { free.withLock { Set($0.joined()) } }
 
     private func verifyPoison(_ p: UnsafeMutableRawPointer, count: Int) {
         let bytes = UnsafeRawBufferPointer(start: p, count: count)

@@ -330,8 +330,30 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
         // The driver writes into the buffer 20 ms after completing.
         while MisbehaveDriver.lateWrites.load(ordering: .acquiring) == writes { Thread.sleep(forTimeInterval: 0.01) }
         let zero = rig.open("zero")
-        _ = rig.read("zero", zero, size: 4096)  // takes the same pooled buffer again
+        _ = rig.read("zero", zero, size: 4096)  // its own buffers: nothing to see
+        #expect(rig.rules == [])
+        _ = rig.read("misbehave", bad, size: 4096)  // takes the same pooled buffer again
         #expect(rig.rules == [.bufferWrittenAfterCompletion])
+    }
+
+    /// Checked mode or not, a buffer a driver wrote into after completing never
+    /// reaches another device's read: each device's reads are answered from a
+    /// pool of its own (before, zero could read back misbehave's late bytes).
+    @Test func aReadBufferNeverPassesFromOneDeviceToAnother() throws {
+        let rig = try Rig()
+        let bad = rig.open("misbehave"), zero = rig.open("zero")
+        #expect(rig.sink.replies(rig.read("misbehave", bad, size: 4096)) == [.data([0x4D])])
+        let badFile = try #require(FuseBridge.file(rig.ino("misbehave"), bad))
+        let zeroFile = try #require(FuseBridge.file(rig.ino("zero"), zero))
+        let badPool = rig.bridge.replyBuffers(of: badFile.deviceObject)
+        let used = badPool.freeBuffers
+        #expect(used.count == 1)  // the read's buffer came back to misbehave's pool
+        for _ in 0..<4 { #expect(rig.sink.replies(rig.read("zero", zero, size: 4096)) == [.data([UInt8](repeating: 0, count: 4096))]) }
+        let zeroPool = rig.bridge.replyBuffers(of: zeroFile.deviceObject)
+        #expect(zeroPool !== badPool)
+        #expect(zeroPool.freeBuffers.count == 1)
+        #expect(zeroPool.freeBuffers.isDisjoint(with: used))
+        #expect(badPool.freeBuffers == used)
     }
 
     @Test func informationLargerThanTheOutputIsClampedAndReported() throws {

@@ -58,6 +58,10 @@ public final class DeviceObject: @unchecked Sendable {
     @usableFromInline let dispatch: UnsafeMutablePointer<DispatchSlot>
     /// `DeviceExtension`: the driver's per-device state.
     @exclusivity(unchecked) public var deviceExtension: AnyObject?
+    /// What the host keeps per device (the bridge: the buffers its reads are
+    /// answered from, so memory one device's driver wrote after completing never
+    /// reaches another device's caller). Set once, by the host only.
+    public let hostData = AtomicLazyReference<AnyObject>()
     /// The `\Device\Name`, if created with one.
     public let name: String?
     /// The device node of the stack's PDO (set on PDOs by the bus, shared by the stack).
