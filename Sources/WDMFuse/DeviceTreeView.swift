@@ -12,6 +12,10 @@ enum NodeFile: String, CaseIterable {
     case deviceID = "device_id", instanceID = "instance_id", hardwareIDs = "hardware_ids", compatibleIDs = "compatible_ids"
     case description, status, problem, stack, power, handles, control, result
     case filterLog = "filter.log"
+
+    private static let indices = Dictionary(uniqueKeysWithValues: allCases.enumerated().map { ($1, $0) })
+    /// Its place in `allCases` (part of its inode number).
+    var index: Int { Self.indices[self]! }
 }
 
 /// What a path under `.devices` or `.interfaces` names.
@@ -42,6 +46,8 @@ enum TreeEntry: Equatable {
 extension FuseBridge {
     /// Inodes of `.devices` entries start here (device files count up from 4).
     static let treeBase: fuse_ino_t = 1 << 40
+    /// Node files' inodes start here (see `Inodes.inode(directory:_:)`).
+    static let fileBase: fuse_ino_t = 1 << 41
 
     /// What `path` (`.devices`, `.devices/a/b`, `.devices/a/status`) names in the
     /// tree the PnP manager last published (one dictionary look-up).
@@ -81,20 +87,18 @@ extension FuseBridge {
 
     /// The inode of a `.devices` path that exists now.
     func treeInode(_ path: String, in tree: TreeSnapshot? = nil) -> fuse_ino_t? {
-        guard resolve(path, in: tree) != nil else { return nil }
-        return inodes.withLock { t in
-            if let ino = t.byName[path] { return ino }
-            let ino = FuseBridge.treeBase + t.nextTree
-            t.nextTree += 1
-            t.byName[path] = ino
-            t.byInode[ino] = path
-            return ino
+        switch resolve(path, in: tree) {
+        case nil: return nil
+        case .file(_, let f)?:
+            let dir = String(path[..<path.lastIndex(of: "/")!])
+            return inodes.withLock { $0.inode(directory: dir, f) }
+        default: return inodes.withLock { $0.inode(path) }
         }
     }
 
     /// The `.devices` path of an inode.
     func treePath(_ ino: fuse_ino_t) -> String? {
-        ino >= FuseBridge.treeBase ? inodes.withLock { $0.byInode[ino] } : nil
+        ino >= FuseBridge.treeBase ? inodes.withLock { $0.path(ino) } : nil
     }
 
     /// A directory's entries: child nodes, then the node's files. One snapshot for
@@ -106,12 +110,15 @@ extension FuseBridge {
             let leaf = path.split(separator: "/").count == 2
             return names.compactMap { n in treeInode(path + "/" + n, in: tree).map { (n, $0, !leaf) } }
         case .top?:
-            return tree.roots.compactMap { n in treeInode(path + "/" + n.name, in: tree).map { (n.name, $0, true) } }
-                + (treeInode(".devices/.control", in: tree).map { [(".control", $0, false)] } ?? [])
+            // Every name below exists in `tree`: no need to resolve each again.
+            let names = tree.roots.map { ($0.name, true) } + [(".control", false)]
+            return inodes.withLock { t in names.map { (n, d) in (n, t.inode(path + "/" + n), d) } }
         case .node(let node)?:
-            let children = node.children.compactMap { n in treeInode(path + "/" + n.name, in: tree).map { (n.name, $0, true) } }
-            let files = NodeFile.allCases.compactMap { f in treeInode(path + "/" + f.rawValue, in: tree).map { (f.rawValue, $0, false) } }
-            return children + files
+            let children = node.children.map(\.name)
+            return inodes.withLock { t in
+                children.map { ($0, t.inode(path + "/" + $0), true) }
+                    + NodeFile.allCases.map { ($0.rawValue, t.inode(directory: path, $0), false) }
+            }
         default:
             return nil
         }

@@ -28,7 +28,14 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public let io: IOManager
     public let sink: any ReplySink
     let requests = RequestPool()
+    /// Set at FUSE_INIT: the kernel opens directories itself (opendir answers ENOSYS).
+    let kernelOpensDirectories = Atomic<Bool>(false)
+    /// Without directory handles: each directory's listing as its last readdir at
+    /// offset 0 took it, which the later readdir calls of that listing continue.
+    let listings = HandoffMutex<[fuse_ino_t: [(String, fuse_ino_t, mode_t)]]>([:])
     let mountTime = timespec(tv_sec: time(nil), tv_nsec: 0)
+    /// The daemon's user and group: the owner of what the tree does not say otherwise.
+    let uid = geteuid(), gid = getegid()
     /// Seconds a cancelled IRP may take before its caller is answered anyway.
     public var cancelGrace: Double = 1.0
 
@@ -67,6 +74,31 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         var byInode: [fuse_ino_t: String] = [:]
         var next: fuse_ino_t = 4
         var nextTree: fuse_ino_t = 0
+
+        /// The inode of a `.devices`/`.interfaces` path, numbered at first sight
+        /// (the caller knows the path exists).
+        mutating func inode(_ path: String) -> fuse_ino_t {
+            if let ino = byName[path] { return ino }
+            let ino = FuseBridge.treeBase + nextTree
+            nextTree += 1
+            byName[path] = ino
+            byInode[ino] = path
+            return ino
+        }
+
+        /// A node file's inode, derived from its directory's (not kept in the table:
+        /// a listing of n nodes adds n entries, not 14 n): fileBase + dir << 5 + file.
+        mutating func inode(directory path: String, _ file: NodeFile) -> fuse_ino_t {
+            FuseBridge.fileBase + (inode(path) - FuseBridge.treeBase) << 5 + fuse_ino_t(file.index)
+        }
+
+        /// The path of a tree inode (a node file's from its directory's).
+        func path(_ ino: fuse_ino_t) -> String? {
+            guard ino >= FuseBridge.fileBase else { return byInode[ino] }
+            let rel = ino - FuseBridge.fileBase, k = Int(rel & 31)
+            guard k < NodeFile.allCases.count, let dir = byInode[FuseBridge.treeBase + rel >> 5] else { return nil }
+            return dir + "/" + NodeFile.allCases[k].rawValue
+        }
     }
     let inodes = HandoffMutex(Inodes())
     /// The outcome of the last verb written to each node's `control` file (its `result` file).
@@ -78,6 +110,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         self.io = io
         self.sink = sink ?? LibfuseSink(log: { line in io.log?(line) })
         for link in io.pnp.snapshot.links { _ = inode(of: link) }
+        let names = listedNames(io.pnp.snapshot)
+        listed.withLock { $0 = names }
         io.pnp.observer = { [weak self] change in self?.treeChanged(change) }
     }
 
@@ -110,7 +144,37 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             }
             sink.invalidateEntry(parent: 1, name: name)
         }
-        if change.treeChanged || !change.links.isEmpty { invalidateTree(tree) }
+        if change.treeChanged || !change.links.isEmpty {
+            invalidateTree(tree)
+            invalidateGrownDirectories(tree)
+        }
+    }
+
+    /// The names under `.devices` and `.interfaces` as of the last change.
+    let listed = HandoffMutex<(nodes: Set<String>, interfaces: Set<String>)>(([], []))
+
+    func listedNames(_ tree: TreeSnapshot) -> (nodes: Set<String>, interfaces: Set<String>) {
+        let enabled = io.enabledInterfaces()
+        return (Set(tree.byPath.keys), Set(io.knownInterfaceClasses).union(enabled.map { "\($0.classGUID)/\($0.instance)" }))
+    }
+
+    /// The kernel caches directory listings (it opens directories itself, and then
+    /// keeps what readdir said): a directory that gained a name is invalidated,
+    /// with the name (a negative entry for it may be cached too). Names that went
+    /// are `invalidateTree`'s.
+    func invalidateGrownDirectories(_ tree: TreeSnapshot) {
+        let now = listedNames(tree)
+        let before = listed.withLock { l in
+            defer { l = now }
+            return l
+        }
+        let added = now.nodes.subtracting(before.nodes).map { ".devices/" + $0 }
+            + now.interfaces.subtracting(before.interfaces).map { ".interfaces/" + $0 }
+        for path in added {
+            guard let slash = path.lastIndex(of: "/") else { continue }
+            let parent = String(path[..<slash]), name = String(path[path.index(after: slash)...])
+            if let ino = inodes.withLock({ $0.byName[parent] }) { sink.invalidateEntry(parent: ino, name: name) }
+        }
     }
 
     /// The `.devices` and `.interfaces` entries the kernel may have cached and
@@ -186,8 +250,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         guard let node = node(ino) else { return nil }
         var st = stat()
         st.st_ino = UInt(ino)
-        st.st_uid = geteuid()
-        st.st_gid = getegid()
+        st.st_uid = uid
+        st.st_gid = gid
         st.st_atim = mountTime
         st.st_mtim = mountTime
         st.st_ctim = mountTime
@@ -425,7 +489,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
                 // back); `settle` waits until the PnP manager has nothing left to do.
                 switch verb {
                 case "rescan": _ = io.rescan(nil)
-                case "settle": io.pnp.settle()
+                case "settle":
+                    io.pnp.settle()
+                    // ... and the kernel has heard of what changed (its cached listings).
+                    _ = (sink as? LibfuseSink)?.notificationsDone(within: 1)
                 default:
                     reply.error(EINVAL)
                     return

@@ -20,11 +20,21 @@ extension FuseBridge {
 
     static func operations() -> fuse_lowlevel_ops {
         var ops = fuse_lowlevel_ops()
+        ops.`init` = { userdata, conn in
+            guard let userdata, let conn else { return }
+            let bridge = Unmanaged<FuseBridge>.fromOpaque(userdata).takeUnretainedValue()
+            // The kernel opens and releases directories itself once opendir says ENOSYS:
+            // two requests fewer per directory listed.
+            bridge.kernelOpensDirectories.store(conn.pointee.capable & UInt32(FUSE_CAP_NO_OPENDIR_SUPPORT) != 0, ordering: .releasing)
+            // READDIRPLUS for every read of a directory, not only the first (see readdir).
+            conn.pointee.want &= ~UInt32(FUSE_CAP_READDIRPLUS_AUTO)
+        }
         ops.lookup = { req, parent, name in FuseBridge.of(req).lookup(req, parent, name.map { String(cString: $0) }) }
         ops.getattr = { req, ino, _ in FuseBridge.of(req).getattr(req, ino) }
         ops.setattr = { req, ino, _, toSet, _ in FuseBridge.of(req).setattr(req, ino, toSet) }
         ops.opendir = { req, ino, fi in FuseBridge.of(req).opendir(req, ino, fi) }
         ops.readdir = { req, ino, size, off, fi in FuseBridge.of(req).readdir(req, ino, size, off, fi) }
+        ops.readdirplus = { req, ino, size, off, fi in FuseBridge.of(req).readdir(req, ino, size, off, fi, plus: true) }
         ops.releasedir = { req, ino, fi in FuseBridge.of(req).releasedir(req, ino, fi) }
         ops.open = { req, ino, fi in FuseBridge.of(req).open(req, ino, fi!) }
         ops.readlink = { req, ino in FuseBridge.of(req).readlink(req, ino) }
@@ -51,13 +61,19 @@ extension FuseBridge {
     /// Creating, removing or moving a name: the tree is the drivers' to shape.
     func refuse(_ req: FuseRequestHandle) { FuseReply(req, sink).error(EPERM) }
 
-    /// opendir: the handle keeps the directory's listing, taken when it is first
-    /// read (and again at offset 0), so a listing of n entries costs O(n) in all
-    /// however many readdir calls the kernel makes.
+    /// opendir: where the kernel supports it, ENOSYS (the kernel then opens and
+    /// releases directories without asking, and readdir takes the listing from
+    /// `listings`). Otherwise the handle keeps the directory's listing, taken when
+    /// it is first read (and again at offset 0). Either way a listing of n entries
+    /// costs O(n) in all however many readdir calls the kernel makes.
     func opendir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let reply = FuseReply(req, sink)
         guard ino == 1 || treePath(ino) != nil else {
             reply.error(ENOTDIR)
+            return
+        }
+        if kernelOpensDirectories.load(ordering: .acquiring) {
+            reply.error(ENOSYS)
             return
         }
         fi?.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(DirListing()).toOpaque()))
@@ -85,18 +101,31 @@ extension FuseBridge {
         return entries
     }
 
-    func readdir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+    /// readdir, and READDIRPLUS: there only subdirectories carry their attributes
+    /// (the kernel then needs no LOOKUP to walk into them, as `ls -R` and `find`
+    /// do); files do not (inode 0: not instantiated), since making a kernel inode
+    /// for each of a node's 13 files costs more than the lookups it saves.
+    func readdir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool = false) {
         let reply = FuseReply(req, sink)
         let listing = fi.flatMap { UnsafeRawPointer(bitPattern: UInt($0.pointee.fh)) }.map { Unmanaged<DirListing>.fromOpaque($0).takeUnretainedValue() }
         let entries: [(String, fuse_ino_t, mode_t)]
         if let listing, off > 0, let cached = listing.entries {
             entries = cached
+        } else if listing == nil, off > 0, let cached = listings.withLock({ $0[ino] }) {
+            entries = cached  // the listing this one started from (no handle: see opendir)
         } else {
             guard let now = directoryEntries(ino) else {
                 reply.error(ENOENT)  // the directory went away
                 return
             }
-            listing?.entries = now
+            if let listing {
+                listing.entries = now
+            } else {
+                listings.withLock { cache in
+                    if cache.count >= 64 { cache.removeAll(keepingCapacity: true) }
+                    cache[ino] = now
+                }
+            }
             entries = now
         }
         let out = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
@@ -104,10 +133,24 @@ extension FuseBridge {
         var used = 0
         var i = max(0, off)
         while i < entries.count {
-            var st = stat()
-            st.st_ino = UInt(entries[i].1)
-            st.st_mode = entries[i].2
-            let n = fuse_add_direntry(req, out + used, size - used, entries[i].0, &st, off_t(i + 1))
+            let n: Int
+            if plus {
+                var e = fuse_entry_param()
+                e.attr.st_ino = UInt(entries[i].1)
+                e.attr.st_mode = entries[i].2
+                if i >= 2, entries[i].2 == Glibc.S_IFDIR, let attr = attributes(entries[i].1) {
+                    e.ino = entries[i].1
+                    e.attr = attr
+                    e.attr_timeout = fuseEntryTimeout
+                    e.entry_timeout = fuseEntryTimeout
+                }
+                n = fuse_add_direntry_plus(req, out + used, size - used, entries[i].0, &e, off_t(i + 1))
+            } else {
+                var st = stat()
+                st.st_ino = UInt(entries[i].1)
+                st.st_mode = entries[i].2
+                n = fuse_add_direntry(req, out + used, size - used, entries[i].0, &st, off_t(i + 1))
+            }
             if used + n > size { break }
             used += n
             i += 1

@@ -176,3 +176,27 @@ def test_plugging_while_someone_has_the_bus_open_says_the_bus_is_busy(tree):
         os.close(fd)
     assert run_wdmfs("plug", bus, "50").returncode == 0
     assert run_wdmfs("unplug", bus, "50").returncode == 0
+
+
+def test_listings_the_kernel_caches_follow_the_tree_at_once(fresh_tree):
+    """The kernel keeps directory listings (it opens directories itself and caches
+    what readdir said): a directory that gains or loses a name is invalidated, so a
+    listing right after `wdmfs plug` (which settles) shows the toaster, and right
+    after an unplug does not. No waiting: the first listing after the verb is right."""
+    m = fresh_tree
+    bus = m.dev(".devices/toaster-bus")
+    toaster_class = "{781EF630-72B2-11d2-B852-00C04FAD5171}"
+    for _ in range(2):  # listed before, so a stale cached listing would be seen
+        assert "toaster7" not in os.listdir(bus)
+        assert "toaster7" not in os.listdir(m.path)
+    r = run_wdmfs("plug", m.dev("toaster-bus"), "7")
+    assert r.returncode == 0, r.stderr
+    assert "toaster7" in os.listdir(bus)
+    assert "toaster7" in os.listdir(m.path)
+    assert "toaster7" in os.listdir(m.dev(".interfaces/" + toaster_class))
+    assert "status" in os.listdir(bus + "/toaster7")
+    r = run_wdmfs("unplug", m.dev("toaster-bus"), "7")
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: "toaster7" not in os.listdir(m.path))  # the PnP manager removes it on its thread
+    assert "toaster7" not in os.listdir(bus)
+    assert "toaster7" not in os.listdir(m.dev(".interfaces/" + toaster_class))
