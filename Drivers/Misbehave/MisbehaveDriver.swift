@@ -60,15 +60,21 @@ public enum MisbehaveDriver {
         }
         driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.power] = Power.functionDispatch
-        driver.majorFunction[.read] = { _, irp in
+        driver.majorFunction[.read] = { device, irp in
             // Completes, then keeps writing into the buffer it was given (checked mode sees it).
             let buffer = irp.transferBuffer
             if buffer.count > 0 { buffer[0] = 0x4D }
             irp.complete(.success, information: min(buffer.count, 1))
             if let base = buffer.baseAddress, buffer.count > 0 {
                 let address = UInt(bitPattern: base)
-                DispatchQueue.global().asyncAfter(deadline: .now() + 0.02) {
-                    UnsafeMutableRawPointer(bitPattern: address)!.storeBytes(of: 0x42, as: UInt8.self)
+                // The buffer is a host's, kept per device (the bridge's pools): once the
+                // device is gone so may be the memory, and the test process with it.
+                // Wrong as the driver is, it scribbles only while its device lives.
+                DispatchQueue.global().asyncAfter(deadline: .now() + 0.02) { [weak device] in
+                    guard let device else { return }
+                    withExtendedLifetime(device) {
+                        UnsafeMutableRawPointer(bitPattern: address)!.storeBytes(of: 0x42, as: UInt8.self)
+                    }
                     lateWrites.add(1, ordering: .releasing)
                 }
             }
