@@ -239,6 +239,34 @@ public enum Daemon {
         return true
     }
 
+    /// The FUSE mount options: the kernel checks each file's mode and owner
+    /// (`default_permissions`), and other users reach the mount (`allow_other`),
+    /// as they reach /dev. A user other than root may ask for allow_other only when
+    /// /etc/fuse.conf says `user_allow_other`; without it the mount is the user's
+    /// alone, and `log` says so.
+    public static func mountOptions(log: (String) -> Void) -> [String] {
+        if geteuid() == 0 || fuseConfAllowsOther() { return ["default_permissions", "allow_other"] }
+        log("other users cannot reach this mount: /etc/fuse.conf does not say user_allow_other")
+        return ["default_permissions"]
+    }
+
+    /// Whether /etc/fuse.conf has a `user_allow_other` line.
+    static func fuseConfAllowsOther(_ path: String = "/etc/fuse.conf") -> Bool {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = Glibc.read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            bytes += chunk[..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").contains {
+            $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) == ["user_allow_other"]
+        }
+    }
+
     static func runFusermount(_ path: String, lazy: Bool) -> Bool {
         let strings: [String] = ["/bin/fusermount3", lazy ? "-uz" : "-u", path]
         let argv: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]

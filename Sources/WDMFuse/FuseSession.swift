@@ -179,6 +179,10 @@ extension FuseBridge {
         let watcher = ShutdownWatcher()
         defer { watcher.stop() }
         guard fuse_session_mount(se, mountpoint) == 0 else {
+            if access("/dev/fuse", R_OK | W_OK) != 0 {
+                // libfuse opens /dev/fuse itself before it would ask fusermount3.
+                throw MountError("could not mount at \(mountpoint): /dev/fuse: \(String(cString: strerror(Glibc.errno))) (a user other than root needs read and write access to it: mode 0666, as Debian's udev rule sets it)")
+            }
             throw MountError("could not mount at \(mountpoint) (does it exist, and is /dev/fuse usable?)")
         }
         // The connection's number, read now (at shutdown nothing may touch the mount).

@@ -135,7 +135,7 @@ struct Mount: ParsableCommand {
         bridge.pollMode = poll
         let result: Int32
         do {
-            result = try bridge.serve(mountpoint: path, options: ["default_permissions"]) {
+            result = try bridge.serve(mountpoint: path, options: Daemon.mountOptions(log: { Daemon.log("wdmfs: \($0)") })) {
                 if notifyReady {
                     Daemon.announceReady(logFile: log)
                 } else {

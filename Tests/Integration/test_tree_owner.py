@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 
 import pytest
@@ -200,3 +201,106 @@ def test_listings_the_kernel_caches_follow_the_tree_at_once(fresh_tree):
     assert wait_for(lambda: "toaster7" not in os.listdir(m.path))  # the PnP manager removes it on its thread
     assert "toaster7" not in os.listdir(bus)
     assert "toaster7" not in os.listdir(m.dev(".interfaces/" + toaster_class))
+
+
+# ---- Permissions: other users reach the mount, each file's mode and owner decide ----
+
+def as_user(user, *cmd, **kw):
+    return subprocess.run(list(cmd), user=user, capture_output=True, text=True, timeout=30, **kw)
+
+
+def test_other_users_reach_a_root_mount_and_each_files_mode_and_owner_decide(tmp_path):
+    """Mounted by root (allow_other, default_permissions), as /dev is: nobody reads
+    a 0666 device, is refused a 0600 one of root's, and owns one the tree gives it."""
+    tree = tmp_path / "tree.yaml"
+    tree.write_text(
+        "devices:\n"
+        "  - {name: null, hardware_ids: ['Root\\Null']}\n"
+        "  - {name: zero, hardware_ids: ['Root\\Zero'], mode: '0600'}\n"
+        "  - {name: mine, hardware_ids: ['Root\\Zero'], mode: '0600', owner: nobody}\n")
+    m = mount_tree(("--tree", str(tree)))
+    try:
+        with open("/proc/mounts") as f:
+            options = next(line.split()[3] for line in f if line.split()[1] == m.path)
+        assert "allow_other" in options and "default_permissions" in options
+        r = as_user("nobody", "head", "-c", "4", m.dev("null"))
+        assert r.returncode == 0, r.stderr
+        r = as_user("nobody", "head", "-c", "4", m.dev("zero"))
+        assert r.returncode != 0 and "Permission denied" in r.stderr
+        r = as_user("nobody", "head", "-c", "4", m.dev("mine"))
+        assert r.returncode == 0 and r.stdout == "\0" * 4, r.stderr
+        assert os.stat(m.dev("mine")).st_uid == 65534
+        # Another user's wdmfs sees a wdmfs tree (it could not even reach it before).
+        r = as_user("nobody", m.wdmfs, "status", m.path, "null")
+        assert r.returncode == 0 and "null" in r.stdout, r.stdout + r.stderr
+    finally:
+        unmount_tree(m)
+
+
+@pytest.fixture
+def fuse_for_users():
+    """/dev/fuse usable by every user (Debian's udev rule makes it 0666; this
+    machine's is 0600), put back afterwards."""
+    before = os.stat("/dev/fuse").st_mode & 0o777
+    os.chmod("/dev/fuse", 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", before)
+
+
+def test_a_user_mounts_a_tree_of_their_own_and_fuse_conf_decides_who_else_reaches_it(tmp_path, fuse_for_users):
+    wdmfs = wdmfs_binary_for_users()
+    conf = "/etc/fuse.conf"
+    saved = open(conf).read() if os.path.exists(conf) else None
+    import pathlib
+    top = pathlib.Path(tempfile.mkdtemp(prefix="wdmfs-user-"))  # not under pytest's 0700 tmp_path
+    os.chmod(top, 0o755)
+    for allowed in (False, True):
+        mp = top / ("shared" if allowed else "private")
+        mp.mkdir()
+        os.chown(mp, 65534, 65534)
+        with open(conf, "w") as f:
+            f.write((saved or "") + ("\nuser_allow_other\n" if allowed else ""))
+        try:
+            r = as_user("nobody", wdmfs, "mount", str(mp), "--log-file", "/dev/null")
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert is_mounted(str(mp))
+            r = as_user("nobody", "head", "-c", "4", str(mp / "zero"))
+            assert r.returncode == 0 and r.stdout == "\0" * 4, r.stderr
+            with open("/proc/mounts") as f:
+                options = next(line.split()[3] for line in f if line.split()[1] == str(mp))
+            assert ("allow_other" in options) == allowed, options
+            try:
+                os.stat(mp / "zero")
+                reached = True
+            except PermissionError:
+                reached = False
+            assert reached == allowed  # even root is kept out of a private FUSE mount
+            r = as_user("nobody", wdmfs, "unmount", str(mp))
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert not is_mounted(str(mp))
+        finally:
+            if saved is None:
+                os.remove(conf)
+            else:
+                with open(conf, "w") as f:
+                    f.write(saved)
+            if is_mounted(str(mp)):
+                subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+            os.rmdir(mp)
+    os.rmdir(top)
+
+
+def wdmfs_binary_for_users():
+    """The wdmfs binary, where another user can run it (a build under /root is not)."""
+    from conftest import wdmfs_binary
+    import shutil
+    src = wdmfs_binary()
+    r = subprocess.run(["runuser", "-u", "nobody", "--", src, "--help"], capture_output=True)
+    if r.returncode == 0:
+        return src
+    dst = os.path.join(tempfile.mkdtemp(prefix="wdmfs-bin-"), "wdmfs")
+    shutil.copy2(src, dst)
+    os.chmod(os.path.dirname(dst), 0o755)
+    return dst
