@@ -138,9 +138,14 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         let tree = io.pnp.snapshot
         for name in change.links {
             if !tree.presentLinks.contains(name) {
-                inodes.withLock { t in
-                    if let ino = t.byName.removeValue(forKey: name) { t.byInode[ino] = nil }
+                let gone = inodes.withLock { t in
+                    t.byName.removeValue(forKey: name).map { ino in
+                        t.byInode[ino] = nil
+                        return ino
+                    }
                 }
+                // A handle still open keeps the inode: its link count is 0 now.
+                if let gone, openInodes.withLock({ $0[gone] != nil }) { sink.invalidateInode(gone) }
             }
             sink.invalidateEntry(parent: 1, name: name)
         }
@@ -323,7 +328,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
     func getattr(_ req: FuseRequestHandle, _ ino: fuse_ino_t) {
         let reply = FuseReply(req, sink)
-        guard var st = attributes(ino) else {
+        guard var st = attributes(ino) ?? openAttributes(ino) else {
             reply.error(ENOENT)
             return
         }
@@ -383,6 +388,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             // One snapshot per open, served by offset: small reads never mix two.
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(statsText)).toOpaque()))
             cfuse_fi_set_direct_io(fi)
+            noteOpened(ino)
             reply.open(fi)
         case .treeDir:
             reply.error(EISDIR)
@@ -407,11 +413,13 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
                 fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(text(node, f))).toOpaque()))
             }
             cfuse_fi_set_direct_io(fi)
+            noteOpened(ino)
             reply.open(fi)
         case .power:
             // Reading says the system power state; writing S0...S5 moves the system there.
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot("\(io.systemPowerState)\n")).toOpaque()))
             cfuse_fi_set_direct_io(fi)
+            noteOpened(ino)
             reply.open(fi)
         case .device(let link):
             let access: AccessMask = switch fi.pointee.flags & O_ACCMODE {
@@ -428,12 +436,36 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             }
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
             cfuse_fi_set_direct_io(fi)
+            noteOpened(ino)
             reply.open(fi)
         }
     }
 
+    /// Inodes with handles open, and their attributes as they were opened: fstat
+    /// of an open descriptor keeps working after its name went away (with link
+    /// count 0), as on Linux, where fstat of an open file does not fail.
+    let openInodes = HandoffMutex<[fuse_ino_t: (handles: Int, attr: stat)]>([:])
+
+    func noteOpened(_ ino: fuse_ino_t) {
+        guard let st = attributes(ino) else { return }
+        openInodes.withLock { open in
+            if let e = open[ino] { open[ino] = (e.handles + 1, e.attr) } else { open[ino] = (1, st) }
+        }
+    }
+
+    /// The attributes of an inode whose name is gone while a handle is still open.
+    func openAttributes(_ ino: fuse_ino_t) -> stat? {
+        guard var st = openInodes.withLock({ $0[ino]?.attr }) else { return nil }
+        st.st_nlink = 0
+        return st
+    }
+
     func release(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let reply = FuseReply(req, sink)
+        openInodes.withLock { open in
+            guard let e = open[ino] else { return }
+            open[ino] = e.handles > 1 ? (e.handles - 1, e.attr) : nil
+        }
         if let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) {
             if ino == 2 || ino == 3 || ino >= FuseBridge.treeBase {
                 Unmanaged<StatsSnapshot>.fromOpaque(p).release()

@@ -38,6 +38,9 @@ public protocol ReplySink: AnyObject, Sendable {
     /// away), and that the directory's listing did. Not called from inside a request
     /// on that directory.
     func invalidateEntry(parent: UInt64, name: String)
+    /// Tells the kernel that an inode's attributes changed (a name that went away
+    /// leaves its open inode with link count 0).
+    func invalidateInode(_ ino: UInt64)
 }
 
 /// The obligation to answer one FUSE request exactly once.
@@ -113,6 +116,15 @@ final class LibfuseSink: ReplySink, @unchecked Sendable {
             guard let se = session else { return }
             _ = name.withCString { fuse_lowlevel_notify_inval_entry(se, parent, $0, strlen($0)) }
             _ = fuse_lowlevel_notify_inval_inode(se, parent, 0, 0)
+        }
+    }
+
+    func invalidateInode(_ ino: UInt64) {
+        inFlight.enter()
+        notifications.async { [self] in
+            defer { inFlight.leave() }
+            guard let se = session else { return }
+            _ = fuse_lowlevel_notify_inval_inode(se, ino, -1, 0)  // attributes only
         }
     }
 

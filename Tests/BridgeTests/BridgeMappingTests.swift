@@ -52,6 +52,7 @@ final class FakeSink: ReplySink, @unchecked Sendable {
     func destroyPollHandle(_ handle: OpaquePointer) {}
     func dropped(_ req: FuseRequestHandle, _ what: String) { state.withLock { $0.dropped += 1 } }
     func invalidateEntry(parent: UInt64, name: String) { state.withLock { $0.invalidated.append(name) } }
+    func invalidateInode(_ ino: UInt64) {}
     var invalidated: [String] { state.withLock { $0.invalidated } }
 
     func replies(_ req: Int) -> [Reply] { state.withLock { $0.replies[req] ?? [] } }

@@ -304,3 +304,27 @@ def wdmfs_binary_for_users():
     shutil.copy2(src, dst)
     os.chmod(os.path.dirname(dst), 0o755)
     return dst
+
+
+def test_fstat_of_a_handle_whose_device_went_away_works_and_reads_say_no_such_device(fresh_tree):
+    """On Linux fstat of an open descriptor does not fail: after the toaster is
+    unplugged its handle still stats (link count 0), and `cat <&3` says
+    "No such device", not "No such file or directory"."""
+    m = fresh_tree
+    assert run_wdmfs("plug", m.dev("toaster-bus"), "4").returncode == 0
+    fd = os.open(m.dev("toaster4"), os.O_RDONLY)
+    try:
+        before = os.fstat(fd)
+        assert before.st_nlink == 1
+        assert run_wdmfs("unplug", m.dev("toaster-bus"), "4").returncode == 0
+        assert wait_for(lambda: not os.path.exists(m.dev("toaster4")))
+        after = os.fstat(fd)
+        assert after.st_nlink == 0 and after.st_ino == before.st_ino and after.st_mode == before.st_mode
+        with pytest.raises(OSError) as e:
+            os.read(fd, 1)
+        assert e.value.errno == errno.ENODEV
+        r = subprocess.run(["bash", "-c", f"cat <&{fd}"], pass_fds=(fd,), capture_output=True, text=True)
+        assert r.returncode != 0 and "No such device" in r.stderr, r.stderr
+    finally:
+        os.close(fd)
+    os.stat(m.path)  # the daemon serves on
