@@ -29,7 +29,7 @@ public enum DefaultTree {
 
     /// The default tree as a description: null, zero, ramdisk0 (a RAM disk under a
     /// pass-through filter), echo, ioctl-demo, toaster-bus (no toasters plugged in; mode 0600,
-    /// the others 0666); `test` adds misbehave and lazy-null, `bench` adds zero-stacked.
+    /// the others 0666; toasters get the sample's filter as their class upper filter); `test` adds misbehave and lazy-null, `bench` adds zero-stacked.
     public static func description(_ options: Options = Options()) -> TreeDescription {
         var devices = [
             DeviceDescription(name: "null", hardwareIDs: ["Root\\Null"]),
@@ -50,7 +50,9 @@ public enum DefaultTree {
             devices.append(DeviceDescription(name: "zero-stacked", hardwareIDs: ["Root\\Zero"],
                                              upperFilters: [PassThroughFilter.name, PassThroughFilter.name]))
         }
-        return TreeDescription(devices: devices)
+        // The toaster sample's filter as the Toaster class's upper filter: each toaster's
+        // `.devices/.../filter.log` shows the PnP and power IRPs that went down its stack.
+        return TreeDescription(devices: devices, classes: ["Toaster": ClassFilters(upper: ["ClassUpperFilter"])])
     }
 
     /// Loads the drivers and builds the default tree (see `description`).

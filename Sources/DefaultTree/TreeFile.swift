@@ -396,6 +396,14 @@ public enum TreeFile {
             if let owner = d.owner { out += "    owner: \(owner)\n" }
             if let group = d.group { out += "    group: \(group)\n" }
         }
+        // Filters per setup class and per hardware ID of the devices buses report.
+        for (key, map) in [("classes", tree.classes), ("hardware_filters", tree.hardwareFilters)] where !map.isEmpty {
+            out += "\(key):\n"
+            for (name, f) in map.sorted(by: { $0.key < $1.key }) {
+                let parts = (f.upper.isEmpty ? [] : ["upper_filters: \(list(f.upper))"]) + (f.lower.isEmpty ? [] : ["lower_filters: \(list(f.lower))"])
+                out += "  \(q(name)): {\(parts.joined(separator: ", "))}\n"
+            }
+        }
         return out
     }
 }

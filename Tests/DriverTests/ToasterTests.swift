@@ -108,7 +108,7 @@ func unplugBuffer(serial: UInt32) -> [UInt8] { ToasterBus.unplugRequest(serial: 
         let toaster = try #require(io.loadedDrivers.first { $0.name == "\\Driver\\Toaster" })
         #expect(toaster.deviceObjects.isEmpty)
         #expect(io.loadedDrivers.first { $0.name == "\\Driver\\ToasterBus" }?.deviceObjects.count == 1)  // the bus FDO only
-        #expect(io.loadedDrivers.count == drivers + 1)  // Toaster, loaded once
+        #expect(io.loadedDrivers.count == drivers + 2)  // Toaster and its class filter, loaded once each
     }
 }
 

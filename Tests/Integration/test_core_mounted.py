@@ -626,7 +626,7 @@ def test_the_device_tree_is_visible_and_scriptable(tree):
         node = os.path.join(nodes, "toaster-bus", "toaster8")
         read = lambda f: open(os.path.join(node, f)).read()
         assert read("status") == "started\n" and read("problem") == "0\n" and read("power") == "D0\n"
-        assert read("stack").split("\n")[:2] == ["\\Driver\\Toaster", "\\Driver\\ToasterBus \\Device\\Toaster8"]
+        assert read("stack").split("\n")[:3] == ["\\Driver\\ClassUpperFilter", "\\Driver\\Toaster", "\\Driver\\ToasterBus \\Device\\Toaster8"]
         assert read("hardware_ids") == "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster\n"
         assert "  toaster8" in run_wdmfs("tree", tree.path).stdout.splitlines()
         assert run_wdmfs("status", tree.path, "toaster8").stdout == "toaster8: running\n"
