@@ -15,10 +15,12 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq || true
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import pytest' 2>/dev/null; then
-    echo "setup: installing pytest"
-    python3 -m pip install -q pytest
-fi
+for mod in pytest prysk; do
+    if ! python3 -c "import $mod" 2>/dev/null; then
+        echo "setup: installing $mod"
+        python3 -m pip install -q "$mod"
+    fi
+done
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: FUSE cannot work on this machine" >&2; exit 1; }
 
 config=${1:-debug}

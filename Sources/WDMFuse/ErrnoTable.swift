@@ -1,6 +1,6 @@
 // ErrnoTable: the one translation from NTSTATUS to errno, used for open, read,
 // write, fsync and close. (IOCTLs do not use it: their envelope carries the
-// NTSTATUS itself.) README.md shows the same table to users.
+// NTSTATUS itself.) docs/ioctl.md shows the same table to users.
 
 import Glibc
 import WDM

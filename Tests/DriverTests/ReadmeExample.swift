@@ -1,5 +1,6 @@
-// The driver shown in README.md under "Writing a driver", kept identical to it,
-// with the test that shows it works as the README says.
+// The driver shown in README.md under "Writing a driver", with the test that
+// shows it works as the README says, and one that checks the README shows this
+// very code (so the two cannot drift).
 
 import Foundation
 import Synchronization
@@ -45,6 +46,20 @@ public enum CountingDriver {
 // --- end README example ---
 
 @Suite struct ReadmeExampleTests {
+    @Test func theReadmeShowsThisDriverWordForWord() throws {
+        let here = URL(fileURLWithPath: #filePath)
+        let root = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8)
+        let source = try String(contentsOf: here, encoding: .utf8)
+        func between(_ text: String, _ start: String, _ end: String) -> String? {
+            guard let a = text.range(of: start), let b = text.range(of: end, range: a.upperBound..<text.endIndex) else { return nil }
+            return String(text[a.upperBound..<b.lowerBound])
+        }
+        let shown = try #require(between(readme, "## Writing a driver", "\n## ").flatMap { between($0, "```swift\n", "```") })
+        let code = try #require(between(source, "// --- begin README example ---\n", "// --- end README example ---"))
+        #expect(shown == "import Synchronization\nimport WDM\n\n" + code)
+    }
+
     @Test func theCountingDriverCountsWhatIsWritten() throws {
         let io = IOManager()
         let driver = try io.loadDriver(name: "Counting", entry: CountingDriver.driverEntry)

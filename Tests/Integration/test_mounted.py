@@ -682,10 +682,10 @@ def test_wdmfs_ioctl_takes_its_input_from_a_file(tree, tmp_path):
     assert run(tree, "ioctl", tree.dev("ioctl-demo"), "0x00222005", "--in", "00", "--in-file", str(data)).returncode == 2
 
 
-def test_the_readme_python_snippet_works_as_shown(tree):
+def test_the_ioctl_pages_python_snippet_works_as_shown(tree):
     import re
     from conftest import ROOT
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = open(os.path.join(ROOT, "docs", "ioctl.md")).read()
     snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1).replace("/mnt/wdm", tree.path)
     r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
