@@ -1,7 +1,8 @@
 // EchoDriver: `echo`, a loopback device. Bytes written are read back in order.
 // A read with nothing to read pends in a cancel-safe queue until a write
 // arrives or the reader is interrupted; a write into a full buffer waits the
-// same way. DO_BUFFERED_IO. Device parameter: `BufferSize` (default 64 KiB).
+// same way. DO_BUFFERED_IO. Setting (device parameter): `BufferSize` (default
+// 64 KiB, at most 16 MiB); see `settings`.
 
 import Synchronization
 import WDM
@@ -9,6 +10,15 @@ import WDM
 public enum EchoDriver {
     public static let name = "Echo"
     public static let defaultBufferSize = 64 << 10
+    /// The largest buffer: it is allocated when the device is added.
+    public static let maximumBufferSize = 16 << 20
+
+    /// `BufferSize`: the loopback buffer's size in bytes.
+    public static let bufferSizeSetting = DriverSetting.integer(
+        "BufferSize", 1...maximumBufferSize, bytes: true, default: defaultBufferSize,
+        help: "the bytes written and not yet read it holds (a write waits while it is full); allocated and held in memory from the start, hence at most 16 MiB (sixteen times the most a Linux pipe holds)")
+    /// The settings an echo device takes.
+    public static let settings = [bufferSizeSetting]
 
     /// The ring buffer. Only touched with `Extension.lock` held.
     struct Ring {
@@ -25,7 +35,11 @@ public enum EchoDriver {
         /// Writes waiting for room.
         public let writers = CancelSafeQueue()
 
-        init(capacity: Int) { storage = PoolMemory(byteCount: capacity, tag: "Echo") }
+        /// Nil when the pool cannot hold the buffer.
+        init?(capacity: Int) {
+            guard let storage = PoolMemory(byteCount: capacity, tag: "Echo") else { return nil }
+            self.storage = storage
+        }
         deinit { storage.free() }
 
         /// Bytes buffered now.
@@ -81,13 +95,14 @@ public enum EchoDriver {
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in
-            var capacity = defaultBufferSize
-            if let s = pdo.deviceNode?.parameters["BufferSize"] {
-                guard let v = Int(s), v > 0 else { return .invalidParameter }
-                capacity = v
+            let capacity: Int
+            do throws(NTStatus) {
+                capacity = try bufferSizeSetting.integer(in: pdo.deviceNode?.parameters ?? [:])
+            } catch {
+                return error  // not one of the setting's values: STATUS_INVALID_PARAMETER
             }
-            return driver.addFunctionDevice(
-                for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: Extension(capacity: capacity))
+            guard let ext = Extension(capacity: capacity) else { return .insufficientResources }
+            return driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: ext)
         }
         driver.majorFunction.succeed([.create, .close, .flushBuffers])
         driver.majorFunction[.pnp] = PnP.functionDispatch(remove: { device in

@@ -1,13 +1,17 @@
 // RamDiskDriver: `ramdisk0`, a RAM disk. DO_DIRECT_IO by default, so reads and
 // writes arrive as an MDL over the caller's memory. Answers the disk IOCTLs a
-// Windows tool would send (length, geometry). Device parameters: `Size` in
-// bytes (default 64 MiB) and `Buffering` (direct, buffered or neither).
+// Windows tool would send (length, geometry). Settings (device parameters):
+// `Size` in bytes (default 64 MiB, at most 16 GiB) and `Buffering` (direct,
+// buffered or neither); see `settings`.
 
 import WDM
 
 public enum RamDiskDriver {
     public static let name = "RamDisk"
     public static let defaultSize = 64 << 20
+    /// The largest disk: the whole disk is allocated, zeroed and resident when its
+    /// device is added, so a size is memory the daemon holds.
+    public static let maximumSize = 16 << 30
     public static let bytesPerSector = 512
     public static let sectorsPerTrack = 32
     public static let tracksPerCylinder = 2
@@ -18,9 +22,24 @@ public enum RamDiskDriver {
     public final class Extension: Sendable {
         public let storage: PoolMemory
         public var size: Int { storage.count }
-        init(size: Int) { storage = PoolMemory(byteCount: size, tag: "RamD") }
+        /// Nil when the pool cannot hold the disk.
+        init?(size: Int) {
+            guard let storage = PoolMemory(byteCount: size, tag: "RamD") else { return nil }
+            self.storage = storage
+        }
         deinit { storage.free() }
     }
+
+    /// `Size`: the disk's length in bytes.
+    public static let sizeSetting = DriverSetting.integer(
+        "Size", bytesPerSector...maximumSize, multipleOf: bytesPerSector, bytes: true, default: defaultSize,
+        help: "the disk's length in bytes. All of it is allocated and held in memory from the start, hence at most 16 GiB; and a disk that does not fit in the pool (half of physical memory, for all the mount's disks) fails to start with STATUS_INSUFFICIENT_RESOURCES")
+    /// `Buffering`: how reads and writes reach the driver.
+    public static let bufferingSetting = DriverSetting.choice(
+        "Buffering", ["direct", "buffered", "neither"], default: "direct",
+        help: "how reads and writes reach the driver: direct (DO_DIRECT_IO, an MDL over the caller's memory), buffered (DO_BUFFERED_IO), neither (the caller's buffer as it is)")
+    /// The settings a RAM disk takes.
+    public static let settings = [sizeSetting, bufferingSetting]
 
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
@@ -39,20 +58,17 @@ public enum RamDiskDriver {
 
     static let addDevice: AddDeviceRoutine = { driver, pdo in
         let params = pdo.deviceNode?.parameters ?? [:]
-        var size = defaultSize
-        if let s = params["Size"] {
-            guard let v = Int(s), v > 0, v % bytesPerSector == 0 else { return .invalidParameter }
-            size = v
-        }
-        let flags: DeviceFlags
-        switch params["Buffering"] ?? "direct" {
-        case "direct": flags = .directIO
-        case "buffered": flags = .bufferedIO
-        case "neither": flags = []
-        default: return .invalidParameter
-        }
         do throws(NTStatus) {
-            let fdo = try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: Extension(size: size))
+            // A value that is not one of the setting's: STATUS_INVALID_PARAMETER.
+            let size = try sizeSetting.integer(in: params)
+            let flags: DeviceFlags
+            switch try bufferingSetting.text(in: params) {
+            case "buffered": flags = .bufferedIO
+            case "neither": flags = []
+            default: flags = .directIO
+            }
+            guard let disk = Extension(size: size) else { return .insufficientResources }
+            let fdo = try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: disk)
             fdo.publishedSize = Int64(size)  // what `ls -l` shows
             return .success
         } catch {

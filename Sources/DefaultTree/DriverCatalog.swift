@@ -1,7 +1,9 @@
 // DriverCatalog: the drivers wdmfs ships, with what an INF would say of each:
 // its name, whether it is a function driver or a filter, the hardware or
 // compatible IDs it serves, and where those devices are: root devices of the
-// tree, or the children of one bus. The PnP manager's match uses it.
+// tree, or the children of one bus, and the settings it takes (its device
+// parameters, each with its type, range, default and help). The PnP manager's
+// match uses it; the tree file's check checks each device's settings by it.
 
 import EchoDriver
 import IoctlDemoDriver
@@ -64,9 +66,11 @@ public enum DriverCatalog {
         /// A driver that breaks the rules on purpose, for tests: a tree may name it
         /// on its own devices (the `test` tree does), a bus's child never matches it.
         public var testOnly = false
+        /// The settings (device parameters) it reads, as the driver declares them.
+        public var settings: [DriverSetting] = []
 
         init(name: String, role: Role, serves: [String], entry: @escaping DriverEntry, className: String = "System",
-             parents: Set<Parent> = [.root], childNames: ChildNames? = nil, testOnly: Bool = false) {
+             parents: Set<Parent> = [.root], childNames: ChildNames? = nil, testOnly: Bool = false, settings: [DriverSetting] = []) {
             self.name = name
             self.role = role
             self.serves = serves
@@ -75,7 +79,11 @@ public enum DriverCatalog {
             self.parents = parents
             self.childNames = childNames
             self.testOnly = testOnly
+            self.settings = settings
         }
+
+        /// `\Driver\RamDisk`: the driver object's name, as messages show it.
+        public var driverName: String { "\\Driver\\" + name }
 
         /// Whether a child that `bus` (a bus driver's name) reports may have this driver.
         public func servesChildren(of bus: String) -> Bool { !testOnly && parents.contains(.bus(bus)) }
@@ -84,8 +92,9 @@ public enum DriverCatalog {
     public static let all: [Entry] = [
         Entry(name: NullDriver.name, role: .function, serves: ["Root\\Null"], entry: NullDriver.driverEntry),
         Entry(name: ZeroDriver.name, role: .function, serves: ["Root\\Zero"], entry: ZeroDriver.driverEntry),
-        Entry(name: RamDiskDriver.name, role: .function, serves: ["Root\\RamDisk", "GenDisk"], entry: RamDiskDriver.driverEntry),
-        Entry(name: EchoDriver.name, role: .function, serves: ["Root\\Echo"], entry: EchoDriver.driverEntry),
+        Entry(name: RamDiskDriver.name, role: .function, serves: ["Root\\RamDisk", "GenDisk"], entry: RamDiskDriver.driverEntry,
+              settings: RamDiskDriver.settings),
+        Entry(name: EchoDriver.name, role: .function, serves: ["Root\\Echo"], entry: EchoDriver.driverEntry, settings: EchoDriver.settings),
         Entry(name: IoctlDemoDriver.name, role: .function, serves: ["Root\\IoctlDemo"], entry: IoctlDemoDriver.driverEntry),
         Entry(name: MisbehaveDriver.name, role: .function, serves: ["Root\\Misbehave"], entry: MisbehaveDriver.driverEntry, testOnly: true),
         // The bus reports each child as `toaster` + its serial (its instance ID, hence its file name).

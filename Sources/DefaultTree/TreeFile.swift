@@ -2,7 +2,8 @@
 // and compatible IDs (the PnP manager picks the function driver that serves
 // them, hardware IDs first), its filters, its symbolic link, its settings and
 // its node's permissions. A bad file is rejected before anything is mounted,
-// with the file, line, column and reason.
+// with the file, line, column and reason; so is a setting that no driver of
+// the device's stack takes, or a value its driver does not take.
 //
 //   devices:
 //     - name: ramdisk0
@@ -67,10 +68,13 @@ public struct TreeDescription: Sendable, Equatable {
 /// Why a tree file was rejected.
 public struct TreeError: Error, CustomStringConvertible, Equatable {
     public let file: String
+    /// The line and column (from 1) of what is wrong; 0 when the whole file is
+    /// (it cannot be read).
     public let line: Int
     public let column: Int
     public let reason: String
-    public var description: String { "\(file):\(line):\(column): \(reason)" }
+    /// `file:line:column: reason`, or `file: reason` for the whole file.
+    public var description: String { line > 0 ? "\(file):\(line):\(column): \(reason)" : "\(file): \(reason)" }
 }
 
 public enum TreeFile {
@@ -80,10 +84,31 @@ public enum TreeFile {
 
     /// Reads and checks a tree file.
     public static func load(path: String) throws(TreeError) -> TreeDescription {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw TreeError(file: path, line: 0, column: 0, reason: "cannot read the file")
+        let bytes = try contents(of: path)
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw TreeError(file: path, line: 0, column: 0, reason: "not UTF-8 text")
         }
         return try parse(text, file: path)
+    }
+
+    /// A file's bytes; or why it cannot be read, as the system says it
+    /// (`No such file or directory`, `Is a directory`...).
+    static func contents(of path: String) throws(TreeError) -> [UInt8] {
+        func failure() -> TreeError { TreeError(file: path, line: 0, column: 0, reason: String(cString: strerror(errno))) }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw failure() }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n == 0 { return out }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw failure()
+            }
+            out += chunk[..<n]
+        }
     }
 
     /// Parses and checks tree text: YAML, the shape above, known drivers, unique
@@ -179,6 +204,7 @@ public enum TreeFile {
                 throw fail(linkNode, "duplicate file name \(shown(link)) (first at line \(first.mark?.line ?? 0))")
             }
             links[link] = linkNode
+            var settingNodes: [(key: Node, value: Node)] = []
             if let s = m["settings"] {
                 guard case .mapping(let sm) = s else { throw fail(s, "`settings` must be a mapping") }
                 for (k, v) in sm {
@@ -188,6 +214,7 @@ public enum TreeFile {
                         throw fail(k, "`\(ks.string)` is not a setting: a device's file name under the mount is its `link`")
                     }
                     d.settings[ks.string] = vs.string
+                    settingNodes.append((k, v))
                 }
             }
             if let modeText = try string("mode") {
@@ -218,6 +245,15 @@ public enum TreeFile {
                 throw fail(m["hardware_ids"] ?? m["compatible_ids"] ?? item,
                            "`\(function.name)` serves only \(function.parents.map(\.description).sorted().joined(separator: " and ")), not a device of the tree")
             }
+            // Each setting is one some driver of the device's stack takes (its function
+            // driver, its filters and its class's), with a value that driver takes.
+            let cls = filterMaps["classes"]?[function.className] ?? ClassFilters()
+            let filters = (d.lowerFilters + cls.lower + d.upperFilters + cls.upper).compactMap(DriverCatalog.named)
+            for (k, v) in settingNodes {
+                if let problem = settingProblem(name: k.string ?? "", value: v.string ?? "", function: function, filters: filters) {
+                    throw fail(problem.atValue ? v : k, problem.reason)
+                }
+            }
             devices.append(d)
             placed.append((d, m["name"], linkNode))
         }
@@ -236,6 +272,49 @@ public enum TreeFile {
             }
         }
         return TreeDescription(devices: devices, classes: filterMaps["classes"] ?? [:], hardwareFilters: filterMaps["hardware_filters"] ?? [:])
+    }
+
+    /// Why a device whose stack has `function` and `filters` cannot have the setting
+    /// `name` with `value`, and whether the value (not the name) is wrong; nil when it can.
+    static func settingProblem(name: String, value: String, function: DriverCatalog.Entry,
+                               filters: [DriverCatalog.Entry]) -> (atValue: Bool, reason: String)? {
+        let drivers = [function] + filters.filter { !$0.settings.isEmpty }
+        let takers = drivers.filter { $0.settings.contains { $0.name == name } }
+        guard !takers.isEmpty else {
+            let known = drivers.flatMap(\.settings).map(\.name)
+            let whose = function.driverName + (drivers.count > 1 ? " or its filters" : "")
+            let hint = closest(to: name, among: known).map { "did you mean `\($0)`?" }
+                ?? (known.isEmpty ? "it takes no settings" : "it takes " + known.map { "`\($0)`" }.joined(separator: ", "))
+            return (false, "unknown setting \(shown(name)) for \(whose) (\(hint))")
+        }
+        for driver in takers {
+            guard let setting = driver.settings.first(where: { $0.name == name }), let problem = setting.problem(with: value) else { continue }
+            var reason = "setting `\(name)` of \(driver.driverName) \(problem), not \(shown(value))"
+            if case .choice(let words) = setting.kind, let word = closest(to: value, among: words) { reason += " (did you mean `\(word)`?)" }
+            return (true, reason)
+        }
+        return nil
+    }
+
+    /// The name among `names` closest to `name` (ignoring case), if it is close enough
+    /// to be a misspelling of it: at most one edit in four characters (one at least).
+    static func closest(to name: String, among names: [String]) -> String? {
+        // Levenshtein: insertions, deletions and substitutions, a row at a time.
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            var previous = Array(0...b.count)
+            for (i, ca) in a.enumerated() {
+                var current = [i + 1]
+                for (j, cb) in b.enumerated() {
+                    current.append(min(previous[j + 1] + 1, current[j] + 1, previous[j] + (ca == cb ? 0 : 1)))
+                }
+                previous = current
+            }
+            return previous[b.count]
+        }
+        let lowered = Array(name.lowercased())
+        let ranked = names.map { (name: $0, distance: distance(lowered, Array($0.lowercased()))) }.min { $0.distance < $1.distance }
+        guard let ranked, ranked.distance <= max(1, min(lowered.count, ranked.name.count) / 4) else { return nil }
+        return ranked.name
     }
 
     static func yamlError(_ e: YamlError, text: String, file: String) -> TreeError {
@@ -358,7 +437,25 @@ public enum TreeFile {
         if !e.serves.isEmpty { out += ": " + e.serves.joined(separator: ", ") }
         if e.role == .function && e.parents != [.root] { out += "; for " + e.parents.map(\.description).sorted().joined(separator: " and ") }
         if let c = e.childNames { out += "; names its children \(c)" }
+        // Its settings: name, type and range, default; then the help.
+        for setting in e.settings {
+            out += "\n#     setting \(setting)"
+            for line in wrapped(setting.help, width: 80) { out += "\n#       " + line }
+        }
         return out
+    }
+
+    /// `text` in lines of at most `width` characters (a longer word has a line of its own).
+    static func wrapped(_ text: String, width: Int) -> [String] {
+        var lines: [String] = [], line = ""
+        for word in text.split(separator: " ") {
+            if !line.isEmpty && line.count + 1 + word.count > width {
+                lines.append(line)
+                line = ""
+            }
+            line += (line.isEmpty ? "" : " ") + word
+        }
+        return line.isEmpty ? lines : lines + [line]
     }
 
     /// The tree as a file users can copy and edit.
@@ -366,18 +463,25 @@ public enum TreeFile {
         // Single-quoted scalars: a quote is written twice.
         func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "''") + "'" }
         func list(_ a: [String]) -> String { "[" + a.map(q).joined(separator: ", ") + "]" }
+        // A setting as it reads best: bare when it is a word or a number (`Size: 67108864`).
+        func plain(_ s: String) -> String {
+            let word = s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "_" }
+            return !s.isEmpty && word ? s : q(s)
+        }
         var out = """
             # wdmfs device tree: `wdmfs mount MOUNTPOINT --tree THIS_FILE`.
             # Each device: name (unique), hardware_ids and compatible_ids (the PnP manager
             # picks the function driver that serves them, hardware IDs first, in order),
             # lower_filters / upper_filters (filter drivers, bottom first), link (the file
-            # name under the mount; the name by default), settings (the driver's device
-            # parameters), mode (octal), owner and group (names or numbers).
+            # name under the mount; the name by default), settings (the device parameters
+            # its drivers read: each one a setting of its function driver or of a filter
+            # of its stack, listed below with its values), mode (octal), owner and group
+            # (names or numbers).
             # Names and links are file names (at most 255 bytes, no `/`, NUL or control
             # characters, not .stats, .power, .devices or .interfaces) and no device takes
             # a name a bus of the tree gives its children. A bus's children get only the
             # drivers that serve that bus's children, never a driver for tests.
-            # Drivers and the IDs they serve:
+            # Drivers, the IDs they serve and the settings they take:
             \(DriverCatalog.all.map(describe).joined(separator: "\n"))
             devices:
 
@@ -390,7 +494,7 @@ public enum TreeFile {
             if !d.upperFilters.isEmpty { out += "    upper_filters: \(list(d.upperFilters))\n" }
             if let link = d.link { out += "    link: \(q(link))\n" }
             if !d.settings.isEmpty {
-                out += "    settings: {" + d.settings.sorted { $0.key < $1.key }.map { "\(q($0.key)): \(q($0.value))" }.joined(separator: ", ") + "}\n"
+                out += "    settings: {" + d.settings.sorted { $0.key < $1.key }.map { "\(plain($0.key)): \(plain($0.value))" }.joined(separator: ", ") + "}\n"
             }
             out += "    mode: '0" + String(d.mode, radix: 8) + "'\n"
             if let owner = d.owner { out += "    owner: \(owner)\n" }
