@@ -122,6 +122,9 @@ struct Mount: ParsableCommand {
         if Daemon.isMounted(path) { fail("\(path) is already mounted") }
 
         if notifyReady { Daemon.startEarlyLog(log) }
+        // The drivers' pool may hold half of the machine's memory (a RAM disk too big
+        // for it fails its device, STATUS_INSUFFICIENT_RESOURCES, instead of the daemon).
+        PoolMemory.setLimit(Int(clamping: ProcessInfo.processInfo.physicalMemory / 2))
         let io = IOManager(bounceBuffers: bounceBuffers, checkedBuffers: checked)
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }

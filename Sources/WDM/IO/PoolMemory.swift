@@ -1,14 +1,10 @@
 // PoolMemory: ExAllocatePool2 for drivers: zeroed memory a driver owns until
 // it frees it (a RAM disk's storage, a ring buffer). The pool is the daemon's
-// nonpaged pool: all it gives out is resident, and it gives out at most half
-// of the machine's physical memory in all, so a driver asked for too much gets
-// nil (STATUS_INSUFFICIENT_RESOURCES) rather than the daemon being killed.
+// nonpaged pool: all it gives out is resident, and it gives out at most `limit`
+// bytes in all (the daemon sets half of the machine's physical memory), so a
+// driver asked for too much gets nil (STATUS_INSUFFICIENT_RESOURCES) rather than
+// the daemon being killed. Pure Swift: the host, not the core, asks the system.
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Synchronization
 
 /// `ExAllocatePool2(POOL_FLAG_NON_PAGED, size, tag)`: zeroed memory.
@@ -17,13 +13,12 @@ public struct PoolMemory: @unchecked Sendable {
     /// The pool tag, four characters as in the WDK (`'RamD'`).
     public let tag: String
 
-    /// The bytes all pool allocations may hold at once: half of physical memory.
-    public static let limit: Int = {
-        let pages = sysconf(Int32(_SC_PHYS_PAGES)), pageSize = sysconf(Int32(_SC_PAGESIZE))
-        guard pages > 0, pageSize > 0 else { return 1 << 30 }
-        let (total, overflow) = pages.multipliedReportingOverflow(by: pageSize)
-        return overflow ? Int.max / 2 : total / 2
-    }()
+    /// The bytes all pool allocations may hold at once: what the host set
+    /// (`setLimit`; the daemon: half of physical memory), 4 GiB until it does.
+    public static var limit: Int { limitWord.load(ordering: .relaxed) }
+    private static let limitWord = Atomic<Int>(4 << 30)
+    /// Sets `limit` (a host, before it builds a tree).
+    public static func setLimit(_ bytes: Int) { limitWord.store(max(0, bytes), ordering: .relaxed) }
     /// The bytes pool allocations hold now.
     static let inUse = Atomic<Int>(0)
 
@@ -37,11 +32,9 @@ public struct PoolMemory: @unchecked Sendable {
             Self.inUse.subtract(byteCount, ordering: .relaxed)
             return nil
         }
-        var p: UnsafeMutableRawPointer?
-        guard posix_memalign(&p, 64, max(byteCount, 1)) == 0, let p else {
-            Self.inUse.subtract(byteCount, ordering: .relaxed)
-            return nil
-        }
+        // Within the limit the allocation succeeds (Linux overcommits; the limit keeps
+        // what the pool holds below what the machine has).
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
         p.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
         bytes = UnsafeMutableRawBufferPointer(start: p, count: byteCount)
         self.tag = tag
@@ -53,16 +46,7 @@ public struct PoolMemory: @unchecked Sendable {
     /// `ExFreePoolWithTag`.
     public func free() {
         guard let p = bytes.baseAddress else { return }
-        releasePoolMemory(p)
+        p.deallocate()
         Self.inUse.subtract(bytes.count, ordering: .relaxed)
     }
-}
-
-/// The C library's free, for memory from posix_memalign.
-private func releasePoolMemory(_ p: UnsafeMutableRawPointer) {
-    #if canImport(Glibc)
-    Glibc.free(p)
-    #else
-    Darwin.free(p)
-    #endif
 }
