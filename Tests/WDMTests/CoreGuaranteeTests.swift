@@ -26,8 +26,10 @@ import Testing
                 return .moreProcessingRequired
             }
             let status = device.callLower(irp)
-            // The lower driver pends and completes on another thread.
-            if status == .pending { ready.wait() } else { ready.wait() }
+            // The lower driver pends and completes on another thread: the pattern's
+            // STATUS_PENDING branch (the test expects that status below).
+            events.add("lower returned \(status)")
+            if status == .pending { ready.wait() }
             // Marked before completing: once completed the IRP is not this driver's
             // (the walk picks it up on the other thread at once).
             irp.markPending()
@@ -47,7 +49,7 @@ import Testing
         #expect(r.status == .success)
         #expect(r.data.count == 7)
         // The second IoCompleteRequest did not wait for the routine: it was queued for the walk.
-        #expect(events.all == ["second completion returned", "routine returned"])
+        #expect(events.all == ["lower returned STATUS_PENDING", "second completion returned", "routine returned"])
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
         #expect(io.statistics.irpsCompleted - built == 2)  // create, read
     }

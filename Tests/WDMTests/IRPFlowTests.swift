@@ -135,7 +135,12 @@ import Testing
                 (ctx as! Event).s.signal()
                 return .moreProcessingRequired
             }, context: event)
-            if device.callLower(irp) == .pending { event.s.wait() } else { event.s.wait() }
+            // The lower driver pends, so this is the STATUS_PENDING branch of the
+            // pattern: wait for the routine (had it not pended, the routine would
+            // already have run and there would be nothing to wait for).
+            let status = device.callLower(irp)
+            seen.add("lower returned \(status)")
+            if status == .pending { event.s.wait() }
             seen.add("filter owns it again: \(irp.ioStatus.status)")
             irp.complete(.success, information: 42)  // the filter's verdict replaces the lower one
             return .success
@@ -159,7 +164,7 @@ import Testing
         let result = host.read(try host.open("dev"), count: 64)
         #expect(result.status == .success)
         #expect(result.data.count == 42)
-        #expect(seen.all == ["routine: pendingReturned=true", "filter owns it again: STATUS_DEVICE_NOT_READY"])
+        #expect(seen.all == ["lower returned STATUS_PENDING", "routine: pendingReturned=true", "filter owns it again: STATUS_DEVICE_NOT_READY"])
         #expect(upperRoutineSaw.all == ["STATUS_SUCCESS 42"])
         #expect(io.verifier.count == 0, "\(io.verifier.violations)")
     }

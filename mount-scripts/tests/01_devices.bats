@@ -101,6 +101,7 @@ teardown() { rm -rf "$WORK"; }
     assert_output --partial "Operation not permitted"
     run dd if="$MP/null" of="$MP/zero/x" status=none
     assert_failure
+    assert_output --partial "Not a directory"
     run head -c 4 "$MP/zero"
     assert_success
 }

@@ -32,6 +32,7 @@ teardown() { unmount_tree; }
     assert_success
     run cat "$MP/null"
     assert_failure
+    assert_output --partial "No such file or directory"   # the empty directory, not a dead mount
 }
 
 @test "mounting twice at the same place is refused" {

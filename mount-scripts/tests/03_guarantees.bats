@@ -37,6 +37,7 @@ stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
     assert_output --partial "No such device"
     run cat "$MP/null"
     assert_failure
+    assert_output --partial "No such file or directory"   # unmounted: the empty directory
 }
 
 @test "chmod and touch on a device fail with EPERM" {
@@ -46,6 +47,7 @@ stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
     assert_output --partial "Operation not permitted"
     run touch "$MP/zero"
     assert_failure
+    assert_output --partial "Operation not permitted"
 }
 
 @test "stty on a device says it is not a terminal" {
