@@ -1,6 +1,7 @@
 // MisbehaveDriver: `misbehave`, a deliberately wrong driver for testing the
 // verifier and the I/O manager's promise that no request is lost. Each IOCTL
-// breaks one rule; reads keep their buffer after completing. Only the `test`
+// breaks one rule; reads keep their buffer after completing (a read at
+// `unwrittenOffset` reports bytes it never wrote). Only the `test`
 // tree mounts it. LazyFilter is a filter that forgets to copy the flags of the
 // device below (Verifier 0x244/0x23F/0x246).
 
@@ -12,6 +13,10 @@ public enum MisbehaveDriver {
     public static let name = "Misbehave"
     /// How many times a read's buffer was written after its request completed.
     public static let lateWrites = Atomic<Int>(0)
+    /// A read at this offset fills the caller's whole buffer with 'S' (someone's data).
+    public static let secretOffset: Int64 = 8192
+    /// A read at this offset claims the whole buffer and writes none of it.
+    public static let unwrittenOffset: Int64 = 4096
 
     /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
     public enum Bug: UInt32, CaseIterable, Sendable {
@@ -61,8 +66,21 @@ public enum MisbehaveDriver {
         driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.power] = Power.functionDispatch
         driver.majorFunction[.read] = { device, irp in
-            // Completes, then keeps writing into the buffer it was given (checked mode sees it).
             let buffer = irp.transferBuffer
+            switch irp.parameters.read.byteOffset {
+            case secretOffset:
+                // A caller's data: the whole buffer, 'S'.
+                buffer.initializeMemory(as: UInt8.self, repeating: 0x53)
+                irp.complete(.success, information: buffer.count)
+                return .success
+            case unwrittenOffset:
+                // Reports the whole buffer read while writing none of it (0x312's
+                // cousin): whatever the buffer held goes to the caller.
+                irp.complete(.success, information: buffer.count)
+                return .success
+            default: break
+            }
+            // Completes, then keeps writing into the buffer it was given (checked mode sees it).
             if buffer.count > 0 { buffer[0] = 0x4D }
             irp.complete(.success, information: min(buffer.count, 1))
             if let base = buffer.baseAddress, buffer.count > 0 {

@@ -471,6 +471,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
                 Unmanaged<StatsSnapshot>.fromOpaque(p).release()
             } else {
                 let file = Unmanaged<FileObject>.fromOpaque(p).takeRetainedValue()
+                (file.hostData.load() as? HandleReplyBuffers)?.close()
                 if let old = pollHandles.withLock({ $0.removeValue(forKey: ObjectIdentifier(file)) }) {
                     sink.destroyPollHandle(old.handle)
                 }
@@ -492,7 +493,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             FuseReply(req, sink).error(EBADF)
             return
         }
-        let pool = replyBuffers(of: file.deviceObject)
+        let pool = replyBuffers(of: file)
         let buffer = pool.take(size)
         let r = requests.take(self)
         r.begin(FuseReply(req, sink), kind: .read, size: size, buffer: buffer, from: pool, nonBlocking: fi!.pointee.flags & O_NONBLOCK != 0)
@@ -505,6 +506,14 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         if let pool = device.hostData.load() { return unsafeDowncast(pool, to: ReplyBufferPool.self) }
         let made = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier)
         return unsafeDowncast(device.hostData.storeIfNil(made), to: ReplyBufferPool.self)
+    }
+
+    /// The buffers `file`'s reads are answered from (made at its first read).
+    @inline(__always)
+    func replyBuffers(of file: FileObject) -> HandleReplyBuffers {
+        if let own = file.hostData.load() { return unsafeDowncast(own, to: HandleReplyBuffers.self) }
+        let made = HandleReplyBuffers(device: replyBuffers(of: file.deviceObject))
+        return unsafeDowncast(file.hostData.storeIfNil(made), to: HandleReplyBuffers.self)
     }
 
     func write(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {

@@ -32,9 +32,9 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
     @exclusivity(unchecked) var kind = Kind.read
     /// A read's length, a write's length, an ioctl's output length.
     @exclusivity(unchecked) var size = 0
-    /// A read's reply buffer, and the pool of the device it came from.
+    /// A read's reply buffer, and the handle's buffers it came from.
     @exclusivity(unchecked) var buffer: UnsafeMutableRawPointer?
-    @exclusivity(unchecked) var pool: ReplyBufferPool?
+    @exclusivity(unchecked) var pool: HandleReplyBuffers?
     /// For an ioctl: where the output starts in the data area.
     @exclusivity(unchecked) var outputOffset = 0
     /// For an ioctl: the envelope's data area in the FUSE request (what a request
@@ -54,7 +54,7 @@ public final class PendingFuseRequest: IRPRequester, @unchecked Sendable {
 
     /// Starts serving `req`.
     @inline(__always)
-    func begin(_ reply: consuming FuseReply, kind: Kind, size: Int, buffer: UnsafeMutableRawPointer? = nil, from pool: ReplyBufferPool? = nil, nonBlocking: Bool = false) {
+    func begin(_ reply: consuming FuseReply, kind: Kind, size: Int, buffer: UnsafeMutableRawPointer? = nil, from pool: HandleReplyBuffers? = nil, nonBlocking: Bool = false) {
         self.req = reply.req
         self.reply = consume reply
         self.kind = kind

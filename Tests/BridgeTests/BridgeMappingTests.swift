@@ -126,6 +126,15 @@ final class Rig {
         return fi
     }
 
+    /// The kernel's release of a handle (its last descriptor closed).
+    func close(_ fi: UnsafeMutablePointer<fuse_file_info>) {
+        guard let i = infos.firstIndex(where: { $0.fi == fi }) else { return }
+        let (r, _) = req()
+        bridge.release(r, infos[i].ino, fi)
+        infos.remove(at: i)
+        fi.deallocate()
+    }
+
     func read(_ name: String, _ fi: UnsafeMutablePointer<fuse_file_info>, size: Int, offset: Int = 0) -> Int {
         let (r, n) = req()
         bridge.read(r, ino(name), size, offset, fi)
@@ -347,14 +356,41 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
         let badFile = try #require(FuseBridge.file(rig.ino("misbehave"), bad))
         let zeroFile = try #require(FuseBridge.file(rig.ino("zero"), zero))
         let badPool = rig.bridge.replyBuffers(of: badFile.deviceObject)
-        let used = badPool.freeBuffers
-        #expect(used.count == 1)  // the read's buffer came back to misbehave's pool
+        let used = rig.bridge.replyBuffers(of: badFile).kept
+        #expect(used.count == 1)  // the read's buffer came back to the handle, which keeps it
         for _ in 0..<4 { #expect(rig.sink.replies(rig.read("zero", zero, size: 4096)) == [.data([UInt8](repeating: 0, count: 4096))]) }
         let zeroPool = rig.bridge.replyBuffers(of: zeroFile.deviceObject)
         #expect(zeroPool !== badPool)
-        #expect(zeroPool.freeBuffers.count == 1)
-        #expect(zeroPool.freeBuffers.isDisjoint(with: used))
-        #expect(badPool.freeBuffers == used)
+        let zeroKept = rig.bridge.replyBuffers(of: zeroFile).kept
+        #expect(zeroKept.count == 1)
+        #expect(zeroKept.isDisjoint(with: used) && zeroPool.freeBuffers.isDisjoint(with: used))
+        #expect(rig.bridge.replyBuffers(of: badFile).kept == used && badPool.freeBuffers.isEmpty)
+        // Wait for the driver's late write while the device lives (it skips a device that is gone).
+        let writes = MisbehaveDriver.lateWrites.load(ordering: .acquiring)
+        _ = rig.read("misbehave", bad, size: 4096)
+        while MisbehaveDriver.lateWrites.load(ordering: .acquiring) == writes { Thread.sleep(forTimeInterval: 0.01) }
+    }
+
+    /// A driver that reports more Information than it wrote returns what the buffer
+    /// held: with pooled buffers, another caller's data. Each handle reuses only its
+    /// own buffers, and a buffer goes from one handle to another only zeroed.
+    @Test func aDriverThatReportsBytesItNeverWroteNeverLeaksAnotherCallersData() throws {
+        let rig = try Rig()
+        let secret = [UInt8](repeating: 0x53, count: 4096), nothing = [UInt8](repeating: 0, count: 4096)
+        let a = rig.open("misbehave")
+        #expect(rig.sink.replies(rig.read("misbehave", a, size: 4096, offset: Int(MisbehaveDriver.secretOffset))) == [.data(secret)])
+        // The same handle may see its own data again (its buffer, reused as it is) ...
+        #expect(rig.sink.replies(rig.read("misbehave", a, size: 4096, offset: Int(MisbehaveDriver.secretOffset))) == [.data(secret)])
+        #expect(rig.sink.replies(rig.read("misbehave", a, size: 4096, offset: Int(MisbehaveDriver.unwrittenOffset))) == [.data(secret)])
+        // ... another handle never: while A is open, and after A closed and gave its buffers back.
+        let b = rig.open("misbehave")
+        #expect(rig.sink.replies(rig.read("misbehave", b, size: 4096, offset: Int(MisbehaveDriver.unwrittenOffset))) == [.data(nothing)])
+        rig.close(a)
+        let c = rig.open("misbehave")
+        for _ in 0..<3 {
+            #expect(rig.sink.replies(rig.read("misbehave", c, size: 4096, offset: Int(MisbehaveDriver.unwrittenOffset))) == [.data(nothing)])
+        }
+        #expect(rig.sink.replies(rig.read("misbehave", c, size: 2048, offset: Int(MisbehaveDriver.unwrittenOffset))) == [.data(Array(nothing.prefix(2048)))])
     }
 
     @Test func informationLargerThanTheOutputIsClampedAndReported() throws {

@@ -666,9 +666,9 @@ def test_disable_enable_and_restart_from_the_shell(tree):
         assert len(f.read(512)) == 512
 
 
-def test_the_readme_tree_files_are_valid(tmp_path):
+def test_the_tree_files_the_docs_show_are_valid(tmp_path):
     import re
-    blocks = re.findall(r"```yaml\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", open(os.path.join(ROOT, "docs", "tree-files.md")).read(), re.S)
     assert len(blocks) >= 2
     for i, text in enumerate(blocks):
         path = tmp_path / f"readme{i}.yaml"

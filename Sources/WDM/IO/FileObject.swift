@@ -16,6 +16,9 @@ public final class FileObject: @unchecked Sendable {
     public var fsContext: AnyObject?
     /// `FsContext2`.
     public var fsContext2: AnyObject?
+    /// What the host keeps per handle (the bridge: the reply buffers this handle's
+    /// reads use again). Set once, by the host only.
+    public let hostData = AtomicLazyReference<AnyObject>()
 
     /// The top of the stack when it was opened.
     var top: DeviceObject?
