@@ -1,0 +1,56 @@
+"""The command line's messages and outputs: a failure says its cause in one
+line, first; help and behaviour agree; `--version`, shell completion and
+`--json` for scripts; one vocabulary for a device's state."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import ROOT, is_mounted, require_fuse, wdmfs_binary
+
+
+def run_wdmfs(*args, timeout=30):
+    return subprocess.run([wdmfs_binary(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+# --- mount -------------------------------------------------------------------
+
+def test_a_mount_that_fails_after_the_drivers_loaded_says_why_first():
+    """/dev/fuse bound to /dev/null in a mount namespace of its own: the drivers
+    load, then the FUSE mount fails; its cause is the first line, and the
+    drivers' `loaded` / `unloaded` lines are not what the user reads."""
+    require_fuse()
+    assert shutil.which("unshare"), "unshare (util-linux) is needed for this test"
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    log = mp + ".log"
+    try:
+        r = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind /dev/null /dev/fuse && exec "$0" mount "$1" --log-file "$2"',
+                            wdmfs_binary(), mp, log], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, r
+        lines = r.stderr.splitlines()
+        assert lines[0].startswith("wdmfs: mount failed: could not mount at " + mp), r.stderr
+        assert "loaded \\Driver" not in r.stderr, r.stderr
+        # The daemon's log has the whole story, its cause last.
+        text = open(log).read()
+        assert "loaded \\Driver\\Null" in text and text.rstrip().endswith("is /dev/fuse usable?)"), text
+        assert not is_mounted(mp)
+    finally:
+        if is_mounted(mp):
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+        if os.path.exists(log):
+            os.remove(log)
+
+
+def test_mounting_on_a_file_says_it_is_not_a_directory_in_one_line():
+    r = run_wdmfs("mount", "/etc/passwd")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", "wdmfs: /etc/passwd is not a directory; mount on an empty directory\n")
+
+
+def test_mounting_on_a_missing_directory_says_so_in_one_line_without_the_usage():
+    r = run_wdmfs("mount", "/nonexistent/wdmfs")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == "wdmfs: /nonexistent/wdmfs does not exist; create it first (mkdir -p /nonexistent/wdmfs)\n"
