@@ -49,9 +49,16 @@ struct DeviceTreeFiles {
     }
 }
 
+/// For verbs that show: every node when no name is given.
 struct DeviceVerbOptions: ParsableArguments {
     @Argument(help: "Where the tree is mounted.") var mountpoint: String
     @Argument(help: "Device node instance names (all when none).") var devices: [String] = []
+}
+
+/// For verbs that change a node: at least one name, never all at once.
+struct NamedDeviceOptions: ParsableArguments {
+    @Argument(help: "Where the tree is mounted.") var mountpoint: String
+    @Argument(help: "Device node instance names (one or more).") var devices: [String]
 }
 
 struct Status: ParsableCommand {
@@ -108,10 +115,10 @@ struct Stack: ParsableCommand {
 
 /// Writes `verb` to each named node's control file; exit 1 (with the node's
 /// `result`: who vetoed, which status) when the daemon refused one.
-func controlVerb(_ verb: String, _ options: DeviceVerbOptions, done: String) throws {
-    let tree = DeviceTreeFiles(options.mountpoint)
+func controlVerb(_ verb: String, _ mountpoint: String, _ devices: [String], done: String) throws {
+    let tree = DeviceTreeFiles(mountpoint)
     var failed = false
-    for node in tree.select(options.devices) {
+    for node in tree.select(devices) {
         if write(node.path + "/control", verb) {
             print("\(node.name): \(done)")
         } else {
@@ -126,61 +133,57 @@ struct Remove: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Remove device nodes and their children (QUERY_REMOVE, then REMOVE_DEVICE; a driver or an open handle may veto) (devcon remove).",
         discussion: "Example:\n  wdmfs remove /mnt/wdm echo\nExit status 1 when it was vetoed; the message names the device and the veto type.\n`wdmfs rescan MOUNTPOINT` brings a removed device back.")
-    @OptionGroup var options: DeviceVerbOptions
-    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to remove") } }
-    func run() throws { try controlVerb("remove", options, done: "removed") }
+    @OptionGroup var options: NamedDeviceOptions
+    func run() throws { try controlVerb("remove", options.mountpoint, options.devices, done: "removed") }
 }
 
 struct Restart: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Restart device nodes: remove them (vetoable, as remove), then AddDevice and START again (devcon restart).",
         discussion: "Example:\n  wdmfs restart /mnt/wdm ramdisk0")
-    @OptionGroup var options: DeviceVerbOptions
-    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to restart") } }
-    func run() throws { try controlVerb("restart", options, done: "restarted") }
+    @OptionGroup var options: NamedDeviceOptions
+    func run() throws { try controlVerb("restart", options.mountpoint, options.devices, done: "restarted") }
 }
 
 struct Rebalance: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stop and start device nodes for a resource rebalance (QUERY_STOP, STOP, START; I/O that arrives meanwhile waits).",
         discussion: "Example:\n  wdmfs rebalance /mnt/wdm ramdisk0")
-    @OptionGroup var options: DeviceVerbOptions
-    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to rebalance") } }
-    func run() throws { try controlVerb("rebalance", options, done: "rebalanced") }
+    @OptionGroup var options: NamedDeviceOptions
+    func run() throws { try controlVerb("rebalance", options.mountpoint, options.devices, done: "rebalanced") }
 }
 
 struct Disable: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Disable device nodes: their stacks are removed, the nodes stay with CM_PROB_DISABLED (devcon disable).",
         discussion: "Example:\n  wdmfs disable /mnt/wdm echo")
-    @OptionGroup var options: DeviceVerbOptions
-    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to disable") } }
-    func run() throws { try controlVerb("disable", options, done: "disabled") }
+    @OptionGroup var options: NamedDeviceOptions
+    func run() throws { try controlVerb("disable", options.mountpoint, options.devices, done: "disabled") }
 }
 
 struct Enable: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Enable disabled device nodes: their stacks are built and started again (devcon enable).",
         discussion: "Example:\n  wdmfs enable /mnt/wdm echo")
-    @OptionGroup var options: DeviceVerbOptions
-    func validate() throws { if options.devices.isEmpty { throw ValidationError("name the devices to enable") } }
-    func run() throws { try controlVerb("enable", options, done: "enabled") }
+    @OptionGroup var options: NamedDeviceOptions
+    func run() throws { try controlVerb("enable", options.mountpoint, options.devices, done: "enabled") }
 }
 
 struct Rescan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Ask bus drivers for their children again; with no device, rescan from the root: removed root devices come back and every bus is asked (devcon rescan).",
         discussion: "Example:\n  wdmfs rescan /mnt/wdm toaster-bus\n  wdmfs rescan /mnt/wdm")
-    @OptionGroup var options: DeviceVerbOptions
+    @Argument(help: "Where the tree is mounted.") var mountpoint: String
+    @Argument(help: "Bus device nodes (none: rescan from the root).") var devices: [String] = []
 
     func run() throws {
-        let tree = DeviceTreeFiles(options.mountpoint)
-        if options.devices.isEmpty {
-            guard write(tree.root + "/.control", "rescan") else { fail("\(options.mountpoint): the rescan failed") }
+        let tree = DeviceTreeFiles(mountpoint)
+        if devices.isEmpty {
+            guard write(tree.root + "/.control", "rescan") else { fail("\(mountpoint): the rescan failed") }
             print("rescanned")
             return
         }
-        try controlVerb("rescan", options, done: "rescanned")
+        try controlVerb("rescan", mountpoint, devices, done: "rescanned")
     }
 }
 

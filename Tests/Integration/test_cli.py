@@ -54,3 +54,25 @@ def test_mounting_on_a_missing_directory_says_so_in_one_line_without_the_usage()
     r = run_wdmfs("mount", "/nonexistent/wdmfs")
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == "wdmfs: /nonexistent/wdmfs does not exist; create it first (mkdir -p /nonexistent/wdmfs)\n"
+
+
+# --- help and behaviour agree ------------------------------------------------
+
+@pytest.mark.parametrize("verb", ["remove", "restart", "rebalance", "disable", "enable"])
+def test_a_verb_that_needs_names_says_so_in_its_help_and_refuses_none(verb):
+    h = run_wdmfs(verb, "--help").stdout
+    assert "all when none" not in h and "(one or more)" in h, h
+    assert f"USAGE: wdmfs {verb} <mountpoint> <devices> ..." in h, h
+    r = run_wdmfs(verb, "/nonexistent")
+    assert r.returncode == 2 and "Missing expected argument '<devices> ...'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("verb", ["status", "hwids", "stack"])
+def test_a_verb_that_shows_every_node_when_none_is_named_says_so(verb):
+    h = run_wdmfs(verb, "--help").stdout
+    assert "(all when none)" in h and f"[<devices> ...]" in h, h
+
+
+def test_rescan_says_what_no_name_means():
+    h = run_wdmfs("rescan", "--help").stdout
+    assert "all when none" not in h and "(none: rescan from the root)" in h, h
