@@ -4,10 +4,23 @@
 import ArgumentParser
 import Foundation
 
+/// One node directory of `.devices`.
+struct NodeDir {
+    /// The directory.
+    let path: String
+    /// Its instance name.
+    let name: String
+    /// Its path under `.devices` (`toaster-bus/toaster1`).
+    let treePath: String
+    let depth: Int
+}
+
 /// The `.devices` tree of a mount, as files.
 struct DeviceTreeFiles {
+    let mountpoint: String
     let root: String
     init(_ mountpoint: String) {
+        self.mountpoint = mountpoint
         root = mountpoint + "/.devices"
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root, isDirectory: &isDir), isDir.boolValue else {
@@ -15,38 +28,100 @@ struct DeviceTreeFiles {
         }
     }
 
-    /// Every node directory, depth first, with its depth.
-    func nodes(_ dir: String? = nil, depth: Int = 0) -> [(path: String, name: String, depth: Int)] {
-        let dir = dir ?? root
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        var out: [(String, String, Int)] = []
-        for name in entries.sorted() {
+    /// The node directories directly under `dir` (the roots when nil), in natural order.
+    func children(of dir: NodeDir? = nil) -> [NodeDir] {
+        let path = dir?.path ?? root
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        return entries.sorted(by: naturalOrder).compactMap { name in
             var isDir: ObjCBool = false
-            let path = dir + "/" + name
-            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else { continue }
-            out.append((path, name, depth))
-            out += nodes(path, depth: depth + 1)
+            let p = path + "/" + name
+            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir), isDir.boolValue else { return nil }
+            return NodeDir(path: p, name: name, treePath: dir.map { $0.treePath + "/" + name } ?? name, depth: (dir?.depth ?? -1) + 1)
+        }
+    }
+
+    /// Every node directory, depth first, each parent before its children.
+    func nodes(_ dir: NodeDir? = nil) -> [NodeDir] {
+        children(of: dir).flatMap { [$0] + nodes($0) }
+    }
+
+    /// Each name with its node, nil for a name no node has; every node when `names` is empty.
+    func lookup(_ names: [String]) -> [(name: String, node: NodeDir?)] {
+        let all = nodes()
+        if names.isEmpty { return all.map { ($0.name, $0) } }
+        return names.map { n in (n, all.first { $0.name == n }) }
+    }
+
+    /// Node directories named `names` (all when empty); exits 2, before anything
+    /// is done, naming every unknown one.
+    func select(_ names: [String]) -> [NodeDir] {
+        let found = lookup(names)
+        let missing = found.filter { $0.node == nil }.map(\.name)
+        if !missing.isEmpty { fail("no device node named \(missing.joined(separator: ", "))") }
+        return found.compactMap(\.node)
+    }
+
+    func read(_ node: NodeDir, _ file: String) -> String {
+        (try? String(contentsOfFile: node.path + "/" + file, encoding: .utf8)) ?? ""
+    }
+
+    func lines(_ node: NodeDir, _ file: String) -> [String] {
+        read(node, file).split(separator: "\n").map(String.init)
+    }
+
+    func trimmed(_ node: NodeDir, _ file: String) -> String {
+        read(node, file).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Runs `show` for each named node (every node when none is named) in order;
+    /// a name no node has is reported on stderr where it comes. Exit status 2
+    /// when a name was unknown (after showing the others).
+    func forEachNamed(_ names: [String], _ show: (NodeDir) -> Void) throws {
+        var missing = false
+        for (name, node) in lookup(names) {
+            guard let node else {
+                complain("no device node named \(name)")
+                missing = true
+                continue
+            }
+            show(node)
+        }
+        if missing { throw ExitCode(2) }
+    }
+}
+
+/// A message on stderr, after whatever stdout holds so far.
+func complain(_ message: String) {
+    fflush(nil)  // stdout
+    FileHandle.standardError.write(Data("wdmfs: \(message)\n".utf8))
+}
+
+/// Numeric-aware order: `toaster2` before `toaster10`; otherwise as `<` (so
+/// names that differ only in leading zeros still have an order).
+func naturalOrder(_ a: String, _ b: String) -> Bool {
+    func runs(_ s: String) -> [(digits: Bool, text: Substring)] {
+        var out: [(Bool, Substring)] = []
+        var start = s.startIndex
+        while start < s.endIndex {
+            let digits = s[start].isASCII && s[start].isNumber
+            let end = s[start...].firstIndex { ($0.isASCII && $0.isNumber) != digits } ?? s.endIndex
+            out.append((digits, s[start..<end]))
+            start = end
         }
         return out
     }
-
-    /// Node directories named `names` (all when empty); exits 2 for an unknown one.
-    func select(_ names: [String]) -> [(path: String, name: String, depth: Int)] {
-        let all = nodes()
-        if names.isEmpty { return all }
-        return names.map { n in
-            guard let hit = all.first(where: { $0.name == n }) else { fail("no device node named \(n)") }
-            return hit
+    let x = runs(a), y = runs(b)
+    for (p, q) in zip(x, y) {
+        if p.digits && q.digits {
+            let m = p.text.drop { $0 == "0" }, n = q.text.drop { $0 == "0" }
+            if m.count != n.count { return m.count < n.count }
+            if m != n { return m < n }
+        } else if p.text != q.text {
+            return p.text < q.text
         }
     }
-
-    func read(_ node: String, _ file: String) -> String {
-        (try? String(contentsOfFile: node + "/" + file, encoding: .utf8)) ?? ""
-    }
-
-    func lines(_ node: String, _ file: String) -> [String] {
-        read(node, file).split(separator: "\n").map(String.init)
-    }
+    if x.count != y.count { return x.count < y.count }
+    return a < b
 }
 
 /// For verbs that show: every node when no name is given.
@@ -64,23 +139,28 @@ struct NamedDeviceOptions: ParsableArguments {
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The state of each device node: running, or its problem code (devcon status).",
-        discussion: "Example:\n  wdmfs status /mnt/wdm toaster1\nExit status 1 when a device named has a problem.")
+        discussion: """
+            Example:
+              wdmfs status /mnt/wdm toaster1
+            Exit status 1 when a device named has a problem; 2 when a name is no device
+            node (the others are shown first).
+            """)
     @OptionGroup var options: DeviceVerbOptions
 
     func run() throws {
         let tree = DeviceTreeFiles(options.mountpoint)
-        var failed = false
-        for node in tree.select(options.devices) {
-            let status = tree.read(node.path, "status").trimmingCharacters(in: .whitespacesAndNewlines)
-            let problem = tree.read(node.path, "problem").trimmingCharacters(in: .whitespacesAndNewlines)
-            if problem != "0" {
-                failed = true
-                print("\(node.name): \(status), problem \(problem)")
+        var problem = false
+        try tree.forEachNamed(options.devices) { node in
+            let status = tree.trimmed(node, "status")
+            let code = tree.trimmed(node, "problem")
+            if code != "0" {
+                problem = true
+                print("\(node.name): \(status), problem \(code)")
             } else {
                 print("\(node.name): \(status == "started" ? "running" : status)")
             }
         }
-        if failed && !options.devices.isEmpty { throw ExitCode(1) }
+        if problem && !options.devices.isEmpty { throw ExitCode(1) }
     }
 }
 
@@ -92,8 +172,8 @@ struct HWIDs: ParsableCommand {
 
     func run() throws {
         let tree = DeviceTreeFiles(options.mountpoint)
-        for node in tree.select(options.devices) {
-            let hw = tree.lines(node.path, "hardware_ids"), compat = tree.lines(node.path, "compatible_ids")
+        try tree.forEachNamed(options.devices) { node in
+            let hw = tree.lines(node, "hardware_ids"), compat = tree.lines(node, "compatible_ids")
             print("\(node.name): hardware \(hw.joined(separator: " "))" + (compat.isEmpty ? "" : "; compatible \(compat.joined(separator: " "))"))
         }
     }
@@ -107,8 +187,8 @@ struct Stack: ParsableCommand {
 
     func run() throws {
         let tree = DeviceTreeFiles(options.mountpoint)
-        for node in tree.select(options.devices) {
-            print("\(node.name): " + tree.lines(node.path, "stack").map { $0.split(separator: " ").first.map(String.init) ?? $0 }.joined(separator: " > "))
+        try tree.forEachNamed(options.devices) { node in
+            print("\(node.name): " + tree.lines(node, "stack").map { $0.split(separator: " ").first.map(String.init) ?? $0 }.joined(separator: " > "))
         }
     }
 }
@@ -123,7 +203,7 @@ func controlVerb(_ verb: String, _ mountpoint: String, _ devices: [String], done
             print("\(node.name): \(done)")
         } else {
             failed = true
-            FileHandle.standardError.write(Data("wdmfs: \(node.name): \(tree.read(node.path, "result").trimmingCharacters(in: .whitespacesAndNewlines))\n".utf8))
+            complain("\(node.name): \(tree.trimmed(node, "result"))")
         }
     }
     if failed { throw ExitCode(1) }

@@ -33,7 +33,7 @@ struct Tree: ParsableCommand {
         if let mountpoint {
             let tree = DeviceTreeFiles(mountpoint)
             for node in tree.nodes() {
-                let status = tree.read(node.path, "status").trimmingCharacters(in: .whitespacesAndNewlines)
+                let status = tree.trimmed(node, "status")
                 print(String(repeating: "  ", count: node.depth) + node.name + (status == "started" ? "" : " (\(status))"))
             }
             return

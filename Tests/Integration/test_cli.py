@@ -76,3 +76,35 @@ def test_a_verb_that_shows_every_node_when_none_is_named_says_so(verb):
 def test_rescan_says_what_no_name_means():
     h = run_wdmfs("rescan", "--help").stdout
     assert "all when none" not in h and "(none: rescan from the root)" in h, h
+
+
+# --- the devcon verbs --------------------------------------------------------
+
+def test_status_shows_the_nodes_it_found_then_fails_for_an_unknown_name(tree):
+    r = run_wdmfs("status", tree.path, "echo", "nosuch", "null")
+    assert r.returncode == 2, r
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == ["echo", "null"], r.stdout
+    assert r.stderr == "wdmfs: no device node named nosuch\n"
+    for verb in ("hwids", "stack"):
+        r = run_wdmfs(verb, tree.path, "nosuch", "zero")
+        assert r.returncode == 2 and r.stdout.startswith("zero: ") and "nosuch" in r.stderr, (verb, r)
+
+
+def test_a_verb_that_changes_nodes_does_nothing_when_a_name_is_unknown(tree):
+    r = run_wdmfs("disable", tree.path, "echo", "nosuch", "other")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", "wdmfs: no device node named nosuch, other\n")
+    assert "echo" in os.listdir(tree.path)
+
+
+def test_the_tree_lists_toaster2_before_toaster10(tree):
+    bus = tree.dev("toaster-bus")
+    try:
+        for serial in ("10", "2", "1"):
+            assert run_wdmfs("plug", bus, serial).returncode == 0
+        lines = run_wdmfs("tree", tree.path).stdout.splitlines()
+        at = lines.index("toaster-bus")
+        assert lines[at + 1:at + 4] == ["  toaster1", "  toaster2", "  toaster10"], lines
+        names = [line.split(":")[0] for line in run_wdmfs("status", tree.path).stdout.splitlines()]
+        assert names.index("toaster2") < names.index("toaster10"), names
+    finally:
+        run_wdmfs("unplug", bus, "0")
