@@ -194,14 +194,19 @@ struct Stack: ParsableCommand {
 }
 
 /// Writes `verb` to each named node's control file; exit 1 (with the node's
-/// `result`: who vetoed, which status) when the daemon refused one.
+/// `result`: who vetoed, which status) when the daemon refused one, or with
+/// `NAME: already DONE` when there was nothing to do (the bridge answers EALREADY).
 func controlVerb(_ verb: String, _ mountpoint: String, _ devices: [String], done: String) throws {
     let tree = DeviceTreeFiles(mountpoint)
     var failed = false
     for node in tree.select(devices) {
-        if write(node.path + "/control", verb) {
+        switch write(node.path + "/control", verb) {
+        case 0:
             print("\(node.name): \(done)")
-        } else {
+        case EALREADY:
+            failed = true
+            complain("\(node.name): already \(done)")
+        default:
             failed = true
             complain("\(node.name): \(tree.trimmed(node, "result"))")
         }
@@ -236,7 +241,12 @@ struct Rebalance: ParsableCommand {
 struct Disable: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Disable device nodes: their stacks are removed, the nodes stay with CM_PROB_DISABLED (devcon disable).",
-        discussion: "Example:\n  wdmfs disable /mnt/wdm echo")
+        discussion: """
+            Example:
+              wdmfs disable /mnt/wdm echo
+            Exit status 1 when it was vetoed (the message names the device and the veto
+            type) or the device was already disabled (NAME: already disabled).
+            """)
     @OptionGroup var options: NamedDeviceOptions
     func run() throws { try controlVerb("disable", options.mountpoint, options.devices, done: "disabled") }
 }
@@ -244,7 +254,11 @@ struct Disable: ParsableCommand {
 struct Enable: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Enable disabled device nodes: their stacks are built and started again (devcon enable).",
-        discussion: "Example:\n  wdmfs enable /mnt/wdm echo")
+        discussion: """
+            Example:
+              wdmfs enable /mnt/wdm echo
+            Exit status 1 when it failed or the device was already enabled (NAME: already enabled).
+            """)
     @OptionGroup var options: NamedDeviceOptions
     func run() throws { try controlVerb("enable", options.mountpoint, options.devices, done: "enabled") }
 }
@@ -259,7 +273,7 @@ struct Rescan: ParsableCommand {
     func run() throws {
         let tree = DeviceTreeFiles(mountpoint)
         if devices.isEmpty {
-            guard write(tree.root + "/.control", "rescan") else { fail("\(mountpoint): the rescan failed") }
+            guard write(tree.root + "/.control", "rescan") == 0 else { fail("\(mountpoint): the rescan failed") }
             print("rescanned")
             return
         }
@@ -267,11 +281,12 @@ struct Rescan: ParsableCommand {
     }
 }
 
-/// Writes a verb to a control file; false when the daemon refused it.
-func write(_ path: String, _ verb: String) -> Bool {
+/// Writes a verb to a control file: 0, or the errno with which the daemon refused it.
+func write(_ path: String, _ verb: String) -> Int32 {
     let fd = open(path, O_WRONLY)
-    guard fd >= 0 else { return false }
+    guard fd >= 0 else { return errno }
     defer { close(fd) }
     let bytes = Array((verb + "\n").utf8)
-    return bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) } == bytes.count
+    let n = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
+    return n == bytes.count ? 0 : n < 0 ? errno : EIO
 }
