@@ -12,7 +12,12 @@ import WDMClient
 enum BusRequest {
     static let plugIn = ToasterBus.plugIn.rawValue, unplug = ToasterBus.unplug.rawValue, eject = ToasterBus.eject.rawValue
 
-    /// Sends one request to the bus device file; exits 1 with the status's name when it fails.
+    static let names: [UInt32: String] = [
+        plugIn: "IOCTL_BUSENUM_PLUGIN_HARDWARE", unplug: "IOCTL_BUSENUM_UNPLUG_HARDWARE", eject: "IOCTL_BUSENUM_EJECT_HARDWARE",
+    ]
+
+    /// Sends one request to the bus device file; exits 1 with the status's name when
+    /// it fails, or saying the file is no bus when its driver does not take the code.
     static func send(bus: String, code: UInt32, input: [UInt8], what: String) throws {
         let fd: Int32
         do { fd = try DeviceFile.open(bus, readOnly: true) } catch {
@@ -36,6 +41,12 @@ enum BusRequest {
             fail("ioctl on \(bus): \(error)")
         }
         guard result.status.isSuccess else {
+            // What a driver answers a control code it does not know (the toaster bus
+            // itself answers STATUS_INVALID_PARAMETER to a request it cannot carry out).
+            if [NTStatus.invalidDeviceRequest, .notSupported, .notImplemented].contains(result.status) {
+                complain("\((bus as NSString).lastPathComponent) is not a bus (it does not take \(names[code] ?? "0x" + String(code, radix: 16)))")
+                throw ExitCode(1)
+            }
             FileHandle.standardError.write(Data("wdmfs: \(what) failed: \(result.status) (0x\(String(result.status.rawValue, radix: 16, uppercase: true)))\n".utf8))
             throw ExitCode(1)
         }

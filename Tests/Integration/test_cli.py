@@ -108,3 +108,10 @@ def test_the_tree_lists_toaster2_before_toaster10(tree):
         assert names.index("toaster2") < names.index("toaster10"), names
     finally:
         run_wdmfs("unplug", bus, "0")
+
+
+def test_plugging_into_a_device_that_is_not_a_bus_says_so(tree):
+    for verb, code in (("plug", "PLUGIN"), ("unplug", "UNPLUG"), ("eject", "EJECT")):
+        r = run_wdmfs(verb, tree.dev("zero"), "1")
+        assert (r.returncode, r.stdout) == (1, ""), r
+        assert r.stderr == f"wdmfs: zero is not a bus (it does not take IOCTL_BUSENUM_{code}_HARDWARE)\n", r.stderr
