@@ -115,3 +115,26 @@ def test_plugging_into_a_device_that_is_not_a_bus_says_so(tree):
         r = run_wdmfs(verb, tree.dev("zero"), "1")
         assert (r.returncode, r.stdout) == (1, ""), r
         assert r.stderr == f"wdmfs: zero is not a bus (it does not take IOCTL_BUSENUM_{code}_HARDWARE)\n", r.stderr
+
+
+# --- version and completion --------------------------------------------------
+
+def test_version_is_printed_and_defined_once():
+    r = run_wdmfs("--version")
+    assert r.returncode == 0 and r.stdout.startswith("wdmfs ") and r.stderr == "", r
+    number = r.stdout.split()[1]
+    with open(os.path.join(ROOT, "Sources", "WDMClient", "Version.swift")) as f:
+        assert f'number = "{number}"' in f.read()
+
+
+def test_the_bash_completion_script_is_a_script_that_completes_wdmfs(tmp_path):
+    r = run_wdmfs("--generate-completion-script", "bash")
+    assert r.returncode == 0 and r.stdout.startswith("#!/bin/bash"), r
+    script = tmp_path / "wdmfs.bash"
+    script.write_text(r.stdout)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    out = subprocess.run(["bash", "-c", f"source {script} && complete -p wdmfs"], capture_output=True, text=True).stdout
+    assert "-F _wdmfs wdmfs" in out, out
+    for sub in ("mount", "status", "plug"):
+        assert sub in r.stdout
+    assert "--generate-completion-script bash" in open(os.path.join(ROOT, "README.md")).read()
