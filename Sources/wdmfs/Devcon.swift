@@ -138,7 +138,7 @@ struct NamedDeviceOptions: ParsableArguments {
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The state of each device node: running, or its problem code (devcon status).",
+        abstract: "The state of each device node, as its status file says (started, disabled, ...; with its power state when not D0 or the system is not in S0), and its problem code (devcon status).",
         discussion: """
             Example:
               wdmfs status /mnt/wdm toaster1
@@ -157,7 +157,7 @@ struct Status: ParsableCommand {
                 problem = true
                 print("\(node.name): \(status), problem \(code)")
             } else {
-                print("\(node.name): \(status == "started" ? "running" : status)")
+                print("\(node.name): \(status)")
             }
         }
         if problem && !options.devices.isEmpty { throw ExitCode(1) }

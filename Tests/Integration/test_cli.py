@@ -138,3 +138,32 @@ def test_the_bash_completion_script_is_a_script_that_completes_wdmfs(tmp_path):
     for sub in ("mount", "status", "plug"):
         assert sub in r.stdout
     assert "--generate-completion-script bash" in open(os.path.join(ROOT, "README.md")).read()
+
+
+# --- one vocabulary for state ------------------------------------------------
+
+def node_file(tree, node, name):
+    with open(os.path.join(tree.path, ".devices", node, name)) as f:
+        return f.read()
+
+
+def test_status_says_what_the_node_file_says_with_the_power_state_while_asleep(tree):
+    assert node_file(tree, "zero", "status") == "started\n"
+    assert run_wdmfs("status", tree.path, "zero").stdout == "zero: started\n"
+    assert run_wdmfs("power", tree.path, "S3").returncode == 0
+    try:
+        assert node_file(tree, "zero", "power") == "D3\n"
+        assert node_file(tree, "zero", "status") == "started, D3 (system S3)\n"
+        assert run_wdmfs("status", tree.path, "zero").stdout == "zero: started, D3 (system S3)\n"
+        assert "zero (started, D3 (system S3))" in run_wdmfs("tree", tree.path).stdout.splitlines()
+    finally:
+        assert run_wdmfs("power", tree.path, "S0").returncode == 0
+    assert node_file(tree, "zero", "status") == "started\n"
+    r = run_wdmfs("disable", tree.path, "echo")
+    assert r.returncode == 0, r
+    try:
+        assert node_file(tree, "echo", "status") == "disabled\n"
+        assert run_wdmfs("status", tree.path, "echo").stdout == "echo: disabled, problem 22 CM_PROB_DISABLED\n"
+    finally:
+        assert run_wdmfs("enable", tree.path, "echo").returncode == 0
+    assert "running" not in run_wdmfs("status", "--help").stdout

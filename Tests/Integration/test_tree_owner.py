@@ -154,7 +154,7 @@ def test_removing_a_device_someone_has_open_is_vetoed_and_a_root_rescan_brings_a
     r = run_wdmfs("rescan", tree.path)
     assert r.returncode == 0, r.stderr
     assert wait_for(lambda: "echo" in os.listdir(tree.path))
-    assert run_wdmfs("status", tree.path, "echo").stdout == "echo: running\n"
+    assert run_wdmfs("status", tree.path, "echo").stdout == "echo: started\n"
 
 
 def test_a_second_disable_says_already_disabled(tree):
