@@ -74,9 +74,9 @@ struct DeviceTreeFiles {
     }
 
     /// Runs `show` for each named node (every node when none is named) in order;
-    /// a name no node has is reported on stderr where it comes. Exit status 2
-    /// when a name was unknown (after showing the others).
-    func forEachNamed(_ names: [String], _ show: (NodeDir) -> Void) throws {
+    /// a name no node has is reported on stderr where it comes. True when a name
+    /// was unknown (the caller exits 2 once it has shown the others).
+    func forEachNamed(_ names: [String], _ show: (NodeDir) -> Void) -> Bool {
         var missing = false
         for (name, node) in lookup(names) {
             guard let node else {
@@ -86,7 +86,7 @@ struct DeviceTreeFiles {
             }
             show(node)
         }
-        if missing { throw ExitCode(2) }
+        return missing
     }
 }
 
@@ -136,6 +136,57 @@ struct NamedDeviceOptions: ParsableArguments {
     @Argument(help: "Device node instance names (one or more).") var devices: [String]
 }
 
+/// `--json`, for the verbs that show.
+struct JSONFlag: ParsableArguments {
+    @Flag(help: "Print one JSON array, one object per node (keys in the discussion), for scripts.")
+    var json = false
+}
+
+/// Prints `records` as one JSON array, one object a line, keys sorted (`\Driver\X`
+/// has its backslashes escaped, as JSON wants, and nothing else).
+func printJSON(_ records: [[String: Any]]) {
+    do {
+        let lines = try records.map {
+            String(decoding: try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)
+        }
+        print(lines.isEmpty ? "[]" : "[\n" + lines.joined(separator: ",\n") + "\n]")
+    } catch {
+        fail("cannot write JSON: \(error)")
+    }
+}
+
+extension DeviceTreeFiles {
+    /// The system power state, as `.power` says (`S0`).
+    var systemPower: String {
+        ((try? String(contentsOfFile: mountpoint + "/.power", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A node's state for `status --json` and `tree --json`.
+    func statusRecord(_ node: NodeDir, systemPower: String) -> [String: Any] {
+        let status = trimmed(node, "status")
+        let problem = trimmed(node, "problem").split(separator: " ")
+        return [
+            "name": node.name, "path": node.treePath,
+            "state": String(status.prefix { $0 != "," }), "status": status,
+            "problem": Int(problem.first ?? "0") ?? 0,
+            "problem_name": problem.count > 1 ? String(problem[1]) : NSNull(),
+            "power": trimmed(node, "power"), "system_power": systemPower,
+        ]
+    }
+}
+
+/// The keys of a node's state in JSON (status and tree).
+let statusKeysHelp = """
+      name          its instance name (toaster1)
+      path          its place under .devices (toaster-bus/toaster1)
+      state         started, disabled, stopped, surprise-removed, problem, ...
+      status        its status file (started, D3 (system S3))
+      problem       the CM_PROB number, 0 for none
+      problem_name  CM_PROB_DISABLED, or null
+      power         the device power state of its stack (D0 ... D3)
+      system_power  the system power state (S0 ... S5)
+    """
+
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The state of each device node, as its status file says (started, disabled, ...; with its power state when not D0 or the system is not in S0), and its problem code (devcon status).",
@@ -144,22 +195,29 @@ struct Status: ParsableCommand {
               wdmfs status /mnt/wdm toaster1
             Exit status 1 when a device named has a problem; 2 when a name is no device
             node (the others are shown first).
+            With --json, an array of objects with these keys:
+            \(statusKeysHelp)
             """)
     @OptionGroup var options: DeviceVerbOptions
+    @OptionGroup var output: JSONFlag
 
     func run() throws {
         let tree = DeviceTreeFiles(options.mountpoint)
+        let system = tree.systemPower
         var problem = false
-        try tree.forEachNamed(options.devices) { node in
+        var records: [[String: Any]] = []
+        let missing = tree.forEachNamed(options.devices) { node in
             let status = tree.trimmed(node, "status")
             let code = tree.trimmed(node, "problem")
-            if code != "0" {
-                problem = true
-                print("\(node.name): \(status), problem \(code)")
+            if code != "0" { problem = true }
+            if output.json {
+                records.append(tree.statusRecord(node, systemPower: system))
             } else {
-                print("\(node.name): \(status)")
+                print("\(node.name): \(status)" + (code != "0" ? ", problem \(code)" : ""))
             }
         }
+        if output.json { printJSON(records) }
+        if missing { throw ExitCode(2) }
         if problem && !options.devices.isEmpty { throw ExitCode(1) }
     }
 }
@@ -167,29 +225,69 @@ struct Status: ParsableCommand {
 struct HWIDs: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hwids", abstract: "Hardware and compatible IDs of each device node (devcon hwids).",
-        discussion: "Example:\n  wdmfs hwids /mnt/wdm")
+        discussion: """
+            Example:
+              wdmfs hwids /mnt/wdm
+            Exit status 2 when a name is no device node (the others are shown first).
+            With --json, an array of objects with these keys:
+              name            its instance name (toaster1)
+              path            its place under .devices (toaster-bus/toaster1)
+              hardware_ids    its hardware IDs, most specific first
+              compatible_ids  its compatible IDs (possibly none)
+            """)
     @OptionGroup var options: DeviceVerbOptions
+    @OptionGroup var output: JSONFlag
 
     func run() throws {
         let tree = DeviceTreeFiles(options.mountpoint)
-        try tree.forEachNamed(options.devices) { node in
+        var records: [[String: Any]] = []
+        let missing = tree.forEachNamed(options.devices) { node in
             let hw = tree.lines(node, "hardware_ids"), compat = tree.lines(node, "compatible_ids")
-            print("\(node.name): hardware \(hw.joined(separator: " "))" + (compat.isEmpty ? "" : "; compatible \(compat.joined(separator: " "))"))
+            if output.json {
+                records.append(["name": node.name, "path": node.treePath, "hardware_ids": hw, "compatible_ids": compat])
+            } else {
+                print("\(node.name): hardware \(hw.joined(separator: " "))" + (compat.isEmpty ? "" : "; compatible \(compat.joined(separator: " "))"))
+            }
         }
+        if output.json { printJSON(records) }
+        if missing { throw ExitCode(2) }
     }
 }
 
 struct Stack: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Each device node's stack, top first (devcon stack).",
-        discussion: "Example:\n  wdmfs stack /mnt/wdm ramdisk0")
+        discussion: """
+            Example:
+              wdmfs stack /mnt/wdm ramdisk0
+            Exit status 2 when a name is no device node (the others are shown first).
+            With --json, an array of objects with these keys:
+              name   its instance name (ramdisk0)
+              path   its place under .devices
+              stack  its device objects, top first: {"driver": "\\Driver\\RamDisk",
+                     "device": "\\Device\\00000005" or null for an unnamed one}
+            """)
     @OptionGroup var options: DeviceVerbOptions
+    @OptionGroup var output: JSONFlag
 
     func run() throws {
         let tree = DeviceTreeFiles(options.mountpoint)
-        try tree.forEachNamed(options.devices) { node in
-            print("\(node.name): " + tree.lines(node, "stack").map { $0.split(separator: " ").first.map(String.init) ?? $0 }.joined(separator: " > "))
+        var records: [[String: Any]] = []
+        let missing = tree.forEachNamed(options.devices) { node in
+            // Each line: `\Driver\X` or `\Driver\X \Device\Y`.
+            let stack = tree.lines(node, "stack").map { line -> (driver: String, device: String?) in
+                guard let space = line.firstIndex(of: " ") else { return (line, nil) }
+                return (String(line[..<space]), String(line[line.index(after: space)...]))
+            }
+            if output.json {
+                let objects: [[String: Any]] = stack.map { ["driver": $0.driver, "device": $0.device ?? NSNull()] }
+                records.append(["name": node.name, "path": node.treePath, "stack": objects])
+            } else {
+                print("\(node.name): " + stack.map(\.driver).joined(separator: " > "))
+            }
         }
+        if output.json { printJSON(records) }
+        if missing { throw ExitCode(2) }
     }
 }
 

@@ -167,3 +167,72 @@ def test_status_says_what_the_node_file_says_with_the_power_state_while_asleep(t
     finally:
         assert run_wdmfs("enable", tree.path, "echo").returncode == 0
     assert "running" not in run_wdmfs("status", "--help").stdout
+
+
+# --- --json ------------------------------------------------------------------
+
+STATUS_KEYS = {"name", "path", "state", "status", "problem", "problem_name", "power", "system_power"}
+
+
+def json_of(*args):
+    r = run_wdmfs(*args, "--json")
+    assert r.returncode == 0, r
+    return json.loads(r.stdout)
+
+
+def documented(verb, keys):
+    h = run_wdmfs(verb, "--help").stdout
+    assert "--json" in h and all(f"  {k}  " in h for k in keys), h
+
+
+def test_status_json_has_stable_documented_keys(tree):
+    nodes = json_of("status", tree.path)
+    assert all(set(n) == STATUS_KEYS for n in nodes), nodes
+    zero = next(n for n in nodes if n["name"] == "zero")
+    assert zero == {"name": "zero", "path": "zero", "state": "started", "status": "started", "problem": 0,
+                    "problem_name": None, "power": "D0", "system_power": "S0"}
+    documented("status", STATUS_KEYS)
+    r = run_wdmfs("status", tree.path, "zero", "nosuch", "--json")
+    assert r.returncode == 2 and [n["name"] for n in json.loads(r.stdout)] == ["zero"] and "nosuch" in r.stderr, r
+    r = run_wdmfs("disable", tree.path, "echo")
+    assert r.returncode == 0, r
+    try:
+        r = run_wdmfs("status", tree.path, "echo", "--json")
+        echo, = json.loads(r.stdout)
+        assert r.returncode == 1 and (echo["state"], echo["problem"], echo["problem_name"]) == ("disabled", 22, "CM_PROB_DISABLED"), r
+    finally:
+        assert run_wdmfs("enable", tree.path, "echo").returncode == 0
+
+
+def test_tree_json_nests_children_in_the_text_order(tree):
+    bus = tree.dev("toaster-bus")
+    try:
+        for serial in ("10", "2"):
+            assert run_wdmfs("plug", bus, serial).returncode == 0
+        roots = json_of("tree", tree.path)
+        assert all(set(n) == STATUS_KEYS | {"children"} for n in roots), roots
+        by_name = {n["name"]: n for n in roots}
+        assert [c["name"] for c in by_name["toaster-bus"]["children"]] == ["toaster2", "toaster10"]
+        assert by_name["toaster-bus"]["children"][0]["path"] == "toaster-bus/toaster2"
+        text = [line.strip().split(" ")[0] for line in run_wdmfs("tree", tree.path).stdout.splitlines()]
+
+        def flat(nodes):
+            return [x for n in nodes for x in [n["name"]] + flat(n["children"])]
+        assert flat(roots) == text
+        documented("tree", STATUS_KEYS | {"children"})
+        r = run_wdmfs("tree", "--print-default", "--json")
+        assert r.returncode == 2 and "--json goes with a MOUNTPOINT" in r.stderr
+    finally:
+        run_wdmfs("unplug", bus, "0")
+
+
+def test_hwids_and_stack_json(tree):
+    ramdisk, = json_of("hwids", tree.path, "ramdisk0")
+    assert set(ramdisk) == {"name", "path", "hardware_ids", "compatible_ids"}
+    assert ramdisk["hardware_ids"] == [open(os.path.join(tree.path, ".devices", "ramdisk0", "hardware_ids")).read().split("\n")[0]]
+    documented("hwids", {"name", "path", "hardware_ids", "compatible_ids"})
+    stack, = json_of("stack", tree.path, "ramdisk0")
+    assert set(stack) == {"name", "path", "stack"}
+    assert [d["driver"] for d in stack["stack"]] == ["\\Driver\\PassThroughFilter", "\\Driver\\RamDisk", "\\Driver\\PnpManager"]
+    assert stack["stack"][0]["device"] is None and stack["stack"][-1]["device"].startswith("\\Device\\")
+    documented("stack", {"name", "path", "stack"})
