@@ -148,7 +148,46 @@ public enum Daemon {
         }
         var status: Int32 = 0
         waitpid(pid, &status, 0)
-        throw MountError(String(decoding: text, as: UTF8.self).trimmingTrailingNewlines())
+        throw MountError(failure(String(decoding: text, as: UTF8.self), status: status))
+    }
+
+    /// Marks the line a daemon that `wdmfs mount` waits for stops with (see `fatal`).
+    static let failureMarker = "FAILED: "
+
+    /// Why a daemon that never got READY failed, from what it wrote and how it
+    /// exited: its fatal message first (without `wdmfs: `), then anything else it
+    /// or libfuse said, less the drivers' `loaded` / `unloaded` lines (its log file
+    /// has them).
+    static func failure(_ text: String, status: Int32) -> String {
+        var causes: [String] = [], others: [String] = []
+        for line in text.split(separator: "\n").map(String.init) {
+            if line.hasPrefix(failureMarker) {
+                var cause = String(line.dropFirst(failureMarker.count))
+                if cause.hasPrefix("wdmfs: ") { cause.removeFirst("wdmfs: ".count) }
+                causes.append(cause)
+            } else if !line.hasPrefix("wdmfs: loaded ") && !line.hasPrefix("wdmfs: unloaded ") && !line.isEmpty {
+                others.append(line)
+            }
+        }
+        if causes.isEmpty {
+            // No message: it crashed or was killed.
+            let signal = status & 0x7f
+            causes.append(signal != 0 && signal != 0x7f
+                ? "the daemon was killed by signal \(signal) (\(String(cString: strsignal(signal))))"
+                : "the daemon exited with status \((status >> 8) & 0xff) before the tree was mounted")
+        }
+        return (causes + others).joined(separator: "\n")
+    }
+
+    /// Set in a daemon that `wdmfs mount` waits for (`--notify-ready`): its fatal
+    /// message is marked so the parent shows it first.
+    public nonisolated(unsafe) static var parentWaits = false
+
+    /// A fatal message: to stderr (marked for a waiting parent) and the early log.
+    public static func fatal(_ line: String) {
+        let s = (parentWaits ? failureMarker : "") + line + "\n"
+        _ = s.withCString { Glibc.write(2, $0, strlen($0)) }
+        if earlyLog >= 0 { _ = (line + "\n").withCString { Glibc.write(earlyLog, $0, strlen($0)) } }
     }
 
     /// In the daemon, once mounted: tell the parent, then send stdout and stderr to
@@ -156,6 +195,7 @@ public enum Daemon {
     public static func announceReady(logFile: String?) {
         let line = "READY\n"
         _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
+        parentWaits = false
         let fd = logFile.map { open($0, O_WRONLY | O_CREAT | O_APPEND, 0o644) } ?? open("/dev/null", O_WRONLY)
         if fd >= 0 {
             dup2(fd, 1)

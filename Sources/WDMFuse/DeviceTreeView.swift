@@ -132,7 +132,7 @@ extension FuseBridge {
         case .hardwareIDs: return node.hardwareIDs.map { $0 + "\n" }.joined()
         case .compatibleIDs: return node.compatibleIDs.map { $0 + "\n" }.joined()
         case .description: return node.description.map { $0 + "\n" } ?? ""
-        case .status: return node.status + "\n"
+        case .status: return statusText(node) + "\n"
         case .problem:
             guard let p = node.problem else { return "0\n" }
             return "\(p.rawValue) CM_PROB_\(String(describing: p).uppercasedWords)\n"
@@ -143,6 +143,16 @@ extension FuseBridge {
         case .result: return lastResults.withLock { $0[node.path] } ?? ""
         case .filterLog: return node.node.log.map { $0 + "\n" }.joined()
         }
+    }
+
+    /// A node's `status`: its state (`started`, `disabled`, ...; the word `wdmfs
+    /// status` shows too), and for a started node that is not in D0 or while the
+    /// system is not in S0, its device power state: `started, D3 (system S3)`.
+    func statusText(_ node: NodeView) -> String {
+        guard node.state == .started else { return node.status }
+        let device = node.powerState, system = io.systemPowerState
+        if system != .working { return "\(node.status), \(device) (system \(system))" }
+        return device == .d0 ? node.status : "\(node.status), \(device)"
     }
 
     /// A verb written to a node's `control` file: remove, disable, enable,

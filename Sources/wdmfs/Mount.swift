@@ -62,6 +62,18 @@ struct Mount: ParsableCommand {
     @Flag(help: "Checked mode: poison every request's buffers when it ends, so a driver that keeps one is caught by the verifier (slower).")
     var checked = false
 
+    /// Why `path` cannot be mounted on (one line), or nil for a directory.
+    static func mountpointProblem(_ path: String) -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            let e = errno
+            if e == ENOENT { return "\(path) does not exist; create it first (mkdir -p \(shellQuoted(path)))" }
+            return "\(path): \(String(cString: strerror(e)))"
+        }
+        if st.st_mode & S_IFMT != S_IFDIR { return "\(path) is not a directory; mount on an empty directory" }
+        return nil
+    }
+
     func run() throws {
         guard FileManager.default.fileExists(atPath: "/dev/fuse") else {
             fail("/dev/fuse is missing: this machine cannot mount FUSE file systems")
@@ -72,10 +84,7 @@ struct Mount: ParsableCommand {
             FileHandle.standardError.write(Data("wdmfs: \(path) is a dead wdmfs mount (its daemon is gone); detaching it\n".utf8))
             if let problem = Daemon.clearDeadMount(path) { fail(problem) }
         }
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
-            throw ValidationError("\(mountpoint) is not a directory; create it first (mkdir -p \(mountpoint))")
-        }
+        if let problem = Self.mountpointProblem(mountpoint) { fail(problem) }
         if Daemon.isMounted(path) { fail("\(path) is already mounted") }
         if !nonempty, Daemon.isNonEmptyDirectory(path) {
             fail("\(path) is not empty; mount on an empty directory, or give --nonempty to hide its files while mounted")
@@ -112,6 +121,7 @@ struct Mount: ParsableCommand {
         }
 
         Daemon.ignoreBrokenPipes()
+        Daemon.parentWaits = notifyReady
         // Held until the daemon exits: a second daemon for this directory stops here.
         let lock: Int32
         switch Daemon.lockMountpoint(path) {
@@ -158,10 +168,17 @@ struct Mount: ParsableCommand {
     }
 }
 
-/// Prints to stderr and exits with status 2 (usage or system error).
+/// Prints to stderr (in a daemon, marked as its cause for `wdmfs mount`, and
+/// to its log) and exits with status 2 (usage or system error).
 func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data(("wdmfs: " + message + "\n").utf8))
+    Daemon.fatal("wdmfs: " + message)
     exit(2)
 }
 
 extension FuseBridge.PollMode: ExpressibleByArgument {}
+
+/// `path` as a shell word: as it is when it is plain, else in single quotes.
+func shellQuoted(_ path: String) -> String {
+    let plain = path.allSatisfy { $0.isLetter || $0.isNumber || "/._-+,:@%".contains($0) }
+    return plain && !path.isEmpty ? path : "'" + path.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}

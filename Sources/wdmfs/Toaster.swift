@@ -12,7 +12,23 @@ import WDMClient
 enum BusRequest {
     static let plugIn = ToasterBus.plugIn.rawValue, unplug = ToasterBus.unplug.rawValue, eject = ToasterBus.eject.rawValue
 
-    /// Sends one request to the bus device file; exits 1 with the status's name when it fails.
+    static let names: [UInt32: String] = [
+        plugIn: "IOCTL_BUSENUM_PLUGIN_HARDWARE", unplug: "IOCTL_BUSENUM_UNPLUG_HARDWARE", eject: "IOCTL_BUSENUM_EJECT_HARDWARE",
+    ]
+
+    /// Waits until the PnP manager of the mount at `mountpoint` has nothing left to
+    /// do (`.devices/.control` takes `settle`; root may ask for it). False when it could not ask.
+    @discardableResult
+    static func settle(mountpoint: String) -> Bool {
+        let control = mountpoint + "/.devices/.control"
+        guard access(control, W_OK) == 0, let h = FileHandle(forWritingAtPath: control) else { return false }
+        try? h.write(contentsOf: Data("settle\n".utf8))
+        try? h.close()
+        return true
+    }
+
+    /// Sends one request to the bus device file; exits 1 with the status's name when
+    /// it fails, or saying the file is no bus when its driver does not take the code.
     static func send(bus: String, code: UInt32, input: [UInt8], what: String) throws {
         let fd: Int32
         do { fd = try DeviceFile.open(bus, readOnly: true) } catch {
@@ -36,6 +52,12 @@ enum BusRequest {
             fail("ioctl on \(bus): \(error)")
         }
         guard result.status.isSuccess else {
+            // What a driver answers a control code it does not know (the toaster bus
+            // itself answers STATUS_INVALID_PARAMETER to a request it cannot carry out).
+            if [NTStatus.invalidDeviceRequest, .notSupported, .notImplemented].contains(result.status) {
+                complain("\((bus as NSString).lastPathComponent) is not a bus (it does not take \(names[code] ?? "0x" + String(code, radix: 16)))")
+                throw ExitCode(1)
+            }
             FileHandle.standardError.write(Data("wdmfs: \(what) failed: \(result.status) (0x\(String(result.status.rawValue, radix: 16, uppercase: true)))\n".utf8))
             throw ExitCode(1)
         }
@@ -59,13 +81,10 @@ struct Plug: ParsableCommand {
         try BusRequest.send(bus: bus, code: BusRequest.plugIn,
                             input: ToasterBus.plugInRequest(serial: serial, hardwareIDs: hardwareId.isEmpty ? [ToasterBus.toasterHardwareID] : hardwareId),
                             what: "plugging in toaster \(serial)")
-        // The PnP manager starts it on its own thread: wait until it has nothing left
-        // to do (`settle`, which root may ask for), then the file is there or it failed.
+        // The PnP manager starts it on its own thread: once it has settled, the file
+        // is there or it failed.
         let dir = (bus as NSString).deletingLastPathComponent
-        let control = dir + "/.devices/.control"
-        if access(control, W_OK) == 0, let h = FileHandle(forWritingAtPath: control) {
-            try? h.write(contentsOf: Data("settle\n".utf8))
-            try? h.close()
+        if BusRequest.settle(mountpoint: dir) {
             guard FileManager.default.fileExists(atPath: dir + "/toaster\(serial)") else {
                 fail("toaster \(serial) was plugged in but did not start (see \(dir)/.devices/toaster-bus/toaster\(serial)/status)")
             }
@@ -78,7 +97,8 @@ struct Unplug: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Unplug a toaster (IOCTL_BUSENUM_UNPLUG_HARDWARE); serial 0 unplugs them all.",
         discussion: """
-            Open handles on it get ENODEV from then on; it is removed when the last closes.
+            Returns once the PnP manager has handled it (as root): open handles on it get
+            ENODEV from then on; it is removed when the last closes.
             Example:
               wdmfs unplug /mnt/wdm/toaster-bus 1
             """)
@@ -87,6 +107,8 @@ struct Unplug: ParsableCommand {
 
     func run() throws {
         try BusRequest.send(bus: bus, code: BusRequest.unplug, input: ToasterBus.unplugRequest(serial: serial), what: "unplugging toaster \(serial)")
+        // The PnP manager removes it on its own thread: done once it has settled.
+        BusRequest.settle(mountpoint: (bus as NSString).deletingLastPathComponent)
     }
 }
 
@@ -102,5 +124,6 @@ struct Eject: ParsableCommand {
 
     func run() throws {
         try BusRequest.send(bus: bus, code: BusRequest.eject, input: ToasterBus.unplugRequest(serial: serial), what: "ejecting toaster \(serial)")
+        BusRequest.settle(mountpoint: (bus as NSString).deletingLastPathComponent)
     }
 }

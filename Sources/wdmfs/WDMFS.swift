@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import Foundation
+import WDMClient
 
 @main
 struct WDMFS: ParsableCommand {
@@ -15,7 +16,9 @@ struct WDMFS: ParsableCommand {
               wdmfs ioctl /mnt/wdm/ramdisk0 IOCTL_DISK_GET_LENGTH_INFO --out-size 8
               wdmfs unmount /mnt/wdm
             Example: wdmfs mount --help
+            Shell completion: wdmfs --generate-completion-script bash (or zsh, fish).
             """,
+        version: WDMFSVersion.description,
         subcommands: [Mount.self, Unmount.self, Ioctl.self, Tree.self, Status.self, HWIDs.self, Stack.self, Remove.self, Restart.self, Rebalance.self, Disable.self, Enable.self, Rescan.self, Plug.self, Unplug.self, Eject.self, PowerCommand.self])
 
     /// Exit statuses: 0 success, 1 a request that ran and failed (an NTSTATUS),

@@ -629,7 +629,7 @@ def test_the_device_tree_is_visible_and_scriptable(tree):
         assert read("stack").split("\n")[:3] == ["\\Driver\\ClassUpperFilter", "\\Driver\\Toaster", "\\Driver\\ToasterBus \\Device\\Toaster8"]
         assert read("hardware_ids") == "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToaster\n"
         assert "  toaster8" in run_wdmfs("tree", tree.path).stdout.splitlines()
-        assert run_wdmfs("status", tree.path, "toaster8").stdout == "toaster8: running\n"
+        assert run_wdmfs("status", tree.path, "toaster8").stdout == "toaster8: started\n"
         assert run_wdmfs("stack", tree.path, "ramdisk0").stdout == \
             "ramdisk0: \\Driver\\PassThroughFilter > \\Driver\\RamDisk > \\Driver\\PnpManager\n"
         fd = os.open(tree.dev("toaster8"), os.O_RDWR)
@@ -659,7 +659,7 @@ def test_disable_enable_and_restart_from_the_shell(tree):
     finally:
         assert run_wdmfs("enable", tree.path, "echo").returncode == 0
     assert wait_for(lambda: "echo" in os.listdir(tree.path))
-    assert run_wdmfs("status", tree.path, "echo").stdout == "echo: running\n"
+    assert run_wdmfs("status", tree.path, "echo").stdout == "echo: started\n"
     r = run_wdmfs("restart", tree.path, "ramdisk0")
     assert r.returncode == 0 and r.stdout == "ramdisk0: restarted\n"
     with open(tree.dev("ramdisk0"), "rb") as f:
@@ -753,7 +753,7 @@ def test_disabling_a_device_someone_has_open_is_vetoed_and_it_keeps_serving(tree
         assert wait_for(lambda: tree.stats()["irps_pended"] > before)  # the reader waits in echo
         r = run_wdmfs("disable", tree.path, "echo")
         assert r.returncode == 1 and "vetoed by echo, PNP_VetoOutstandingOpen: 1 handle open" in r.stderr, r.stderr
-        assert run_wdmfs("status", tree.path, "echo").stdout == "echo: running\n"
+        assert run_wdmfs("status", tree.path, "echo").stdout == "echo: started\n"
         with open(tree.dev("echo"), "wb", buffering=0) as w:
             w.write(b"still")
         out, _ = reader.communicate(timeout=5)

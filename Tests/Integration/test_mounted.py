@@ -436,7 +436,7 @@ def test_a_signal_unmounts_a_foreground_daemon_which_exits_0(sig):
 def test_mount_refuses_a_missing_directory_clearly():
     from conftest import wdmfs_binary
     r = subprocess.run([wdmfs_binary(), "mount", "/nonexistent/wdmfs"], capture_output=True, text=True)
-    assert r.returncode != 0 and "not a directory" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 C_CLIENT = r"""

@@ -223,6 +223,38 @@ import Testing
         let v = io.verifier.violations
         #expect(v.map(\.rule) == [.filterFlagsNotCopied, .filterFlagsNotCopied, .filterFlagsNotCopied])
         #expect(v.allSatisfy { $0.driver == "\\Driver\\Lazy" })
+        // Windows' names, never Swift's (`DeviceFlags(rawValue: 8208)`).
+        #expect(v.map(\.detail) == [
+            "Flags 0, below: DO_DIRECT_IO | DO_POWER_PAGABLE",
+            "DeviceType FILE_DEVICE_UNKNOWN (0x22), below: FILE_DEVICE_DISK (0x7)",
+            "Characteristics 0, below: FILE_REMOVABLE_MEDIA",
+        ])
+        #expect(v.allSatisfy { $0.description.contains("by \\Driver\\Lazy device (bad)") && !$0.description.contains("rawValue") }, "\(v)")
+    }
+
+    @Test func flagSetsPrintWindowsNames() {
+        #expect("\(DeviceFlags([.bufferedIO, .powerPagable]))" == "DO_BUFFERED_IO | DO_POWER_PAGABLE")
+        #expect("\(DeviceFlags())" == "0")
+        #expect("\(DeviceFlags(rawValue: 0x4 | 0x40000))" == "DO_BUFFERED_IO | 0x40000")
+        #expect("\([AccessMask.readData, .writeData] as AccessMask)" == "FILE_READ_DATA | FILE_WRITE_DATA")
+        #expect("\(StackControl.pendingReturned)" == "SL_PENDING_RETURNED")
+        #expect(characteristicsDescription(0x101) == "FILE_REMOVABLE_MEDIA | FILE_DEVICE_SECURE_OPEN")
+    }
+
+    @Test func aCompletionOfAFreedIrpNamesTheDriverAndTheDevice() throws {
+        let io = IOManager()
+        let kept = Mutex<IRP?>(nil)
+        _ = try buildStack(io, function: [.read: { _, irp in
+            kept.withLock { $0 = irp }  // a bug: keeps the IRP after completing it
+            irp.complete(.success, information: 1)
+            return .success
+        }])
+        let host = EmbeddedHost(io)
+        #expect(host.read(try host.open("dev"), count: 1).status == .success)
+        try #require(kept.withLock { $0 }).complete(.success)  // freed by now
+        let v = try #require(io.verifier.violations.first)
+        #expect(v.rule == .staleIrpUsed)
+        #expect(v.description.contains("on IRP_MJ_READ by \\Driver\\TestFunction device (dev) irp 0x"), "\(v)")
     }
 
     @Test func aDriverUnloadedWithADeviceItNeverDeletedIsReported() throws {

@@ -87,6 +87,12 @@ public final class IOManager: @unchecked Sendable {
         verifier.driverNames = { [unowned self] id in
             self.loadedDrivers.first { ObjectIdentifier($0) == id }?.name
         }
+        verifier.devices = { [unowned self] id in
+            for driver in self.loadedDrivers {
+                if let d = driver.deviceObjects.first(where: { ObjectIdentifier($0) == id }) { return d }
+            }
+            return nil
+        }
     }
 
     /// Adds an observer at the end of the chain. Call before I/O starts. The I/O

@@ -350,7 +350,7 @@ public final class IRPPacket: @unchecked Sendable {
     /// Who had the last incarnations (for reports about a stale IRP): the driver
     /// that saw each lowest in the stack and its major function, in a ring of 8.
     /// Identifiers only, so keeping them costs no reference counting.
-    struct Retired { var generation: UInt32 = 0; var driver: ObjectIdentifier?; var major = MajorFunction.create }
+    struct Retired { var generation: UInt32 = 0; var driver: ObjectIdentifier?; var device: ObjectIdentifier?; var major = MajorFunction.create }
     let retired: UnsafeMutablePointer<Retired> = {
         let p = UnsafeMutablePointer<Retired>.allocate(capacity: 8)
         p.initialize(repeating: Retired(), count: 8)
@@ -484,6 +484,7 @@ public final class IRPPacket: @unchecked Sendable {
         var r = Retired(generation: generation)
         for i in 0..<stackCount where locations[i].deviceObject != nil {
             r.driver = ObjectIdentifier(locations[i].deviceObject!.driverObject)
+            r.device = ObjectIdentifier(locations[i].deviceObject!)
             r.major = locations[i].majorFunction
             break
         }

@@ -31,13 +31,13 @@ extension IOManager {
     func checkFilterCopied(_ filter: DeviceObject, from lower: DeviceObject) {
         let copied: DeviceFlags = [.bufferedIO, .directIO, .powerPagable]
         if filter.flags.intersection(copied) != lower.flags.intersection(copied) {
-            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Flags \(filter.flags.intersection(copied)) below: \(lower.flags.intersection(copied))")
+            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Flags \(filter.flags.intersection(copied)), below: \(lower.flags.intersection(copied))")
         }
         if filter.deviceType != lower.deviceType {
-            verifier.report(.filterFlagsNotCopied, device: filter, detail: "DeviceType 0x\(String(filter.deviceType, radix: 16)), below: 0x\(String(lower.deviceType, radix: 16))")
+            verifier.report(.filterFlagsNotCopied, device: filter, detail: "DeviceType \(DeviceType.name(of: filter.deviceType)), below: \(DeviceType.name(of: lower.deviceType))")
         }
         if filter.characteristics != lower.characteristics {
-            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Characteristics differ from the device below")
+            verifier.report(.filterFlagsNotCopied, device: filter, detail: "Characteristics \(characteristicsDescription(filter.characteristics)), below: \(characteristicsDescription(lower.characteristics))")
         }
     }
 

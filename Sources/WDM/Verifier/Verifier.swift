@@ -93,8 +93,7 @@ public final class Verifier: @unchecked Sendable {
                     s += " minor 0x" + String(minorFunction, radix: 16, uppercase: true)
                 }
             }
-            if let driver { s += " by \(driver)" }
-            if let device { s += " device \(device)" }
+            s += " by \(driver ?? "(driver unknown)") device \(device ?? "(unknown)")"
             if let irp { s += " irp \(irp)" }
             if let detail { s += ": \(detail)" }
             return s
@@ -103,6 +102,8 @@ public final class Verifier: @unchecked Sendable {
 
     /// Names drivers a stale IRP report refers to by identity.
     nonisolated(unsafe) var driverNames: (@Sendable (ObjectIdentifier) -> String?)?
+    /// Finds a device a stale IRP report refers to by identity, if it still exists.
+    nonisolated(unsafe) var devices: (@Sendable (ObjectIdentifier) -> DeviceObject?)?
 
     private let log = HandoffMutex<[Violation]>([])
     private let total = Atomic<Int>(0)
@@ -125,6 +126,7 @@ public final class Verifier: @unchecked Sendable {
                 if let r = p.retiredIncarnation(irp.generation), let id = r.driver {
                     major = r.major
                     driverName = driverNames?(id)
+                    if dev == nil, let d = r.device { dev = devices?(d) }
                 }
             } else {
                 let loc = min(max(p.currentLocation, 1), p.stackCount)
