@@ -66,13 +66,20 @@ def blocked_in(pid, *calls):
     /proc/PID/syscall names the call."""
     assert SYSCALLS, f"no system call numbers for {platform.machine()}"
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
         with open(f"/proc/{pid}/syscall") as f:
             nr = f.read().split()[0]  # "running" while it runs
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return state in ("S", "D") and nr.isdigit() and int(nr) in {SYSCALLS[c] for c in calls if c in SYSCALLS}
+    return proc_state(pid) in ("S", "D") and nr.isdigit() and int(nr) in {SYSCALLS[c] for c in calls if c in SYSCALLS}
+
+
+def proc_state(pid):
+    """The state letter of /proc/PID/stat: R running, S sleeping, D uninterruptible, Z zombie ("" if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
 
 
 def wchan(pid):
