@@ -1,6 +1,7 @@
 """Mounts for the integration tests: each under a fresh temporary directory,
 always unmounted afterwards, even when a test fails."""
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,56 @@ class Mount:
     def stats(self):
         with open(self.dev(".stats")) as f:
             return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
+
+
+# The numbers /proc/PID/syscall shows for the calls a test waits in.
+SYSCALLS = {
+    "x86_64": {"read": 0, "write": 1, "poll": 7, "ioctl": 16, "ppoll": 271},
+    "aarch64": {"read": 63, "write": 64, "ioctl": 29, "ppoll": 73},
+}.get(platform.machine(), {})
+
+
+def blocked_in(pid, *calls):
+    """Whether process (or thread: threading.get_native_id()) `pid` sleeps in one
+    of the system calls `calls` ("read", "ioctl", ...): its state is S or D and
+    /proc/PID/syscall names the call."""
+    assert SYSCALLS, f"no system call numbers for {platform.machine()}"
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            nr = f.read().split()[0]  # "running" while it runs
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return proc_state(pid) in ("S", "D") and nr.isdigit() and int(nr) in {SYSCALLS[c] for c in calls if c in SYSCALLS}
+
+
+def proc_state(pid):
+    """The state letter of /proc/PID/stat: R running, S sleeping, D uninterruptible, Z zombie ("" if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
+
+
+def wchan(pid):
+    """Where in the kernel process (or thread) `pid` sleeps: /proc/PID/wchan, e.g.
+    request_wait_answer (waiting for the daemon's answer), poll_schedule_timeout."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def wait_until(predicate, what, seconds=10.0):
+    """Polls `predicate` with short sleeps until it holds; fails the test, saying
+    `what` never came, if it does not within `seconds` (generous: the states the
+    tests wait for come within milliseconds)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still not so after {seconds} s: {what}")
+        time.sleep(0.01)
 
 
 def mount_tree(extra=()):

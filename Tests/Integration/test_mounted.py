@@ -14,7 +14,7 @@ import time
 import pytest
 
 import envelope as env
-from conftest import mount_tree, unmount_tree, is_mounted
+from conftest import blocked_in, mount_tree, unmount_tree, is_mounted, wait_until, wchan
 
 MiB = 1 << 20
 
@@ -150,10 +150,16 @@ def test_echo_reads_back_what_was_written(tree):
 
 def test_a_blocked_echo_reader_wakes_when_a_write_arrives(tree):
     r = os.open(tree.dev("echo"), os.O_RDONLY)
-    got = []
-    t = threading.Thread(target=lambda: got.append(os.read(r, 64)))
+    got, tid = [], []
+    before = tree.stats()["irps_pended"]
+
+    def read():
+        tid.append(threading.get_native_id())
+        got.append(os.read(r, 64))
+    t = threading.Thread(target=read)
     t.start()
-    time.sleep(0.2)
+    wait_until(lambda: got or (tid and tree.stats()["irps_pended"] > before and blocked_in(tid[0], "read")),
+               "the reader waits in echo, blocked in read()")
     assert got == []
     w = os.open(tree.dev("echo"), os.O_WRONLY)
     os.write(w, b"wake up")
@@ -179,10 +185,13 @@ print(n, e, round(time.monotonic() - t, 3), flush=True)
 
 def test_sigint_interrupts_a_blocked_echo_reader_within_a_second(tree):
     before = tree.stats()["irps_cancelled"]
+    pended = tree.stats()["irps_pended"]
     p = subprocess.Popen([sys.executable, "-c", READER, tree.dev("echo")], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
-        time.sleep(0.3)  # let it block in read()
+        wait_until(lambda: p.poll() is not None or (tree.stats()["irps_pended"] > pended and blocked_in(p.pid, "read")),
+                   "the reader waits in echo, blocked in read()")
+        assert p.poll() is None
         sent = time.monotonic()
         p.send_signal(signal.SIGINT)
         n, e, _ = p.stdout.readline().split()
@@ -202,8 +211,11 @@ def test_sigint_interrupts_a_blocked_echo_reader_within_a_second(tree):
 
 def test_a_killed_reader_has_its_irp_cancelled_at_cleanup(tree):
     before = tree.stats()["irps_cancelled"]
+    pended = tree.stats()["irps_pended"]
     p = subprocess.Popen(["cat", tree.dev("echo")], stdout=subprocess.DEVNULL)
-    time.sleep(0.3)
+    wait_until(lambda: p.poll() is not None or (tree.stats()["irps_pended"] > pended and blocked_in(p.pid, "read")),
+               "cat waits in echo, blocked in read()")
+    assert p.poll() is None
     p.send_signal(signal.SIGINT)
     assert p.wait(2) != 0
     for _ in range(100):
@@ -477,7 +489,11 @@ def test_an_echo_writer_waits_for_room_and_nothing_is_lost(tree):
     r = os.open(tree.dev("echo"), os.O_RDONLY)
     w = os.open(tree.dev("echo"), os.O_WRONLY)
 
+    tid = []
+    before = tree.stats()["irps_pended"]
+
     def write_all():
+        tid.append(threading.get_native_id())
         view = memoryview(data)
         while view:
             n = os.write(w, view)
@@ -485,7 +501,8 @@ def test_an_echo_writer_waits_for_room_and_nothing_is_lost(tree):
 
     t = threading.Thread(target=write_all)
     t.start()
-    time.sleep(0.2)  # the writer has filled the ring and waits
+    wait_until(lambda: not t.is_alive() or (tid and tree.stats()["irps_pended"] > before and blocked_in(tid[0], "write")),
+               "the writer has filled the ring and waits in echo, blocked in write()")
     assert t.is_alive()
     while len(got) < len(data):
         got += os.read(r, 50_000)
@@ -610,10 +627,16 @@ def test_select_and_poll_tell_the_truth_about_echo(tree):
         assert select.select([], [w], [], 0.2)[1] == [w]
         p = select.poll()
         p.register(r, select.POLLIN)
-        woke = []
-        t = threading.Thread(target=lambda: woke.append(p.poll(5000)))
+        woke, tid = [], []
+
+        def wait():
+            tid.append(threading.get_native_id())
+            woke.append(p.poll(5000))
+        t = threading.Thread(target=wait)
         t.start()
-        time.sleep(0.2)
+        # Asleep in poll itself (poll_schedule_timeout), not waiting for the daemon's answer to FUSE_POLL.
+        wait_until(lambda: woke or (tid and blocked_in(tid[0], "poll", "ppoll") and "poll" in wchan(tid[0])),
+                   "the reader sleeps in poll() after echo said not readable")
         assert woke == []
         t0 = time.monotonic()
         os.write(w, b"ready")

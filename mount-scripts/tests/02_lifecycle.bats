@@ -7,11 +7,13 @@ teardown() { unmount_tree; }
 
 @test "a reader blocked on echo dies at once on SIGINT and the device keeps serving" {
     mount_tree
+    pended=$(stat_of irps_pended)
     set -m  # with job control a background job keeps SIGINT (otherwise bash ignores it there)
     cat "$MP/echo" > /dev/null &
     reader=$!
     set +m
-    sleep 0.3
+    wait_until pended_past "$pended"     # the read waits in echo
+    wait_until blocked_in "$reader" read  # and cat sleeps in read()
     kill -INT "$reader"
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         kill -0 "$reader" 2>/dev/null || break

@@ -6,8 +6,6 @@ load helpers
 
 teardown() { unmount_tree; }
 
-stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
-
 @test "a broken driver's rule shows up in .stats and the device keeps serving" {
     mount_tree --tree test
     before=$(stat_of verifier_violations)
@@ -23,9 +21,8 @@ stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
     pended=$(stat_of irps_pended)
     "$WDMFS" ioctl "$MP/misbehave" 0x0022240C --out-size 0 2>"$BATS_TEST_TMPDIR/caller.err" &   # pends forever, no cancel routine
     caller=$!
-    # Waits for the state (the request pends in the driver), not for a time.
-    for _ in $(seq 500); do [ "$(stat_of irps_pended)" -gt "$pended" ] && break; sleep 0.01; done
-    [ "$(stat_of irps_pended)" -gt "$pended" ]
+    wait_until pended_past "$pended"        # the request pends in the driver
+    wait_until blocked_in "$caller" ioctl   # and its caller sleeps in ioctl()
     run "$WDMFS" unmount "$MP"
     assert_failure 2
     assert_output --partial "--force"
@@ -77,8 +74,7 @@ stat_of() { awk -v k="$1" '$1 == k {print $2}' "$MP/.stats"; }
     assert_output "toaster1: 1 slices toasted"
     run "$WDMFS" unplug "$MP/toaster-bus" 1
     assert_success
-    for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e "$MP/toaster1" ] || break; sleep 0.1; done
-    [ ! -e "$MP/toaster1" ]
+    wait_until test ! -e "$MP/toaster1"
     run "$WDMFS" unplug "$MP/toaster-bus" 1
     assert_failure 1
     assert_output --partial "STATUS_NO_SUCH_DEVICE"
