@@ -137,7 +137,7 @@ def test_the_bash_completion_script_is_a_script_that_completes_wdmfs(tmp_path):
     assert "-F _wdmfs wdmfs" in out, out
     for sub in ("mount", "status", "plug"):
         assert sub in r.stdout
-    assert "--generate-completion-script bash" in open(os.path.join(ROOT, "README.md")).read()
+    assert "--generate-completion-script bash" in open(os.path.join(ROOT, "docs", "command-line.md")).read()
 
 
 # --- one vocabulary for state ------------------------------------------------
