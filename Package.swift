@@ -28,6 +28,7 @@ let package = Package(
         .executable(name: "wdmfs", targets: ["wdmfs"]),
         .library(name: "WDM", targets: ["WDM"]),
         .library(name: "WDMClient", targets: ["WDMClient"]),
+        .library(name: "WDMTesting", targets: ["WDMTesting"]),
         .library(name: "WDMDrivers", targets: driverNames.map(\.target)),
     ],
     dependencies: [
@@ -49,6 +50,9 @@ let package = Package(
         // MARK: - Kernel model (pure Swift, no C, no FUSE)
         .target(name: "WDM"),
 
+        // MARK: - Testing drivers in-process: the embedded host, recorders, stack builders
+        .target(name: "WDMTesting", dependencies: ["WDM"]),
+
         // MARK: - Client side: the envelope, process plumbing (no libfuse)
         .target(name: "WDMClient", dependencies: ["WDM", "CWDMSys"]),
 
@@ -68,14 +72,14 @@ let package = Package(
         // MARK: - Benchmarks (`swift package benchmark`; Benchmarks/run.sh adds the FUSE comparison)
         .executableTarget(
             name: "IRPPath",
-            dependencies: ["WDM", .product(name: "Benchmark", package: "benchmark")] + driverDependencies,
+            dependencies: ["WDM", "WDMTesting", .product(name: "Benchmark", package: "benchmark")] + driverDependencies,
             path: "Benchmarks/IRPPath",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
 
         // MARK: - Tests
-        .testTarget(name: "WDMTests", dependencies: ["WDM"]),
-        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMClient", "WDMFuse", "CFuse", "DefaultTree"] + driverDependencies),
-        .testTarget(name: "DriverTests", dependencies: ["WDM", "DefaultTree"] + driverDependencies),
+        .testTarget(name: "WDMTests", dependencies: ["WDM", "WDMTesting"]),
+        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMTesting", "WDMClient", "WDMFuse", "CFuse", "DefaultTree"] + driverDependencies),
+        .testTarget(name: "DriverTests", dependencies: ["WDM", "WDMTesting", "DefaultTree"] + driverDependencies),
     ] + driverTargets
 )

@@ -11,6 +11,7 @@ import IoctlDemoDriver
 import NullDriver
 import PassThroughFilter
 import WDM
+import WDMTesting
 import ZeroDriver
 
 /// Takes each IRP back, as the bridge does when it replies (the I/O manager frees it).

@@ -14,6 +14,7 @@ import ToasterDrivers
 import WDM
 import WDMClient
 @testable import WDMFuse
+import WDMTesting
 
 extension Rig {
     /// Opens a virtual file by inode (`.stats` 2, `.power` 3, a `.devices` path's inode).

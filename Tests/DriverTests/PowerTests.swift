@@ -8,6 +8,7 @@ import Synchronization
 import Testing
 import ToasterDrivers
 import WDM
+import WDMTesting
 
 @Suite struct PowerTests {
     /// toaster-bus -> a second bus plugged into it (serial 2) -> a toaster plugged into that (serial 3).
