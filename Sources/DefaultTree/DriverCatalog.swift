@@ -10,6 +10,7 @@ import NullDriver
 import PassThroughFilter
 import RamDiskDriver
 import ToasterDrivers
+import ToasterPublic
 import WDM
 import ZeroDriver
 

@@ -11,6 +11,7 @@ import Glibc
 import Synchronization
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
 import WDMClient
 @testable import WDMFuse

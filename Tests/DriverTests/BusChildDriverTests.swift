@@ -6,6 +6,7 @@
 import DefaultTree
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
 import WDMTesting
 

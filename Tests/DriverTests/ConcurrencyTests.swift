@@ -10,6 +10,7 @@ import Foundation
 import Synchronization
 import Testing
 import ToasterDrivers
+import ToasterPublic
 @testable import WDM
 import WDMTesting
 

@@ -7,6 +7,7 @@ import Foundation
 import Synchronization
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
 import WDMTesting
 

@@ -7,6 +7,7 @@ import DefaultTree
 import Foundation
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
 import WDMTesting
 
