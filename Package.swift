@@ -45,10 +45,11 @@ let package = Package(
         .library(name: "WDMTesting", targets: ["WDMTesting"]),
         .library(name: "WDMDrivers", targets: driverNames.map(\.target) + driverHeaders.map(\.header)),
     ],
+    // The benchmark (ordo-one/benchmark) is a package of its own, Benchmarks/Package.swift:
+    // a package that depends on this one resolves only these.
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
-        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         // MARK: - C
@@ -81,14 +82,6 @@ let package = Package(
                 "WDM", "WDMClient", "WDMFuse", "DefaultTree", "ToasterPublic",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
-        ),
-
-        // MARK: - Benchmarks (`swift package benchmark`; Benchmarks/run.sh adds the FUSE comparison)
-        .executableTarget(
-            name: "IRPPath",
-            dependencies: ["WDM", "WDMTesting", .product(name: "Benchmark", package: "benchmark")] + driverDependencies,
-            path: "Benchmarks/IRPPath",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
 
         // MARK: - Tests

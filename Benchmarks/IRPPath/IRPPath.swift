@@ -4,7 +4,7 @@
 // the malloc interposer. Requests go through the same seam the FUSE bridge
 // uses (IOManager.send on an open handle).
 //
-//   swift package benchmark --target IRPPath
+//   cd Benchmarks && swift package benchmark --target IRPPath   (its own package: Benchmarks/Package.swift)
 
 import Benchmark
 import IoctlDemoDriver
