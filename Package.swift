@@ -2,7 +2,8 @@
 // wdmfs: Windows-Driver-Model device stacks, written in Swift, exposed as files through FUSE.
 import PackageDescription
 
-// MARK: - Drivers (each depends on WDM only, as a third-party driver would)
+// MARK: - Drivers (each depends on WDM only, as a third-party driver would; a driver with a
+// public header also on that)
 let driverNames: [(target: String, folder: String)] = [
     ("NullDriver", "Null"),
     ("ZeroDriver", "Zero"),
@@ -13,13 +14,26 @@ let driverNames: [(target: String, folder: String)] = [
     ("MisbehaveDriver", "Misbehave"),
     ("ToasterDrivers", "Toaster"),
 ]
+// A driver whose public header (IOCTL codes, structures, GUIDs, interfaces) is a
+// target of its own, at Drivers/<folder>/Public: applications (the wdmfs tool)
+// import the header, not the driver.
+let driverHeaders: [(driver: String, header: String)] = [
+    ("ToasterDrivers", "ToasterPublic"),
+]
 // No unsafeFlags anywhere: a package that depends on this one by version must
 // be able to build WDM and the drivers (SwiftPM refuses unsafeFlags there). The
 // hot stored properties carry @exclusivity(unchecked) instead.
-let driverTargets: [Target] = driverNames.map {
-    .target(name: $0.target, dependencies: ["WDM"], path: "Drivers/\($0.folder)")
+let driverTargets: [Target] = driverNames.flatMap { d -> [Target] in
+    guard let header = driverHeaders.first(where: { $0.driver == d.target })?.header else {
+        return [.target(name: d.target, dependencies: ["WDM"], path: "Drivers/\(d.folder)")]
+    }
+    return [
+        .target(name: header, dependencies: ["WDM"], path: "Drivers/\(d.folder)/Public"),
+        .target(name: d.target, dependencies: ["WDM", .target(name: header)], path: "Drivers/\(d.folder)", exclude: ["Public"]),
+    ]
 }
 let driverDependencies: [Target.Dependency] = driverNames.map { .target(name: $0.target) }
+let headerDependencies: [Target.Dependency] = driverHeaders.map { .target(name: $0.header) }
 
 let package = Package(
     name: "wdmfs",
@@ -28,12 +42,14 @@ let package = Package(
         .executable(name: "wdmfs", targets: ["wdmfs"]),
         .library(name: "WDM", targets: ["WDM"]),
         .library(name: "WDMClient", targets: ["WDMClient"]),
-        .library(name: "WDMDrivers", targets: driverNames.map(\.target)),
+        .library(name: "WDMTesting", targets: ["WDMTesting"]),
+        .library(name: "WDMDrivers", targets: driverNames.map(\.target) + driverHeaders.map(\.header)),
     ],
+    // The benchmark (ordo-one/benchmark) is a package of its own, Benchmarks/Package.swift:
+    // a package that depends on this one resolves only these.
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
-        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
         // MARK: - C
@@ -49,6 +65,9 @@ let package = Package(
         // MARK: - Kernel model (pure Swift, no C, no FUSE)
         .target(name: "WDM"),
 
+        // MARK: - Testing drivers in-process: the embedded host, recorders, stack builders
+        .target(name: "WDMTesting", dependencies: ["WDM"]),
+
         // MARK: - Client side: the envelope, process plumbing (no libfuse)
         .target(name: "WDMClient", dependencies: ["WDM", "CWDMSys"]),
 
@@ -56,26 +75,18 @@ let package = Package(
         .target(name: "WDMFuse", dependencies: ["WDM", "WDMClient", "CFuse", "CWDMSys"]),
 
         // MARK: - The default device tree, and the command-line tool that mounts it
-        .target(name: "DefaultTree", dependencies: ["WDM", .product(name: "Yams", package: "Yams")] + driverDependencies),
+        .target(name: "DefaultTree", dependencies: ["WDM", .product(name: "Yams", package: "Yams")] + driverDependencies + headerDependencies),
         .executableTarget(
             name: "wdmfs",
             dependencies: [
-                "WDM", "WDMClient", "WDMFuse", "DefaultTree", "ToasterDrivers",
+                "WDM", "WDMClient", "WDMFuse", "DefaultTree", "ToasterPublic",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 
-        // MARK: - Benchmarks (`swift package benchmark`; Benchmarks/run.sh adds the FUSE comparison)
-        .executableTarget(
-            name: "IRPPath",
-            dependencies: ["WDM", .product(name: "Benchmark", package: "benchmark")] + driverDependencies,
-            path: "Benchmarks/IRPPath",
-            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        ),
-
         // MARK: - Tests
-        .testTarget(name: "WDMTests", dependencies: ["WDM"]),
-        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMClient", "WDMFuse", "CFuse", "DefaultTree"] + driverDependencies),
-        .testTarget(name: "DriverTests", dependencies: ["WDM", "DefaultTree"] + driverDependencies),
+        .testTarget(name: "WDMTests", dependencies: ["WDM", "WDMTesting"]),
+        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMTesting", "WDMClient", "WDMFuse", "CFuse", "DefaultTree"] + driverDependencies + headerDependencies),
+        .testTarget(name: "DriverTests", dependencies: ["WDM", "WDMTesting", "DefaultTree"] + driverDependencies + headerDependencies),
     ] + driverTargets
 )

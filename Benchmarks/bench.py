@@ -4,7 +4,8 @@
 Mounts both, then for several rounds runs each case on the yardstick and on
 wdmfs, alternating (A B, B A, ...), and prints the medians and the ratio
 wdmfs / yardstick. Then runs the in-process IRP benchmark (ordo-one/benchmark:
-time per IRP and mallocs per IRP). Usage (root):
+time per IRP and mallocs per IRP), from its own package, Benchmarks/Package.swift.
+Usage (root):
 
     bash Benchmarks/run.sh [--rounds N]
 """
@@ -126,7 +127,7 @@ def main():
         print("\nIn-process IRP path (ordo-one/benchmark; p50 per IRP, no FUSE):\n")
         out = subprocess.run(
             ["swift", "package", "--allow-writing-to-package-directory", "benchmark", "--target", "IRPPath",
-             "--no-progress"], cwd=ROOT, text=True, capture_output=True)
+             "--no-progress"], cwd=os.path.join(ROOT, "Benchmarks"), text=True, capture_output=True)
         if out.returncode != 0:
             print(out.stdout[-3000:], out.stderr[-3000:])
             sys.exit(1)

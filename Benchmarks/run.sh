@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite: wdmfs against the C libfuse yardstick, same run, A B A B.
 #   bash Benchmarks/run.sh [--rounds N] [--quick]
+# Then the in-process IRPPath benchmark, from the Benchmarks package (Benchmarks/Package.swift).
 set -eu
 cd "$(dirname "$0")/.."
 bash mount-scripts/setup.sh release >/dev/null

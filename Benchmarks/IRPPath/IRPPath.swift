@@ -4,13 +4,14 @@
 // the malloc interposer. Requests go through the same seam the FUSE bridge
 // uses (IOManager.send on an open handle).
 //
-//   swift package benchmark --target IRPPath
+//   cd Benchmarks && swift package benchmark --target IRPPath   (its own package: Benchmarks/Package.swift)
 
 import Benchmark
 import IoctlDemoDriver
 import NullDriver
 import PassThroughFilter
 import WDM
+import WDMTesting
 import ZeroDriver
 
 /// Takes each IRP back, as the bridge does when it replies (the I/O manager frees it).

@@ -12,6 +12,7 @@ import NullDriver
 import PassThroughFilter
 import RamDiskDriver
 import ToasterDrivers
+import ToasterPublic
 import WDM
 import ZeroDriver
 

@@ -4,11 +4,11 @@
 import ArgumentParser
 import Foundation
 import WDM
-import ToasterDrivers
+import ToasterPublic
 import WDMClient
 
-/// The toaster bus IOCTLs; the buffers are built by the driver's own
-/// `ToasterBus.plugInRequest` / `unplugRequest` (the sample's shared header).
+/// The toaster bus IOCTLs; the buffers are built by the toaster's public header
+/// (ToasterPublic's `ToasterBus.plugInRequest` / `unplugRequest`, the sample's public.h).
 enum BusRequest {
     static let plugIn = ToasterBus.plugIn.rawValue, unplug = ToasterBus.unplug.rawValue, eject = ToasterBus.eject.rawValue
 

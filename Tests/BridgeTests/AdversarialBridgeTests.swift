@@ -11,9 +11,11 @@ import Glibc
 import Synchronization
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
 import WDMClient
 @testable import WDMFuse
+import WDMTesting
 
 extension Rig {
     /// Opens a virtual file by inode (`.stats` 2, `.power` 3, a `.devices` path's inode).

@@ -6,7 +6,9 @@
 import DefaultTree
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
+import WDMTesting
 
 @Suite struct BusChildDriverTests {
     func tree(_ options: DefaultTree.Options = .init(ramdiskSize: 1 << 20)) throws -> (IOManager, EmbeddedHost, FileObject) {

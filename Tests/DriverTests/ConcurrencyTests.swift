@@ -10,7 +10,9 @@ import Foundation
 import Synchronization
 import Testing
 import ToasterDrivers
+import ToasterPublic
 @testable import WDM
+import WDMTesting
 
 /// Counts IRP_MN_REMOVE_DEVICE per device object above a PDO (kept alive, so no
 /// two devices share an identity).
@@ -102,8 +104,7 @@ final class RemoveCounter: IRPObserver, @unchecked Sendable {
             }
         }
         // Long enough for every thread to go round many times.
-        let deadline = Date().addingTimeInterval(3)
-        while Date() < deadline, errors.all.isEmpty { _ = DispatchSemaphore(value: 0).wait(timeout: .now() + 0.05) }
+        waitUntil(seconds: 3) { !errors.all.isEmpty }
         stop.store(true, ordering: .relaxed)
         #expect(group.wait(timeout: .now() + 60) == .success)
         io.waitForPnP()

@@ -9,6 +9,7 @@ import PassThroughFilter
 import RamDiskDriver
 import Testing
 import WDM
+import WDMTesting
 import ZeroDriver
 
 /// The default tree, as `wdmfs mount` builds it, with a small RAM disk and echo buffer.

@@ -7,7 +7,9 @@ import Foundation
 import Synchronization
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
+import WDMTesting
 
 @Suite struct PowerTests {
     /// toaster-bus -> a second bus plugged into it (serial 2) -> a toaster plugged into that (serial 3).

@@ -6,6 +6,7 @@ import Foundation
 import Synchronization
 import Testing
 import WDM
+import WDMTesting
 
 // --- begin README example ---
 public enum CountingDriver {

@@ -12,19 +12,17 @@ import Foundation
 import Synchronization
 import Testing
 import ToasterDrivers
+import ToasterPublic
 @testable import WDM
+import WDMTesting
 
 /// Records the PnP IRPs each stack's top sees: "node MINOR".
-final class PnPLog: IRPObserver, @unchecked Sendable {
-    let events = Recorder()
-    func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
-        guard irp.majorFunction == .pnp, let minor = irp.pnpMinor, device.attachedDevice == nil else { return }
+func pnpLog() -> IRPRecorder {
+    IRPRecorder { device, irp, _ in
+        guard irp.majorFunction == .pnp, let minor = irp.pnpMinor, device.attachedDevice == nil else { return nil }
         let who = device.deviceNode?.instanceName ?? device.name ?? "?"
-        events.add("\(who) \(minor.wdmName.dropFirst(7))")
+        return "\(who) \(minor.wdmName.dropFirst(7))"
     }
-    /// What was logged after `mark`.
-    func since(_ mark: Int) -> [String] { Array(events.all.dropFirst(mark)) }
-    var mark: Int { events.all.count }
 }
 
 /// The default tree, the bus open, toasters plugged in; `veto` makes the named
@@ -33,7 +31,7 @@ final class ToasterRig: @unchecked Sendable {
     let io = IOManager()
     let host: EmbeddedHost
     let bus: FileObject
-    let log = PnPLog()
+    let log = pnpLog()
     final class Names: Sendable {
         let set = Mutex<Set<String>>([])
         func insert(_ n: String) { _ = set.withLock { $0.insert(n) } }

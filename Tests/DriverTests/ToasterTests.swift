@@ -7,7 +7,9 @@ import DefaultTree
 import Foundation
 import Testing
 import ToasterDrivers
+import ToasterPublic
 import WDM
+import WDMTesting
 
 func plugInBuffer(serial: UInt32, ids: [String] = [ToasterBus.toasterHardwareID], size: UInt32 = 8) -> [UInt8] {
     ToasterBus.plugInRequest(serial: serial, hardwareIDs: ids, size: size)

@@ -4,6 +4,7 @@
 import DefaultTree
 import Testing
 import WDM
+import WDMTesting
 
 /// A tree of one device `a` of Root\Null with these extra lines (each a key of the device).
 func treeOfA(_ lines: String..., name: String = "a") -> String {

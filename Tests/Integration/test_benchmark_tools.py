@@ -1,6 +1,7 @@
 """The benchmark's own tools work: the C yardstick serves its three files and
 the load generator drives both it and wdmfs (tiny sizes: this checks, it does
-not measure)."""
+not measure); the in-process benchmark is a package of its own."""
+import json
 import os
 import shutil
 import subprocess
@@ -63,3 +64,25 @@ def test_the_loadgen_reports_a_failing_device(tools, tree):
     r = subprocess.run([str(tools / "loadgen"), "read", tree.dev("ioctl-demo"), "4096", "8192", "1"],
                        capture_output=True, text=True)
     assert r.returncode != 0  # ioctl-demo has no read routine: EINVAL, and loadgen says so
+
+
+def test_the_in_process_benchmark_is_a_package_of_its_own():
+    """Benchmarks/Package.swift holds IRPPath and ordo-one/benchmark and depends on
+    the root package by path; the root depends on neither, so a package that
+    depends on wdmfs resolves only what WDM needs."""
+    def manifest(path):
+        out = subprocess.run(["swift", "package", "dump-package"], cwd=path, capture_output=True, text=True, check=True)
+        m = json.loads(out.stdout)
+        return m, [(kind, d) for dep in m["dependencies"] for kind, (d,) in dep.items()]
+    root, root_deps = manifest(ROOT)
+    assert "IRPPath" not in [t["name"] for t in root["targets"]]
+    assert "ordo-one" not in json.dumps(root_deps)
+    bench, bench_deps = manifest(os.path.join(ROOT, "Benchmarks"))
+    assert [t["name"] for t in bench["targets"]] == ["IRPPath"]
+    (k1, path), (k2, benchmark) = bench_deps
+    assert (k1, k2) == ("fileSystem", "sourceControl")
+    assert os.path.realpath(path["path"]) == os.path.realpath(ROOT)
+    assert benchmark["location"]["remote"][0]["urlString"] == "https://github.com/ordo-one/benchmark"
+    assert [t["name"] for t in benchmark["traits"]] == ["MallocInterposer"]
+    with open(os.path.join(ROOT, "Benchmarks/bench.py")) as f:
+        assert 'cwd=os.path.join(ROOT, "Benchmarks")' in f.read()

@@ -1,7 +1,9 @@
 """A driver written in another package builds against wdmfs's WDM library when
 it depends on this repository by version: SwiftPM refuses unsafeFlags in such a
 dependency (it tolerates them for root, path and branch dependencies), so only
-a version-pinned dependency proves the library and driver targets have none."""
+a version-pinned dependency proves the library and driver targets have none.
+The package also tests its driver in-process with the WDMTesting product, and
+resolves nothing of the benchmark's (ordo-one/benchmark is Benchmarks/'s own)."""
 import os
 import subprocess
 import textwrap
@@ -16,6 +18,7 @@ def test_a_package_that_depends_on_wdmfs_by_version_builds_a_driver(tmp_path):
     pkg = tmp_path / "mydriver"
     (pkg / "Sources/MyDriver").mkdir(parents=True)
     (pkg / "Sources/check").mkdir(parents=True)
+    (pkg / "Tests/MyDriverTests").mkdir(parents=True)
     (pkg / "Package.swift").write_text(textwrap.dedent(f"""\
         // swift-tools-version: 6.1
         import PackageDescription
@@ -24,7 +27,12 @@ def test_a_package_that_depends_on_wdmfs_by_version_builds_a_driver(tmp_path):
             dependencies: [.package(url: "file://{upstream}", from: "1.0.0")],
             targets: [
                 .target(name: "MyDriver", dependencies: [.product(name: "WDM", package: "wdmfs")]),
-                .executableTarget(name: "check", dependencies: ["MyDriver", .product(name: "WDM", package: "wdmfs")]),
+                .executableTarget(name: "check", dependencies: [
+                    "MyDriver", .product(name: "WDM", package: "wdmfs"), .product(name: "WDMTesting", package: "wdmfs"),
+                ]),
+                .testTarget(name: "MyDriverTests", dependencies: [
+                    "MyDriver", .product(name: "WDM", package: "wdmfs"), .product(name: "WDMTesting", package: "wdmfs"),
+                ]),
             ]
         )
         """))
@@ -50,6 +58,7 @@ def test_a_package_that_depends_on_wdmfs_by_version_builds_a_driver(tmp_path):
     (pkg / "Sources/check/main.swift").write_text(textwrap.dedent("""\
         import MyDriver
         import WDM
+        import WDMTesting
 
         let io = IOManager()
         let d = try io.loadDriver(name: "MyDriver", entry: MyDriver.driverEntry)
@@ -58,7 +67,34 @@ def test_a_package_that_depends_on_wdmfs_by_version_builds_a_driver(tmp_path):
         let r = host.read(try host.open("mine"), count: 3)
         print(String(decoding: r.data, as: UTF8.self), io.verifier.count)
         """))
+    (pkg / "Tests/MyDriverTests/MyDriverTests.swift").write_text(textwrap.dedent("""\
+        import MyDriver
+        import Testing
+        import WDM
+        import WDMTesting
+
+        @Test func myDriverAnswersReadsWithW() throws {
+            let io = IOManager()
+            let d = try io.loadDriver(name: "MyDriver", entry: MyDriver.driverEntry)
+            try io.addRootDevice(instanceName: "mine", functionDriver: d)
+            let reads = IRPRecorder { device, irp, _ in irp.majorFunction == .read ? who(device) : nil }
+            io.addObserver(reads)
+            let host = EmbeddedHost(io)
+            let file = try host.open("mine")
+            #expect(host.read(file, count: 2).data == Array("WW".utf8))
+            host.close(file)
+            #expect(reads.events.all == ["MyDriver"])
+            #expect(io.verifier.count == 0)
+        }
+        """))
     r = subprocess.run(["swift", "build", "--product", "check"], cwd=pkg, capture_output=True, text=True, timeout=540)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = subprocess.run([str(pkg / ".build/debug/check")], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["WWW", "0"]
+    with open(pkg / "Package.resolved") as f:
+        assert "ordo-one" not in f.read()
+    r = subprocess.run(["swift", "build", "--build-tests"], cwd=pkg, capture_output=True, text=True, timeout=540)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run(["swift", "test", "--skip-build"], cwd=pkg, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "myDriverAnswersReadsWithW() passed" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]

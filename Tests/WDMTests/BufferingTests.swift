@@ -3,6 +3,7 @@
 
 import Testing
 @testable import WDM
+import WDMTesting
 
 @Suite struct BufferingTests {
     @Test func ctlCodeEncodesAndDecodes() {

@@ -9,6 +9,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import WDM
+import WDMTesting
 
 @Suite struct CoreGuaranteeTests {
     @Test func aCompletionArrivingWhileTheWalkRunsIsPickedUpWithoutWaitingForIt() throws {

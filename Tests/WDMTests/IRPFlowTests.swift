@@ -5,6 +5,7 @@ import Dispatch
 import Foundation
 import Testing
 @testable import WDM
+import WDMTesting
 
 @Suite struct IRPFlowTests {
     @Test func eachDeviceSeesItsOwnStackLocation() throws {

@@ -5,6 +5,7 @@
 import Dispatch
 import Testing
 @testable import WDM
+import WDMTesting
 
 @Suite struct IRPPoolTests {
     /// A read routine that completes at once with the length asked for.

@@ -7,13 +7,13 @@ import Foundation
 import Synchronization
 import Testing
 @testable import WDM
+import WDMTesting
 
-/// Records every IRP_MJ_PNP call down: "driver minor status-at-entry".
-final class PnPTracer: IRPObserver, @unchecked Sendable {
-    let events = Recorder()
-    func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
-        guard irp.majorFunction == .pnp, let minor = irp.pnpMinor else { return }
-        events.add("\(who(device)) \(minor.wdmName)")
+/// Records every IRP_MJ_PNP call down: "driver minor".
+func pnpTracer() -> IRPRecorder {
+    IRPRecorder { device, irp, _ in
+        guard irp.majorFunction == .pnp, let minor = irp.pnpMinor else { return nil }
+        return "\(who(device)) \(minor.wdmName)"
     }
 }
 
@@ -45,7 +45,7 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
 
     @Test func aNewDeviceGetsThePnPIrpsInWindowsOrder() throws {
         let io = IOManager(verifierRules: true)
-        let tracer = PnPTracer()
+        let tracer = pnpTracer()
         io.addObserver(tracer)
         let started = Recorder()
         _ = try stack(io, function: PnP.functionDispatch(start: { _, irp in
@@ -99,7 +99,7 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
 
     @Test func aDriverCanVetoQueryRemoveAndTheDeviceKeepsWorking() throws {
         let io = IOManager()
-        let tracer = PnPTracer()
+        let tracer = pnpTracer()
         io.addObserver(tracer)
         let veto: DispatchRoutine = { device, irp in
             if irp.pnpMinor == .queryRemoveDevice {
@@ -125,7 +125,7 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
 
     @Test func orderlyRemovalDetachesAndDeletesEveryDevice() throws {
         let io = IOManager()
-        let tracer = PnPTracer()
+        let tracer = pnpTracer()
         io.addObserver(tracer)
         let pdo = try stack(io)
         let node = try #require(pdo.deviceNode)
@@ -156,8 +156,7 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
             done.signal()
         }
         // Removal has begun once the lock says so (the other thread waits for the I/O).
-        for _ in 0..<500 where !lock.isRemoved { Thread.sleep(forTimeInterval: 0.01) }
-        #expect(lock.isRemoved)
+        #expect(waitUntil { lock.isRemoved })
         #expect(lock.acquire() == .deletePending)  // no new I/O once removal began
         #expect(!waited.withLock { $0 })
         lock.release()  // the I/O in flight ends
@@ -167,7 +166,7 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
 
     @Test func aRebalanceStopsAndStartsAndAStartThatFailsAfterItEndsInRemoval() throws {
         let io = IOManager()
-        let tracer = PnPTracer()
+        let tracer = pnpTracer()
         io.addObserver(tracer)
         let starts = Atomic<Int>(0)
         let pdo = try stack(io, function: PnP.functionDispatch(start: { _, _ in
@@ -237,12 +236,8 @@ final class PnPTracer: IRPObserver, @unchecked Sendable {
         #expect(pdo != nil && pdo?.deleted == true)  // deleted, detached, but kept while the request is inside
         #expect(throws: NTStatus.noSuchDevice) { try host.open("dev") }
         proceed.signal()
-        var pending: PendingRequest?
-        for _ in 0..<500 where pending == nil {
-            pending = started.withLock { $0 }
-            if pending == nil { Thread.sleep(forTimeInterval: 0.01) }
-        }
-        let read = try #require(pending)
+        waitUntil { started.withLock { $0 } != nil }
+        let read = try #require(started.withLock { $0 })
         #expect(read.wait())  // it ends (the filter finds nothing below any more) instead of crashing
         #expect(read.status == .invalidDeviceRequest)
         host.close(f)

@@ -8,6 +8,7 @@ import Dispatch
 import Synchronization
 import Testing
 @testable import WDM
+import WDMTesting
 
 @Suite struct VerifierRaceTests {
     static let requests = 1000

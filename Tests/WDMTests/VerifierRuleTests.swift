@@ -7,6 +7,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import WDM
+import WDMTesting
 
 @Suite struct VerifierRuleTests {
     /// A read on a fresh stack built from `function` (and `filters` above it); returns the rules reported.

@@ -2,6 +2,7 @@
 
 import Testing
 @testable import WDM
+import WDMTesting
 
 @Suite struct VerifierTests {
     @Test func completingTwiceIsCaughtAndTheSecondCompletionIgnored() throws {

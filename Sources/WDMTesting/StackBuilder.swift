@@ -1,20 +1,15 @@
-// Helpers for the core tests: drivers assembled from closures, a recorder that
-// threads can append to, and a stack builder.
+// Stacks assembled from closures, for tests that need a function driver (and
+// filters above it) without writing a driver target.
 
-import Dispatch
-import Synchronization
-@testable import WDM
-
-/// A thread-safe list of events.
-final class Recorder: Sendable {
-    private let items = HandoffMutex<[String]>([])
-    func add(_ s: String) { items.withLock { $0.append(s) } }
-    var all: [String] { items.withLock { $0 } }
-}
+import WDM
 
 /// Loads a function driver whose dispatch routines are `routines`, and optional
-/// filter drivers above it, then builds one root device named `link`.
-func buildStack(
+/// filter drivers above it, then builds one root device named `link`. The
+/// function driver succeeds CREATE, CLEANUP and CLOSE and handles PnP and power
+/// as a function driver does; each filter passes everything down. A routine in
+/// `routines` or `filters` replaces the default for its major function. The
+/// drivers are named `TestFunction`, `TestFilter0`, `TestFilter1`, ... (see `who`).
+public func buildStack(
     _ io: IOManager, link: String = "dev", flags: DeviceFlags = [],
     function routines: [MajorFunction: DispatchRoutine],
     filters: [[MajorFunction: DispatchRoutine]] = []
@@ -47,8 +42,8 @@ func buildStack(
     return try io.addRootDevice(instanceName: link, functionDriver: fdoDriver, upperFilters: filterDrivers)
 }
 
-/// Name of the device for recording ("TestFilter0", "TestFunction").
-func who(_ d: DeviceObject?) -> String {
+/// The name of a device's driver, for recording ("TestFilter0", "TestFunction").
+public func who(_ d: DeviceObject?) -> String {
     guard let d else { return "nil" }
     return String(d.driverObject.name.split(separator: "\\").last ?? "")
 }

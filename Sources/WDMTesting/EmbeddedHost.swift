@@ -1,11 +1,16 @@
 // EmbeddedHost: a Win32-like synchronous API (CreateFile, ReadFile, WriteFile,
 // DeviceIoControl, CloseHandle) over an in-process I/O manager, so drivers are
 // tested with no mount. It goes through the same seam as the FUSE bridge
-// (`IOManager.open`, `send`, `call`, `close`), so a driver sees the same IRPs
-// and the verifier the same rules in both.
+// (`IOManager.open`, `send`, `call`, `close`, in WDM's IO/IOManager+Host.swift),
+// so a driver sees the same IRPs and the verifier the same rules in both.
+//
+// It lives in WDMTesting, not in WDM: it needs nothing of WDM but that public
+// seam, and a daemon or a driver does not need it. Driver packages get it (with
+// the recorders and stack builders beside it) from the `WDMTesting` product.
 
 import Dispatch
 import Synchronization
+import WDM
 
 /// Drives an `IOManager` in-process, as an application would through Win32.
 public final class EmbeddedHost: Sendable {

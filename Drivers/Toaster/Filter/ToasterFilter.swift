@@ -1,0 +1,41 @@
+// The toaster sample's filter (its filter/ folder).
+
+import WDM
+
+/// The toaster sample's filter: one source that serves all six positions (device,
+/// class and bus filters, upper and lower). It passes everything down and logs
+/// every PnP and power IRP it sees, with its position, to its device node's log
+/// (`.devices/NODE/filter.log` under the mount).
+public enum ToasterFilter {
+    /// The six positions, as the service names that load this one source.
+    public static let positions = ["DevUpperFilter", "DevLowerFilter", "ClassUpperFilter", "ClassLowerFilter", "BusUpperFilter", "BusLowerFilter"]
+
+    public static func driverEntry(position: String) -> DriverEntry {
+        { driver in
+            driver.addDevice = { driver, pdo in
+                driver.createFilterDevice(for: pdo)
+                return .success
+            }
+            driver.majorFunction.setAll { device, irp in
+                irp.skipCurrentStackLocation()
+                return device.callLower(irp)
+            }
+            driver.majorFunction[.pnp] = { device, irp in
+                let node = device.deviceNode
+                node?.appendLog("\(position) \(irp.pnpMinor?.wdmName ?? "IRP_MN_0x\(String(irp.minorFunction, radix: 16))")")
+                return PnP.filterDispatch(device, irp)
+            }
+            driver.majorFunction[.power] = { device, irp in
+                let what: String
+                switch irp.power?.target {
+                case .system(let s)?: what = "system \(s)"
+                case .device(let d)?: what = "device \(d)"
+                case nil: what = ""
+                }
+                device.deviceNode?.appendLog("\(position) IRP_MJ_POWER \(irp.powerMinor.map { String(describing: $0) } ?? "?") \(what)")
+                return Power.filterDispatch(device, irp)
+            }
+            return .success
+        }
+    }
+}
