@@ -7,6 +7,7 @@ import DefaultTree
 import Foundation
 import Testing
 import WDM
+import WDMTesting
 
 /// A tree of one RAM disk `d` with these extra lines (each a key of the device).
 func treeOfRamDisk(_ lines: String...) -> String {
