@@ -504,7 +504,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     @inline(__always)
     func replyBuffers(of device: DeviceObject) -> ReplyBufferPool {
         if let pool = device.hostData.load() { return unsafeDowncast(pool, to: ReplyBufferPool.self) }
-        let made = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier)
+        let made = ReplyBufferPool(checked: io.checkedBuffers, verifier: io.verifier, device: device)
         return unsafeDowncast(device.hostData.storeIfNil(made), to: ReplyBufferPool.self)
     }
 

@@ -28,10 +28,14 @@ final class ReplyBufferPool: @unchecked Sendable {
     static let keep = 32
     let checked: Bool
     unowned let verifier: Verifier
+    /// The device whose reads the pool answers (named in checked mode's reports;
+    /// weak: the device owns the pool, and a read may outlive both).
+    weak var device: DeviceObject?
 
-    init(checked: Bool, verifier: Verifier) {
+    init(checked: Bool, verifier: Verifier, device: DeviceObject? = nil) {
         self.checked = checked
         self.verifier = verifier
+        self.device = device
     }
 
     deinit {
@@ -90,7 +94,7 @@ final class ReplyBufferPool: @unchecked Sendable {
     private func verifyPoison(_ p: UnsafeMutableRawPointer, count: Int) {
         let bytes = UnsafeRawBufferPointer(start: p, count: count)
         if let i = bytes.firstIndex(where: { $0 != Poison.byte }) {
-            verifier.report(.bufferWrittenAfterCompletion, detail: "a read's reply buffer changed at byte \(i) after its request was answered")
+            verifier.report(.bufferWrittenAfterCompletion, device: device, detail: "a read's reply buffer changed at byte \(i) after its request was answered")
         }
     }
 }

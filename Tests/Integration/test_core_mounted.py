@@ -230,6 +230,8 @@ def test_checked_mode_catches_a_driver_that_keeps_a_read_buffer():
         os.pread(fd, 4096, 0)  # misbehave's next read takes the written buffer again
         os.close(fd)
         assert wait_for(lambda: "bufferWrittenAfterCompletion" in log_text(m))
+        report = next(line for line in log_text(m).splitlines() if "bufferWrittenAfterCompletion" in line)
+        assert "\\Driver\\Misbehave" in report, report  # the device's pool names its driver
     finally:
         unmount_tree(m)
 
