@@ -14,15 +14,18 @@ func treeOfA(_ lines: String..., name: String = "a") -> String {
 /// The toaster bus, as one more device of a tree.
 let toasterBusDevice = "  - name: toaster-bus\n    hardware_ids: ['Root\\ToasterBus']\n"
 
-@Suite struct TreeFileTests {
-    func reject(_ text: String) -> TreeError? {
-        do throws(TreeError) {
-            _ = try TreeFile.parse(text, file: "t.yaml")
-            return nil
-        } catch {
-            return error
-        }
+/// Why the tree file `text` (as `t.yaml`) is rejected; nil if it is not.
+func treeRejection(_ text: String) -> TreeError? {
+    do throws(TreeError) {
+        _ = try TreeFile.parse(text, file: "t.yaml")
+        return nil
+    } catch {
+        return error
     }
+}
+
+@Suite struct TreeFileTests {
+    func reject(_ text: String) -> TreeError? { treeRejection(text) }
 
     @Test func theDefaultTreeRoundTripsThroughItsFile() throws {
         let text = TreeFile.text(of: DefaultTree.description())

@@ -15,14 +15,7 @@ func treeOfRamDisk(_ lines: String...) -> String {
 }
 
 @Suite struct TreeSettingsTests {
-    func reject(_ text: String) -> TreeError? {
-        do throws(TreeError) {
-            _ = try TreeFile.parse(text, file: "t.yaml")
-            return nil
-        } catch {
-            return error
-        }
-    }
+    func reject(_ text: String) -> TreeError? { treeRejection(text) }
 
     @Test(arguments: [
         // Wrong type, out of range, not a multiple of the sector: at the value.

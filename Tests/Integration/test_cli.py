@@ -70,7 +70,7 @@ def test_a_verb_that_needs_names_says_so_in_its_help_and_refuses_none(verb):
 @pytest.mark.parametrize("verb", ["status", "hwids", "stack"])
 def test_a_verb_that_shows_every_node_when_none_is_named_says_so(verb):
     h = run_wdmfs(verb, "--help").stdout
-    assert "(all when none)" in h and f"[<devices> ...]" in h, h
+    assert "(all when none)" in h and "[<devices> ...]" in h, h
 
 
 def test_rescan_says_what_no_name_means():

@@ -5,7 +5,6 @@ plumbing (mount, unmount, logs) fails clearly instead of silently."""
 import errno
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,16 @@ def test_tree():
         yield m
     finally:
         unmount_tree(m)
+
+
+def foreground_daemon(log, *args):
+    """A daemon in the foreground (so its exit status can be read) on a fresh
+    directory, its stderr in `log`: (mount point, process)."""
+    require_fuse()
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    daemon = subprocess.Popen([wdmfs_binary(), "mount", mp, "--foreground", *args],
+                              stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    return mp, daemon
 
 
 def log_text(m):
@@ -99,12 +108,8 @@ def test_sigterm_with_requests_outstanding_ends_the_daemon_cleanly(tmp_path):
     """An inverted-call ioctl waiting in ioctl-demo (cancellable), an ioctl a driver
     keeps forever (not cancellable), a writer waiting for room in echo: SIGTERM ends the daemon with exit 0
     within seconds, every caller is released, and every driver's Unload runs."""
-    require_fuse()
-    wdmfs = wdmfs_binary()
-    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
     log = tmp_path / "daemon.log"
-    daemon = subprocess.Popen([wdmfs, "mount", mp, "--foreground", "--tree", "test"],
-                              stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    mp, daemon = foreground_daemon(log, "--tree", "test")
     children = []
     try:
         assert wait_for(lambda: is_mounted(mp))
@@ -796,12 +801,8 @@ def test_an_unmount_ends_the_daemon_even_when_a_driver_keeps_a_close(tmp_path):
     RELEASE and does not wait). A plain unmount must still end the daemon: the end
     of the connection is heard at once (the mount table, then /dev/fuse), the
     waiting CLOSE is given up after the grace, and the daemon exits."""
-    require_fuse()
-    wdmfs = wdmfs_binary()
-    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
     log = tmp_path / "daemon.log"
-    daemon = subprocess.Popen([wdmfs, "mount", mp, "--foreground", "--tree", "test"],
-                              stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    mp, daemon = foreground_daemon(log, "--tree", "test")
     try:
         assert wait_for(lambda: is_mounted(mp))
         fd = os.open(os.path.join(mp, "misbehave"), os.O_RDWR)

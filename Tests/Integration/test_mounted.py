@@ -1,6 +1,5 @@
 """The mounted tree, through real system calls: open, read, write, pread,
 pwrite, ioctl (fcntl), signals."""
-import ctypes
 import errno
 import hashlib
 import os
@@ -285,7 +284,6 @@ def test_an_ioctl_that_needs_write_access_is_denied_on_a_read_only_handle(tree):
 
 
 def malformed_requests():
-    good = env.HEADER.pack(0x0007405C, 0, 8, 0, 0) + bytes(8)
     return {
         "too short for the header": (env.request(10), bytearray(10)),
         "input length past the capacity": (env.request(32), bytearray(env.HEADER.pack(0x0007405C, 9, 8, 0, 0) + bytes(8))),

@@ -4,7 +4,6 @@ dependency (it tolerates them for root, path and branch dependencies), so only
 a version-pinned dependency proves the library and driver targets have none.
 The package also tests its driver in-process with the WDMTesting product, and
 resolves nothing of the benchmark's (ordo-one/benchmark is Benchmarks/'s own)."""
-import os
 import subprocess
 import textwrap
 

@@ -4,15 +4,12 @@ handle whose toaster went away, `.devices` walked while toasters come and go, a
 shutdown during a plug/unplug storm), removal as Windows does it (an open handle
 vetoes, a removed device comes back on a rescan from the root) and a busy bus."""
 import errno
-import fcntl
 import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import tempfile
-import time
 
 import pytest
 
