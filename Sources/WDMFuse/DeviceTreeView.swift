@@ -98,7 +98,7 @@ extension FuseBridge {
 
     /// The `.devices` path of an inode.
     func treePath(_ ino: fuse_ino_t) -> String? {
-        ino >= FuseBridge.treeBase ? inodes.withLock { $0.path(ino) } : nil
+        InodeKind(ino).isTree ? inodes.withLock { $0.path(ino) } : nil
     }
 
     /// A directory's entries: child nodes, then the node's files. One snapshot for

@@ -10,6 +10,10 @@
 //   release -> IOManager.close: IRP_MJ_CLEANUP, then IRP_MJ_CLOSE
 //   getattr -> the size the stack publishes (no IRP: no handle is open)
 //
+// What the names and inode numbers are (lookup, getattr, readdir, invalidation)
+// is Namespace.swift's; the bridge's own files (.stats, .power, node files) are
+// VirtualFiles.swift's and DeviceTreeView.swift's.
+//
 // Every request is answered exactly once: synchronous operations consume their
 // FuseReply on the spot; I/O requests hand it to a PendingFuseRequest, which
 // the completing thread, the interrupt timeout or the shutdown drain claims.
@@ -94,7 +98,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
 
         /// The path of a tree inode (a node file's from its directory's).
         func path(_ ino: fuse_ino_t) -> String? {
-            guard ino >= FuseBridge.fileBase else { return byInode[ino] }
+            guard InodeKind(ino) == .nodeFile else { return byInode[ino] }
             let rel = ino - FuseBridge.fileBase, k = Int(rel & 31)
             guard k < NodeFile.allCases.count, let dir = byInode[FuseBridge.treeBase + rel >> 5] else { return nil }
             return dir + "/" + NodeFile.allCases[k].rawValue
@@ -115,100 +119,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         io.pnp.observer = { [weak self] change in self?.treeChanged(change) }
     }
 
-    /// The inode of a device file that exists now (assigned on first sight).
-    func inode(of name: String, in tree: TreeSnapshot? = nil) -> fuse_ino_t? {
-        if name == ".stats" { return 2 }
-        if name == ".power" { return 3 }
-        guard (tree ?? io.pnp.snapshot).presentLinks.contains(name) else { return nil }
-        return inodes.withLock { t in
-            if let ino = t.byName[name] { return ino }
-            let ino = t.next
-            t.next += 1
-            t.byName[name] = ino
-            t.byInode[ino] = name
-            return ino
-        }
-    }
-
-    /// The PnP manager published a new tree (on its executor): forget the device
-    /// files that went away, and tell the kernel to drop what it cached for them,
-    /// the root's listing and the `.devices` entries that changed. Nothing here
-    /// waits for the kernel: the notifications leave on the sink's own thread.
-    func treeChanged(_ change: TreeChange) {
-        let tree = io.pnp.snapshot
-        for name in change.links {
-            if !tree.presentLinks.contains(name) {
-                let gone = inodes.withLock { t in
-                    t.byName.removeValue(forKey: name).map { ino in
-                        t.byInode[ino] = nil
-                        return ino
-                    }
-                }
-                // A handle still open keeps the inode: its link count is 0 now.
-                if let gone, openInodes.withLock({ $0[gone] != nil }) { sink.invalidateInode(gone) }
-            }
-            sink.invalidateEntry(parent: 1, name: name)
-        }
-        if change.treeChanged || !change.links.isEmpty {
-            invalidateTree(tree)
-            invalidateGrownDirectories(tree)
-        }
-    }
-
     /// The names under `.devices` and `.interfaces` as of the last change.
     let listed = HandoffMutex<(nodes: Set<String>, interfaces: Set<String>)>(([], []))
-
-    func listedNames(_ tree: TreeSnapshot) -> (nodes: Set<String>, interfaces: Set<String>) {
-        let enabled = io.enabledInterfaces()
-        return (Set(tree.byPath.keys), Set(io.knownInterfaceClasses).union(enabled.map { "\($0.classGUID)/\($0.instance)" }))
-    }
-
-    /// The kernel caches directory listings (it opens directories itself, and then
-    /// keeps what readdir said): a directory that gained a name is invalidated,
-    /// with the name (a negative entry for it may be cached too). Names that went
-    /// are `invalidateTree`'s.
-    func invalidateGrownDirectories(_ tree: TreeSnapshot) {
-        let now = listedNames(tree)
-        let before = listed.withLock { l in
-            defer { l = now }
-            return l
-        }
-        let added = now.nodes.subtracting(before.nodes).map { ".devices/" + $0 }
-            + now.interfaces.subtracting(before.interfaces).map { ".interfaces/" + $0 }
-        for path in added {
-            guard let slash = path.lastIndex(of: "/") else { continue }
-            let parent = String(path[..<slash]), name = String(path[path.index(after: slash)...])
-            if let ino = inodes.withLock({ $0.byName[parent] }) { sink.invalidateEntry(parent: ino, name: name) }
-        }
-    }
-
-    /// The `.devices` and `.interfaces` entries the kernel may have cached and
-    /// that no longer exist are invalidated and forgotten (a node that comes back
-    /// is a new directory); the directories that remain are invalidated so their
-    /// listings are read again.
-    func invalidateTree(_ tree: TreeSnapshot) {
-        let known = inodes.withLock { t in t.byInode.filter { $0.key >= FuseBridge.treeBase } }
-        var gone: [(parent: fuse_ino_t, name: String, ino: fuse_ino_t)] = []
-        for (ino, path) in known where resolve(path, in: tree) == nil {
-            let parentPath = path.split(separator: "/").dropLast().joined(separator: "/")
-            let parent = parentPath.isEmpty ? 1 : (inodes.withLock { $0.byName[parentPath] } ?? 0)
-            gone.append((parent, String(path.split(separator: "/").last ?? ""), ino))
-        }
-        inodes.withLock { t in
-            for g in gone {
-                if let path = t.byInode.removeValue(forKey: g.ino) { t.byName[path] = nil }
-            }
-        }
-        for g in gone where g.parent != 0 { sink.invalidateEntry(parent: g.parent, name: g.name) }
-    }
-
-    /// The entries of the root directory now: `.stats`, then every device file.
-    var rootEntries: [(name: String, ino: fuse_ino_t)] {
-        let tree = io.pnp.snapshot
-        return [(".stats", 2), (".power", 3)] + (treeInode(".devices", in: tree).map { [(".devices", $0)] } ?? [])
-            + (treeInode(".interfaces", in: tree).map { [(".interfaces", $0)] } ?? [])
-            + tree.links.compactMap { name in inode(of: name, in: tree).map { (name, $0) } }
-    }
 
     /// Poll handles the kernel gave us, per open file: woken when the device's
     /// readiness changes (`ReadinessObserver`), replaced by the next poll, destroyed at release.
@@ -229,143 +141,12 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// FUSE_POLL requests received (the cost `pollMode` is about).
     let polls = Atomic<Int>(0)
 
-    // MARK: - Names and attributes
-
-    func node(_ ino: fuse_ino_t) -> Node? {
-        switch ino {
-        case 1: return .root
-        case 2: return .stats
-        case 3: return .power
-        case FuseBridge.treeBase...:
-            guard let path = treePath(ino) else { return nil }
-            switch resolve(path) {
-            case .top?, .node?, .interfaceDir?: return .treeDir(path)
-            case .file(_, let f)?: return .treeFile(path, f)
-            case .rootControl?: return .treeFile(path, .control)
-            case .interfaceLink(let target)?: return .symlink(target)
-            case nil: return nil
-            }
-        default:
-            guard let name = inodes.withLock({ $0.byInode[ino] }), io.pnp.snapshot.presentLinks.contains(name) else { return nil }
-            return .device(name)
-        }
-    }
-
-    func attributes(_ ino: fuse_ino_t) -> stat? {
-        guard let node = node(ino) else { return nil }
-        var st = stat()
-        st.st_ino = UInt(ino)
-        st.st_uid = uid
-        st.st_gid = gid
-        st.st_atim = mountTime
-        st.st_mtim = mountTime
-        st.st_ctim = mountTime
-        st.st_blksize = 4096
-        switch node {
-        case .root:
-            st.st_mode = Glibc.S_IFDIR | 0o755
-            st.st_nlink = 2
-        case .stats:
-            st.st_mode = Glibc.S_IFREG | 0o444
-            st.st_nlink = 1
-        case .power:
-            st.st_mode = Glibc.S_IFREG | 0o644
-            st.st_nlink = 1
-        case .treeDir:
-            st.st_mode = Glibc.S_IFDIR | 0o555
-            st.st_nlink = 2
-        case .treeFile(_, let f):
-            st.st_mode = Glibc.S_IFREG | (f == .control ? 0o200 : 0o444)
-            st.st_nlink = 1
-        case .symlink(let target):
-            st.st_mode = Glibc.S_IFLNK | 0o777
-            st.st_nlink = 1
-            st.st_size = target.utf8.count
-        case .device(let link):
-            let p = permissions[link]
-            st.st_mode = Glibc.S_IFREG | (p?.mode ?? 0o666)
-            if let owner = p?.owner { st.st_uid = owner }
-            if let group = p?.group { st.st_gid = group }
-            st.st_nlink = 1
-            st.st_size = Int(publishedSize(link))
-            st.st_blocks = (st.st_size + 511) / 512
-        }
-        return st
-    }
-
-    /// The size the device's stack publishes (the first device from the top that
-    /// publishes one); 0 if none does. No IRP is sent: nothing is open here.
-    func publishedSize(_ link: String) -> Int64 {
-        var d = io.device(forLink: link)?.topOfStack
-        while let device = d {
-            if let size = device.publishedSize { return size }
-            d = device.lowerDevice
-        }
-        return 0
-    }
-
-    func lookup(_ req: FuseRequestHandle, _ parent: fuse_ino_t, _ name: String?) {
-        let reply = FuseReply(req, sink)
-        let ino: fuse_ino_t?
-        if parent == 1 {
-            ino = name == ".devices" || name == ".interfaces" ? treeInode(name!) : name.flatMap { inode(of: $0) }
-        } else if let dir = treePath(parent), let name {
-            ino = treeInode(dir + "/" + name)
-        } else {
-            ino = nil
-        }
-        guard let ino, let attr = attributes(ino) else {
-            reply.error(ENOENT)
-            return
-        }
-        var e = fuse_entry_param()
-        e.ino = ino
-        e.attr = attr
-        e.attr_timeout = fuseEntryTimeout
-        e.entry_timeout = fuseEntryTimeout
-        reply.entry(&e)
-    }
-
-    func getattr(_ req: FuseRequestHandle, _ ino: fuse_ino_t) {
-        let reply = FuseReply(req, sink)
-        guard var st = attributes(ino) ?? openAttributes(ino) else {
-            reply.error(ENOENT)
-            return
-        }
-        reply.attr(&st, timeout: fuseEntryTimeout)
-    }
-
-    /// Truncation (O_TRUNC, dd without conv=notrunc) is ignored, as for /dev
-    /// nodes; the mode, the owner and the times belong to the tree: EPERM.
-    func setattr(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ toSet: Int32) {
-        let reply = FuseReply(req, sink)
-        guard var st = attributes(ino) else {
-            reply.error(ENOENT)
-            return
-        }
-        if toSet & ~Int32(FUSE_SET_ATTR_SIZE) != 0 {
-            reply.error(EPERM)
-            return
-        }
-        reply.attr(&st, timeout: fuseEntryTimeout)
-    }
-
-    /// readlink: where an interface's name leads.
-    func readlink(_ req: FuseRequestHandle, _ ino: fuse_ino_t) {
-        let reply = FuseReply(req, sink)
-        guard case .symlink(let target)? = node(ino) else {
-            reply.error(EINVAL)
-            return
-        }
-        reply.link(target)
-    }
-
     // MARK: - Handles
 
     /// Whether an inode is a virtual file of the bridge's (`.stats`, `.power`,
     /// anything under `.devices` or `.interfaces`): its handle holds a text
     /// snapshot (or nothing, for a control file), never a file object.
-    static func isVirtual(_ ino: fuse_ino_t) -> Bool { ino == 2 || ino == 3 || ino >= treeBase }
+    static func isVirtual(_ ino: fuse_ino_t) -> Bool { InodeKind(ino).isVirtual }
 
     /// The file object of a device file's handle; nil for a virtual file's.
     static func file(_ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) -> FileObject? {
@@ -446,20 +227,6 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// count 0), as on Linux, where fstat of an open file does not fail.
     let openInodes = HandoffMutex<[fuse_ino_t: (handles: Int, attr: stat)]>([:])
 
-    func noteOpened(_ ino: fuse_ino_t) {
-        guard let st = attributes(ino) else { return }
-        openInodes.withLock { open in
-            if let e = open[ino] { open[ino] = (e.handles + 1, e.attr) } else { open[ino] = (1, st) }
-        }
-    }
-
-    /// The attributes of an inode whose name is gone while a handle is still open.
-    func openAttributes(_ ino: fuse_ino_t) -> stat? {
-        guard var st = openInodes.withLock({ $0[ino]?.attr }) else { return nil }
-        st.st_nlink = 0
-        return st
-    }
-
     func release(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let reply = FuseReply(req, sink)
         openInodes.withLock { open in
@@ -467,7 +234,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             open[ino] = e.handles > 1 ? (e.handles - 1, e.attr) : nil
         }
         if let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) {
-            if ino == 2 || ino == 3 || ino >= FuseBridge.treeBase {
+            if InodeKind(ino).isVirtual {
                 Unmanaged<StatsSnapshot>.fromOpaque(p).release()
             } else {
                 let file = Unmanaged<FileObject>.fromOpaque(p).takeRetainedValue()
@@ -517,11 +284,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     }
 
     func write(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        if ino == 3 {
+        if InodeKind(ino) == .power {
             writePower(FuseReply(req, sink), data, size)
             return
         }
-        if ino >= FuseBridge.treeBase {
+        if InodeKind(ino).isTree {
             let reply = FuseReply(req, sink)
             let verb = String((data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? "").filter { !$0.isWhitespace })
             let path = treePath(ino)
@@ -645,27 +412,6 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         }
     }
 
-    func readStats(_ reply: consuming FuseReply, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        guard let fi, let p = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) else {
-            reply.error(EBADF)
-            return
-        }
-        let text = Unmanaged<StatsSnapshot>.fromOpaque(p).takeUnretainedValue().bytes
-        let from = min(max(off, 0), text.count), to = min(from + max(size, 0), text.count)
-        reply.data(text.baseAddress.map { $0 + from }, to - from)
-    }
-
-    /// `echo S3 > .power`: the system goes to sleep (children first); `S0` wakes it.
-    func writePower(_ reply: consuming FuseReply, _ data: UnsafePointer<CChar>?, _ size: Int) {
-        let text = data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
-        guard let state = SystemPowerState(name: String(text.filter { !$0.isWhitespace })) else {
-            reply.error(EINVAL)
-            return
-        }
-        let status = io.setSystemPower(state)
-        if status.isSuccess { reply.written(size) } else { reply.error(ErrnoTable.errno(for: status)) }
-    }
-
     // MARK: - Completion: NTSTATUS and request kind -> reply
 
     /// Answers a request whose IRP completed (called once, by the request that claimed its reply).
@@ -738,15 +484,4 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         for irp in io.outstandingIrps { irp.cancelIrp(reportingStale: false) }
         for r in requests.all { r.answerAtShutdown() }
     }
-}
-
-/// `.stats` as it was when a handle opened it.
-final class StatsSnapshot {
-    let bytes: UnsafeMutableRawBufferPointer
-    init(_ text: String) {
-        let utf8 = Array(text.utf8)
-        bytes = .allocate(byteCount: utf8.count, alignment: 1)
-        bytes.copyBytes(from: utf8)
-    }
-    deinit { bytes.deallocate() }
 }

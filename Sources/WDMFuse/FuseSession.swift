@@ -68,7 +68,7 @@ extension FuseBridge {
     /// costs O(n) in all however many readdir calls the kernel makes.
     func opendir(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let reply = FuseReply(req, sink)
-        guard ino == 1 || treePath(ino) != nil else {
+        guard InodeKind(ino) == .root || treePath(ino) != nil else {
             reply.error(ENOTDIR)
             return
         }
@@ -88,7 +88,7 @@ extension FuseBridge {
     /// A directory's entries now: `.` and `..`, then the root's or a tree directory's.
     func directoryEntries(_ ino: fuse_ino_t) -> [(String, fuse_ino_t, mode_t)]? {
         var entries: [(String, fuse_ino_t, mode_t)] = [(".", ino, Glibc.S_IFDIR), ("..", 1, Glibc.S_IFDIR)]
-        if ino == 1 {
+        if InodeKind(ino) == .root {
             for (name, i) in rootEntries { entries.append((name, i, name == ".devices" || name == ".interfaces" ? Glibc.S_IFDIR : Glibc.S_IFREG)) }
         } else if let path = treePath(ino), let list = treeEntries(path) {
             let leaf = path.hasPrefix(".interfaces/")
