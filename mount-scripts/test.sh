@@ -8,10 +8,16 @@
 # Between the in-process and the mounted stages, the in-process tests run again
 # under AddressSanitizer and under ThreadSanitizer (one result each; a report
 # fails the stage): WDMFS_SKIP_ASAN=1 or WDMFS_SKIP_TSAN=1 leaves one out.
+# WDMFS_FAST=1 runs the fast part alone: no sanitizer stage, and none of the
+# mounted tests marked slow (the runner's self-tests, the packaging build).
 set -u
 set -o pipefail
 cd "$(dirname "$0")/.."
 export CI=${CI:-}
+if [ -n "${WDMFS_FAST:-}" ]; then
+    [ -z "$CI" ] || { echo "WDMFS_FAST is not for CI: CI runs everything"; exit 2; }
+    export WDMFS_SKIP_ASAN=1 WDMFS_SKIP_TSAN=1
+fi
 
 passed=0 failed=0 skipped=0
 log=$(mktemp)
@@ -73,13 +79,13 @@ sanitizer_stage() {
 }
 
 if [ -z "${WDMFS_SKIP_ASAN:-}" ] && [ -d Sources/WDM ]; then
-    echo "== swift test --sanitize=address (memory errors and leaks; one result)"
+    echo "== swift test --sanitize=address (slow: a build of its own; memory errors and leaks; one result)"
     ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/mount-scripts/lsan-suppressions.txt" \
         sanitizer_stage address .build-asan 'ERROR: (Address|Leak)Sanitizer' "no memory error, no leak"
 fi
 
 if [ -z "${WDMFS_SKIP_TSAN:-}" ] && [ -d Sources/WDM ]; then
-    echo "== swift test --sanitize=thread (data races; one result)"
+    echo "== swift test --sanitize=thread (slow: a build of its own; data races; one result)"
     # The suppressions file lists the races TSan cannot see are ordered, each with the reason.
     TSAN_OPTIONS="suppressions=$PWD/mount-scripts/tsan-suppressions.txt" \
         sanitizer_stage thread .build-tsan 'WARNING: ThreadSanitizer' "no data race"
@@ -87,7 +93,7 @@ fi
 
 if [ -d Tests/Integration ]; then
     echo "== pytest Tests/Integration (mounted, real system calls)"
-    python3 -m pytest -q -rs -p no:cacheprovider Tests/Integration 2>&1 | tee "$log" | tail -n 15
+    python3 -m pytest -q -rs -p no:cacheprovider ${WDMFS_FAST:+-m "not slow"} Tests/Integration 2>&1 | tee "$log" | tail -n 15
     rc=${PIPESTATUS[0]}
     summary=$(grep -E '^=*.*(passed|failed|skipped|error|no tests ran)' "$log" | tail -n 1)
     n() { echo "$summary" | grep -oE "[0-9]+ $1" | grep -oE '^[0-9]+' | awk '{s+=$1} END {print s+0}'; }

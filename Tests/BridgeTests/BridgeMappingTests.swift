@@ -14,6 +14,7 @@ import Testing
 import WDM
 import WDMClient
 @testable import WDMFuse
+import WDMTesting
 
 /// Records what the bridge answers, per request.
 final class FakeSink: ReplySink, @unchecked Sendable {
@@ -368,7 +369,7 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
         // Wait for the driver's late write while the device lives (it skips a device that is gone).
         let writes = MisbehaveDriver.lateWrites.load(ordering: .acquiring)
         _ = rig.read("misbehave", bad, size: 4096)
-        while MisbehaveDriver.lateWrites.load(ordering: .acquiring) == writes { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(waitUntil { MisbehaveDriver.lateWrites.load(ordering: .acquiring) > writes })
     }
 
     /// A driver that reports more Information than it wrote returns what the buffer

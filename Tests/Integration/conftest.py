@@ -14,6 +14,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: builds scratch projects (left out by WDMFS_FAST=1)")
+
+
 def wdmfs_binary():
     env = os.environ.get("WDMFS_BIN")
     if env:

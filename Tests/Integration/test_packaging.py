@@ -7,7 +7,11 @@ resolves nothing of the benchmark's (ordo-one/benchmark is Benchmarks/'s own).""
 import subprocess
 import textwrap
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # builds scratch projects: WDMFS_FAST=1 leaves it out
 
 
 def test_a_package_that_depends_on_wdmfs_by_version_builds_a_driver(tmp_path):

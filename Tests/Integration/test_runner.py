@@ -8,7 +8,11 @@ import shutil
 import subprocess
 import textwrap
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # builds scratch projects: WDMFS_FAST=1 leaves it out
 
 PACKAGE = """\
 // swift-tools-version: 6.1
