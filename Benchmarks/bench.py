@@ -67,11 +67,45 @@ def cases(read_total, small_count, ioctl_count):
     ]
 
 
+def fio_iops(path, seconds, *args):
+    """IOPS of one fio job on `path` (write, 4 KiB, io_uring) for `seconds`."""
+    out = subprocess.run(["fio", "--name=w", f"--filename={path}", "--ioengine=io_uring", "--rw=write", "--bs=4k",
+                          "--size=16M", "--time_based", f"--runtime={seconds}", "--output-format=json", *args],
+                         capture_output=True, text=True, check=True)
+    import json
+    return json.loads(out.stdout)["jobs"][0]["write"]["iops"]
+
+
+def fio_poll_table(wdmfs, seconds):
+    """io_uring on the default tree: poll is per FUSE connection, and the default tree
+    has a device that can pend (echo), so `--poll auto` keeps it; io_uring then polls
+    the file before each retry of a write it could not start without blocking."""
+    rows = []
+    for mode in ("auto", "off"):
+        mp = tempfile.mkdtemp(prefix="wdmfs-bench-fio.")
+        try:
+            sh(wdmfs, "mount", mp, "--poll", mode)
+            before = int(stats(mp)["fuse_polls"])
+            buffered = fio_iops(f"{mp}/ramdisk0", seconds, "--iodepth=1")
+            direct = fio_iops(f"{mp}/ramdisk0", seconds, "--iodepth=16", "--direct=1")
+            rows.append((mode, buffered, direct, int(stats(mp)["fuse_polls"]) - before))
+        finally:
+            if is_mounted(mp):
+                subprocess.run([wdmfs, "unmount", mp])
+            os.rmdir(mp)
+    print("\nio_uring 4 KiB writes on ramdisk0 of the default tree (fio, one run each):\n")
+    print("| --poll | buffered, QD 1 (IOPS) | direct, QD 16 (IOPS) | FUSE_POLL requests |")
+    print("| --- | ---: | ---: | ---: |")
+    for mode, b, d, polls in rows:
+        print(f"| {mode} | {b:,.0f} | {d:,.0f} | {polls:,} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="smaller transfers (a smoke run, not a measurement)")
     ap.add_argument("--skip-in-process", action="store_true")
+    ap.add_argument("--skip-fio", action="store_true", help="leave out the io_uring / poll measurement")
     a = ap.parse_args()
     read_total = (256 * MiB) if a.quick else 2 * GiB
     small_count = 20_000 if a.quick else 100_000
@@ -122,6 +156,9 @@ def main():
         s = statistics.median(results[two][side]) / statistics.median(results[one][side])
         print(f"| two readers / one reader, {side} | | | {s:.2f} | |")
     print(f"\nwdmfs copy counter after the run: bytes_copied {copied}, verifier_violations {violations}")
+
+    if not a.skip_fio:
+        fio_poll_table(wdmfs, 1 if a.quick else 5)
 
     if not a.skip_in_process:
         print("\nIn-process IRP path (ordo-one/benchmark; p50 per IRP, no FUSE):\n")
