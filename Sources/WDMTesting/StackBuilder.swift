@@ -43,6 +43,18 @@ public func buildStack(
 }
 
 /// The name of a device's driver, for recording ("TestFilter0", "TestFunction").
+/// The filter every WDM sample writes: copy the stack location down, set a
+/// completion routine that propagates the pending mark (`if (Irp->PendingReturned)
+/// IoMarkIrpPending(Irp)`), call the lower driver.
+public let propagatingFilter: DispatchRoutine = { device, irp in
+    irp.copyCurrentStackLocationToNext()
+    irp.setCompletionRoutine { _, irp, _ in
+        if irp.pendingReturned { irp.markPending() }
+        return .success
+    }
+    return device.callLower(irp)
+}
+
 public func who(_ d: DeviceObject?) -> String {
     guard let d else { return "nil" }
     return String(d.driverObject.name.split(separator: "\\").last ?? "")

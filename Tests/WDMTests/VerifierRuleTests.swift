@@ -43,14 +43,7 @@ import WDMTesting
     }
 
     @Test func aFilterWhoseRoutinePropagatesThePendingMarkIsClean() throws {
-        let filter: DispatchRoutine = { device, irp in
-            irp.copyCurrentStackLocationToNext()
-            irp.setCompletionRoutine { _, irp, _ in
-                if irp.pendingReturned { irp.markPending() }
-                return .success
-            }
-            return device.callLower(irp)
-        }
+        let filter = propagatingFilter
         #expect(try rules(function: Self.pendLater, filters: [filter]) == [])
     }
 
