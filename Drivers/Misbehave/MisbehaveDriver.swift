@@ -11,8 +11,11 @@ import WDM
 
 public enum MisbehaveDriver {
     public static let name = "Misbehave"
-    /// How many times a read's buffer was written after its request completed.
-    public static let lateWrites = Atomic<Int>(0)
+    /// How many times a read's buffer was written after its request completed, on
+    /// `device` (tests that run side by side each watch their own device).
+    public static func lateWrites(on device: DeviceObject) -> Int {
+        device.deviceExtension(as: Extension.self).lateWrites.load(ordering: .acquiring)
+    }
     /// A read at this offset fills the caller's whole buffer with 'S' (someone's data).
     public static let secretOffset: Int64 = 8192
     /// A read at this offset claims the whole buffer and writes none of it.
@@ -48,6 +51,8 @@ public enum MisbehaveDriver {
         let kept = HandoffMutex<[IRP]>([])
         /// Set by `keepCloses`.
         let keepCloses = Atomic<Bool>(false)
+        /// Late writes into read buffers so far.
+        let lateWrites = Atomic<Int>(0)
     }
 
     public static let driverEntry: DriverEntry = { driver in
@@ -92,8 +97,8 @@ public enum MisbehaveDriver {
                     guard let device else { return }
                     withExtendedLifetime(device) {
                         UnsafeMutableRawPointer(bitPattern: address)!.storeBytes(of: 0x42, as: UInt8.self)
+                        device.deviceExtension(as: Extension.self).lateWrites.add(1, ordering: .releasing)
                     }
-                    lateWrites.add(1, ordering: .releasing)
                 }
             }
             return .success

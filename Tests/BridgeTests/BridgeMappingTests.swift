@@ -336,10 +336,11 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
     @Test func checkedModeCatchesADriverThatWritesIntoAReadBufferAfterCompleting() throws {
         let rig = try Rig(checked: true)
         let bad = rig.open("misbehave")
-        let writes = MisbehaveDriver.lateWrites.load(ordering: .acquiring)
+        let device = try #require(FuseBridge.file(rig.ino("misbehave"), bad)).deviceObject
         #expect(rig.sink.replies(rig.read("misbehave", bad, size: 4096)) == [.data([0x4D])])
-        // The driver writes into the buffer 20 ms after completing.
-        while MisbehaveDriver.lateWrites.load(ordering: .acquiring) == writes { Thread.sleep(forTimeInterval: 0.01) }
+        // The driver writes into the buffer 20 ms after completing (this rig's device:
+        // other tests' late writes run side by side).
+        #expect(waitUntil { MisbehaveDriver.lateWrites(on: device) == 1 })
         let zero = rig.open("zero")
         _ = rig.read("zero", zero, size: 4096)  // its own buffers: nothing to see
         #expect(rig.rules == [])
@@ -367,9 +368,9 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
         #expect(zeroKept.isDisjoint(with: used) && zeroPool.freeBuffers.isDisjoint(with: used))
         #expect(rig.bridge.replyBuffers(of: badFile).kept == used && badPool.freeBuffers.isEmpty)
         // Wait for the driver's late write while the device lives (it skips a device that is gone).
-        let writes = MisbehaveDriver.lateWrites.load(ordering: .acquiring)
+        let writes = MisbehaveDriver.lateWrites(on: badFile.deviceObject)
         _ = rig.read("misbehave", bad, size: 4096)
-        #expect(waitUntil { MisbehaveDriver.lateWrites.load(ordering: .acquiring) > writes })
+        #expect(waitUntil { MisbehaveDriver.lateWrites(on: badFile.deviceObject) > writes })
     }
 
     /// A driver that reports more Information than it wrote returns what the buffer
