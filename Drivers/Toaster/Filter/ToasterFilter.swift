@@ -32,7 +32,7 @@ public enum ToasterFilter {
                 case .device(let d)?: what = "device \(d)"
                 case nil: what = ""
                 }
-                device.deviceNode?.appendLog("\(position) IRP_MJ_POWER \(irp.powerMinor.map { String(describing: $0) } ?? "?") \(what)")
+                device.deviceNode?.appendLog("\(position) \(irp.powerMinor?.wdmName ?? "IRP_MN_0x\(String(irp.minorFunction, radix: 16))") \(what)")
                 return Power.filterDispatch(device, irp)
             }
             return .success

@@ -27,6 +27,16 @@ public enum DevicePowerState: UInt32, Sendable, CustomStringConvertible {
 /// `IRP_MN_*` for IRP_MJ_POWER.
 public enum PowerMinor: UInt8, Sendable {
     case waitWake = 0x00, powerSequence = 0x01, setPower = 0x02, queryPower = 0x03
+
+    /// The WDK's name (`IRP_MN_SET_POWER`).
+    public var wdmName: String {
+        switch self {
+        case .waitWake: "IRP_MN_WAIT_WAKE"
+        case .powerSequence: "IRP_MN_POWER_SEQUENCE"
+        case .setPower: "IRP_MN_SET_POWER"
+        case .queryPower: "IRP_MN_QUERY_POWER"
+        }
+    }
 }
 
 /// What a power IRP asks (`Parameters.Power`): a system or a device state.
