@@ -29,7 +29,7 @@ enum BusRequest {
 
     /// Sends one request to the bus device file; exits 1 with the status's name when
     /// it fails, or saying the file is no bus when its driver does not take the code.
-    static func send(bus: String, code: UInt32, input: [UInt8], what: String) throws {
+    static func send(bus: String, code: UInt32, input: [UInt8], what: String, explain: [NTStatus: String] = [:]) throws {
         let fd: Int32
         do { fd = try DeviceFile.open(bus, readOnly: true) } catch {
             let reason: String
@@ -58,7 +58,8 @@ enum BusRequest {
                 complain("\((bus as NSString).lastPathComponent) is not a bus (it does not take \(names[code] ?? "0x" + String(code, radix: 16)))")
                 throw ExitCode(1)
             }
-            FileHandle.standardError.write(Data("wdmfs: \(what) failed: \(result.status) (0x\(String(result.status.rawValue, radix: 16, uppercase: true)))\n".utf8))
+            let why = explain[result.status].map { ": " + $0 } ?? ""
+            FileHandle.standardError.write(Data("wdmfs: \(what) failed: \(result.status) (0x\(String(result.status.rawValue, radix: 16, uppercase: true)))\(why)\n".utf8))
             throw ExitCode(1)
         }
     }
@@ -80,7 +81,8 @@ struct Plug: ParsableCommand {
     func run() throws {
         try BusRequest.send(bus: bus, code: BusRequest.plugIn,
                             input: ToasterBus.plugInRequest(serial: serial, hardwareIDs: hardwareId.isEmpty ? [ToasterBus.toasterHardwareID] : hardwareId),
-                            what: "plugging in toaster \(serial)")
+                            what: "plugging in toaster \(serial)",
+                            explain: [.invalidParameter: serial == 0 ? "serial numbers start at 1" : "a toaster with serial \(serial) is plugged in already"])
         // The PnP manager starts it on its own thread: once it has settled, the file
         // is there or it failed.
         let dir = (bus as NSString).deletingLastPathComponent

@@ -117,6 +117,19 @@ def test_plugging_into_a_device_that_is_not_a_bus_says_so(tree):
         assert r.stderr == f"wdmfs: zero is not a bus (it does not take IOCTL_BUSENUM_{code}_HARDWARE)\n", r.stderr
 
 
+def test_plugging_a_serial_in_use_or_serial_0_says_why(tree):
+    bus = tree.dev("toaster-bus")
+    try:
+        assert run_wdmfs("plug", bus, "5").returncode == 0
+        r = run_wdmfs("plug", bus, "5")
+        assert r.returncode == 1 and r.stderr.endswith(": a toaster with serial 5 is plugged in already\n"), r.stderr
+        r = run_wdmfs("plug", bus, "0")
+        assert r.returncode == 1 and r.stderr.endswith(": serial numbers start at 1\n"), r.stderr
+        assert "STATUS_INVALID_PARAMETER" in r.stderr  # the bus's own answer stays in the message
+    finally:
+        run_wdmfs("unplug", bus, "0")
+
+
 # --- version and completion --------------------------------------------------
 
 def test_version_is_printed_and_defined_once():
