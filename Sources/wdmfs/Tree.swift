@@ -55,7 +55,8 @@ struct Tree: ParsableCommand {
             }
             for node in tree.nodes() {
                 let status = tree.trimmed(node, "status")
-                print(String(repeating: "  ", count: node.depth) + node.name + (status == "started" ? "" : " (\(status))"))
+                // A node that is not simply started says how it is: `zero: started, D3 (system S3)`.
+                print(String(repeating: "  ", count: node.depth) + node.name + (status == "started" ? "" : ": \(status)"))
             }
             return
         }

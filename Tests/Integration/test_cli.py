@@ -168,7 +168,7 @@ def test_status_says_what_the_node_file_says_with_the_power_state_while_asleep(t
         assert node_file(tree, "zero", "power") == "D3\n"
         assert node_file(tree, "zero", "status") == "started, D3 (system S3)\n"
         assert run_wdmfs("status", tree.path, "zero").stdout == "zero: started, D3 (system S3)\n"
-        assert "zero (started, D3 (system S3))" in run_wdmfs("tree", tree.path).stdout.splitlines()
+        assert "zero: started, D3 (system S3)" in run_wdmfs("tree", tree.path).stdout.splitlines()
     finally:
         assert run_wdmfs("power", tree.path, "S0").returncode == 0
     assert node_file(tree, "zero", "status") == "started\n"
