@@ -234,17 +234,63 @@ public enum Daemon {
         let daemons = daemonPids(for: path)
         if umount2(path, lazy ? Int32(MNT_DETACH) : 0) != 0 {
             let e = errno
-            // Not root: let fusermount3 try (it handles user mounts).
             if e == EBUSY {
-                return "cannot unmount \(path): a file on it is still open (close it, or use --lazy, or --force to end the daemon)"
-            }
-            if !runFusermount(path, lazy: lazy) {
+                if !unmountCovered(path) {
+                    return "cannot unmount \(path): a file on it is still open (close it, or use --lazy, or --force to end the daemon)"
+                }
+            } else if !runFusermount(path, lazy: lazy) {  // not root: fusermount3 handles user mounts
                 return "cannot unmount \(path): \(String(cString: strerror(e)))"
             }
         }
         if lazy { return nil }
         if waitForExit(daemons, timeout: timeout) { return nil }
         return "unmounted \(path), but the daemon is still running"
+    }
+
+    /// The mounts a tree has over its own files (the files of devices that can pend
+    /// are served by a FUSE connection of their own, mounted over them): wdmfs
+    /// mounts directly under `path`.
+    static func coverMounts(under path: String) -> [String] {
+        let text = readText("/proc/self/mountinfo")
+        let prefix = escapeMountPath(path == "/" ? "" : path) + "/"
+        var out: [String] = []
+        for line in text.split(separator: "\n") {
+            // The optional fields end at " - ", then the file system type.
+            let f = line.split(separator: " ")
+            guard let dash = f.firstIndex(of: "-"), dash + 1 < f.count, f[dash + 1] == "fuse.wdmfs" else { continue }
+            guard f.count > 4, f[4].hasPrefix(prefix), !f[4].dropFirst(prefix.count).contains("/") else { continue }
+            out.append(path + "/" + unescapeMountPath(String(f[4].dropFirst(prefix.count))))
+        }
+        return out
+    }
+
+    static func unescapeMountPath(_ s: String) -> String {
+        var bytes: [UInt8] = []
+        var u = Array(s.utf8)[...]
+        while let c = u.popFirst() {
+            if c == 0x5C, u.count >= 3, let v = UInt8(String(decoding: u.prefix(3), as: UTF8.self), radix: 8) {
+                bytes.append(v)
+                u = u.dropFirst(3)
+            } else {
+                bytes.append(c)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// A busy unmount of a tree with covers: the covers go first (each is busy only
+    /// while its own file is open), then the tree. If a file is open after all, the
+    /// daemon puts the covers back (`cover` to `.devices/.control`) and this says no.
+    static func unmountCovered(_ path: String) -> Bool {
+        let covers = coverMounts(under: path)
+        guard !covers.isEmpty else { return false }
+        if covers.allSatisfy({ umount2($0, 0) == 0 }) && umount2(path, 0) == 0 { return true }
+        let fd = open(path + "/.devices/.control", O_WRONLY)
+        if fd >= 0 {
+            _ = "cover\n".withCString { Glibc.write(fd, $0, 6) }
+            close(fd)
+        }
+        return false
     }
 
     /// Ends the daemon serving `mountpoint` with SIGTERM, busy or not: it cancels
@@ -290,19 +336,24 @@ public enum Daemon {
         return ["default_permissions"]
     }
 
-    /// Whether /etc/fuse.conf has a `user_allow_other` line.
-    static func fuseConfAllowsOther(_ path: String = "/etc/fuse.conf") -> Bool {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { return false }
+    /// A file's text ("" when it cannot be read).
+    static func readText(_ path: String) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
         defer { close(fd) }
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
+        var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = Glibc.read(fd, &chunk, chunk.count)
             if n <= 0 { break }
             bytes += chunk[..<n]
         }
-        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").contains {
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Whether /etc/fuse.conf has a `user_allow_other` line.
+    static func fuseConfAllowsOther(_ path: String = "/etc/fuse.conf") -> Bool {
+        readText(path).split(separator: "\n").contains {
             $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) == ["user_allow_other"]
         }
     }

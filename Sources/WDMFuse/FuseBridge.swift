@@ -44,20 +44,39 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public var cancelGrace: Double = 1.0
 
     /// Whether FUSE poll reaches the drivers. The kernel asks the daemon on every
-    /// poll (and io_uring polls a FUSE file before each retry of a write it could
-    /// not do without blocking: hundreds of round trips per write); the only way
-    /// to stop it is per connection (ENOSYS to the first FUSE_POLL), so it is a
-    /// mount-wide choice. `.auto` keeps poll when some driver can pend (it says
-    /// how ready its devices are), and turns it off otherwise.
+    /// poll of a file (and io_uring polls a FUSE file before each nonblocking
+    /// attempt at a write: hundreds of round trips per write), unless the first
+    /// FUSE_POLL of a connection is answered ENOSYS: then every file of that
+    /// connection is always ready, with no round trip.
+    /// - `.auto`: when some driver can pend (it has a readiness routine), the files
+    ///   of its devices get a FUSE connection of their own (`PollConnection`) where
+    ///   poll tells the truth, and the main one stops poll. A daemon that may not
+    ///   mount (not root) falls back to `.on`; with no such driver, `.off`.
+    /// - `.on`: one connection, every poll asks the drivers.
+    /// - `.off`: one connection, every file always ready.
     public enum PollMode: String, Sendable, CaseIterable { case auto, on, off }
     public var pollMode = PollMode.auto
-    /// `pollMode` resolved against the loaded drivers.
+    /// Some loaded driver says how ready its devices are.
+    var someDriverCanPend: Bool { io.loadedDrivers.contains { $0.readiness != nil } }
+    /// `pollMode` resolved against the loaded drivers, on a single connection.
     var pollEnabled: Bool {
         switch pollMode {
         case .on: true
         case .off: false
-        case .auto: io.loadedDrivers.contains { $0.readiness != nil }
+        case .auto: someDriverCanPend
         }
+    }
+    /// The connection of the devices that can pend, while `.auto` has one.
+    nonisolated(unsafe) var pollConnection: PollConnection?
+
+    /// Whether `link`'s stack has a driver that says how ready its devices are.
+    func canPend(_ link: String) -> Bool {
+        var d = io.device(forLink: link)?.topOfStack
+        while let device = d {
+            if device.driverObject.readiness != nil { return true }
+            d = device.lowerDevice
+        }
+        return false
     }
 
     enum Node {
@@ -137,7 +156,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public var permissions: [String: (mode: UInt32, owner: UInt32?, group: UInt32?)] = [:]
 
     /// The text of the `.stats` file.
-    public var statsText: String { io.statistics.text + "fuse_polls \(polls.load(ordering: .relaxed))\n" }
+    public var statsText: String {
+        let covered: Int = pollConnection?.coveredCount ?? 0
+        let polled: Int = polls.load(ordering: .relaxed)
+        return io.statistics.text + "fuse_polls \(polled)\npoll_connection_files \(covered)\n"
+    }
     /// FUSE_POLL requests received (the cost `pollMode` is about).
     let polls = Atomic<Int>(0)
 
@@ -297,6 +320,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
                 // back); `settle` waits until the PnP manager has nothing left to do.
                 switch verb {
                 case "rescan": _ = io.rescan(nil)
+                case "cover": coverAll()  // `wdmfs unmount` found the mount busy
                 case "settle":
                     io.pnp.settle()
                     // ... and the kernel has heard of what changed (its cached listings).
@@ -376,12 +400,12 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     }
 
     /// poll/select: the device's readiness now; with a handle, a wake-up when it changes.
-    func poll(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ handle: OpaquePointer?) {
+    func poll(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ handle: OpaquePointer?, connection: FuseConnectionRole = .main) {
         let reply = FuseReply(req, sink)
         polls.add(1, ordering: .relaxed)
-        guard pollEnabled else {
-            // The kernel stops asking for the rest of the mount and reports every
-            // file ready itself, with no round trip.
+        guard connection == .poll || (pollConnection == nil && pollEnabled) else {
+            // The kernel stops asking for the rest of the connection and reports
+            // every file ready itself, with no round trip.
             if let handle { sink.destroyPollHandle(handle) }
             reply.error(ENOSYS)
             return

@@ -10,6 +10,10 @@ import WDM
 import Synchronization
 import WDMClient
 
+/// Which of a mount's FUSE connections a request came on: the main one, or the
+/// one of the files of devices that can pend (`PollConnection`).
+enum FuseConnectionRole { case main, poll }
+
 /// Seconds the kernel may cache names and attributes.
 let fuseEntryTimeout = 1.0
 
@@ -18,7 +22,7 @@ extension FuseBridge {
         Unmanaged<FuseBridge>.fromOpaque(fuse_req_userdata(req)!).takeUnretainedValue()
     }
 
-    static func operations() -> fuse_lowlevel_ops {
+    static func operations(connection: FuseConnectionRole = .main) -> fuse_lowlevel_ops {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
             guard let userdata, let conn else { return }
@@ -45,7 +49,10 @@ extension FuseBridge {
             FuseBridge.of(req).ioctl(req, ino, UInt32(truncatingIfNeeded: cmd), fi, flags, inBuf, inSize, outSize)
         }
         ops.fsync = { req, ino, _, fi in FuseBridge.of(req).fsync(req, ino, fi) }
-        ops.poll = { req, ino, fi, ph in FuseBridge.of(req).poll(req, ino, fi, ph) }
+        switch connection {
+        case .main: ops.poll = { req, ino, fi, ph in FuseBridge.of(req).poll(req, ino, fi, ph, connection: .main) }
+        case .poll: ops.poll = { req, ino, fi, ph in FuseBridge.of(req).poll(req, ino, fi, ph, connection: .poll) }
+        }
         // The tree is the drivers' to shape: names are not created, removed or moved from userland.
         ops.create = { req, _, _, _, _ in FuseBridge.of(req).refuse(req) }
         ops.mknod = { req, _, _, _, _ in FuseBridge.of(req).refuse(req) }
@@ -163,7 +170,7 @@ extension FuseBridge {
     /// ends, requests the drivers still hold are cancelled and, after a grace
     /// period, answered (`drain`). Returns libfuse's loop result, or throws when
     /// the mount could not be made.
-    public func serve(mountpoint: String, options: [String] = [], maxThreads: UInt32 = 64, onMounted: () -> Void) throws(MountError) -> Int32 {
+    public func serve(mountpoint: String, options: [String] = [], maxThreads: UInt32 = 64, onMounted: @escaping () -> Void) throws(MountError) -> Int32 {
         var ops = FuseBridge.operations()
         let argv = ["wdmfs", "-o", (["fsname=wdmfs", "subtype=wdmfs"] + options).joined(separator: ",")]
         var cargs = argv.map { strdup($0) }
@@ -198,7 +205,21 @@ extension FuseBridge {
         defer { session = nil }
         (sink as? LibfuseSink)?.session = se
         defer { (sink as? LibfuseSink)?.session = nil }
-        onMounted()
+        if pollMode == .auto, someDriverCanPend, let c = startPollConnection(mountpoint: mountpoint, options: options) {
+            // Covering a file resolves its name on this mount, which only the loop
+            // below answers: the covers are made beside it, and the tree is
+            // usable once they are.
+            let announce = UncheckedBox(onMounted)
+            let tree = io.pnp.snapshot
+            let thread = Thread { [self] in
+                for link in tree.links where tree.presentLinks.contains(link) && canPend(link) { c.cover(link) }
+                announce.value()
+            }
+            thread.name = "wdmfs covers"
+            thread.start()
+        } else {
+            onMounted()
+        }
         // No worker ever waits for a driver (pending writes and ioctls no longer
         // hold the request's memory), so libfuse's default worker limits serve.
         let result = cfuse_session_loop_mt(se, maxThreads)
@@ -211,12 +232,43 @@ extension FuseBridge {
             FuseBridge.abortConnection(connection, log: { io.log?($0) })
         }
         fuse_session_unmount(se)
+        // The covers went with the main mount (a root daemon's unmount is lazy).
+        pollConnection?.stop(abort: watcher.heardSignal)
+        pollConnection = nil
         requests.clear()
         return result
     }
 }
 
 extension FuseBridge {
+    /// `.auto` with a driver that can pend: the files of its devices get their own
+    /// connection (see PollConnection); without the privilege to mount it, one
+    /// connection with poll on, and the log says what that costs.
+    func startPollConnection(mountpoint: String, options: [String]) -> PollConnection? {
+        let log: (String) -> Void = { [io] in io.log?($0) }
+        guard geteuid() == 0 else {
+            log("poll: the devices that can pend share the mount's FUSE connection (only root may mount a second one): io_uring on every file of this mount pays a FUSE round trip per attempt (--poll off stops that, and poll on every file)")
+            return nil
+        }
+        switch PollConnection.start(bridge: self, mountpoint: mountpoint, options: options, log: log) {
+        case .failure(let e):
+            log("poll: no second FUSE connection (\(e)); poll goes to the drivers on one connection")
+            return nil
+        case .success(let c):
+            pollConnection = c
+            return c
+        }
+    }
+
+    /// Puts back the covers `wdmfs unmount` took off when the mount turned out busy.
+    func coverAll() {
+        guard let c = pollConnection else { return }
+        let tree = io.pnp.snapshot
+        sink.afterNotifications { [self] in
+            for link in tree.links where tree.presentLinks.contains(link) && canPend(link) { c.cover(link) }
+        }
+    }
+
     /// The FUSE connection of the mount at `path` (its device number's minor, the
     /// name of its directory under /sys/fs/fuse/connections), from /proc/self/mountinfo.
     static func connectionNumber(of path: String) -> String? {
@@ -244,6 +296,12 @@ extension FuseBridge {
     }
 }
 
+/// A value carried to another thread that the caller knows is safe there.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
 /// An open directory's listing (one per opendir; readdir calls share it).
 final class DirListing {
     var entries: [(String, fuse_ino_t, mode_t)]?
@@ -263,6 +321,9 @@ final class ShutdownWatcher: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
+    private let signalled = Atomic<Bool>(false)
+    /// Whether the end was a signal (SIGTERM from `wdmfs unmount --force`).
+    var heardSignal: Bool { signalled.load(ordering: .acquiring) }
 
     init() {
         if wake >= 0 { _ = cwdmsys_chain_signals_to_eventfd(wake) }
@@ -285,7 +346,10 @@ final class ShutdownWatcher: @unchecked Sendable {
                 let n = poll(&fds, 2, -1)
                 if n < 0 && Glibc.errno == EINTR { continue }
                 if stopping.load(ordering: .acquiring) || n < 0 { return }
-                if fds[0].revents & Int16(POLLIN) != 0 { break }  // a signal
+                if fds[0].revents & Int16(POLLIN) != 0 {  // a signal
+                    signalled.store(true, ordering: .releasing)
+                    break
+                }
                 guard fds[1].revents != 0 else { continue }
                 if detached { break }  // POLLERR: the connection ended
                 if let connection, !Self.listed(connection) {

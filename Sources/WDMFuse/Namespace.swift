@@ -71,6 +71,15 @@ extension FuseBridge {
                 if let gone, openInodes.withLock({ $0[gone] != nil }) { sink.invalidateInode(gone) }
             }
             sink.invalidateEntry(parent: 1, name: name)
+            if let c = pollConnection {
+                // The invalidation detaches a cover (the kernel's d_invalidate); a new
+                // name of a device that can pend gets one once the invalidation left.
+                if tree.presentLinks.contains(name), canPend(name) {
+                    sink.afterNotifications { c.cover(name) }
+                } else {
+                    c.forget(name)
+                }
+            }
         }
         if change.treeChanged || !change.links.isEmpty {
             invalidateTree(tree)

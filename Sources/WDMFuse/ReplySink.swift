@@ -41,6 +41,13 @@ public protocol ReplySink: AnyObject, Sendable {
     /// Tells the kernel that an inode's attributes changed (a name that went away
     /// leaves its open inode with link count 0).
     func invalidateInode(_ ino: UInt64)
+    /// Runs `work` once the notifications asked for so far have left (a cover
+    /// mount must not land before the invalidation of its name, which detaches it).
+    func afterNotifications(_ work: @escaping @Sendable () -> Void)
+}
+
+extension ReplySink {
+    public func afterNotifications(_ work: @escaping @Sendable () -> Void) { work() }
 }
 
 /// The obligation to answer one FUSE request exactly once.
@@ -125,6 +132,14 @@ final class LibfuseSink: ReplySink, @unchecked Sendable {
             defer { inFlight.leave() }
             guard let se = session else { return }
             _ = fuse_lowlevel_notify_inval_inode(se, ino, -1, 0)  // attributes only
+        }
+    }
+
+    func afterNotifications(_ work: @escaping @Sendable () -> Void) {
+        inFlight.enter()
+        notifications.async { [self] in
+            defer { inFlight.leave() }
+            work()
         }
     }
 

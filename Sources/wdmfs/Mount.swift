@@ -53,7 +53,7 @@ struct Mount: ParsableCommand {
     @Flag(help: .hidden)
     var notifyReady = false
 
-    @Option(help: "poll and select on device files: on (drivers that pend say how ready they are), off (every file is always ready; no FUSE round trip per poll, which io_uring writes need), or auto (on when a driver in the tree can pend).")
+    @Option(help: "poll and select on device files: auto (devices whose drivers can pend get a FUSE connection of their own where poll tells the truth; the rest are always ready, with no FUSE round trip per poll, which io_uring needs), on (one connection; every poll asks the drivers), or off (one connection; every file always ready).")
     var poll: FuseBridge.PollMode = .auto
 
     @Flag(help: "Mount even if MOUNTPOINT is not empty (its files are hidden while mounted).")

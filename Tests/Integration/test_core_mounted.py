@@ -255,7 +255,7 @@ def test_stats_read_in_small_pieces_under_load_is_always_well_formed(tree):
         for _ in range(50):
             r = subprocess.run(["dd", f"if={tree.dev('.stats')}", "bs=7", "status=none"], capture_output=True, text=True)
             lines = r.stdout.splitlines()
-            assert len(lines) == 7 and all(len(l.split()) == 2 and l.split()[1].isdigit() for l in lines), r.stdout
+            assert len(lines) == 8 and all(len(l.split()) == 2 and l.split()[1].isdigit() for l in lines), r.stdout
     finally:
         stop.set()
         t.join()
@@ -409,11 +409,13 @@ def test_client_code_does_not_link_libfuse():
         assert "import CFuse" not in open(os.path.join(ROOT, "Sources/WDMClient", f)).read()
 
 
-@pytest.mark.parametrize("mode", ["auto", "off"])
+@pytest.mark.parametrize("mode", ["auto", "on", "off"])
 def test_io_uring_writes_cost_poll_round_trips_only_while_poll_is_on(mode):
-    """With echo in the tree, --poll auto keeps poll (echo pends) and io_uring's
-    retries of a write each ask the daemon; --poll off answers the first FUSE_POLL
-    with ENOSYS and the kernel stops asking for the whole mount."""
+    """With echo in the tree, --poll on keeps poll on the one connection and
+    io_uring's attempts at a write each ask the daemon; --poll off answers the first
+    FUSE_POLL with ENOSYS and the kernel stops asking for the whole mount; auto (the
+    default) gives echo a connection of its own, so the RAM disk's connection stops
+    asking while echo's poll still tells the truth."""
     m = mount_tree(("--poll", mode))
     try:
         before = m.stats()["fuse_polls"]
@@ -421,26 +423,101 @@ def test_io_uring_writes_cost_poll_round_trips_only_while_poll_is_on(mode):
                         "--size=16m", "--number_ios=200", "--ioengine=io_uring", "--iodepth=1"],
                        capture_output=True, text=True, timeout=300, check=True)
         polls = m.stats()["fuse_polls"] - before
-        if mode == "off":
-            assert polls <= 1
-        else:
+        if mode == "on":
             assert polls >= 200  # at least one round trip per write
+        else:
+            assert polls <= 1
     finally:
         unmount_tree(m)
 
 
 def test_poll_off_reports_every_file_ready_and_poll_on_tells_the_truth():
     import select
-    for mode, empty_echo_readable in (("off", True), ("on", False)):
+    for mode, empty_echo_readable in (("off", True), ("on", False), ("auto", False)):
         m = mount_tree(("--poll", mode))
         try:
             fd = os.open(m.dev("echo"), os.O_RDONLY | os.O_NONBLOCK)
             try:
-                assert bool(select.select([fd], [], [], 0.2)[0]) == empty_echo_readable
+                assert bool(select.select([fd], [], [], 0.2)[0]) == empty_echo_readable, mode
             finally:
                 os.close(fd)
         finally:
             unmount_tree(m)
+
+
+def covers(path):
+    """The mounts directly under a tree: the files of devices with their own connection."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4].startswith(path + "/") and fields[fields.index("-") + 1] == "fuse.wdmfs":
+                out.append(fields[4][len(path) + 1:])
+    return out
+
+
+def settle(m):
+    """Returns once the PnP manager and the kernel notifications (and the covers
+    made after them) are done."""
+    with open(os.path.join(m.path, ".devices", ".control"), "w") as f:
+        f.write("settle\n")
+
+
+def echo_tells_the_truth(m):
+    """An empty echo is not readable; after a write it is."""
+    import select
+    fd = os.open(m.dev("echo"), os.O_RDWR | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                os.read(fd, 65536)
+            except BlockingIOError:
+                break
+        empty = select.select([fd], [], [], 0)[0]
+        os.write(fd, b"x")
+        full = select.select([fd], [], [], 5)[0]
+        os.read(fd, 1)
+        return not empty and bool(full)
+    finally:
+        os.close(fd)
+
+
+def test_echo_has_a_connection_of_its_own_that_follows_it_and_unmount_takes_it_off():
+    """--poll auto: echo's file is a mount of a second FUSE connection over the
+    tree's (another st_dev, the same inode number); it goes when echo is disabled
+    and comes back with it; `wdmfs unmount` takes it off first, and when the tree
+    is busy after all it puts it back."""
+    m = mount_tree()
+    try:
+        assert covers(m.path) == ["echo"]
+        assert os.stat(m.dev("echo")).st_dev != os.stat(m.dev("ramdisk0")).st_dev
+        listed = {e.name: e.inode() for e in os.scandir(m.path)}
+        assert listed["echo"] == os.stat(m.dev("echo")).st_ino
+        assert m.stats()["poll_connection_files"] == 1
+        assert echo_tells_the_truth(m)
+
+        subprocess.run([m.wdmfs, "disable", m.path, "echo"], check=True, capture_output=True)
+        assert covers(m.path) == [] and not os.path.exists(m.dev("echo"))
+        subprocess.run([m.wdmfs, "enable", m.path, "echo"], check=True, capture_output=True)
+        settle(m)
+        assert covers(m.path) == ["echo"]
+        assert echo_tells_the_truth(m)  # the new echo, not the one disabled
+
+        for busy in ("ramdisk0", "echo"):
+            fd = os.open(m.dev(busy), os.O_RDONLY)
+            try:
+                r = subprocess.run([m.wdmfs, "unmount", m.path], capture_output=True, text=True)
+                assert r.returncode != 0 and "still open" in r.stderr
+            finally:
+                os.close(fd)
+            settle(m)  # the daemon put the cover back
+            assert covers(m.path) == ["echo"], busy
+            assert echo_tells_the_truth(m)
+        r = subprocess.run([m.wdmfs, "unmount", m.path], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(m.path) and covers(m.path) == []
+    finally:
+        unmount_tree(m)
 
 
 def test_an_o_nonblock_writer_behind_a_blocked_writer_waits_in_the_kernel_as_documented(tree):
@@ -796,13 +873,16 @@ def test_disabling_a_device_someone_has_open_is_vetoed_and_it_keeps_serving(tree
         os.close(fd)
 
 
-def test_an_unmount_ends_the_daemon_even_when_a_driver_keeps_a_close(tmp_path):
+@pytest.mark.parametrize("poll, umount", [("on", ["umount"]), ("auto", ["umount", "-l"])])
+def test_an_unmount_ends_the_daemon_even_when_a_driver_keeps_a_close(tmp_path, poll, umount):
     """The last close of a handle waits in a driver forever (the kernel sends
-    RELEASE and does not wait). A plain unmount must still end the daemon: the end
-    of the connection is heard at once (the mount table, then /dev/fuse), the
-    waiting CLOSE is given up after the grace, and the daemon exits."""
+    RELEASE and does not wait). An unmount by the system's tool must still end the
+    daemon: the end of the connection is heard at once (the mount table, then
+    /dev/fuse), the waiting CLOSE is given up after the grace, and the daemon exits.
+    (With echo's own connection mounted over its file, a plain umount finds the
+    tree busy, as documented; umount -l takes both.)"""
     log = tmp_path / "daemon.log"
-    mp, daemon = foreground_daemon(log, "--tree", "test")
+    mp, daemon = foreground_daemon(log, "--tree", "test", "--poll", poll)
     try:
         assert wait_for(lambda: is_mounted(mp))
         fd = os.open(os.path.join(mp, "misbehave"), os.O_RDWR)
@@ -814,7 +894,7 @@ def test_an_unmount_ends_the_daemon_even_when_a_driver_keeps_a_close(tmp_path):
                 return int(dict(line.split() for line in f if line.strip())["irps_pended"])
         assert wait_for(lambda: pended() >= 1)  # the CLOSE waits in the driver
         t0 = time.monotonic()
-        subprocess.run(["umount", mp], check=True, capture_output=True)
+        subprocess.run([*umount, mp], check=True, capture_output=True)
         assert daemon.wait(10) == 0
         assert time.monotonic() - t0 < 5.0
         assert "a synchronous request abandoned at shutdown" in log.read_text()
