@@ -21,6 +21,11 @@ public enum MisbehaveDriver {
     /// A read at this offset claims the whole buffer and writes none of it.
     public static let unwrittenOffset: Int64 = 4096
 
+    /// Not a bug: answers the device's count of late writes (`lateWrites`) as a
+    /// little-endian UInt64, so a test on a mount can wait for one to have happened.
+    /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x920, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
+    public static let lateWritesCode = ControlCode(deviceType: DeviceType.unknown, function: 0x920, method: .buffered, access: [])
+
     /// `CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS)`.
     public enum Bug: UInt32, CaseIterable, Sendable {
         /// IoCompleteRequest twice (bug check 0x44).
@@ -106,6 +111,16 @@ public enum MisbehaveDriver {
         driver.majorFunction[.deviceControl] = { device, irp in
             let ext = device.deviceExtension(as: Extension.self)
             let code = irp.parameters.deviceIoControl.ioControlCode
+            if code == lateWritesCode {
+                let out = irp.systemBuffer
+                guard irp.parameters.deviceIoControl.outputBufferLength >= 8, let out else {
+                    irp.complete(.bufferTooSmall)
+                    return .bufferTooSmall
+                }
+                out.storeBytes(of: UInt64(ext.lateWrites.load(ordering: .acquiring)).littleEndian, as: UInt64.self)
+                irp.complete(.success, information: 8)
+                return .success
+            }
             guard let bug = Bug.allCases.first(where: { $0.code == code }) else {
                 irp.complete(.invalidDeviceRequest)
                 return .invalidDeviceRequest
