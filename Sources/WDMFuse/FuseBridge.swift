@@ -83,6 +83,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case root
         case stats
         case power
+        case verifier
         case treeDir(String)
         case treeFile(String, NodeFile)
         case symlink(String)
@@ -95,7 +96,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     struct Inodes {
         var byName: [String: fuse_ino_t] = [:]
         var byInode: [fuse_ino_t: String] = [:]
-        var next: fuse_ino_t = 4
+        var next: fuse_ino_t = 5
         var nextTree: fuse_ino_t = 0
 
         /// The inode of a `.devices`/`.interfaces` path, numbered at first sight
@@ -219,6 +220,12 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             cfuse_fi_set_direct_io(fi)
             noteOpened(ino)
             reply.open(fi)
+        case .verifier:
+            // Reading says what Verifier checks and what it found; writing changes what it checks.
+            fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(verifierText)).toOpaque()))
+            cfuse_fi_set_direct_io(fi)
+            noteOpened(ino)
+            reply.open(fi)
         case .power:
             // Reading says the system power state; writing S0...S5 moves the system there.
             fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot("\(io.systemPowerState)\n")).toOpaque()))
@@ -309,6 +316,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     func write(_ req: FuseRequestHandle, _ ino: fuse_ino_t, _ data: UnsafePointer<CChar>?, _ size: Int, _ off: Int, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         if InodeKind(ino) == .power {
             writePower(FuseReply(req, sink), data, size)
+            return
+        }
+        if InodeKind(ino) == .verifier {
+            writeVerifier(FuseReply(req, sink), data, size)
             return
         }
         if InodeKind(ino).isTree {

@@ -1,5 +1,6 @@
 // Namespace: what the mount's names and inode numbers are. Device files get
-// numbers from 4 as their names are first seen; `.stats` is 2, `.power` 3;
+// numbers from 5 as their names are first seen; `.stats` is 2, `.power` 3,
+// `.verifier` 4;
 // `.devices` and `.interfaces` paths number from `treeBase`, and a node's files
 // derive theirs from their directory's (`fileBase`). `InodeKind` is the one place
 // the ranges are read. Lookups, attributes and invalidation follow the snapshots
@@ -11,7 +12,7 @@ import WDM
 
 /// What an inode number names, by its range.
 enum InodeKind: Equatable {
-    case root, stats, power
+    case root, stats, power, verifier
     /// A device's file (its name is in the inode table).
     case deviceFile
     /// A `.devices` or `.interfaces` path (in the inode table).
@@ -24,6 +25,7 @@ enum InodeKind: Equatable {
         case 1: self = .root
         case 2: self = .stats
         case 3: self = .power
+        case 4: self = .verifier
         case FuseBridge.fileBase...: self = .nodeFile
         case FuseBridge.treeBase...: self = .treeEntry
         default: self = .deviceFile
@@ -34,7 +36,7 @@ enum InodeKind: Equatable {
     var isTree: Bool { self == .treeEntry || self == .nodeFile }
     /// A file of the bridge's own: its handle holds a text snapshot (or nothing,
     /// for a control file), never a file object.
-    var isVirtual: Bool { self == .stats || self == .power || isTree }
+    var isVirtual: Bool { self == .stats || self == .power || self == .verifier || isTree }
 }
 
 extension FuseBridge {
@@ -42,6 +44,7 @@ extension FuseBridge {
     func inode(of name: String, in tree: TreeSnapshot? = nil) -> fuse_ino_t? {
         if name == ".stats" { return 2 }
         if name == ".power" { return 3 }
+        if name == ".verifier" { return 4 }
         guard (tree ?? io.pnp.snapshot).presentLinks.contains(name) else { return nil }
         return inodes.withLock { t in
             if let ino = t.byName[name] { return ino }
@@ -134,7 +137,7 @@ extension FuseBridge {
     /// The entries of the root directory now: `.stats`, then every device file.
     var rootEntries: [(name: String, ino: fuse_ino_t)] {
         let tree = io.pnp.snapshot
-        return [(".stats", 2), (".power", 3)] + (treeInode(".devices", in: tree).map { [(".devices", $0)] } ?? [])
+        return [(".stats", 2), (".power", 3), (".verifier", 4)] + (treeInode(".devices", in: tree).map { [(".devices", $0)] } ?? [])
             + (treeInode(".interfaces", in: tree).map { [(".interfaces", $0)] } ?? [])
             + tree.links.compactMap { name in inode(of: name, in: tree).map { (name, $0) } }
     }
@@ -144,6 +147,7 @@ extension FuseBridge {
         case .root: return .root
         case .stats: return .stats
         case .power: return .power
+        case .verifier: return .verifier
         case .treeEntry, .nodeFile:
             guard let path = treePath(ino) else { return nil }
             switch resolve(path) {
@@ -176,7 +180,7 @@ extension FuseBridge {
         case .stats:
             st.st_mode = Glibc.S_IFREG | 0o444
             st.st_nlink = 1
-        case .power:
+        case .power, .verifier:
             st.st_mode = Glibc.S_IFREG | 0o644
             st.st_nlink = 1
         case .treeDir:

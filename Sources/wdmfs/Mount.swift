@@ -7,6 +7,7 @@ import Glibc
 import WDM
 import WDMClient
 import WDMFuse
+import Synchronization
 
 struct Mount: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -56,6 +57,12 @@ struct Mount: ParsableCommand {
     @Option(help: "poll and select on device files: auto (devices whose drivers can pend get a FUSE connection of their own where poll tells the truth; the rest are always ready, with no FUSE round trip per poll, which io_uring needs), on (one connection; every poll asks the drivers), or off (one connection; every file always ready).")
     var poll: FuseBridge.PollMode = .auto
 
+    @Option(help: "Driver Verifier's rules for these drivers: all, none, or names with commas (RamDisk,Echo). Changeable while mounted: wdmfs verify.")
+    var verify = "none"
+
+    @Option(help: "What a verifier violation does: log (report it), fail (also fail the IRP with STATUS_DRIVER_INTERNAL_ERROR), or bugcheck (report it and end the daemon, every request answered).")
+    var verifierAction: Verifier.Action = .log
+
     @Flag(help: "Mount even if MOUNTPOINT is not empty (its files are hidden while mounted).")
     var nonempty = false
 
@@ -100,6 +107,8 @@ struct Mount: ParsableCommand {
             if nonempty { args.append("--nonempty") }
             if checked { args.append("--checked") }
             if poll != .auto { args += ["--poll", poll.rawValue] }
+            if verify != "none" { args += ["--verify", verify] }
+            if verifierAction != .log { args += ["--verifier-action", verifierAction.rawValue] }
             if tree != "default" { args += ["--tree", ["bench", "test"].contains(tree) ? tree : Daemon.absolute(tree)] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)
@@ -138,12 +147,33 @@ struct Mount: ParsableCommand {
         let io = IOManager(bounceBuffers: bounceBuffers, checkedBuffers: checked)
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }
+        io.verifier.action = verifierAction
+        // The bug check: the report is logged (above); a daemon that serves ends as
+        // on SIGTERM, every request answered; one still building its tree fails the mount.
+        let serving = Atomic<Bool>(false)
+        io.verifier.onBugCheck = { v in
+            guard serving.load(ordering: .acquiring) else { return }
+            Daemon.log("wdmfs: bug check 0xC9 (DRIVER_VERIFIER_IOMANAGER_VIOLATION): \(v.rule.rawValue) by \(v.driver ?? "?"); unmounting")
+            kill(getpid(), SIGTERM)
+        }
+        // What the tree's drivers are is known once it is built; Verifier is set
+        // before, so that AddDevice's checks apply: names are checked after.
+        io.verifier.scope = Verifier.Scope(verify) ?? .none
         do {
             try description.build(into: io)
         } catch {
             fail("could not build the device tree: \(error)")
         }
         let bridge = FuseBridge(io: io)
+        if case .failure(let why) = bridge.verifierScope(verify) {
+            io.unloadAll()
+            fail("--verify: \(why)")
+        }
+        if let v = io.verifier.bugCheck {
+            io.unloadAll()
+            fail("bug check 0xC9 (DRIVER_VERIFIER_IOMANAGER_VIOLATION) while the tree was built: \(v)")
+        }
+        serving.store(true, ordering: .releasing)
         for (name, p) in description.permissions { bridge.permissions[name] = (p.mode, p.owner, p.group) }
         bridge.pollMode = poll
         let result: Int32
@@ -164,6 +194,7 @@ struct Mount: ParsableCommand {
         io.setSystemPower(.shutdown)
         io.unloadAll()
         Daemon.log("wdmfs: unmounted \(path)")
+        if io.verifier.bugCheck != nil { throw ExitCode(3) }
         if result < 0 { throw ExitCode(1) }
     }
 }
@@ -176,6 +207,7 @@ func fail(_ message: String) -> Never {
 }
 
 extension FuseBridge.PollMode: ExpressibleByArgument {}
+extension Verifier.Action: ExpressibleByArgument {}
 
 /// `path` as a shell word: as it is when it is plain, else in single quotes.
 func shellQuoted(_ path: String) -> String {

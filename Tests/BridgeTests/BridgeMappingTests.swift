@@ -444,12 +444,12 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
     /// the bridge's own files are virtual (a device's file holds a file object).
     @Test func everyInodeNumberHasOneKind() {
         let cases: [(fuse_ino_t, InodeKind)] = [
-            (1, .root), (2, .stats), (3, .power), (4, .deviceFile), (FuseBridge.treeBase - 1, .deviceFile),
+            (1, .root), (2, .stats), (3, .power), (4, .verifier), (5, .deviceFile), (FuseBridge.treeBase - 1, .deviceFile),
             (FuseBridge.treeBase, .treeEntry), (FuseBridge.fileBase - 1, .treeEntry),
             (FuseBridge.fileBase, .nodeFile), (FuseBridge.fileBase + (7 << 5) + 3, .nodeFile),
         ]
         for (ino, kind) in cases { #expect(InodeKind(ino) == kind, "\(ino)") }
-        #expect(cases.filter { InodeKind($0.0).isVirtual }.map(\.1) == [.stats, .power, .treeEntry, .treeEntry, .nodeFile, .nodeFile])
-        #expect(!InodeKind(1).isVirtual && !InodeKind(4).isVirtual)
+        #expect(cases.filter { InodeKind($0.0).isVirtual }.map(\.1) == [.stats, .power, .verifier, .treeEntry, .treeEntry, .nodeFile, .nodeFile])
+        #expect(!InodeKind(1).isVirtual && !InodeKind(5).isVirtual)
     }
 }

@@ -36,7 +36,7 @@ def late_writes(fd):
 
 @pytest.fixture
 def test_tree():
-    m = mount_tree(("--tree", "test"))
+    m = mount_tree(("--tree", "test", "--verify", "all"))
     try:
         yield m
     finally:
@@ -223,7 +223,7 @@ def test_verifier_rules_are_reported_when_mounted(test_tree, bug, rule):
 
 def test_a_filter_that_copies_nothing_is_reported_when_the_tree_is_built(test_tree):
     text = log_text(test_tree)
-    assert "filterFlagsNotCopied" in text and "\\Driver\\LazyFilter" in text
+    assert "NotCopied [0xC9/0x2" in text and "\\Driver\\LazyFilter" in text
     with open(test_tree.dev("lazy-null"), "wb") as f:
         f.write(b"still works")
 
@@ -591,7 +591,7 @@ def test_a_tree_file_is_mounted_as_described(tmp_path):
         "    mode: '0640'\n")
     m = mount_tree(("--tree", str(tree_file)))
     try:
-        assert sorted(os.listdir(m.path)) == [".devices", ".interfaces", ".power", ".stats", "disk-b", "small"]
+        assert sorted(os.listdir(m.path)) == [".devices", ".interfaces", ".power", ".stats", ".verifier", "disk-b", "small"]
         assert os.stat(m.dev("small")).st_size == 1 << 20
         st = os.stat(m.dev("disk-b"))
         assert st.st_size == 2 << 20 and st.st_mode & 0o777 == 0o640

@@ -101,11 +101,31 @@ import WDMTesting
         }) == [.completedWithCancelRoutine])
     }
 
-    @Test func informationLargerThanTheBufferIsReportedInProcessToo() throws {
+    @Test func informationLargerThanAReadIsReportedButIsNotVerifiers0x312() throws {
         #expect(try rules(function: { _, irp in
             irp.complete(.success, information: 4096)
             return .success
-        }) == [.informationExceedsBuffer])
+        }) == [.informationExceedsLength])
+        #expect(Verifier.Rule.informationExceedsLength.windowsCode.hasPrefix("none"))
+    }
+
+    /// 0x312 is about METHOD_BUFFERED output; a direct method's Information is
+    /// checked against its output too, under the rule with no Windows code.
+    @Test func informationLargerThanTheOutputIs0x312OnlyForMethodBuffered() throws {
+        var found: [TransferMethod: [Verifier.Rule]] = [:]
+        for method in [TransferMethod.buffered, .outDirect] {
+            let io = IOManager()
+            _ = try buildStack(io, function: [.deviceControl: { _, irp in
+                irp.complete(.success, information: irp.parameters.deviceIoControl.outputBufferLength + 1)
+                return .success
+            }])
+            let host = EmbeddedHost(io)
+            _ = host.deviceIoControl(try host.open("dev"), ControlCode(deviceType: DeviceType.unknown, function: 0x800, method: method, access: []), outputLength: 8)
+            found[method] = io.verifier.violations.map(\.rule)
+        }
+        #expect(found[.buffered] == [.informationExceedsBuffer])
+        #expect(found[.outDirect] == [.informationExceedsLength])
+        #expect(Verifier.Rule.informationExceedsBuffer.windowsCode == "0xC9/0x312")
     }
 
     @Test func callingDownFromTheBottomIsReported() throws {
@@ -114,6 +134,7 @@ import WDMTesting
             return device.lowerDevice!.callLower(irp)  // the PDO has nothing below it
         })
         #expect(r == [.callDownWithNoLowerDevice], "\(r)")
+        #expect(Verifier.Rule.callDownWithNoLowerDevice.windowsCode == "0xC9/0x204")
     }
 
     @Test func runningOutOfStackLocationsIsReported() throws {
@@ -215,13 +236,15 @@ import WDMTesting
         #expect(top.flags.isSuperset(of: [.directIO, .powerPagable]) && top.deviceType == DeviceType.disk && top.characteristics == 1)
         try io.addRootDevice(instanceName: "bad", functionDriver: disk, upperFilters: [lazy])
         let v = io.verifier.violations
-        #expect(v.map(\.rule) == [.filterFlagsNotCopied, .filterFlagsNotCopied, .filterFlagsNotCopied])
+        // One rule per Verifier code; Characteristics not copied has none, so no report.
+        #expect(v.map(\.rule) == [.filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied])
+        #expect(v.map(\.rule.windowsCode) == ["0xC9/0x244", "0xC9/0x23F", "0xC9/0x246"])
         #expect(v.allSatisfy { $0.driver == "\\Driver\\Lazy" })
         // Windows' names, never Swift's (`DeviceFlags(rawValue: 8208)`).
         #expect(v.map(\.detail) == [
-            "Flags 0, below: DO_DIRECT_IO | DO_POWER_PAGABLE",
+            "Flags 0, below: DO_DIRECT_IO",
             "DeviceType FILE_DEVICE_UNKNOWN (0x22), below: FILE_DEVICE_DISK (0x7)",
-            "Characteristics 0, below: FILE_REMOVABLE_MEDIA",
+            "Flags 0, below: DO_POWER_PAGABLE",
         ])
         #expect(v.allSatisfy { $0.description.contains("by \\Driver\\Lazy device (bad)") && !$0.description.contains("rawValue") }, "\(v)")
     }
@@ -294,5 +317,102 @@ import WDMTesting
             "call TestFilter0@3", "call TestFunction@3", "completed STATUS_SUCCESS",
             "return TestFunction STATUS_SUCCESS", "return TestFilter0 STATUS_SUCCESS",
         ])
+    }
+
+    // MARK: - Opt-in per driver, and the actions
+
+    /// Two stacks, one driver each, both breaking 0x312; which are reported
+    /// depends on the scope. The I/O manager's own checks stay on regardless.
+    func scoped(_ scope: Verifier.Scope, action: Verifier.Action = .log) throws -> (io: IOManager, statuses: [NTStatus]) {
+        let io = IOManager()
+        io.verifier.scope = scope
+        io.verifier.action = action
+        let tooMuch: DispatchRoutine = { _, irp in
+            irp.complete(.success, information: irp.parameters.deviceIoControl.outputBufferLength + 1)
+            return .success
+        }
+        for name in ["Alpha", "Beta"] {
+            let d = try io.loadDriver(name: name) { d in
+                d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown) }
+                d.majorFunction.succeed([.create, .cleanup, .close])
+                d.majorFunction[.pnp] = PnP.functionDispatch()
+                d.majorFunction[.deviceControl] = tooMuch
+                return .success
+            }
+            try io.addRootDevice(instanceName: name.lowercased(), functionDriver: d)
+        }
+        let host = EmbeddedHost(io)
+        let code = ControlCode(deviceType: DeviceType.unknown, function: 0x800, method: .buffered, access: [])
+        var statuses: [NTStatus] = []
+        for link in ["alpha", "beta"] { statuses.append(host.deviceIoControl(try host.open(link), code, outputLength: 4).status) }
+        return (io, statuses)
+    }
+
+    @Test func verifierChecksOnlyTheDriversItIsToldTo() throws {
+        #expect(try scoped(.all).io.verifier.violations.compactMap(\.driver) == ["\\Driver\\Alpha", "\\Driver\\Beta"])
+        #expect(try scoped(.drivers(["Beta"])).io.verifier.violations.compactMap(\.driver) == ["\\Driver\\Beta"])
+        #expect(try scoped(.drivers(["\\Driver\\Alpha"])).io.verifier.violations.compactMap(\.driver) == ["\\Driver\\Alpha"])
+        #expect(try scoped(.none).io.verifier.violations.isEmpty)
+    }
+
+    @Test func theScopeChangesWhileDriversRun() throws {
+        let (io, _) = try scoped(.none)
+        io.verifier.scope = .drivers(["Alpha"])
+        let host = EmbeddedHost(io)
+        let code = ControlCode(deviceType: DeviceType.unknown, function: 0x800, method: .buffered, access: [])
+        for link in ["alpha", "beta"] { _ = host.deviceIoControl(try host.open(link), code, outputLength: 4) }
+        #expect(io.verifier.violations.compactMap(\.driver) == ["\\Driver\\Alpha"])
+    }
+
+    @Test func theIOManagersOwnChecksStayOnWithVerifierOff() throws {
+        let io = IOManager()
+        io.verifier.scope = .none
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success)
+            irp.complete(.success)  // bug check 0x44, whatever Verifier checks
+            return .success
+        }])
+        let host = EmbeddedHost(io)
+        _ = host.read(try host.open("dev"), count: 1)
+        #expect(io.verifier.violations.map(\.rule) == [.completedTwice])
+        #expect(!Verifier.Rule.completedTwice.isOptIn)
+    }
+
+    @Test func theFailActionFailsTheIRPWithTheReportSayingSo() throws {
+        let (io, statuses) = try scoped(.drivers(["Alpha"]), action: .fail)
+        #expect(statuses == [.driverInternalError, .success])
+        let v = try #require(io.verifier.violations.first)
+        #expect(v.outcome == "failed the IRP: STATUS_DRIVER_INTERNAL_ERROR")
+        // The report names the rule, its code, the driver, the device, the IRP,
+        // its location and the call.
+        let line = v.description
+        for part in ["informationExceedsBuffer", "[0xC9/0x312]", "IRP_MJ_DEVICE_CONTROL", "\\Driver\\Alpha", "(alpha)", "location 2 of 2", "in IoCompleteRequest"] {
+            #expect(line.contains(part), "\(part) in \(line)")
+        }
+    }
+
+    @Test func theBugCheckActionStopsOnceAtTheFirstViolation() throws {
+        let stops = Mutex<[Verifier.Rule]>([])
+        let io = IOManager()
+        io.verifier.action = .bugcheck
+        io.verifier.onBugCheck = { v in stops.withLock { $0.append(v.rule) } }
+        _ = try buildStack(io, function: [.read: { _, irp in
+            irp.complete(.success, information: 4096)
+            return .success
+        }])
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        _ = host.read(f, count: 4)
+        _ = host.read(f, count: 4)
+        #expect(stops.withLock { $0 } == [.informationExceedsLength])
+        #expect(io.verifier.bugCheck?.rule == .informationExceedsLength)
+        #expect(io.verifier.count == 2)
+    }
+
+    @Test func scopesParseAsTheCommandLineGivesThem() {
+        #expect(Verifier.Scope("all") == .all)
+        #expect(Verifier.Scope("none") == Verifier.Scope.none)
+        #expect(Verifier.Scope(" Echo, \\Driver\\RamDisk ") == .drivers(["Echo", "RamDisk"]))
+        #expect(Verifier.Scope("Echo,,RamDisk") == nil)
     }
 }

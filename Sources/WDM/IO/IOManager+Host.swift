@@ -257,6 +257,7 @@ extension IOManager {
             p.locations[loc].parameters.deviceIoControl.inputBufferLength = inputLength
             p.locations[loc].parameters.deviceIoControl.outputBufferLength = outputLength
             p.informationLimit = outputLength
+            p.informationIsBufferedOutput = code.method == .buffered
             guard let buffer else { return nil }
             if let borrowedFrom { borrow(p, from: borrowedFrom, to: buffer + capacity) }
             prepareDeviceControlBuffers(p, loc, code.method, buffer, inputLength, outputLength)

@@ -84,6 +84,7 @@ public final class IOManager: @unchecked Sendable {
         self.checkedBuffers = checkedBuffers
         pnp = PnPManager(io: self)
         if verifierRules { addObserver(VerifierRules(verifier)) }
+        verifier.drivers = { [unowned self] in self.loadedDrivers }
         verifier.driverNames = { [unowned self] id in
             self.loadedDrivers.first { ObjectIdentifier($0) == id }?.name
         }
@@ -130,6 +131,7 @@ public final class IOManager: @unchecked Sendable {
     /// Loads a driver: creates its driver object and calls `DriverEntry`.
     public func loadDriver(name: String, entry: DriverEntry) throws(NTStatus) -> DriverObject {
         let driver = DriverObject(name: name.hasPrefix("\\") ? name : "\\Driver\\" + name, ioManager: self)
+        driver.verified.store(verifier.scope.covers(driver.name), ordering: .relaxed)
         let status = entry(driver)
         guard status.isSuccess else { throw status }
         drivers.withLock { $0.append(driver) }
@@ -445,6 +447,7 @@ public final class IOManager: @unchecked Sendable {
 
     /// Hands a completed IRP to its requester, then frees it (a synchronous caller frees its own).
     private func deliver(_ irp: IRP, asynchronously: Bool) {
+        defer { verifier.stopIfDue() }
         let p = irp.packet
         p.completedAsynchronously = asynchronously
         guard let requester = p.requester else { return noteDelivery() }

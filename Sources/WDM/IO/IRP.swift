@@ -319,6 +319,11 @@ public final class IRPPacket: @unchecked Sendable {
     @exclusivity(unchecked) var ownedCopy: UnsafeMutableRawPointer?
     /// The buffer lengths the verifier checks Information against (0: not checked).
     @exclusivity(unchecked) var informationLimit = -1
+    /// Whether `informationLimit` is a METHOD_BUFFERED output length (Verifier's 0x312).
+    @exclusivity(unchecked) var informationIsBufferedOutput = false
+    /// The device whose driver called IoCompleteRequest (set by the verifier's
+    /// rules as the walk starts; read by them when it ends).
+    @exclusivity(unchecked) unowned(unsafe) var completer: DeviceObject?
     /// A synchronous caller's wait, tagged with the IRP's generation:
     /// generation << 8 | `SyncWait`. Exactly one of the completion (`delivered`)
     /// and the shutdown (`abandoned`) moves it on from `waiting`, and only that one
@@ -519,6 +524,7 @@ public final class IRPPacket: @unchecked Sendable {
         borrowedCount = 0
         borrowBase = nil
         informationLimit = -1
+        informationIsBufferedOutput = false
         queuedStatus = nil
         completedAsynchronously = false
         syncWait.store(0, ordering: .relaxed)

@@ -45,6 +45,8 @@ public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
     @inlinable public static var moreProcessingRequired: NTStatus { NTStatus(0xC000_0016) }
     /// `STATUS_ACCESS_DENIED`
     @inlinable public static var accessDenied: NTStatus { NTStatus(0xC000_0022) }
+    /// `STATUS_DRIVER_INTERNAL_ERROR`: what Verifier's `fail` action completes an IRP with.
+    @inlinable public static var driverInternalError: NTStatus { NTStatus(0xC000_0183) }
     /// `STATUS_BUFFER_TOO_SMALL`
     @inlinable public static var bufferTooSmall: NTStatus { NTStatus(0xC000_0023) }
     /// `STATUS_DELETE_PENDING`
@@ -77,7 +79,7 @@ public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
         (.insufficientResources, "STATUS_INSUFFICIENT_RESOURCES"),
         (.deviceNotReady, "STATUS_DEVICE_NOT_READY"), (.ioTimeout, "STATUS_IO_TIMEOUT"),
         (.notSupported, "STATUS_NOT_SUPPORTED"), (.cancelled, "STATUS_CANCELLED"),
-        (.deviceRemoved, "STATUS_DEVICE_REMOVED"),
+        (.deviceRemoved, "STATUS_DEVICE_REMOVED"), (.driverInternalError, "STATUS_DRIVER_INTERNAL_ERROR"),
     ]
 
     /// The WDK name (`STATUS_ACCESS_DENIED`), or nil for a code this model does not name.

@@ -20,6 +20,8 @@ public typealias DriverEntry = @Sendable (_ driver: DriverObject) -> NTStatus
 public final class DriverObject: @unchecked Sendable {
     /// `DriverName`, such as `\Driver\RamDisk`.
     public let name: String
+    /// Whether Driver Verifier's opt-in rules check this driver (`Verifier.scope`).
+    public let verified = Atomic<Bool>(false)
     /// The I/O manager the driver was loaded into.
     // unowned(unsafe): the I/O manager outlives what it owns; read on every IRP.
     public unowned(unsafe) let ioManager: IOManager

@@ -166,7 +166,7 @@ extension PnPManager {
             }
             let top = pdo.topOfStack
             if top.flags.contains(.deviceInitializing) {
-                io.verifier.report(.deviceInitializingLeftSet, device: top)
+                if io.verifier.verifies(top.driverObject) { io.verifier.report(.deviceInitializingLeftSet, device: top) }
                 top.flags.remove(.deviceInitializing)
             }
             if top !== below, driver !== functionDriver || filters.contains(ObjectIdentifier(driver)) {

@@ -39,8 +39,15 @@ public final class Verifier: @unchecked Sendable {
         case freedInFlight
         /// AddDevice returned with DO_DEVICE_INITIALIZING still set.
         case deviceInitializingLeftSet
-        /// A filter did not copy the buffering / power-pagable flags, DeviceType or Characteristics from the device below.
-        case filterFlagsNotCopied
+        /// A filter did not copy DO_BUFFERED_IO / DO_DIRECT_IO from the device below.
+        case filterBufferingNotCopied
+        /// A filter did not copy DeviceType from the device below.
+        case filterDeviceTypeNotCopied
+        /// A filter did not copy DO_POWER_PAGABLE from the device below.
+        case filterPowerPagableNotCopied
+        /// IoStatus.Information larger than a read's length or a query's buffer
+        /// (not Verifier's 0x312, which is about METHOD_BUFFERED output).
+        case informationExceedsLength
         /// A driver unloaded with devices it never deleted.
         case unloadWithDevices
         /// Checked mode: a request's buffer changed after the request completed (a driver kept it).
@@ -62,18 +69,108 @@ public final class Verifier: @unchecked Sendable {
             case .returnedWithoutCompleting: "0xC9/0x226"
             case .statusMismatch: "0xC9/0x224"
             case .pendingNotPropagated: "0xC9/0x228"
-            case .noStackLocationsLeft: "bug check 0x35"
-            case .callDownWithNoLowerDevice: "bug check 0x35"
+            case .noStackLocationsLeft: "0xC9/0x208 (then bug check 0x35)"
+            case .callDownWithNoLowerDevice: "0xC9/0x204"
             case .informationExceedsBuffer: "0xC9/0x312"
             case .freedInFlight: "0xC9/0x20A"
             case .deviceInitializingLeftSet: "0xC9/0x243"
-            case .filterFlagsNotCopied: "0xC9/0x244, 0x23F, 0x246"
+            case .filterBufferingNotCopied: "0xC9/0x244"
+            case .filterDeviceTypeNotCopied: "0xC9/0x23F"
+            case .filterPowerPagableNotCopied: "0xC9/0x246"
+            case .informationExceedsLength: "none (the I/O manager returns at most the buffer)"
             case .unloadWithDevices: "bug check 0xCE"
             case .bufferWrittenAfterCompletion: "none (Special Pool would catch it)"
             case .neverCompleted: "none (Windows waits 5 minutes for a cancelled IRP)"
             case .requestToDeletedDevice: "none (on Windows a use after free: bug check 0xD5 under Special Pool)"
             }
         }
+
+        /// The call that broke the rule.
+        public var call: String {
+            switch self {
+            case .completedTwice, .staleIrpUsed, .completedWithPendingStatus, .completedWithCancelRoutine: "IoCompleteRequest"
+            case .pendingWithoutMark, .returnedWithoutCompleting, .statusMismatch: "the dispatch routine's return"
+            case .markedPendingReturnedOther: "IoMarkIrpPending, then the dispatch routine's return"
+            case .pendingNotPropagated: "the completion routine's return"
+            case .noStackLocationsLeft: "IoCallDriver (or IoCopyCurrentIrpStackLocationToNext, IoSetCompletionRoutine)"
+            case .callDownWithNoLowerDevice: "IoCallDriver"
+            case .informationExceedsBuffer, .informationExceedsLength: "IoCompleteRequest (IoStatus.Information)"
+            case .freedInFlight: "IoFreeIrp"
+            case .deviceInitializingLeftSet: "AddDevice's return"
+            case .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied: "IoAttachDeviceToDeviceStack, then AddDevice's return"
+            case .unloadWithDevices: "DriverUnload's return"
+            case .bufferWrittenAfterCompletion: "a write into a buffer after IoCompleteRequest"
+            case .neverCompleted: "no IoCompleteRequest after IoCancelIrp"
+            case .requestToDeletedDevice: "a request after IoDeleteDevice"
+            }
+        }
+
+        /// Driver Verifier's own rules, checked only for the drivers it verifies
+        /// (`Verifier.scope`). The rest are the I/O manager's consistency checks,
+        /// always on: it must act on them to keep every request answered once.
+        public var isOptIn: Bool {
+            switch self {
+            case .completedWithPendingStatus, .pendingWithoutMark, .markedPendingReturnedOther, .returnedWithoutCompleting,
+                 .statusMismatch, .pendingNotPropagated, .informationExceedsBuffer, .informationExceedsLength,
+                 .deviceInitializingLeftSet, .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied:
+                true
+            default: false
+            }
+        }
+    }
+
+    /// Which drivers Verifier checks.
+    public enum Scope: Equatable, Sendable, CustomStringConvertible {
+        case none, all
+        /// By name, with or without `\Driver\` (`Misbehave`, `\Driver\Misbehave`).
+        case drivers(Set<String>)
+
+        /// `all`, `none`, or names separated by commas.
+        public init?(_ text: String) {
+            let t = Scope.trimmed(text)
+            switch t {
+            case "all": self = .all
+            case "none", "": self = .none
+            default:
+                let names = t.split(separator: ",", omittingEmptySubsequences: false).map { Scope.shortName(Scope.trimmed(String($0))) }
+                guard !names.contains(where: \.isEmpty) else { return nil }
+                self = .drivers(Set(names))
+            }
+        }
+
+        static func trimmed(_ s: String) -> String {
+            String(s.drop(while: { $0 == " " || $0 == "\t" || $0 == "\n" }).reversed().drop(while: { $0 == " " || $0 == "\t" || $0 == "\n" }).reversed())
+        }
+
+        static func shortName(_ n: String) -> String { n.hasPrefix("\\Driver\\") ? String(n.dropFirst(8)) : n }
+
+        public func covers(_ driverName: String) -> Bool {
+            switch self {
+            case .none: false
+            case .all: true
+            case .drivers(let names): names.contains { Scope.shortName($0) == Scope.shortName(driverName) }
+            }
+        }
+
+        public var description: String {
+            switch self {
+            case .none: "none"
+            case .all: "all"
+            case .drivers(let names): names.sorted().joined(separator: ",")
+            }
+        }
+    }
+
+    /// What a violation of an opt-in rule does besides being reported.
+    public enum Action: String, Sendable, CaseIterable {
+        /// Report only.
+        case log
+        /// Report, and fail the IRP with STATUS_DRIVER_INTERNAL_ERROR when the
+        /// verifier holds it (rules checked at completion).
+        case fail
+        /// Report, then stop: `onBugCheck` runs once (the daemon unmounts, every
+        /// request answered, as Windows stops with bug check 0xC9).
+        case bugcheck
     }
 
     public struct Violation: Sendable, CustomStringConvertible {
@@ -84,7 +181,11 @@ public final class Verifier: @unchecked Sendable {
         public let device: String?
         /// The IRP as `packet-address#generation`.
         public let irp: String?
+        /// The stack location the rule was broken at (1 is the bottom), and how many the IRP has.
+        public let location: (at: Int, of: Int)?
         public let detail: String?
+        /// What the verifier did about it besides reporting (`failed the IRP`...).
+        public let outcome: String?
         public var description: String {
             var s = "verifier: \(rule.rawValue) [\(rule.windowsCode)]"
             if let majorFunction {
@@ -95,7 +196,10 @@ public final class Verifier: @unchecked Sendable {
             }
             s += " by \(driver ?? "(driver unknown)") device \(device ?? "(unknown)")"
             if let irp { s += " irp \(irp)" }
+            if let location { s += " location \(location.at) of \(location.of)" }
+            s += " in \(rule.call)"
             if let detail { s += ": \(detail)" }
+            if let outcome { s += " (\(outcome))" }
             return s
         }
     }
@@ -112,13 +216,51 @@ public final class Verifier: @unchecked Sendable {
 
     public init() {}
 
+    /// The drivers checked now. Setting it marks each loaded driver (one atomic
+    /// flag per driver, which the rules read: a driver not verified costs a load).
+    public var scope: Scope {
+        get { scopeState.withLock { $0 } }
+        set {
+            scopeState.withLock { $0 = newValue }
+            for d in drivers?() ?? [] { d.verified.store(newValue.covers(d.name), ordering: .relaxed) }
+        }
+    }
+    private let scopeState = HandoffMutex<Scope>(.all)
+    /// The loaded drivers (set by the I/O manager).
+    nonisolated(unsafe) var drivers: (@Sendable () -> [DriverObject])?
+
+    /// What an opt-in violation does besides being reported.
+    public var action: Action {
+        get { Action.allCases[Int(actionState.load(ordering: .relaxed))] }
+        set { actionState.store(UInt8(Action.allCases.firstIndex(of: newValue)!), ordering: .relaxed) }
+    }
+    private let actionState = Atomic<UInt8>(0)
+    /// Runs once, for the first violation under `.bugcheck` (the daemon ends itself).
+    public nonisolated(unsafe) var onBugCheck: (@Sendable (Violation) -> Void)?
+    private let bugChecked = Atomic<Bool>(false)
+    private let due = Atomic<Bool>(false)
+    /// After an IRP went back to its requester: a bug check found while it was
+    /// completed stops the system now.
+    @inline(__always) func stopIfDue() {
+        guard due.load(ordering: .relaxed) else { return }
+        let (mine, _) = due.compareExchange(expected: true, desired: false, ordering: .acquiringAndReleasing)
+        if mine, let v = bugCheck { onBugCheck?(v) }
+    }
+    /// The violation that stopped the system, if one did.
+    public var bugCheck: Violation? { bugChecked.load(ordering: .acquiring) ? log.withLock { $0.last { $0.outcome == "bug check" } } : nil }
+
+    /// Whether the opt-in rules apply to `driver` now.
+    @inline(__always) public func verifies(_ driver: DriverObject) -> Bool { driver.verified.load(ordering: .relaxed) }
+
     /// Records a violation. `device` defaults to the device at the IRP's current
     /// location. Reads the IRP's locations: for an IRP the calling thread owns
     /// (or one that was freed, whose last owners the packet remembers).
-    public func report(_ rule: Rule, irp: IRP? = nil, device: DeviceObject? = nil, detail: String? = nil) {
+    @discardableResult
+    public func report(_ rule: Rule, irp: IRP? = nil, device: DeviceObject? = nil, detail: String? = nil) -> Action {
         var major: MajorFunction?, minor: UInt8?
         var dev = device
         var driverName: String?
+        var location: (Int, Int)?
         if let irp {
             let p = irp.packet
             // Only read the locations of the IRP's own incarnation.
@@ -134,31 +276,51 @@ public final class Verifier: @unchecked Sendable {
                     major = p.locations[loc - 1].majorFunction
                     minor = p.locations[loc - 1].minorFunction
                     if dev == nil { dev = p.locations[loc - 1].deviceObject ?? p.targetDevice }
+                    // The location of the reported device, if it has one in this IRP.
+                    let at = dev.flatMap { d in (1...p.stackCount).first { p.locations[$0 - 1].deviceObject === d } } ?? loc
+                    location = (at, p.stackCount)
                 }
             }
         }
-        record(rule, irp: irp, device: dev, driverName: driverName, major: major, minor: minor, detail: detail)
+        return record(rule, irp: irp, device: dev, driverName: driverName, major: major, minor: minor, location: location, detail: detail)
     }
 
     /// Records a violation about an IRP the calling thread does not own (a dispatch
     /// routine returned, and another thread may be completing, freeing or reusing
     /// the IRP): everything comes from the caller, nothing from the packet.
-    func report(_ rule: Rule, notOwned irp: IRP, device: DeviceObject, major: MajorFunction, minor: UInt8, detail: String? = nil) {
-        record(rule, irp: irp, device: device, driverName: nil, major: major, minor: minor, detail: detail)
+    func report(_ rule: Rule, notOwned irp: IRP, device: DeviceObject, location: Int, major: MajorFunction, minor: UInt8, detail: String? = nil) {
+        record(rule, irp: irp, device: device, driverName: nil, major: major, minor: minor, location: (location, 0), detail: detail, owned: false)
     }
 
-    private func record(_ rule: Rule, irp: IRP?, device dev: DeviceObject?, driverName: String?, major: MajorFunction?, minor: UInt8?, detail: String?) {
+    @discardableResult
+    private func record(_ rule: Rule, irp: IRP?, device dev: DeviceObject?, driverName: String?, major: MajorFunction?, minor: UInt8?,
+                        location: (Int, Int)?, detail: String?, owned: Bool = true) -> Action {
         let irpName = irp.map { "0x" + String(UInt(bitPattern: Unmanaged.passUnretained($0.packet).toOpaque()), radix: 16) + "#\($0.generation)" }
+        let action = rule.isOptIn ? self.action : .log
+        var outcome: String?
+        switch action {
+        case .log: break
+        case .fail: outcome = owned && irp != nil ? "failed the IRP: STATUS_DRIVER_INTERNAL_ERROR" : "not failed: the IRP was not the verifier's to touch"
+        case .bugcheck:
+            let (first, _) = bugChecked.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
+            outcome = first ? "bug check" : nil
+        }
         let v = Violation(
             rule: rule, majorFunction: major, minorFunction: minor, driver: dev?.driverObject.name ?? driverName,
             device: dev.map { $0.name ?? $0.deviceNode.map { "(\($0.instanceName))" } ?? "(unnamed)" },
-            irp: irpName, detail: detail)
+            irp: irpName, location: location.map { $0.1 == 0 ? ($0.0, irp?.packet.stackCount ?? 0) : $0 }, detail: detail, outcome: outcome)
         total.add(1, ordering: .relaxed)
         log.withLock {
             if $0.count >= 256 { $0.removeFirst() }
             $0.append(v)
         }
         onViolation?(v)
+        if outcome == "bug check" {
+            // Found in the completion walk: the IRP goes back to its requester first
+            // (`deliver` calls `stopIfDue`), so its caller is answered before the stop.
+            if owned && irp != nil { due.store(true, ordering: .releasing) } else { onBugCheck?(v) }
+        }
+        return action
     }
 
     /// The most recent violations (up to 256).
@@ -205,8 +367,9 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         let p = irp.packet
         let g = irp.generation
         let i = location - 1
+        guard verifier.verifies(device.driverObject) else { return }
         func report(_ rule: Verifier.Rule, _ detail: String? = nil) {
-            verifier.report(rule, notOwned: irp, device: device, major: major, minor: minor, detail: detail)
+            verifier.report(rule, notOwned: irp, device: device, location: location, major: major, minor: minor, detail: detail)
         }
         if status == .pending {
             // Nil: the packet already serves another request; nothing left to check.
@@ -238,15 +401,25 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         }
     }
 
+    /// Under `.fail`, an opt-in violation found while the walk holds the IRP fails it.
+    func failIfAsked(_ action: Verifier.Action, _ irp: IRP) {
+        if action == .fail { irp.packet.ioStatus = IOStatusBlock(status: .driverInternalError) }
+    }
+
     public func completing(_ irp: IRP) {
-        if irp.packet.ioStatus.status == .pending { verifier.report(.completedWithPendingStatus, irp: irp) }
+        let p = irp.packet
+        // Who completed: the device at the current location (`completed` reads it).
+        p.completer = p.currentLocation <= p.stackCount ? p.locations[p.currentLocation - 1].deviceObject : p.targetDevice
+        guard p.ioStatus.status == .pending, let d = p.completer, verifier.verifies(d.driverObject) else { return }
+        failIfAsked(verifier.report(.completedWithPendingStatus, irp: irp, device: d), irp)
     }
 
     public func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {
         let p = irp.packet
-        guard pendingReturned, result != .moreProcessingRequired, p.currentLocation <= p.stackCount else { return }
+        guard pendingReturned, result != .moreProcessingRequired, p.currentLocation <= p.stackCount,
+              let device, verifier.verifies(device.driverObject) else { return }
         if !p.locations[p.currentLocation - 1].control.contains(.pendingReturned) {
-            verifier.report(.pendingNotPropagated, irp: irp, device: device)
+            failIfAsked(verifier.report(.pendingNotPropagated, irp: irp, device: device), irp)
         }
     }
 
@@ -261,13 +434,16 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
             guard n.contains(.returnedPending), !n.contains(.marked), !n.contains(.checked) else { continue }
             guard let seen = p.notePending(.checked, at: i, generation: g),
                   !seen.contains(.marked), !seen.contains(.checked) else { continue }
-            verifier.report(.pendingWithoutMark, irp: irp, device: p.locations[i].deviceObject,
-                            detail: "returned STATUS_PENDING; the location was never marked")
+            guard let d = p.locations[i].deviceObject, verifier.verifies(d.driverObject) else { continue }
+            failIfAsked(verifier.report(.pendingWithoutMark, irp: irp, device: d,
+                                        detail: "returned STATUS_PENDING; the location was never marked"), irp)
         }
         let limit = p.informationLimit
-        if limit >= 0, !p.ioStatus.status.isError, p.ioStatus.information > limit || p.ioStatus.information < 0 {
-            verifier.report(.informationExceedsBuffer, irp: irp, device: p.targetDevice,
-                            detail: "Information \(p.ioStatus.information), buffer \(limit)")
+        if limit >= 0, !p.ioStatus.status.isError, p.ioStatus.information > limit || p.ioStatus.information < 0,
+           let d = p.completer, verifier.verifies(d.driverObject) {
+            let rule: Verifier.Rule = p.informationIsBufferedOutput ? .informationExceedsBuffer : .informationExceedsLength
+            failIfAsked(verifier.report(rule, irp: irp, device: d,
+                                        detail: "Information \(p.ioStatus.information), \(p.informationIsBufferedOutput ? "output buffer" : "buffer") \(limit)"), irp)
         }
     }
 }

@@ -1,0 +1,52 @@
+// `wdmfs verify`: what Driver Verifier checks on a mounted tree, and what it
+// found, through the mount's `.verifier` file.
+
+import ArgumentParser
+import Foundation
+import WDM
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show or change which drivers Driver Verifier checks, and what a violation does.",
+        discussion: """
+            Without arguments, prints what is verified, the action, and every violation so far.
+            The command only reads and writes MOUNTPOINT/.verifier:
+            `echo 'verify all' > MOUNTPOINT/.verifier` does the same.
+            Examples:
+              wdmfs verify /mnt/wdm all
+              wdmfs verify /mnt/wdm Misbehave,Echo --action fail
+              wdmfs verify /mnt/wdm none
+              wdmfs verify /mnt/wdm
+            """)
+    @Argument(help: "Where the tree is mounted.") var mountpoint: String
+    @Argument(help: "all, none, or driver names separated by commas; none given: print.") var drivers: String?
+    @Option(help: "log, fail (also fail the IRP) or bugcheck (end the daemon).") var action: Verifier.Action?
+
+    func run() throws {
+        let file = mountpoint + "/.verifier"
+        var lines: [String] = []
+        if let drivers { lines.append("verify \(drivers)") }
+        if let action { lines.append("action \(action.rawValue)") }
+        for line in lines {
+            let fd = open(file, O_WRONLY)
+            guard fd >= 0 else { fail("\(file): \(String(cString: strerror(errno))) (is \(mountpoint) a wdmfs mount?)") }
+            let n = (line + "\n").withCString { Foundation.write(fd, $0, strlen($0)) }
+            let e = errno
+            close(fd)
+            if n < 0 {
+                if e == EINVAL { fail("the daemon refused `\(line)`: \(refusal(line))") }
+                fail("\(file): \(String(cString: strerror(e)))")
+            }
+        }
+        guard let data = FileManager.default.contents(atPath: file) else { fail("\(file): cannot read (is \(mountpoint) a wdmfs mount?)") }
+        print(String(decoding: data, as: UTF8.self), terminator: "")
+    }
+
+    /// Why the daemon said EINVAL, told here as it would be (the same checks).
+    func refusal(_ line: String) -> String {
+        if let drivers, line.hasPrefix("verify"), Verifier.Scope(drivers) != nil {
+            return "a driver named there is not loaded (wdmfs tree \(mountpoint) --json lists them; the daemon's log says which)"
+        }
+        return "not all, none or a list of driver names"
+    }
+}

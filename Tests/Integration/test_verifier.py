@@ -1,0 +1,142 @@
+"""Driver Verifier on a mount: opt-in per driver at mount (`--verify`) and while
+mounted (`wdmfs verify`, the `.verifier` file), its reports in `.verifier` and
+the log, and its actions (log, fail the IRP, bug check: the daemon ends)."""
+import os
+import subprocess
+import tempfile
+
+import envelope as env
+from conftest import is_mounted, mount_tree, unmount_tree, wait_until, wdmfs_binary
+
+# Misbehave's IOCTL that completes with Information 100 bytes past the output (0x312).
+TOO_MUCH = (0x22 << 16) | ((0x900 + 4) << 2)
+
+
+def verifier(m):
+    with open(os.path.join(m.path, ".verifier")) as f:
+        return f.read()
+
+
+def too_much(m):
+    fd = os.open(m.dev("misbehave"), os.O_RDWR)
+    try:
+        return env.call(fd, TOO_MUCH, out_len=4)[0]
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # after a bug check the daemon may be gone before the close reaches it
+
+
+def run(*args):
+    return subprocess.run([wdmfs_binary(), *args], capture_output=True, text=True, timeout=30)
+
+
+def test_verifier_is_off_unless_asked_and_follows_wdmfs_verify():
+    m = mount_tree(("--tree", "test"))
+    try:
+        assert verifier(m).startswith("verify none\naction log\nviolations 0\n")
+        assert too_much(m) == env.STATUS_SUCCESS
+        assert "informationExceedsBuffer" not in verifier(m)  # not verified: not checked
+
+        r = run("verify", m.path, "Misbehave")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("verify Misbehave\n")
+        too_much(m)
+        text = verifier(m)
+        line = next(l for l in text.splitlines() if "informationExceedsBuffer" in l)
+        for part in ("[0xC9/0x312]", "IRP_MJ_DEVICE_CONTROL", "\\Driver\\Misbehave", "(misbehave)",
+                     "location 2 of 2", "in IoCompleteRequest", "Information 104, output buffer 4"):
+            assert part in line, (part, line)
+        assert line in open(m.log).read()  # the daemon's log has it too
+
+        r = run("verify", m.path, "Nosuch")
+        assert r.returncode == 2 and "not loaded" in r.stderr
+        assert "no driver named Nosuch is loaded" in open(m.log).read()
+        assert verifier(m).startswith("verify Misbehave\n")  # unchanged
+
+        assert run("verify", m.path, "none").returncode == 0
+        before = verifier(m).count("\n")
+        too_much(m)
+        assert verifier(m).count("\n") == before
+    finally:
+        unmount_tree(m)
+
+
+def test_the_fail_action_fails_the_irp_the_caller_sees_it():
+    m = mount_tree(("--tree", "test", "--verify", "Misbehave", "--verifier-action", "fail"))
+    try:
+        assert too_much(m) == 0xC0000183  # STATUS_DRIVER_INTERNAL_ERROR, carried unchanged
+        assert "(failed the IRP: STATUS_DRIVER_INTERNAL_ERROR)" in verifier(m)
+        with open(m.dev("ramdisk0"), "rb") as f:  # other drivers are untouched
+            assert len(f.read(4096)) == 4096
+    finally:
+        unmount_tree(m)
+
+
+def test_a_bug_check_ends_the_daemon_cleanly_with_the_report():
+    m = mount_tree(("--tree", "test", "--verify", "Misbehave", "--verifier-action", "bugcheck"))
+    try:
+        assert too_much(m) == env.STATUS_SUCCESS  # answered first; then the bug check unmounts
+        wait_until(lambda: not is_mounted(m.path), "the bug check unmounted the tree")
+        log = open(m.log).read()
+        assert "informationExceedsBuffer [0xC9/0x312]" in log and "(bug check)" in log
+        assert "bug check 0xC9 (DRIVER_VERIFIER_IOMANAGER_VIOLATION)" in log
+        wait_until(lambda: "unmounted" in open(m.log).read(), "the daemon finished its shutdown")
+    finally:
+        unmount_tree(m)
+
+
+def test_a_foreground_daemon_stopped_by_a_bug_check_exits_3(tmp_path):
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    log = tmp_path / "daemon.log"
+    daemon = subprocess.Popen([wdmfs_binary(), "mount", mp, "--foreground", "--tree", "test", "--verify", "Misbehave",
+                               "--verifier-action", "bugcheck"], stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: is_mounted(mp), "the daemon mounted")
+        fd = os.open(os.path.join(mp, "misbehave"), os.O_RDWR)
+        try:
+            assert env.call(fd, TOO_MUCH, out_len=4)[0] == env.STATUS_SUCCESS
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        assert daemon.wait(20) == 3
+        assert not is_mounted(mp)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        if is_mounted(mp):
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+
+
+def test_verify_names_a_driver_that_is_not_loaded_and_nothing_is_mounted():
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    try:
+        r = run("mount", mp, "--verify", "RamDisk,Nosuch")
+        assert r.returncode != 0
+        assert "--verify: no driver named Nosuch is loaded" in r.stderr, r.stderr
+        assert not is_mounted(mp)
+    finally:
+        if is_mounted(mp):
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
+
+
+def test_a_bug_check_while_the_tree_is_built_fails_the_mount_with_its_cause():
+    """The test tree's LazyFilter forgets to copy DeviceType (0x23F): verified, with
+    the bug check action, the mount fails and says why, as Windows stops at boot."""
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    try:
+        r = run("mount", mp, "--tree", "test", "--verify", "all", "--verifier-action", "bugcheck")
+        assert r.returncode == 2
+        first = r.stderr.splitlines()[0]
+        assert "bug check 0xC9" in first and "filterDeviceTypeNotCopied [0xC9/0x23F]" in first, r.stderr
+        assert "\\Driver\\LazyFilter" in first
+        assert not is_mounted(mp)
+    finally:
+        if is_mounted(mp):
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
