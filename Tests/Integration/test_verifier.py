@@ -140,3 +140,30 @@ def test_a_bug_check_while_the_tree_is_built_fails_the_mount_with_its_cause():
         if is_mounted(mp):
             subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
         os.rmdir(mp)
+
+
+def test_the_default_tree_is_clean_under_the_verifier_through_its_lifecycle():
+    """Every driver of the default tree verified, through plug, I/O, disable and
+    enable, restart, sleep and wake, eject, unplug, remove, rescan and unmount:
+    not one violation (the rules fire on the samples' own mistakes above)."""
+    m = mount_tree(("--verify", "all"))
+    try:
+        steps = [("plug", m.dev("toaster-bus"), "1"), ("disable", m.path, "echo"), ("enable", m.path, "echo"),
+                 ("restart", m.path, "ramdisk0"), ("power", m.path, "S3"), ("power", m.path, "S0"),
+                 ("eject", m.dev("toaster-bus"), "1"), ("plug", m.dev("toaster-bus"), "2"),
+                 ("unplug", m.dev("toaster-bus"), "2"), ("remove", m.path, "ioctl-demo"), ("rescan", m.path)]
+        for step in steps:
+            r = run(*step)
+            assert r.returncode == 0, (step, r.stderr)
+            if step[:2] == ("plug", m.dev("toaster-bus")) and step[2] == "1":
+                with open(m.dev("toaster1"), "r+") as t:
+                    t.write("bread\n")
+                    t.flush()
+        with open(m.dev("ramdisk0"), "r+b") as d:
+            d.write(b"x" * 65536)
+        assert verifier(m).startswith("verify all\naction log\nviolations 0\n"), verifier(m)
+        log = m.log
+        assert run("unmount", m.path).returncode == 0
+        assert "verifier:" not in open(log).read()  # removal of everything at unmount included
+    finally:
+        unmount_tree(m)

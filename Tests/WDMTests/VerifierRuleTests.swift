@@ -415,4 +415,107 @@ import WDMTesting
         #expect(Verifier.Scope(" Echo, \\Driver\\RamDisk ") == .drivers(["Echo", "RamDisk"]))
         #expect(Verifier.Scope("Echo,,RamDisk") == nil)
     }
+
+    // MARK: - Device objects and PnP
+
+    /// A root device whose function driver handles IRP_MN_REMOVE_DEVICE with
+    /// `remove` (other PnP IRPs as the helper does); returns the I/O manager and the node.
+    func stack(remove: @escaping @Sendable (DeviceObject, IRP) -> NTStatus, flags: DeviceFlags = [], scope: Verifier.Scope = .all) throws -> (IOManager, DeviceNode) {
+        let io = IOManager()
+        io.verifier.scope = scope
+        let helper = PnP.functionDispatch()
+        let d = try io.loadDriver(name: "Sloppy") { d in
+            d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: flags) }
+            d.majorFunction.succeed([.create, .cleanup, .close])
+            d.majorFunction[.pnp] = { device, irp in
+                irp.currentStackLocation.minorFunction == PnPMinor.removeDevice.rawValue ? remove(device, irp) : helper(device, irp)
+            }
+            return .success
+        }
+        let pdo = try io.addRootDevice(instanceName: "sloppy", functionDriver: d)
+        return (io, try #require(pdo.deviceNode))
+    }
+
+    static let forwardRemove: @Sendable (DeviceObject, IRP) -> NTStatus = { device, irp in
+        irp.ioStatus.status = .success
+        irp.skipCurrentStackLocation()
+        return device.callLower(irp)
+    }
+
+    @Test func removeThatLeavesTheDeviceAttachedAndUndeletedIs0x21DAnd0x21E() throws {
+        let (io, node) = try stack(remove: Self.forwardRemove)
+        _ = io.remove(node)
+        #expect(io.verifier.violations.map(\.rule) == [.notDetachedAtRemove, .notDeletedAtRemove])
+        #expect(io.verifier.violations.map(\.rule.windowsCode) == ["0xC9/0x21D", "0xC9/0x21E"])
+        #expect(io.verifier.violations.allSatisfy { $0.driver == "\\Driver\\Sloppy" })
+    }
+
+    @Test func deletingWithoutDetachingIs0x201() throws {
+        let (io, node) = try stack(remove: { device, irp in
+            let status = Self.forwardRemove(device, irp)
+            device.driverObject.ioManager.deleteDevice(device)  // no IoDetachDevice first
+            return status
+        })
+        _ = io.remove(node)
+        #expect(io.verifier.violations.map(\.rule) == [.deletedWhileAttached])
+    }
+
+    @Test func deletingTwiceIs0x240AndTheSecondDeleteIsIgnored() throws {
+        let (io, node) = try stack(remove: { device, irp in
+            let status = Self.forwardRemove(device, irp)
+            device.driverObject.ioManager.detachAndDelete(device)
+            device.driverObject.ioManager.deleteDevice(device)
+            return status
+        })
+        _ = io.remove(node)
+        #expect(io.verifier.violations.map(\.rule) == [.deletedTwice])
+    }
+
+    @Test func detachingWithNothingAttachedIs0x202() throws {
+        let (io, node) = try stack(remove: { device, irp in
+            let status = Self.forwardRemove(device, irp)
+            let io = device.driverObject.ioManager
+            io.detachAndDelete(device)
+            io.detachDevice(device)  // nothing is attached above the FDO
+            return status
+        })
+        _ = io.remove(node)
+        #expect(io.verifier.violations.map(\.rule) == [.detachedWithNothingAttached])
+    }
+
+    @Test func bufferedAndDirectTogetherIs0x245() throws {
+        let (io, _) = try stack(remove: Self.forwardRemove, flags: [.bufferedIO, .directIO])
+        #expect(io.verifier.violations.map(\.rule) == [.bufferedAndDirect])
+    }
+
+    @Test func failingRemoveIs0x247() throws {
+        let (io, node) = try stack(remove: { device, irp in
+            device.driverObject.ioManager.detachAndDelete(device)
+            irp.complete(.unsuccessful)
+            return .unsuccessful
+        })
+        _ = io.remove(node)
+        #expect(io.verifier.violations.map(\.rule) == [.failedIrpThatMustNotFail])
+        #expect(io.verifier.violations.first?.detail?.contains("removeDevice") == true)
+    }
+
+    @Test func theSameMistakesGoUnreportedForADriverNotVerified() throws {
+        let (io, node) = try stack(remove: Self.forwardRemove, flags: [.bufferedIO, .directIO], scope: .none)
+        _ = io.remove(node)
+        #expect(io.verifier.violations.isEmpty)
+    }
+
+    @Test func callingDownWithACancelRoutineSetIs0x203() throws {
+        let filter: DispatchRoutine = { device, irp in
+            _ = irp.setCancelRoutine { _, _ in }
+            irp.copyCurrentStackLocationToNext()
+            return device.callLower(irp)
+        }
+        let r = try rules(function: { _, irp in
+            _ = irp.setCancelRoutine(nil)
+            irp.complete(.success)
+            return .success
+        }, filters: [filter])
+        #expect(r == [.callDownWithCancelRoutine], "\(r)")
+    }
 }

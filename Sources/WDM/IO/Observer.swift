@@ -46,6 +46,7 @@ extension IRPObserver {
     }
 
     @inline(__always) func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
+        rules?._withUnsafeGuaranteedRef { $0.callingDriver(device, irp, location: location) }
         if others.isEmpty { return }
         for o in others { o.callingDriver(device, irp, location: location) }
     }

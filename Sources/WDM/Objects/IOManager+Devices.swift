@@ -35,12 +35,23 @@ extension IOManager {
 
     /// `IoDetachDevice`: detaches whatever is attached above `target`.
     public func detachDevice(_ target: DeviceObject) {
+        if target.attachedDevice == nil, verifier.verifies(target.driverObject) {
+            verifier.report(.detachedWithNothingAttached, device: target, detail: "nothing is attached above this device")
+        }
         if let up = target.attachedDevice { up.lowerDevice = nil }
         target.attachedDevice = nil
     }
 
     /// `IoDeleteDevice`.
     public func deleteDevice(_ device: DeviceObject) {
+        guard !device.deletedFlag.load(ordering: .acquiring) else {
+            // Ignored, whether verified or not: the device is gone already.
+            if verifier.verifies(device.driverObject) { verifier.report(.deletedTwice, device: device) }
+            return
+        }
+        if device.lowerDevice != nil, verifier.verifies(device.driverObject) {
+            verifier.report(.deletedWhileAttached, device: device, detail: "IoDetachDevice was not called for the device below")
+        }
         device.deletedFlag.store(true, ordering: .releasing)
         forgetInterfaces(of: device)
         if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }

@@ -169,6 +169,9 @@ extension PnPManager {
                 if io.verifier.verifies(top.driverObject) { io.verifier.report(.deviceInitializingLeftSet, device: top) }
                 top.flags.remove(.deviceInitializing)
             }
+            if top.flags.isSuperset(of: [.bufferedIO, .directIO]), io.verifier.verifies(top.driverObject) {
+                io.verifier.report(.bufferedAndDirect, device: top, detail: "Flags DO_BUFFERED_IO | DO_DIRECT_IO")
+            }
             if top !== below, driver !== functionDriver || filters.contains(ObjectIdentifier(driver)) {
                 io.checkFilterCopied(top, from: below)
             }

@@ -138,10 +138,11 @@ extension PnPManager {
             let top = pdo.topOfStack
             // Requests the I/O manager held while the stack was not in D0.
             top.powerQueue.completeAll(.noSuchDevice)
+            let stack = io.devicesAbove(pdo)
             _ = io.sendPnP(.removeDevice, to: top)
             n.stackBuilt = false
             n.state = .removed
-            io.checkRemoved(pdo, node: n)
+            io.checkRemoved(stack, from: pdo, node: n)
         }
         awaitingClose.removeAll { r in nodes.contains { $0 === r } }
         // The children of the node removed went with their bus.
@@ -181,9 +182,10 @@ extension PnPManager {
             for n in nodes {
                 guard let pdo = n.pdo else { continue }
                 if n.stackBuilt {
+                    let stack = io.devicesAbove(pdo)
                     _ = io.sendPnP(.removeDevice, to: pdo.topOfStack)
                     n.stackBuilt = false
-                    io.checkRemoved(pdo, node: n)
+                    io.checkRemoved(stack, from: pdo, node: n)
                 } else {
                     _ = io.sendPnP(.removeDevice, to: pdo)
                 }
@@ -205,8 +207,10 @@ extension PnPManager {
                 markRemoving(n)
                 let top = pdo.topOfStack
                 top.powerQueue.completeAll(.noSuchDevice)
+                let stack = io.devicesAbove(pdo)
                 _ = io.sendPnP(.removeDevice, to: top)
                 n.stackBuilt = false
+                io.checkRemoved(stack, from: pdo, node: n)
             }
             for n in nodes { n.state = .removed }
             if let pdo = root.pdo { io.detachAndDelete(pdo) }
@@ -218,9 +222,31 @@ extension PnPManager {
 extension IOManager {
     /// After REMOVE_DEVICE returned: every device above the PDO must be gone
     /// (detached and deleted by its driver).
-    func checkRemoved(_ pdo: DeviceObject, node: DeviceNode) {
-        if let left = pdo.attachedDevice {
-            log?("\(node.instanceName): \(left.driverObject.name) did not detach and delete its device at IRP_MN_REMOVE_DEVICE")
+    /// The devices attached above `pdo` (its FDO and filters), bottom first.
+    func devicesAbove(_ pdo: DeviceObject) -> [DeviceObject] {
+        var out: [DeviceObject] = []
+        var d = pdo.attachedDevice
+        while let device = d {
+            out.append(device)
+            d = device.attachedDevice
+        }
+        return out
+    }
+
+    /// After IRP_MN_REMOVE_DEVICE returned: each function or filter device of the
+    /// stack must have detached (0x21D) and deleted itself (0x21E). Verifier or
+    /// not, the log says which driver left a device behind.
+    func checkRemoved(_ stack: [DeviceObject], from pdo: DeviceObject, node: DeviceNode) {
+        for device in stack {
+            let deleted = device.deletedFlag.load(ordering: .acquiring)
+            let attached = device.lowerDevice != nil
+            guard !deleted || attached else { continue }
+            if verifier.verifies(device.driverObject) {
+                if attached { verifier.report(.notDetachedAtRemove, device: device, detail: "still attached at IRP_MN_REMOVE_DEVICE's return") }
+                if !deleted { verifier.report(.notDeletedAtRemove, device: device, detail: "not deleted at IRP_MN_REMOVE_DEVICE's return") }
+            } else {
+                log?("\(node.instanceName): \(device.driverObject.name) did not detach and delete its device at IRP_MN_REMOVE_DEVICE")
+            }
         }
     }
 }

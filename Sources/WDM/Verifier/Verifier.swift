@@ -56,6 +56,22 @@ public final class Verifier: @unchecked Sendable {
         case neverCompleted
         /// A request sent to a device after IoDeleteDevice (wdmfs keeps the device alive and refuses it).
         case requestToDeletedDevice
+        /// IoDeleteDevice on a device still attached to a lower device.
+        case deletedWhileAttached
+        /// IoDetachDevice on a device with nothing attached above it.
+        case detachedWithNothingAttached
+        /// IoDeleteDevice on a device already deleted.
+        case deletedTwice
+        /// DO_BUFFERED_IO and DO_DIRECT_IO both set.
+        case bufferedAndDirect
+        /// IoCallDriver with a cancel routine still set.
+        case callDownWithCancelRoutine
+        /// IRP_MN_REMOVE_DEVICE returned with the driver's device still attached.
+        case notDetachedAtRemove
+        /// IRP_MN_REMOVE_DEVICE returned with the driver's device not deleted.
+        case notDeletedAtRemove
+        /// A driver failed an IRP that must not fail (REMOVE_DEVICE, SURPRISE_REMOVAL, CANCEL_REMOVE_DEVICE, CANCEL_STOP_DEVICE).
+        case failedIrpThatMustNotFail
 
         /// What Windows shows: the bug check and, for 0xC9, Verifier's code.
         public var windowsCode: String {
@@ -82,6 +98,14 @@ public final class Verifier: @unchecked Sendable {
             case .bufferWrittenAfterCompletion: "none (Special Pool would catch it)"
             case .neverCompleted: "none (Windows waits 5 minutes for a cancelled IRP)"
             case .requestToDeletedDevice: "none (on Windows a use after free: bug check 0xD5 under Special Pool)"
+            case .deletedWhileAttached: "0xC9/0x201"
+            case .detachedWithNothingAttached: "0xC9/0x202"
+            case .deletedTwice: "0xC9/0x240"
+            case .bufferedAndDirect: "0xC9/0x245"
+            case .callDownWithCancelRoutine: "0xC9/0x203"
+            case .notDetachedAtRemove: "0xC9/0x21D"
+            case .notDeletedAtRemove: "0xC9/0x21E"
+            case .failedIrpThatMustNotFail: "0xC9/0x247"
             }
         }
 
@@ -102,6 +126,12 @@ public final class Verifier: @unchecked Sendable {
             case .bufferWrittenAfterCompletion: "a write into a buffer after IoCompleteRequest"
             case .neverCompleted: "no IoCompleteRequest after IoCancelIrp"
             case .requestToDeletedDevice: "a request after IoDeleteDevice"
+            case .deletedWhileAttached, .deletedTwice: "IoDeleteDevice"
+            case .detachedWithNothingAttached: "IoDetachDevice"
+            case .bufferedAndDirect: "AddDevice's return"
+            case .callDownWithCancelRoutine: "IoCallDriver"
+            case .notDetachedAtRemove, .notDeletedAtRemove: "IRP_MN_REMOVE_DEVICE's return"
+            case .failedIrpThatMustNotFail: "IoCompleteRequest"
             }
         }
 
@@ -112,7 +142,9 @@ public final class Verifier: @unchecked Sendable {
             switch self {
             case .completedWithPendingStatus, .pendingWithoutMark, .markedPendingReturnedOther, .returnedWithoutCompleting,
                  .statusMismatch, .pendingNotPropagated, .informationExceedsBuffer, .informationExceedsLength,
-                 .deviceInitializingLeftSet, .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied:
+                 .deviceInitializingLeftSet, .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied,
+                 .deletedWhileAttached, .detachedWithNothingAttached, .deletedTwice, .bufferedAndDirect, .callDownWithCancelRoutine,
+                 .notDetachedAtRemove, .notDeletedAtRemove, .failedIrpThatMustNotFail:
                 true
             default: false
             }
@@ -401,6 +433,15 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         }
     }
 
+    /// IoCallDriver: the caller (the device above, whose driver still owns the IRP)
+    /// must not leave a cancel routine set (0x203).
+    public func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
+        let p = irp.packet
+        guard p.cancelRoutineSet.load(ordering: .relaxed), location < p.stackCount,
+              let caller = p.locations[location].deviceObject, verifier.verifies(caller.driverObject) else { return }
+        verifier.report(.callDownWithCancelRoutine, irp: irp, device: caller)
+    }
+
     /// Under `.fail`, an opt-in violation found while the walk holds the IRP fails it.
     func failIfAsked(_ action: Verifier.Action, _ irp: IRP) {
         if action == .fail { irp.packet.ioStatus = IOStatusBlock(status: .driverInternalError) }
@@ -437,6 +478,14 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
             guard let d = p.locations[i].deviceObject, verifier.verifies(d.driverObject) else { continue }
             failIfAsked(verifier.report(.pendingWithoutMark, irp: irp, device: d,
                                         detail: "returned STATUS_PENDING; the location was never marked"), irp)
+        }
+        if p.stackCount > 0, p.ioStatus.status.isError, let d = p.completer, verifier.verifies(d.driverObject) {
+            // The major and minor of the IRP as its requester built it (the top location).
+            let top = p.locations[p.stackCount - 1]
+            if top.majorFunction == .pnp, let m = PnPMinor(rawValue: top.minorFunction),
+               [.removeDevice, .surpriseRemoval, .cancelRemoveDevice, .cancelStopDevice].contains(m) {
+                verifier.report(.failedIrpThatMustNotFail, irp: irp, device: d, detail: "\(m) completed with \(p.ioStatus.status)")
+            }
         }
         let limit = p.informationLimit
         if limit >= 0, !p.ioStatus.status.isError, p.ioStatus.information > limit || p.ioStatus.information < 0,
