@@ -55,6 +55,8 @@ echo "== swift test (in-process: core, drivers, bridge mapping)"
 xunit=$(mktemp -d)
 swift test --xunit-output "$xunit/swift.xml" 2>&1 | tee "$log" | grep -E '^(✘|✔ Test run|➜|error:)'
 rc=${PIPESTATUS[0]}
+# A failure no test reported (a build error, a crash): show how the output ended.
+if [ "$rc" -ne 0 ] && ! grep -q '^✘' "$log"; then tail -n 25 "$log"; fi
 # Swift Testing's own report: <testsuite tests= failures= skipped= errors=> (tests excludes skips).
 attr() { grep -ohE "<testsuite [^>]*" "$xunit"/swift*.xml 2>/dev/null | grep -oE " $1=\"[0-9]+\"" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}'; }
 t=$(attr tests) f=$(( $(attr failures) + $(attr errors) )) s=$(attr skipped)

@@ -447,7 +447,9 @@ public final class IOManager: @unchecked Sendable {
 
     /// Hands a completed IRP to its requester, then frees it (a synchronous caller frees its own).
     private func deliver(_ irp: IRP, asynchronously: Bool) {
-        defer { verifier.stopIfDue() }
+        // Read now: after the hand-back `self` may be gone (see below).
+        let bugCheck = verifier.takeDueBugCheck()
+        defer { bugCheck?() }
         let p = irp.packet
         p.completedAsynchronously = asynchronously
         guard let requester = p.requester else { return noteDelivery() }

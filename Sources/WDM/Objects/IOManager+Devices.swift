@@ -54,6 +54,9 @@ extension IOManager {
         }
         device.deletedFlag.store(true, ordering: .releasing)
         forgetInterfaces(of: device)
+        // A device deleted while still attached (0x201) is detached here: the one
+        // below must not keep pointing at it once it is freed.
+        if let lower = device.lowerDevice, lower.attachedDevice === device { lower.attachedDevice = nil }
         if let up = device.attachedDevice, up.lowerDevice === device { up.lowerDevice = nil }
         device.attachedDevice = nil
         device.lowerDevice = nil

@@ -271,12 +271,18 @@ public final class Verifier: @unchecked Sendable {
     public nonisolated(unsafe) var onBugCheck: (@Sendable (Violation) -> Void)?
     private let bugChecked = Atomic<Bool>(false)
     private let due = Atomic<Bool>(false)
-    /// After an IRP went back to its requester: a bug check found while it was
-    /// completed stops the system now.
-    @inline(__always) func stopIfDue() {
-        guard due.load(ordering: .relaxed) else { return }
+    /// Before an IRP goes back to its requester: a bug check found while it was
+    /// completed, as a call to make once it is back. The call holds what it needs:
+    /// once the requester has its answer the I/O manager (and this) may be gone.
+    @inline(__always) func takeDueBugCheck() -> (@Sendable () -> Void)? {
+        guard due.load(ordering: .relaxed) else { return nil }
+        return takeDueBugCheckSlow()
+    }
+
+    private func takeDueBugCheckSlow() -> (@Sendable () -> Void)? {
         let (mine, _) = due.compareExchange(expected: true, desired: false, ordering: .acquiringAndReleasing)
-        if mine, let v = bugCheck { onBugCheck?(v) }
+        guard mine, let v = bugCheck, let stop = onBugCheck else { return nil }
+        return { stop(v) }
     }
     /// The violation that stopped the system, if one did.
     public var bugCheck: Violation? { bugChecked.load(ordering: .acquiring) ? log.withLock { $0.last { $0.outcome == "bug check" } } : nil }
