@@ -518,4 +518,78 @@ import WDMTesting
         }, filters: [filter])
         #expect(r == [.callDownWithCancelRoutine], "\(r)")
     }
+
+    // MARK: - Buses
+
+    /// A root bus whose BusRelations are `children(bus FDO, child PDOs)`; two child
+    /// PDOs with the same IDs, served by a driver that completes as a PDO.
+    func bus(report: @escaping @Sendable (DeviceObject, [DeviceObject]) -> [DeviceObject]) throws -> IOManager {
+        let io = IOManager()
+        let childDriver = try io.loadDriver(name: "Kid") { d in
+            d.majorFunction[.pnp] = { device, irp in PnP.completeAsPDO(device, irp, ids: { t in t == .instanceID ? ["same"] : ["Kid\\Thing"] }) }
+            d.majorFunction.succeed([.create, .cleanup, .close])
+            return .success
+        }
+        let kids = Mutex<[DeviceObject]>([])
+        let busDriver = try io.loadDriver(name: "Bus") { d in
+            d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown) }
+            let helper = PnP.functionDispatch()
+            d.majorFunction[.pnp] = { device, irp in
+                guard irp.pnpMinor == .queryDeviceRelations, irp.pnp?.relationType == .busRelations else { return helper(device, irp) }
+                let children = kids.withLock { k in
+                    if k.isEmpty {
+                        for _ in 0..<2 {
+                            let pdo = d.ioManager.createDevice(driver: childDriver, deviceType: DeviceType.unknown)
+                            pdo.flags.remove(.deviceInitializing)
+                            k.append(pdo)
+                        }
+                    }
+                    return k
+                }
+                irp.pnp?.relations = report(device, children)
+                irp.ioStatus.status = .success
+                irp.skipCurrentStackLocation()
+                return device.callLower(irp)
+            }
+            return .success
+        }
+        io.driverMatcher = { _, _, _ in nil }  // the children stay without a function driver
+        let pdo = try io.addRootDevice(instanceName: "bus", functionDriver: busDriver)
+        io.invalidateDeviceRelations(pdo)
+        io.waitForPnP()
+        return io
+    }
+
+    @Test func twoChildrenWithTheSameIDsAre0x249() throws {
+        let io = try bus(report: { _, kids in kids })
+        #expect(io.verifier.violations.map(\.rule) == [.duplicateChildIDs])
+        #expect(io.verifier.violations.first?.driver == "\\Driver\\Kid")
+    }
+
+    @Test func aNonPDOInBusRelationsIs0x248AndIsLeftOut() throws {
+        let io = try bus(report: { fdo, kids in [fdo, kids[0]] })  // the bus's own FDO is attached: not a PDO
+        // Once per query that reports it (at start, and after IoInvalidateDeviceRelations).
+        let v = io.verifier.violations
+        #expect(!v.isEmpty && v.allSatisfy { $0.rule == .nonPDOInBusRelations && $0.driver == "\\Driver\\Bus" }, "\(v)")
+        // Left out: the one real child is the bus's only child.
+        #expect(io.pnp.snapshot.byPath.keys.filter { $0.hasPrefix("bus/") }.count == 1, "\(io.pnp.snapshot.byPath.keys.sorted())")
+    }
+
+    @Test func aNonPDOGivenToIoRegisterDeviceInterfaceOrIoInvalidateDeviceRelationsIs0x24D() throws {
+        let io = IOManager()
+        let d = try io.loadDriver(name: "Confused") { d in
+            d.addDevice = { d, pdo in
+                let s = d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown)
+                _ = d.ioManager.registerDeviceInterface(pdo.topOfStack, classGUID: "{00000000-0000-0000-0000-000000000001}")  // its FDO, not the PDO
+                d.ioManager.invalidateDeviceRelations(pdo.topOfStack)
+                return s
+            }
+            d.majorFunction[.pnp] = PnP.functionDispatch()
+            return .success
+        }
+        _ = try io.addRootDevice(instanceName: "confused", functionDriver: d)
+        io.waitForPnP()
+        #expect(io.verifier.violations.map(\.rule) == [.nonPDOGivenForPDO, .nonPDOGivenForPDO])
+        #expect(io.verifier.violations.map(\.rule.windowsCode) == ["0xC9/0x24D", "0xC9/0x24D"])
+    }
 }

@@ -26,6 +26,9 @@ extension IOManager {
     /// `IoRegisterDeviceInterface(pdo, classGUID)`: returns the interface's
     /// symbolic link name; registering it again returns the same name.
     public func registerDeviceInterface(_ pdo: DeviceObject, classGUID: String) -> String {
+        if pdo.lowerDevice != nil, verifier.verifies(pdo.driverObject) {
+            verifier.report(.nonPDOGivenForPDO, device: pdo, detail: "IoRegisterDeviceInterface with a device that is attached to another (not a PDO)")
+        }
         let instance = pdo.deviceNode?.instanceName ?? pdo.name ?? "device"
         let name = "\(instance)#\(classGUID)"
         interfaces.withLock { list in

@@ -12,6 +12,9 @@ extension IOManager {
     /// is at the bottom of has children to report. The PnP manager asks and
     /// applies the difference on its executor; `waitForPnP` waits for it.
     public func invalidateDeviceRelations(_ pdo: DeviceObject) {
+        if pdo.lowerDevice != nil, verifier.verifies(pdo.driverObject) {
+            verifier.report(.nonPDOGivenForPDO, device: pdo, detail: "IoInvalidateDeviceRelations with a device that is attached to another (not a PDO)")
+        }
         pnp.enqueue { [self] in
             guard let node = pdo.deviceNode, pnp.isInTree(node) else { return }
             pnp.enumerate(node)
@@ -40,7 +43,19 @@ extension PnPManager {
         guard node.state == .started, node.stackBuilt, let pdo = node.pdo else { return }
         let (status, answer) = io.sendPnP(.queryDeviceRelations, to: pdo.topOfStack) { $0.relationType = .busRelations }
         guard status.isSuccess else { return }
-        let reported = answer.relations ?? []
+        var reported = answer.relations ?? []
+        // A PDO is at the bottom of its stack; anything attached to another is not one
+        // (0x248). Those are left out, as Windows cannot enumerate them either.
+        let notPDOs = reported.filter { $0.lowerDevice != nil }
+        if !notPDOs.isEmpty {
+            // Blamed on the bus's function device: the first attached above its PDO
+            // (the PDO below completes the query; it only passes the list up).
+            let bus = pdo.attachedDevice ?? pdo
+            for d in notPDOs where io.verifier.verifies(bus.driverObject) {
+                io.verifier.report(.nonPDOInBusRelations, device: bus, detail: "reported \(d.driverObject.name)'s device \(d.name ?? "(unnamed)"), which is attached to another device")
+            }
+            reported.removeAll { $0.lowerDevice != nil }
+        }
         let known = node.children
         for child in known where !child.missing && !reported.contains(where: { $0 === child.pdo }) {
             surpriseRemove(child)
@@ -96,6 +111,13 @@ extension PnPManager {
         dirty = true
         let who = identify(pdo)
         let instance = who.instanceID ?? "child"
+        if io.verifier.verifies(pdo.driverObject) {
+            for twin in parent.children where twin.pdo !== pdo && !twin.missing && twin.state != DeviceNodeState.removed
+                && twin.instanceName == instance && twin.hardwareIDs == who.hardwareIDs {
+                io.verifier.report(.duplicateChildIDs, device: pdo, detail: "instance ID \(instance) and hardware IDs \(who.hardwareIDs) are also another child's")
+                break
+            }
+        }
         let node = DeviceNode(instanceName: instance, hardwareIDs: who.hardwareIDs, compatibleIDs: who.compatibleIDs,
                               parameters: [:], pdo: pdo)
         node.parent = parent

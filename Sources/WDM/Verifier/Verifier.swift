@@ -72,6 +72,12 @@ public final class Verifier: @unchecked Sendable {
         case notDeletedAtRemove
         /// A driver failed an IRP that must not fail (REMOVE_DEVICE, SURPRISE_REMOVAL, CANCEL_REMOVE_DEVICE, CANCEL_STOP_DEVICE).
         case failedIrpThatMustNotFail
+        /// A device that is not a PDO in a bus's BusRelations.
+        case nonPDOInBusRelations
+        /// Two children of one bus with the same device and instance IDs.
+        case duplicateChildIDs
+        /// A device that is not a PDO given to IoRegisterDeviceInterface or IoInvalidateDeviceRelations.
+        case nonPDOGivenForPDO
 
         /// What Windows shows: the bug check and, for 0xC9, Verifier's code.
         public var windowsCode: String {
@@ -106,6 +112,9 @@ public final class Verifier: @unchecked Sendable {
             case .notDetachedAtRemove: "0xC9/0x21D"
             case .notDeletedAtRemove: "0xC9/0x21E"
             case .failedIrpThatMustNotFail: "0xC9/0x247"
+            case .nonPDOInBusRelations: "0xC9/0x248"
+            case .duplicateChildIDs: "0xC9/0x249"
+            case .nonPDOGivenForPDO: "0xC9/0x24D"
             }
         }
 
@@ -132,6 +141,8 @@ public final class Verifier: @unchecked Sendable {
             case .callDownWithCancelRoutine: "IoCallDriver"
             case .notDetachedAtRemove, .notDeletedAtRemove: "IRP_MN_REMOVE_DEVICE's return"
             case .failedIrpThatMustNotFail: "IoCompleteRequest"
+            case .nonPDOInBusRelations, .duplicateChildIDs: "IRP_MN_QUERY_DEVICE_RELATIONS (BusRelations)"
+            case .nonPDOGivenForPDO: "IoRegisterDeviceInterface or IoInvalidateDeviceRelations"
             }
         }
 
@@ -144,7 +155,8 @@ public final class Verifier: @unchecked Sendable {
                  .statusMismatch, .pendingNotPropagated, .informationExceedsBuffer, .informationExceedsLength,
                  .deviceInitializingLeftSet, .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied,
                  .deletedWhileAttached, .detachedWithNothingAttached, .deletedTwice, .bufferedAndDirect, .callDownWithCancelRoutine,
-                 .notDetachedAtRemove, .notDeletedAtRemove, .failedIrpThatMustNotFail:
+                 .notDetachedAtRemove, .notDeletedAtRemove, .failedIrpThatMustNotFail,
+                 .nonPDOInBusRelations, .duplicateChildIDs, .nonPDOGivenForPDO:
                 true
             default: false
             }
