@@ -45,6 +45,9 @@ public enum DefaultTree {
         if options.test {
             devices.append(DeviceDescription(name: "misbehave", hardwareIDs: ["Root\\Misbehave"]))
             devices.append(DeviceDescription(name: "lazy-null", hardwareIDs: ["Root\\Null"], upperFilters: [LazyFilter.name]))
+            // Defective samples the verifier catches: PnP (removal) and cancel.
+            devices.append(DeviceDescription(name: "forgetful", hardwareIDs: [ForgetfulRemove.hardwareID]))
+            devices.append(DeviceDescription(name: "cancel-left", hardwareIDs: ["Root\\Zero"], upperFilters: [CancelLeftSet.name]))
         }
         if options.bench {
             devices.append(DeviceDescription(name: "zero-stacked", hardwareIDs: ["Root\\Zero"],

@@ -105,6 +105,8 @@ public enum DriverCatalog {
               entry: ToasterDriver.driverEntry, className: "Toaster", parents: [.bus(ToasterBus.name)]),
         Entry(name: PassThroughFilter.name, role: .filter, serves: [], entry: PassThroughFilter.driverEntry),
         Entry(name: LazyFilter.name, role: .filter, serves: [], entry: LazyFilter.driverEntry, testOnly: true),
+        Entry(name: ForgetfulRemove.name, role: .function, serves: [ForgetfulRemove.hardwareID], entry: ForgetfulRemove.driverEntry, testOnly: true),
+        Entry(name: CancelLeftSet.name, role: .filter, serves: [], entry: CancelLeftSet.driverEntry, testOnly: true),
     ] + ToasterFilter.positions.map { Entry(name: $0, role: .filter, serves: [], entry: ToasterFilter.driverEntry(position: $0)) }
 
     public static func named(_ name: String) -> Entry? { all.first { $0.name == name } }

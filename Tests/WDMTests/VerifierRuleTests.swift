@@ -534,12 +534,13 @@ import WDMTesting
         let busDriver = try io.loadDriver(name: "Bus") { d in
             d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown) }
             let helper = PnP.functionDispatch()
-            d.majorFunction[.pnp] = { device, irp in
+            // Nothing here holds the bus driver or the child driver (no cycle: ASan's leak check).
+            d.majorFunction[.pnp] = { [unowned childDriver] device, irp in
                 guard irp.pnpMinor == .queryDeviceRelations, irp.pnp?.relationType == .busRelations else { return helper(device, irp) }
                 let children = kids.withLock { k in
                     if k.isEmpty {
                         for _ in 0..<2 {
-                            let pdo = d.ioManager.createDevice(driver: childDriver, deviceType: DeviceType.unknown)
+                            let pdo = device.driverObject.ioManager.createDevice(driver: childDriver, deviceType: DeviceType.unknown)
                             pdo.flags.remove(.deviceInitializing)
                             k.append(pdo)
                         }

@@ -455,8 +455,11 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
     /// must not leave a cancel routine set (0x203).
     public func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
         let p = irp.packet
-        guard p.cancelRoutineSet.load(ordering: .relaxed), location < p.stackCount,
-              let caller = p.locations[location].deviceObject, verifier.verifies(caller.driverObject) else { return }
+        // The caller is the device attached above the one called (a call down its
+        // stack; the location above may be the caller's or, after
+        // IoSkipCurrentIrpStackLocation, nobody's).
+        guard p.cancelRoutineSet.load(ordering: .relaxed), let caller = device.attachedDevice,
+              verifier.verifies(caller.driverObject) else { return }
         verifier.report(.callDownWithCancelRoutine, irp: irp, device: caller)
     }
 
