@@ -129,7 +129,11 @@ def test_sigterm_with_requests_outstanding_ends_the_daemon_cleanly(tmp_path):
         def pended():
             with open(os.path.join(mp, ".stats")) as f:
                 return dict(line.split() for line in f if line.strip()).get("irps_pended", "0")
-        assert wait_for(lambda: int(pended()) >= 3)  # all three wait in drivers
+        assert wait_for(lambda: int(pended()) >= 3)  # all three wait in drivers...
+        # ... each caller in its own call (the counter alone can be reached by echo's
+        # writes before ioctl-demo's waiter has arrived).
+        for c, call in zip(children, ("ioctl", "ioctl", "write")):
+            wait_until(lambda: c.poll() is not None or blocked_in(c.pid, call), f"{c.args[0]} blocked in {call}()")
         assert all(c.poll() is None for c in children)
         t0 = time.monotonic()
         daemon.send_signal(signal.SIGTERM)
