@@ -1,5 +1,6 @@
 """Mounts for the integration tests: each under a fresh temporary directory,
 always unmounted afterwards, even when a test fails."""
+import contextlib
 import os
 import platform
 import shutil
@@ -114,6 +115,19 @@ def mount_tree(extra=()):
     log = path + ".log"
     subprocess.run([wdmfs, "mount", path, "--log-file", log, *extra], check=True, capture_output=True, timeout=30)
     return Mount(path, log, wdmfs)
+
+
+@contextlib.contextmanager
+def scratch_mountpoint():
+    """A fresh directory to mount on; afterwards whatever is still mounted there is
+    detached and the directory removed, however the test ended."""
+    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
+    try:
+        yield mp
+    finally:
+        if is_mounted(mp):
+            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+        os.rmdir(mp)
 
 
 def unmount_tree(m):

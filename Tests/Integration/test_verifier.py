@@ -3,10 +3,9 @@ mounted (`wdmfs verify`, the `.verifier` file), its reports in `.verifier` and
 the log, and its actions (log, fail the IRP, bug check: the daemon ends)."""
 import os
 import subprocess
-import tempfile
 
 import envelope as env
-from conftest import is_mounted, mount_tree, unmount_tree, wait_until, wdmfs_binary
+from conftest import is_mounted, mount_tree, scratch_mountpoint, unmount_tree, wait_until, wdmfs_binary
 
 # Misbehave's IOCTL that completes with Information 100 bytes past the output (0x312).
 TOO_MUCH = (0x22 << 16) | ((0x900 + 4) << 2)
@@ -88,58 +87,45 @@ def test_a_bug_check_ends_the_daemon_cleanly_with_the_report():
 
 
 def test_a_foreground_daemon_stopped_by_a_bug_check_exits_3(tmp_path):
-    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
     log = tmp_path / "daemon.log"
-    daemon = subprocess.Popen([wdmfs_binary(), "mount", mp, "--foreground", "--tree", "test", "--verify", "Misbehave",
-                               "--verifier-action", "bugcheck"], stderr=open(log, "w"), stdout=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: is_mounted(mp), "the daemon mounted")
-        fd = os.open(os.path.join(mp, "misbehave"), os.O_RDWR)
+    with scratch_mountpoint() as mp:
+        daemon = subprocess.Popen([wdmfs_binary(), "mount", mp, "--foreground", "--tree", "test", "--verify", "Misbehave",
+                                   "--verifier-action", "bugcheck"], stderr=open(log, "w"), stdout=subprocess.DEVNULL)
         try:
-            assert env.call(fd, TOO_MUCH, out_len=4)[0] == env.STATUS_SUCCESS
-        finally:
+            wait_until(lambda: is_mounted(mp), "the daemon mounted")
+            fd = os.open(os.path.join(mp, "misbehave"), os.O_RDWR)
             try:
-                os.close(fd)
-            except OSError:
-                pass
-        assert daemon.wait(20) == 3
-        assert not is_mounted(mp)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        if is_mounted(mp):
-            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
-        os.rmdir(mp)
+                assert env.call(fd, TOO_MUCH, out_len=4)[0] == env.STATUS_SUCCESS
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            assert daemon.wait(20) == 3
+            assert not is_mounted(mp)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
 
 
 def test_verify_names_a_driver_that_is_not_loaded_and_nothing_is_mounted():
-    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
-    try:
+    with scratch_mountpoint() as mp:
         r = run("mount", mp, "--verify", "RamDisk,Nosuch")
         assert r.returncode != 0
         assert "--verify: no driver named Nosuch is loaded" in r.stderr, r.stderr
         assert not is_mounted(mp)
-    finally:
-        if is_mounted(mp):
-            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
-        os.rmdir(mp)
 
 
 def test_a_bug_check_while_the_tree_is_built_fails_the_mount_with_its_cause():
     """The test tree's LazyFilter forgets to copy DeviceType (0x23F): verified, with
     the bug check action, the mount fails and says why, as Windows stops at boot."""
-    mp = tempfile.mkdtemp(prefix="wdmfs-test-")
-    try:
+    with scratch_mountpoint() as mp:
         r = run("mount", mp, "--tree", "test", "--verify", "all", "--verifier-action", "bugcheck")
         assert r.returncode == 2
         first = r.stderr.splitlines()[0]
         assert "bug check 0xC9" in first and "filterDeviceTypeNotCopied [0xC9/0x23F]" in first, r.stderr
         assert "\\Driver\\LazyFilter" in first
         assert not is_mounted(mp)
-    finally:
-        if is_mounted(mp):
-            subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
-        os.rmdir(mp)
 
 
 def test_the_default_tree_is_clean_under_the_verifier_through_its_lifecycle():
