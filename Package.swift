@@ -13,6 +13,8 @@ let driverNames: [(target: String, folder: String)] = [
     ("IoctlDemoDriver", "IoctlDemo"),
     ("MisbehaveDriver", "Misbehave"),
     ("ToasterDrivers", "Toaster"),
+    ("FaultFilters", "FaultFilters"),
+    ("HostFileDriver", "HostFile"),
 ]
 // A driver whose public header (IOCTL codes, structures, GUIDs, interfaces) is a
 // target of its own, at Drivers/<folder>/Public: applications (the wdmfs tool)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libfuse3-dev fuse3 pkg-config bats bats-assert bats-support fio e2fsprogs; do
+for pkg in libfuse3-dev fuse3 pkg-config bats bats-assert bats-support fio e2fsprogs nbdkit libnbd-bin graphviz mscgen; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -12,11 +12,6 @@ public enum RamDiskDriver {
     /// The largest disk: the whole disk is allocated, zeroed and resident when its
     /// device is added, so a size is memory the daemon holds.
     public static let maximumSize = 16 << 30
-    public static let bytesPerSector = 512
-    public static let sectorsPerTrack = 32
-    public static let tracksPerCylinder = 2
-    /// `MEDIA_TYPE` FixedMedia
-    public static let fixedMedia: UInt32 = 12
 
     /// The RAM disk's device extension: its storage.
     public final class Extension: Sendable {
@@ -32,7 +27,7 @@ public enum RamDiskDriver {
 
     /// `Size`: the disk's length in bytes.
     public static let sizeSetting = DriverSetting.integer(
-        "Size", bytesPerSector...maximumSize, multipleOf: bytesPerSector, bytes: true, default: defaultSize,
+        "Size", Disk.bytesPerSector...maximumSize, multipleOf: Disk.bytesPerSector, bytes: true, default: defaultSize,
         help: "the disk's length in bytes. All of it is allocated and held in memory from the start, hence at most 16 GiB; and a disk that does not fit in the pool (half of physical memory, for all the mount's disks) fails to start with STATUS_INSUFFICIENT_RESOURCES")
     /// `Buffering`: how reads and writes reach the driver.
     public static let bufferingSetting = DriverSetting.choice(
@@ -76,17 +71,10 @@ public enum RamDiskDriver {
         }
     }
 
-    /// The part of [offset, offset + length) inside the disk, or nil for a bad offset.
-    static func clamp(_ offset: Int64, _ length: Int, size: Int) -> Int? {
-        guard offset >= 0 else { return nil }
-        if offset >= Int64(size) { return 0 }
-        return min(length, size - Int(offset))
-    }
-
     static let read: DispatchRoutine = { device, irp in
         let disk = device.deviceExtension(as: Extension.self)
         let p = irp.parameters.read
-        guard let n = clamp(p.byteOffset, p.length, size: disk.size) else {
+        guard let n = Disk.clamp(p.byteOffset, p.length, size: disk.size) else {
             irp.complete(.invalidParameter)
             return .invalidParameter
         }
@@ -101,7 +89,7 @@ public enum RamDiskDriver {
     static let write: DispatchRoutine = { device, irp in
         let disk = device.deviceExtension(as: Extension.self)
         let p = irp.parameters.write
-        guard let n = clamp(p.byteOffset, p.length, size: disk.size) else {
+        guard let n = Disk.clamp(p.byteOffset, p.length, size: disk.size) else {
             irp.complete(.invalidParameter)
             return .invalidParameter
         }
@@ -117,44 +105,8 @@ public enum RamDiskDriver {
     }
 
     static let deviceControl: DispatchRoutine = { device, irp in
-        let disk = device.deviceExtension(as: Extension.self)
-        let p = irp.parameters.deviceIoControl
-        let out = irp.systemBuffer
-        func answer(_ needed: Int, _ fill: (UnsafeMutableRawPointer) -> Void) -> NTStatus {
-            guard p.outputBufferLength >= needed, let out else {
-                irp.complete(.bufferTooSmall)
-                return .bufferTooSmall
-            }
-            fill(out)
-            irp.complete(.success, information: needed)
-            return .success
-        }
-        switch p.ioControlCode {
-        case .diskGetLengthInfo:
-            // GET_LENGTH_INFORMATION { LARGE_INTEGER Length; }
-            return answer(8) { $0.storeBytes(of: Int64(disk.size).littleEndian, as: Int64.self) }
-        case .diskGetDriveGeometry:
-            return answer(24) { writeGeometry(disk.size, to: $0) }
-        case .diskGetDriveGeometryEx:
-            // DISK_GEOMETRY_EX up to Data[]: Geometry, then LARGE_INTEGER DiskSize.
-            return answer(32) {
-                writeGeometry(disk.size, to: $0)
-                $0.storeBytes(of: Int64(disk.size).littleEndian, toByteOffset: 24, as: Int64.self)
-            }
-        default:
-            irp.complete(.invalidDeviceRequest)
-            return .invalidDeviceRequest
-        }
-    }
-
-    /// `DISK_GEOMETRY`: Cylinders (LARGE_INTEGER), MediaType, TracksPerCylinder,
-    /// SectorsPerTrack, BytesPerSector (ULONG each): 24 bytes.
-    static func writeGeometry(_ size: Int, to p: UnsafeMutableRawPointer) {
-        let cylinder = bytesPerSector * sectorsPerTrack * tracksPerCylinder
-        p.storeBytes(of: Int64(size / cylinder).littleEndian, toByteOffset: 0, as: Int64.self)
-        p.storeBytes(of: fixedMedia.littleEndian, toByteOffset: 8, as: UInt32.self)
-        p.storeBytes(of: UInt32(tracksPerCylinder).littleEndian, toByteOffset: 12, as: UInt32.self)
-        p.storeBytes(of: UInt32(sectorsPerTrack).littleEndian, toByteOffset: 16, as: UInt32.self)
-        p.storeBytes(of: UInt32(bytesPerSector).littleEndian, toByteOffset: 20, as: UInt32.self)
+        if let answered = Disk.answerQuery(irp, size: device.deviceExtension(as: Extension.self).size) { return answered }
+        irp.complete(.invalidDeviceRequest)
+        return .invalidDeviceRequest
     }
 }

@@ -6,6 +6,8 @@
 // match uses it; the tree file's check checks each device's settings by it.
 
 import EchoDriver
+import FaultFilters
+import HostFileDriver
 import IoctlDemoDriver
 import MisbehaveDriver
 import NullDriver
@@ -103,7 +105,14 @@ public enum DriverCatalog {
               childNames: ChildNames(prefix: "toaster")),
         Entry(name: ToasterDriver.name, role: .function, serves: [ToasterBus.toasterHardwareID, ToasterBus.toasterCompatibleID],
               entry: ToasterDriver.driverEntry, className: "Toaster", parents: [.bus(ToasterBus.name)]),
+        Entry(name: HostFileDriver.name, role: .function, serves: ["Root\\HostFile"], entry: HostFileDriver.driverEntry,
+              settings: HostFileDriver.settings),
         Entry(name: PassThroughFilter.name, role: .filter, serves: [], entry: PassThroughFilter.driverEntry),
+        // The fault-injection filters: in a tree file's filters, or attached live (`wdmfs attach`).
+        Entry(name: ErrorFilter.name, role: .filter, serves: [], entry: ErrorFilter.driverEntry, settings: ErrorFilter.settings),
+        Entry(name: DelayFilter.name, role: .filter, serves: [], entry: DelayFilter.driverEntry, settings: DelayFilter.settings),
+        Entry(name: RateFilter.name, role: .filter, serves: [], entry: RateFilter.driverEntry, settings: RateFilter.settings),
+        Entry(name: CorruptFilter.name, role: .filter, serves: [], entry: CorruptFilter.driverEntry, settings: CorruptFilter.settings),
         Entry(name: LazyFilter.name, role: .filter, serves: [], entry: LazyFilter.driverEntry, testOnly: true),
         Entry(name: ForgetfulRemove.name, role: .function, serves: [ForgetfulRemove.hardwareID], entry: ForgetfulRemove.driverEntry, testOnly: true),
         Entry(name: CancelLeftSet.name, role: .filter, serves: [], entry: CancelLeftSet.driverEntry, testOnly: true),

@@ -28,6 +28,7 @@ enum TreeEntry: Equatable {
         case (.interfaceDir(let x), .interfaceDir(let y)): x == y
         case (.interfaceLink(let x), .interfaceLink(let y)): x == y
         case (.rootControl, .rootControl): true
+        case (.setting(let x, let f), .setting(let y, let g)): x === y && f == g
         default: false
         }
     }
@@ -41,6 +42,8 @@ enum TreeEntry: Equatable {
     case interfaceLink(String)
     /// `.devices/.control`: verbs for the whole tree (`rescan`: the root's).
     case rootControl
+    /// A settings file a driver of the node's stack published (`error`).
+    case setting(NodeView, String)
 }
 
 extension FuseBridge {
@@ -59,10 +62,12 @@ extension FuseBridge {
         let tree = tree ?? io.pnp.snapshot
         let rest = String(path.dropFirst(".devices/".count))
         if let node = tree.node(atPath: rest) { return .node(node) }
-        guard let slash = rest.lastIndex(of: "/"), let f = NodeFile(rawValue: String(rest[rest.index(after: slash)...])),
-              let node = tree.node(atPath: String(rest[..<slash]))
-        else { return nil }
-        return .file(node, f)
+        guard let slash = rest.lastIndex(of: "/"), let node = tree.node(atPath: String(rest[..<slash])) else { return nil }
+        let name = String(rest[rest.index(after: slash)...])
+        if let f = NodeFile(rawValue: name) { return .file(node, f) }
+        // Looked up in the live stack: a filter attached or detached since the snapshot counts.
+        guard node.node.publishedSettings.contains(where: { $0.name == name }) else { return nil }
+        return .setting(node, name)
     }
 
     /// `.interfaces/{GUID}/instance` -> `../../FILE` for every enabled interface.
@@ -115,9 +120,11 @@ extension FuseBridge {
             return inodes.withLock { t in names.map { (n, d) in (n, t.inode(path + "/" + n), d) } }
         case .node(let node)?:
             let children = node.children.map(\.name)
+            let settings = node.node.publishedSettings.map(\.name)
             return inodes.withLock { t in
                 children.map { ($0, t.inode(path + "/" + $0), true) }
                     + NodeFile.allCases.map { ($0.rawValue, t.inode(directory: path, $0), false) }
+                    + settings.map { ($0, t.inode(path + "/" + $0), false) }
             }
         default:
             return nil
@@ -157,36 +164,87 @@ extension FuseBridge {
 
     /// A verb written to a node's `control` file: remove, disable, enable,
     /// restart, rebalance, eject (a driver or an open handle may veto: EBUSY,
-    /// with who and why in `result`), rescan (ask a bus for its children again).
-    /// Each runs as one action of the PnP manager and is waited for.
-    func control(_ view: NodeView, _ verb: String) -> Int32 {
+    /// with who and why in `result`), rescan (ask a bus for its children again),
+    /// `attach FILTER [KEY=VALUE ...]` and `detach FILTER` (a filter on the running stack,
+    /// starting with those settings). Each
+    /// runs as one action of the PnP manager and is waited for.
+    func control(_ view: NodeView, _ words: [String]) -> Int32 {
         func result(_ text: String) { lastResults.withLock { $0[view.path] = text + "\n" } }
         let node = view.node
+        let verb = words.first ?? ""
         let r: PnPResult
         let done: String
-        switch verb {
-        case "remove": (r, done) = (io.remove(node), "removed")
-        case "disable": (r, done) = (io.disable(node), "disabled")
-        case "enable": (r, done) = (io.enable(node), "enabled")
-        case "restart": (r, done) = (io.restart(node), "restarted")
-        case "rebalance": (r, done) = (io.rebalance(node), "rebalanced")
-        case "eject": (r, done) = (io.eject(node), "ejected")
-        case "rescan": (r, done) = (io.rescan(node), "rescanned")
+        let settingsBefore = node.publishedSettings.map(\.name)
+        switch (verb, words.count) {
+        case ("remove", 1): (r, done) = (io.remove(node), "removed")
+        case ("disable", 1): (r, done) = (io.disable(node), "disabled")
+        case ("enable", 1): (r, done) = (io.enable(node), "enabled")
+        case ("restart", 1): (r, done) = (io.restart(node), "restarted")
+        case ("rebalance", 1): (r, done) = (io.rebalance(node), "rebalanced")
+        case ("eject", 1): (r, done) = (io.eject(node), "ejected")
+        case ("rescan", 1): (r, done) = (io.rescan(node), "rescanned")
+        case ("attach", 2...):
+            switch filterLoader?(words[1], Array(words.dropFirst(2))) ?? .failure(FilterRefusal("this mount cannot attach filters")) {
+            case .success(let (driver, parameters)):
+                r = io.attachFilter(driver, to: node, parameters: parameters)
+                let added = node.publishedSettings.map(\.name).filter { !settingsBefore.contains($0) }
+                done = "attached \(words[1])" + (added.first.map { "; its settings: " + $0 } ?? "")
+            case .failure(let refusal):
+                io.log?("\(view.path): attach \(words[1]) failed: \(refusal.message)")
+                result("attach \(words[1]) failed: \(refusal.message)")
+                return ENOENT
+            }
+        case ("detach", 2): (r, done) = (io.detachFilter(named: words[1], from: node), "detached \(words[1])")
         default:
-            result("unknown verb \(verb.debugDescription): remove, disable, enable, restart, rebalance, eject or rescan")
+            result("unknown verb \(words.joined(separator: " ").debugDescription): remove, disable, enable, restart, rebalance, eject, rescan, attach FILTER or detach FILTER")
             return EINVAL
         }
         guard r.isSuccess else {
-            let why = "\(verb) failed: \(r)"
+            let why = "\(words.joined(separator: " ")) failed: \(r)"
             io.log?("\(view.path): \(why)")
             result(why)
             if r.vetoType != nil { return EBUSY }
             if r.status == .noSuchDevice { return ENODEV }
+            if r.status == .invalidDeviceState { return EBUSY }
             return r.detail?.hasPrefix("already") == true ? EALREADY : EINVAL
         }
+        if verb == "attach" || verb == "detach" { settingsChanged(view, settingsBefore) }
         result(done)
         return 0
     }
+
+    /// A filter came or went: the node's directory lists other settings files.
+    /// The kernel forgets its listing and the names (a name looked up before the
+    /// filter came is remembered as absent), and has done so when this returns.
+    func settingsChanged(_ view: NodeView, _ before: [String]) {
+        guard let dir = inodes.withLock({ $0.byName[".devices/" + view.path] }) else { return }
+        sink.invalidateInode(dir)
+        for name in Set(before + view.node.publishedSettings.map(\.name)) {
+            sink.invalidateEntry(parent: dir, name: name)
+        }
+        _ = (sink as? LibfuseSink)?.notificationsDone(within: 1)
+    }
+
+    /// Lines written to a settings file (`rate 0.01`), applied in order; the first
+    /// refused one stops it: EINVAL, with why in the node's `result` and the log.
+    func writeSettings(_ view: NodeView, _ name: String, _ text: String) -> Int32 {
+        guard let settings = view.node.publishedSettings.first(where: { $0.name == name })?.settings else { return ENODEV }
+        for line in text.split(whereSeparator: { $0 == "\n" || $0 == ";" }) {
+            if let why = settings.apply(String(line)) {
+                io.log?("\(view.path)/\(name): \(why)")
+                lastResults.withLock { $0[view.path] = "\(name): \(why)\n" }
+                return EINVAL
+            }
+        }
+        lastResults.withLock { $0[view.path] = "\(name): set\n" }
+        return 0
+    }
+}
+
+/// Why a filter cannot be attached (no such filter, not one that can be, a bad setting).
+public struct FilterRefusal: Error {
+    public let message: String
+    public init(_ message: String) { self.message = message }
 }
 
 extension String {

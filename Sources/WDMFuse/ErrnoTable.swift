@@ -24,6 +24,7 @@ public enum ErrnoTable {
         (.deviceNotReady, EAGAIN, "EAGAIN"),
         (.deviceBusy, EBUSY, "EBUSY"),
         (.ioTimeout, ETIMEDOUT, "ETIMEDOUT"),
+        (.mediaWriteProtected, EROFS, "EROFS"),
         (.unsuccessful, EIO, "EIO"),
     ]
 

@@ -86,6 +86,8 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         case verifier
         case treeDir(String)
         case treeFile(String, NodeFile)
+        /// A settings file a driver published under its node (`error`).
+        case settingFile(String)
         case symlink(String)
         case device(String)
     }
@@ -156,6 +158,11 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// user otherwise. The mount uses `default_permissions`, so the kernel enforces them.
     public var permissions: [String: (mode: UInt32, owner: UInt32?, group: UInt32?)] = [:]
 
+    /// The filter driver named by `attach FILTER KEY=VALUE...` in a node's `control`
+    /// file, loaded if it is not yet, and its settings as device parameters (checked;
+    /// the daemon sets it from the drivers it ships); nil: none can be attached.
+    public var filterLoader: (@Sendable (String, [String]) -> Result<(DriverObject, [String: String]), FilterRefusal>)?
+
     /// The text of the `.stats` file.
     public var statsText: String {
         let covered: Int = pollConnection?.coveredCount ?? 0
@@ -199,6 +206,24 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             reply.error(EISDIR)
         case .symlink:
             reply.error(ELOOP)
+        case .settingFile(let path):
+            // Read: its text as of the open; write: `key value` lines.
+            guard case .setting(let node, let name)? = resolve(path),
+                  let settings = node.node.publishedSettings.first(where: { $0.name == name })?.settings
+            else {
+                reply.error(ENOENT)
+                return
+            }
+            switch fi.pointee.flags & O_ACCMODE {
+            case O_RDONLY: fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(StatsSnapshot(settings.text())).toOpaque()))
+            case O_WRONLY: fi.pointee.fh = 0
+            default:
+                reply.error(EACCES)
+                return
+            }
+            cfuse_fi_set_direct_io(fi)
+            noteOpened(ino)
+            reply.open(fi)
         case .treeFile(let path, let f):
             if f == .control {
                 guard fi.pointee.flags & O_ACCMODE == O_WRONLY else {
@@ -324,8 +349,15 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
         }
         if InodeKind(ino).isTree {
             let reply = FuseReply(req, sink)
-            let verb = String((data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? "").filter { !$0.isWhitespace })
+            let text = data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
+            let words = text.split(whereSeparator: \.isWhitespace).map(String.init)
+            let verb = words.joined(separator: " ")
             let path = treePath(ino)
+            if let path, case .setting(let node, let name)? = resolve(path) {
+                let e = writeSettings(node, name, text)
+                if e == 0 { reply.written(size) } else { reply.error(e) }
+                return
+            }
             if path.map({ resolve($0) == .rootControl }) == true {
                 // `.devices/.control`: `rescan` from the root (removed root devices come
                 // back); `settle` waits until the PnP manager has nothing left to do.
@@ -348,7 +380,7 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
                 reply.error(ENODEV)
                 return
             }
-            let e = control(node, verb)
+            let e = control(node, words)
             if e == 0 { reply.written(size) } else { reply.error(e) }
             return
         }

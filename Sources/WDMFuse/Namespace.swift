@@ -154,6 +154,7 @@ extension FuseBridge {
             case .top?, .node?, .interfaceDir?: return .treeDir(path)
             case .file(_, let f)?: return .treeFile(path, f)
             case .rootControl?: return .treeFile(path, .control)
+            case .setting?: return .settingFile(path)
             case .interfaceLink(let target)?: return .symlink(target)
             case nil: return nil
             }
@@ -188,6 +189,9 @@ extension FuseBridge {
             st.st_nlink = 2
         case .treeFile(_, let f):
             st.st_mode = Glibc.S_IFREG | (f == .control ? 0o200 : 0o444)
+            st.st_nlink = 1
+        case .settingFile:
+            st.st_mode = Glibc.S_IFREG | 0o644
             st.st_nlink = 1
         case .symlink(let target):
             st.st_mode = Glibc.S_IFLNK | 0o777

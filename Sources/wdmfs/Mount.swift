@@ -165,6 +165,7 @@ struct Mount: ParsableCommand {
             fail("could not build the device tree: \(error)")
         }
         let bridge = FuseBridge(io: io)
+        bridge.filterLoader = { [unowned io] name, settings in Self.loadFilter(name, settings, into: io) }
         if case .failure(let why) = bridge.verifierScope(verify) {
             io.unloadAll()
             fail("--verify: \(why)")
@@ -204,6 +205,39 @@ struct Mount: ParsableCommand {
 func fail(_ message: String) -> Never {
     Daemon.fatal("wdmfs: " + message)
     exit(2)
+}
+
+extension Mount {
+    /// The filter `attach NAME KEY=VALUE...` names, loaded once (as one action of
+    /// the PnP manager, so two attaches at once load it once), and its settings as
+    /// device parameters: KEY is a setting's name (`ErrorRate`) or its key in the
+    /// filter's settings file (`rate`). The drivers for tests only cannot be attached.
+    static func loadFilter(_ name: String, _ settings: [String], into io: IOManager) -> Result<(DriverObject, [String: String]), FilterRefusal> {
+        let filters = DriverCatalog.all.filter { $0.role == .filter && !$0.testOnly }
+        guard let e = filters.first(where: { $0.name == name }) else {
+            return .failure(FilterRefusal("no filter named \(name): " + filters.map(\.name).joined(separator: ", ")))
+        }
+        let prefix = e.name.hasSuffix("Filter") ? String(e.name.dropLast("Filter".count)) : e.name
+        var parameters: [String: String] = [:]
+        for item in settings {
+            guard let eq = item.firstIndex(of: "=") else { return .failure(FilterRefusal("`\(item)` is not KEY=VALUE")) }
+            let key = String(item[..<eq]), value = String(item[item.index(after: eq)...])
+            guard let s = e.settings.first(where: { $0.name == key || $0.name.lowercased() == (prefix + key).lowercased() }) else {
+                let keys = e.settings.map { $0.name.dropFirst(prefix.count).lowercased() }
+                return .failure(FilterRefusal("\(name) has no setting `\(key)`" + (keys.isEmpty ? "" : ": " + keys.joined(separator: ", "))))
+            }
+            if let why = s.problem(with: value) { return .failure(FilterRefusal("\(key) \(why), not `\(value)`")) }
+            parameters[s.name] = value
+        }
+        return io.changeTree {
+            if let d = io.loadedDrivers.first(where: { $0.name == e.driverName }) { return .success((d, parameters)) }
+            do {
+                return .success((try io.loadDriver(name: e.name, entry: e.entry), parameters))
+            } catch {
+                return .failure(FilterRefusal("\(e.driverName)'s DriverEntry failed: \(error)"))
+            }
+        }
+    }
 }
 
 extension FuseBridge.PollMode: ExpressibleByArgument {}

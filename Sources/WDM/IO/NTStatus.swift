@@ -47,6 +47,16 @@ public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
     @inlinable public static var accessDenied: NTStatus { NTStatus(0xC000_0022) }
     /// `STATUS_DRIVER_INTERNAL_ERROR`: what Verifier's `fail` action completes an IRP with.
     @inlinable public static var driverInternalError: NTStatus { NTStatus(0xC000_0183) }
+    /// `STATUS_INVALID_DEVICE_STATE`: the device is not in a state that allows the request.
+    @inlinable public static var invalidDeviceState: NTStatus { NTStatus(0xC000_0184) }
+    /// `STATUS_NONEXISTENT_SECTOR`
+    @inlinable public static var nonexistentSector: NTStatus { NTStatus(0xC000_0015) }
+    /// `STATUS_CRC_ERROR`: a data error (a disk's bad sector).
+    @inlinable public static var crcError: NTStatus { NTStatus(0xC000_003F) }
+    /// `STATUS_DEVICE_DATA_ERROR`
+    @inlinable public static var deviceDataError: NTStatus { NTStatus(0xC000_009C) }
+    /// `STATUS_MEDIA_WRITE_PROTECTED`: a write to a read-only disk.
+    @inlinable public static var mediaWriteProtected: NTStatus { NTStatus(0xC000_00A2) }
     /// `STATUS_BUFFER_TOO_SMALL`
     @inlinable public static var bufferTooSmall: NTStatus { NTStatus(0xC000_0023) }
     /// `STATUS_DELETE_PENDING`
@@ -80,6 +90,9 @@ public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
         (.deviceNotReady, "STATUS_DEVICE_NOT_READY"), (.ioTimeout, "STATUS_IO_TIMEOUT"),
         (.notSupported, "STATUS_NOT_SUPPORTED"), (.cancelled, "STATUS_CANCELLED"),
         (.deviceRemoved, "STATUS_DEVICE_REMOVED"), (.driverInternalError, "STATUS_DRIVER_INTERNAL_ERROR"),
+        (.invalidDeviceState, "STATUS_INVALID_DEVICE_STATE"), (.nonexistentSector, "STATUS_NONEXISTENT_SECTOR"),
+        (.crcError, "STATUS_CRC_ERROR"), (.deviceDataError, "STATUS_DEVICE_DATA_ERROR"),
+        (.mediaWriteProtected, "STATUS_MEDIA_WRITE_PROTECTED"),
     ]
 
     /// The WDK name (`STATUS_ACCESS_DENIED`), or nil for a code this model does not name.

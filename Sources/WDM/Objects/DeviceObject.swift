@@ -44,15 +44,21 @@ public final class DeviceObject: @unchecked Sendable {
     /// device on the slow path.)
     public internal(set) var attachedDevice: DeviceObject? {
         get { attachedLink?.takeUnretainedValue() }
-        set { attachedLink = newValue.map(Unmanaged.passUnretained) }
+        set { attachedWord.store(newValue.map(Unmanaged.passUnretained), ordering: .releasing) }
     }
     /// The device this one is attached to (what IoAttachDeviceToDeviceStack returned).
     public internal(set) var lowerDevice: DeviceObject? {
         get { lowerLink?.takeUnretainedValue() }
-        set { lowerLink = newValue.map(Unmanaged.passUnretained) }
+        set { lowerWord.store(newValue.map(Unmanaged.passUnretained), ordering: .releasing) }
     }
-    @exclusivity(unchecked) @usableFromInline var attachedLink: Unmanaged<DeviceObject>?
-    @exclusivity(unchecked) @usableFromInline var lowerLink: Unmanaged<DeviceObject>?
+    /// The links are atomic because a filter can be attached to and detached from
+    /// a running stack (`PnPManager.attachFilter`) while requests walk it: a store
+    /// publishes a device whose fields were set before it, and an acquiring load
+    /// costs what a plain one does on the machines wdmfs runs on.
+    @usableFromInline let attachedWord = Atomic<Unmanaged<DeviceObject>?>(nil)
+    @usableFromInline let lowerWord = Atomic<Unmanaged<DeviceObject>?>(nil)
+    @inlinable var attachedLink: Unmanaged<DeviceObject>? { attachedWord.load(ordering: .acquiring) }
+    @inlinable var lowerLink: Unmanaged<DeviceObject>? { lowerWord.load(ordering: .acquiring) }
     /// The dispatch table of this device's driver (read on every IRP, without
     /// touching the driver object's reference count).
     @usableFromInline let dispatch: UnsafeMutablePointer<DispatchSlot>
@@ -62,6 +68,8 @@ public final class DeviceObject: @unchecked Sendable {
     /// answered from, so memory one device's driver wrote after completing never
     /// reaches another device's caller). Set once, by the host only.
     public let hostData = AtomicLazyReference<AnyObject>()
+    /// The settings file the driver published (see `publish(_:)`).
+    let publishedSettings = AtomicLazyReference<SettingsBox>()
     /// The `\Device\Name`, if created with one.
     public let name: String?
     /// The device node of the stack's PDO (set on PDOs by the bus, shared by the stack).

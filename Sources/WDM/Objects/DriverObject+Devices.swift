@@ -45,9 +45,11 @@ extension DriverObject {
     @discardableResult
     public func createFilterDevice(for pdo: DeviceObject, extension ext: AnyObject? = nil) -> DeviceObject {
         let filter = ioManager.createDevice(driver: self, deviceType: DeviceType.unknown, extension: ext)
-        let lower = ioManager.attachDeviceToDeviceStack(filter, to: pdo)
-        filter.copyAttributes(from: lower)
+        // Copied before the attach, which publishes the filter: on a running stack
+        // (a live attach) a request may reach it the moment it is attached.
+        filter.copyAttributes(from: pdo.topOfStack)
         filter.flags.remove(.deviceInitializing)
+        ioManager.attachDeviceToDeviceStack(filter, to: pdo)
         return filter
     }
 }

@@ -19,6 +19,8 @@ public struct DriverSetting: Sendable, Equatable, CustomStringConvertible {
         case string(maxLength: Int)
         /// `true` or `false`.
         case boolean
+        /// Text the driver's own check accepts; what it accepts, in words.
+        case checked(String)
     }
 
     /// The parameter's name (`Size`). Names compare exactly.
@@ -28,12 +30,19 @@ public struct DriverSetting: Sendable, Equatable, CustomStringConvertible {
     public let defaultValue: String
     /// One line: what it does, and why its limits are what they are.
     public let help: String
+    /// A `checked` setting's check: why a text is not one of its values, or nil.
+    let check: (@Sendable (String) -> String?)?
 
-    init(name: String, kind: Kind, defaultValue: String, help: String) {
+    public static func == (a: DriverSetting, b: DriverSetting) -> Bool {
+        a.name == b.name && a.kind == b.kind && a.defaultValue == b.defaultValue && a.help == b.help
+    }
+
+    init(name: String, kind: Kind, defaultValue: String, help: String, check: (@Sendable (String) -> String?)? = nil) {
         self.name = name
         self.kind = kind
         self.defaultValue = defaultValue
         self.help = help
+        self.check = check
         assert(problem(with: defaultValue) == nil, "the default of \(name) is not one of its values")
     }
 
@@ -51,6 +60,13 @@ public struct DriverSetting: Sendable, Equatable, CustomStringConvertible {
     /// A text setting.
     public static func string(_ name: String, maxLength: Int = 255, default value: String, help: String) -> DriverSetting {
         DriverSetting(name: name, kind: .string(maxLength: maxLength), defaultValue: value, help: help)
+    }
+
+    /// A text setting whose values `check` accepts (it returns why a text is not
+    /// one, or nil); `values` says what it accepts, for the listing.
+    public static func checked(_ name: String, values: String, default value: String, help: String,
+                               check: @escaping @Sendable (String) -> String?) -> DriverSetting {
+        DriverSetting(name: name, kind: .checked(values), defaultValue: value, help: help, check: check)
     }
 
     /// A `true` / `false` setting.
@@ -75,6 +91,8 @@ public struct DriverSetting: Sendable, Equatable, CustomStringConvertible {
             return text.count <= maxLength ? nil : "must be at most \(maxLength) characters long"
         case .boolean:
             return text == "true" || text == "false" ? nil : "must be true or false"
+        case .checked:
+            return check?(text)
         }
     }
 
@@ -124,6 +142,7 @@ public struct DriverSetting: Sendable, Equatable, CustomStringConvertible {
         case .choice(let words): "one of " + words.joined(separator: ", ")
         case .string(let maxLength): "text of at most \(maxLength) characters"
         case .boolean: "true or false"
+        case .checked(let values): values
         }
     }
 

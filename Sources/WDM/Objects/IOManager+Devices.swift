@@ -26,10 +26,11 @@ extension IOManager {
     @discardableResult
     public func attachDeviceToDeviceStack(_ source: DeviceObject, to target: DeviceObject) -> DeviceObject {
         let lower = target.topOfStack
-        lower.attachedDevice = source
         source.lowerDevice = lower
         source.stackSize = lower.stackSize + 1
         source.deviceNode = lower.deviceNode
+        // Last: a request that finds the new device above finds it whole.
+        lower.attachedDevice = source
         return lower
     }
 

@@ -39,7 +39,8 @@ public final class DeviceNode: @unchecked Sendable {
     /// `IRP_MN_QUERY_ID` BusQueryCompatibleIDs.
     public let compatibleIDs: [String]
     /// Per-device settings, as `HKR\Device Parameters`.
-    public let parameters: [String: String]
+    /// (Changed only on the PnP manager's executor: a filter attached live adds its settings.)
+    public internal(set) var parameters: [String: String]
 
     // Written only on the PnP manager's executor.
 
@@ -58,6 +59,10 @@ public final class DeviceNode: @unchecked Sendable {
     public internal(set) var stackBuilt = false
     /// The drivers of the stack (lower filters, function driver, upper filters), to build it again.
     public internal(set) var drivers: (lower: [DriverObject], function: DriverObject, upper: [DriverObject])?
+    /// Filter devices detached from the running stack (`IOManager.detachFilter`):
+    /// out of the stack but not deleted until the stack is removed, so a request
+    /// that was already on its way to one finishes through it.
+    var detachedFilters: [DeviceObject] = []
     /// What QUERY_CAPABILITIES answered after START, as it came back up the stack
     /// (DeviceState[] maps system to device power states).
     public internal(set) var capabilities = DeviceCapabilities()

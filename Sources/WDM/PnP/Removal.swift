@@ -236,7 +236,13 @@ extension IOManager {
     /// After IRP_MN_REMOVE_DEVICE returned: each function or filter device of the
     /// stack must have detached (0x21D) and deleted itself (0x21E). Verifier or
     /// not, the log says which driver left a device behind.
+    /// The filters detached from the running stack go with it.
     func checkRemoved(_ stack: [DeviceObject], from pdo: DeviceObject, node: DeviceNode) {
+        for filter in node.detachedFilters {
+            filter.lowerDevice = nil
+            deleteDevice(filter)
+        }
+        node.detachedFilters = []
         for device in stack {
             let deleted = device.deletedFlag.load(ordering: .acquiring)
             let attached = device.lowerDevice != nil
