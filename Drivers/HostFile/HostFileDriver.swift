@@ -26,7 +26,7 @@ public enum HostFileDriver {
 
     /// `Path`: the host file or block device.
     public static let pathSetting = DriverSetting.checked(
-        "Path", values: "an absolute path", default: "/",
+        "Path", values: "an absolute path (required: the default, /, is refused)", default: "/",
         help: "the host file or block device whose bytes are the disk's; a file that does not exist is made (with Size)") { text in
         text.hasPrefix("/") && text.count <= 4096 ? nil : "must be an absolute path"
     }
