@@ -42,6 +42,7 @@ public enum HostFileDriver {
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = addDevice
+        driver.ioctlNames = Disk.ioctlNames
         driver.majorFunction.succeed([.create, .cleanup, .close])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.power] = Power.functionDispatch

@@ -39,6 +39,7 @@ public enum RamDiskDriver {
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = addDevice
+        driver.ioctlNames = Disk.ioctlNames
         driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
         driver.majorFunction[.pnp] = PnP.functionDispatch()
         driver.majorFunction[.power] = Power.functionDispatch

@@ -96,9 +96,10 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// its name is looked up. A name that goes away loses its inode; if it comes
     /// back it is a new file with a new inode.
     struct Inodes {
-        var byName: [String: fuse_ino_t] = [:]
-        var byInode: [fuse_ino_t: String] = [:]
-        var next: fuse_ino_t = 5
+        /// 5 is `.trace`, the trace device (when the host made one).
+        var byName: [String: fuse_ino_t] = [TraceDevice.link: 5]
+        var byInode: [fuse_ino_t: String] = [5: TraceDevice.link]
+        var next: fuse_ino_t = 6
         var nextTree: fuse_ino_t = 0
 
         /// The inode of a `.devices`/`.interfaces` path, numbered at first sight
@@ -135,6 +136,9 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public init(io: IOManager, sink: (any ReplySink)? = nil) {
         self.io = io
         self.sink = sink ?? LibfuseSink(log: { line in io.log?(line) })
+        hasTraceDevice = io.device(forLink: TraceDevice.link) != nil
+        // The trace is the daemon user's to read: it shows every request's offsets and sizes.
+        permissions[TraceDevice.link] = (0o600, nil, nil)
         for link in io.pnp.snapshot.links { _ = inode(of: link) }
         let names = listedNames(io.pnp.snapshot)
         listed.withLock { $0 = names }
@@ -158,6 +162,9 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     /// user otherwise. The mount uses `default_permissions`, so the kernel enforces them.
     public var permissions: [String: (mode: UInt32, owner: UInt32?, group: UInt32?)] = [:]
 
+    /// Whether the host made the trace device (`.trace`, inode 5) before the bridge.
+    let hasTraceDevice: Bool
+
     /// The filter driver named by `attach FILTER KEY=VALUE...` in a node's `control`
     /// file, loaded if it is not yet, and its settings as device parameters (checked;
     /// the daemon sets it from the drivers it ships); nil: none can be attached.
@@ -167,7 +174,9 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
     public var statsText: String {
         let covered: Int = pollConnection?.coveredCount ?? 0
         let polled: Int = polls.load(ordering: .relaxed)
+        let trace = io.traceReaders
         return io.statistics.text + "fuse_polls \(polled)\npoll_connection_files \(covered)\n"
+            + "trace_readers \(trace.count)\ntrace_events_lost \(trace.lost)\n"
     }
     /// FUSE_POLL requests received (the cost `pollMode` is about).
     let polls = Atomic<Int>(0)

@@ -45,6 +45,7 @@ extension FuseBridge {
         if name == ".stats" { return 2 }
         if name == ".power" { return 3 }
         if name == ".verifier" { return 4 }
+        if name == TraceDevice.link { return hasTraceDevice ? 5 : nil }
         guard (tree ?? io.pnp.snapshot).presentLinks.contains(name) else { return nil }
         return inodes.withLock { t in
             if let ino = t.byName[name] { return ino }
@@ -137,9 +138,12 @@ extension FuseBridge {
     /// The entries of the root directory now: `.stats`, then every device file.
     var rootEntries: [(name: String, ino: fuse_ino_t)] {
         let tree = io.pnp.snapshot
-        return [(".stats", 2), (".power", 3), (".verifier", 4)] + (treeInode(".devices", in: tree).map { [(".devices", $0)] } ?? [])
-            + (treeInode(".interfaces", in: tree).map { [(".interfaces", $0)] } ?? [])
-            + tree.links.compactMap { name in inode(of: name, in: tree).map { (name, $0) } }
+        var out: [(name: String, ino: fuse_ino_t)] = [(".stats", 2), (".power", 3), (".verifier", 4)]
+        if let ino = treeInode(".devices", in: tree) { out.append((".devices", ino)) }
+        if let ino = treeInode(".interfaces", in: tree) { out.append((".interfaces", ino)) }
+        if hasTraceDevice { out.append((TraceDevice.link, 5)) }
+        for name in tree.links { if let ino = inode(of: name, in: tree) { out.append((name, ino)) } }
+        return out
     }
 
     func node(_ ino: fuse_ino_t) -> Node? {
@@ -159,6 +163,7 @@ extension FuseBridge {
             case nil: return nil
             }
         case .deviceFile:
+            if ino == 5 { return hasTraceDevice ? .device(TraceDevice.link) : nil }
             guard let name = inodes.withLock({ $0.byInode[ino] }), io.pnp.snapshot.presentLinks.contains(name) else { return nil }
             return .device(name)
         }

@@ -164,6 +164,11 @@ struct Mount: ParsableCommand {
         } catch {
             fail("could not build the device tree: \(error)")
         }
+        do {
+            try io.createTraceDevice()
+        } catch {
+            fail("could not make the trace device: \(error)")
+        }
         let bridge = FuseBridge(io: io)
         bridge.filterLoader = { [unowned io] name, settings in Self.loadFilter(name, settings, into: io) }
         if case .failure(let why) = bridge.verifierScope(verify) {

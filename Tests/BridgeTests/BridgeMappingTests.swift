@@ -320,7 +320,7 @@ func header(_ reply: FakeSink.Reply?) -> IoctlEnvelope.Header? {
             offset += piece.count
         }
         let lines = String(decoding: text, as: UTF8.self).split(separator: "\n")
-        #expect(lines.count == 8)  // six counters, fuse_polls, poll_connection_files
+        #expect(lines.count == 10)  // six counters, fuse_polls, poll_connection_files, trace_readers, trace_events_lost
         #expect(lines.allSatisfy { $0.split(separator: " ").count == 2 })
         #expect(lines.first == "irps_submitted \(lines.first!.split(separator: " ")[1])")
     }

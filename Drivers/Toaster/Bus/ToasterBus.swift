@@ -30,6 +30,11 @@ extension ToasterBus {
     static func child(_ d: DeviceObject) -> Child { d.deviceExtension(as: Child.self) }
 
     public static let driverEntry: DriverEntry = { driver in
+        driver.ioctlNames = [
+            plugIn.rawValue: "IOCTL_BUSENUM_PLUGIN_HARDWARE", unplug.rawValue: "IOCTL_BUSENUM_UNPLUG_HARDWARE",
+            eject.rawValue: "IOCTL_BUSENUM_EJECT_HARDWARE", dontDisplayInUI.rawValue: "IOCTL_BUSENUM_DONT_DISPLAY_IN_UI_DEVICE",
+            internalGetSerial.rawValue: "IOCTL_TOASTER_INTERNAL_GET_SERIAL",
+        ]
         driver.addDevice = { driver, pdo in
             let bus = Bus()
             bus.pdo = pdo

@@ -10,6 +10,13 @@ public enum Disk {
     /// `MEDIA_TYPE` FixedMedia
     public static let fixedMedia: UInt32 = 12
 
+    /// The disk IOCTLs' names (a disk driver's `ioctlNames`).
+    public static let ioctlNames: [UInt32: String] = [
+        ControlCode.diskGetLengthInfo.rawValue: "IOCTL_DISK_GET_LENGTH_INFO",
+        ControlCode.diskGetDriveGeometry.rawValue: "IOCTL_DISK_GET_DRIVE_GEOMETRY",
+        ControlCode.diskGetDriveGeometryEx.rawValue: "IOCTL_DISK_GET_DRIVE_GEOMETRY_EX",
+    ]
+
     /// The part of [offset, offset + length) inside a disk of `size` bytes (0 at or
     /// past its end), or nil for a negative offset.
     public static func clamp(_ offset: Int64, _ length: Int, size: Int) -> Int? {

@@ -30,13 +30,32 @@ public final class IOManager: @unchecked Sendable {
     /// How long a cancelled IRP may take to complete before the I/O manager stops
     /// waiting for it (at shutdown, after a host's cancel). Windows waits 5 minutes.
     public nonisolated(unsafe) var shutdownGrace: Double = 1.0
+    /// What each reader of the trace holds before it loses events (bytes). Set before a reader opens.
+    public nonisolated(unsafe) var traceReaderCapacity = 1 << 20
 
     /// The observers at IoCallDriver and IoCompleteRequest, in call order. Nil when
     /// there are none: the IRP path then pays one load and one branch per choke point.
-    @exclusivity(unchecked) @usableFromInline nonisolated(unsafe) var observers: Unmanaged<ObserverChain>?
-    /// Owns the chain `observers` points to.
-    nonisolated(unsafe) var observerChain: ObserverChain? {
-        didSet { observers = observerChain.map(Unmanaged.passUnretained) }
+    /// An atomic, because an observer can come and go while I/O runs (a trace
+    /// reader opens the first or closes the last handle of `.trace`); an acquiring
+    /// load costs what a plain one does on the machines wdmfs runs on.
+    @inlinable var observers: Unmanaged<ObserverChain>? { observerWord.load(ordering: .acquiring) }
+    @usableFromInline let observerWord = Atomic<Unmanaged<ObserverChain>?>(nil)
+    /// Every chain ever installed, the current one last: a chain stays alive for
+    /// the I/O manager's life, since a request may still be walking an old one.
+    let observerChains = HandoffMutex<[ObserverChain]>([])
+
+    /// Installs `list` as the chain (nil when empty).
+    private func installObservers(_ change: ([any IRPObserver]) -> [any IRPObserver]) {
+        observerChains.withLock { chains in
+            let list = change(observerWord.load(ordering: .acquiring) == nil ? [] : chains.last?.list ?? [])
+            guard !list.isEmpty else {
+                observerWord.store(nil, ordering: .releasing)
+                return
+            }
+            let chain = ObserverChain(list)
+            chains.append(chain)
+            observerWord.store(Unmanaged.passUnretained(chain), ordering: .releasing)
+        }
     }
 
     /// Matches child PDOs to function drivers (see `DriverMatcher`). Set before buses enumerate.
@@ -96,16 +115,20 @@ public final class IOManager: @unchecked Sendable {
         }
     }
 
-    /// Adds an observer at the end of the chain. Call before I/O starts. The I/O
-    /// manager keeps it alive.
+    /// Adds an observer at the end of the chain, also while I/O runs (a request in
+    /// flight may then show it only its later events). The I/O manager keeps it alive.
     public func addObserver(_ observer: any IRPObserver) {
-        observerChain = ObserverChain((observerChain?.list ?? []) + [observer])
+        installObservers { $0 + [observer] }
     }
 
-    /// Removes every observer of type `T`. Call while no I/O runs.
+    /// Removes `observer`, also while I/O runs.
+    public func removeObserver(_ observer: any IRPObserver) {
+        installObservers { $0.filter { $0 !== observer } }
+    }
+
+    /// Removes every observer of type `T`.
     public func removeObservers<T: IRPObserver>(of type: T.Type) {
-        let rest = (observerChain?.list ?? []).filter { !($0 is T) }
-        observerChain = rest.isEmpty ? nil : ObserverChain(rest)
+        installObservers { $0.filter { !($0 is T) } }
     }
 
     /// The counters, as a snapshot.

@@ -268,6 +268,7 @@ public struct IRP: @unchecked Sendable, Equatable {
         }
         guard let r else { return false }
         let device = p.currentLocation <= p.stackCount ? p.locations[p.currentLocation - 1].deviceObject : nil
+        p.ioManager.observers?._withUnsafeGuaranteedRef { $0.cancelling(self) }
         r(device, self)
         return true
     }

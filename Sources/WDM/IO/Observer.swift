@@ -20,6 +20,8 @@ public protocol IRPObserver: AnyObject, Sendable {
     func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus)
     /// The walk ended: the IRP is about to go back to its requester.
     func completed(_ irp: IRP)
+    /// IoCancelIrp found a cancel routine set and is about to call it.
+    func cancelling(_ irp: IRP)
 }
 
 extension IRPObserver {
@@ -28,6 +30,7 @@ extension IRPObserver {
     public func completing(_ irp: IRP) {}
     public func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {}
     public func completed(_ irp: IRP) {}
+    public func cancelling(_ irp: IRP) {}
 }
 
 /// The installed observers, called in order. Immutable: the I/O manager swaps
@@ -71,5 +74,8 @@ extension IRPObserver {
         rules?._withUnsafeGuaranteedRef { $0.completed(irp) }
         if others.isEmpty { return }
         for o in others { o.completed(irp) }
+    }
+    func cancelling(_ irp: IRP) {
+        for o in others { o.cancelling(irp) }
     }
 }

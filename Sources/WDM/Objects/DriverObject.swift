@@ -49,6 +49,9 @@ public final class DriverObject: @unchecked Sendable {
     /// wdmfs extension: how ready a device is to read and write without pending.
     /// Drivers that never pend leave it nil (always ready).
     public var readiness: ReadinessRoutine?
+    /// wdmfs extension: the names of the IOCTL codes the driver serves
+    /// (`IOCTL_DISK_GET_LENGTH_INFO`), for traces. Set in DriverEntry.
+    public var ioctlNames: [UInt32: String] = [:]
     /// Driver-wide state (the WDM driver extension's client area).
     public var driverExtension: AnyObject?
 
