@@ -86,6 +86,47 @@ def empty_echo_selects_readable(mp):
         os.close(fd)
 
 
+def observer_table(wdmfs, mp, rounds, small_count, ioctl_count):
+    """What the verifier's rules and the tracer cost when on, on the same mount:
+    4 KiB reads through two filters and 64 B ioctls with nothing observing, with
+    `wdmfs verify MP all`, and with a trace reader streaming to /dev/null (all
+    events formatted and delivered). Rounds alternate the three."""
+    def reads():
+        return loadgen("read", f"{mp}/zero-stacked", 4096, small_count * 4096, 1) / 4096
+
+    def ioctls():
+        return loadgen("ioctl", f"{mp}/ioctl-demo", ioctl_count, 64, IOCTL_DEMO_BUFFERED)
+
+    modes = ("off", "verifier all", "tracing on")
+    got = {m: {"reads": [], "ioctls": []} for m in modes}
+    for r in range(rounds):
+        for mode in modes if r % 2 == 0 else reversed(modes):
+            reader = None
+            if mode == "verifier all":
+                sh(wdmfs, "verify", mp, "all")
+            if mode == "tracing on":
+                reader = subprocess.Popen(["cat", f"{mp}/.trace"], stdout=subprocess.DEVNULL)
+                while stats(mp)["trace_readers"] == "0":
+                    time.sleep(0.01)
+            try:
+                got[mode]["reads"].append(reads())
+                got[mode]["ioctls"].append(ioctls())
+            finally:
+                if reader:
+                    reader.terminate()
+                    reader.wait()
+                if mode == "verifier all":
+                    sh(wdmfs, "verify", mp, "none")
+    out = ["\nObservers on wdmfs (same mount; 4 KiB reads through two filters, 64 B ioctls; k req/s, medians):\n",
+           "| observers | 4 KiB reads | / off | 64 B ioctls | / off |", "| --- | ---: | ---: | ---: | ---: |"]
+    base_r, base_i = statistics.median(got["off"]["reads"]), statistics.median(got["off"]["ioctls"])
+    for mode in modes:
+        rd, io = statistics.median(got[mode]["reads"]), statistics.median(got[mode]["ioctls"])
+        out.append(f"| {mode} | {rd / 1e3:.1f} | {rd / base_r:.2f} | {io / 1e3:.1f} | {io / base_i:.2f} |")
+    out.append(f"\n(trace events lost by the streaming reader: {stats(mp)['trace_events_lost']})")
+    return out
+
+
 def fio_poll_table(wdmfs, seconds):
     """io_uring on the default tree, whose echo can pend: io_uring polls a FUSE file
     before each nonblocking attempt, and the kernel asks the daemon on each poll
@@ -145,6 +186,7 @@ def main():
             print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
         copied = stats(wmp)["bytes_copied"]
         violations = stats(wmp)["verifier_violations"]
+        observed = observer_table(wdmfs, wmp, max(3, a.rounds // 2), small_count, ioctl_count)
     finally:
         if is_mounted(ymp):
             subprocess.run(["fusermount3", "-u", ymp])
@@ -171,6 +213,7 @@ def main():
         s = statistics.median(results[two][side]) / statistics.median(results[one][side])
         print(f"| two readers / one reader, {side} | | | {s:.2f} | |")
     print(f"\nwdmfs copy counter after the run: bytes_copied {copied}, verifier_violations {violations}")
+    print("\n".join(observed))
 
     if not a.skip_fio:
         fio_poll_table(wdmfs, 1 if a.quick else 5)

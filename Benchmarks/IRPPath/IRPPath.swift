@@ -88,6 +88,11 @@ let benchmarks: @Sendable () -> Void = {
     )
     let rig = try! Rig(verifierRules: false)
     let checked = try! Rig(verifierRules: true)
+    // With a reader of the trace open (it does not read: once its 1 MiB is full each
+    // event is formatted and counted lost, the cost an IRP pays whatever the reader does).
+    let traced = try! Rig(verifierRules: false)
+    try! traced.io.createTraceDevice()
+    let traceReader = try! traced.io.open(TraceDevice.link, access: .readData)
 
     Benchmark("read 4 KiB IRP, 3-deep stack") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(rig.read(4096)) }
@@ -104,6 +109,10 @@ let benchmarks: @Sendable () -> Void = {
     }
     Benchmark("ioctl 64 B IRP, 3-deep stack, verifier rules") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(checked.ioctl(64)) }
+    }
+    Benchmark("read 4 KiB IRP, 3-deep stack, tracing on") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(traced.read(4096)) }
+        blackHole(traceReader)
     }
     // The control: the embedded host's convenience API copies into Swift arrays,
     // so the malloc counter must show allocations here (proof it is counting).

@@ -48,6 +48,7 @@ public enum DefaultTree {
             // Defective samples the verifier catches: PnP (removal) and cancel.
             devices.append(DeviceDescription(name: "forgetful", hardwareIDs: [ForgetfulRemove.hardwareID]))
             devices.append(DeviceDescription(name: "cancel-left", hardwareIDs: ["Root\\Zero"], upperFilters: [CancelLeftSet.name]))
+            devices.append(DeviceDescription(name: "forgets-pending", hardwareIDs: ["Root\\Zero"], upperFilters: [PendingForgotten.name]))
         }
         if options.bench {
             devices.append(DeviceDescription(name: "zero-stacked", hardwareIDs: ["Root\\Zero"],

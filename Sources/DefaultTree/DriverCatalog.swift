@@ -116,6 +116,7 @@ public enum DriverCatalog {
         Entry(name: LazyFilter.name, role: .filter, serves: [], entry: LazyFilter.driverEntry, testOnly: true),
         Entry(name: ForgetfulRemove.name, role: .function, serves: [ForgetfulRemove.hardwareID], entry: ForgetfulRemove.driverEntry, testOnly: true),
         Entry(name: CancelLeftSet.name, role: .filter, serves: [], entry: CancelLeftSet.driverEntry, testOnly: true),
+        Entry(name: PendingForgotten.name, role: .filter, serves: [], entry: PendingForgotten.driverEntry, testOnly: true),
     ] + ToasterFilter.positions.map { Entry(name: $0, role: .filter, serves: [], entry: ToasterFilter.driverEntry(position: $0)) }
 
     public static func named(_ name: String) -> Entry? { all.first { $0.name == name } }

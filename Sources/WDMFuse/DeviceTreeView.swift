@@ -12,6 +12,8 @@ enum NodeFile: String, CaseIterable {
     case deviceID = "device_id", instanceID = "instance_id", hardwareIDs = "hardware_ids", compatibleIDs = "compatible_ids"
     case description, status, problem, stack, power, handles, control, result
     case filterLog = "filter.log"
+    /// The last IRPs of the stack, while Verifier's `irp-log` stress option is on.
+    case irpLog = "irp_log"
 
     private static let indices = Dictionary(uniqueKeysWithValues: allCases.enumerated().map { ($1, $0) })
     /// Its place in `allCases` (part of its inode number).
@@ -149,6 +151,7 @@ extension FuseBridge {
         case .control: return ""
         case .result: return lastResults.withLock { $0[node.path] } ?? ""
         case .filterLog: return node.node.log.map { $0 + "\n" }.joined()
+        case .irpLog: return node.node.irpLog.map { $0 + "\n" }.joined()
         }
     }
 

@@ -36,7 +36,10 @@ extension FuseBridge {
     /// and the violations so far (the most recent 256), one per line.
     var verifierText: String {
         let v = io.verifier
-        var s = "verify \(v.scope)\naction \(v.action.rawValue)\nviolations \(v.count)\n"
+        var s = "verify \(v.scope)\naction \(v.action.rawValue)\n"
+        // The stress options only while one is on (`stress none` turns them off).
+        if v.stress.isActive { s += "stress \(v.stress)\n" }
+        s += "violations \(v.count)\n"
         for violation in v.violations { s += "\(violation)\n" }
         return s
     }
@@ -47,8 +50,20 @@ extension FuseBridge {
     func writeVerifier(_ reply: consuming FuseReply, _ data: UnsafePointer<CChar>?, _ size: Int) {
         let text = data.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
         let words = text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).map(String.init)
+        if words.first == "stress", words.count >= 2 {
+            switch Verifier.Stress.parse(words.dropFirst().joined(separator: ","), base: io.verifier.stress) {
+            case .success(let stress):
+                io.verifier.stress = stress
+                io.log?(".verifier: stress \(stress)")
+                reply.written(size)
+            case .failure(let why):
+                io.log?(".verifier: \(why)")
+                reply.error(EINVAL)
+            }
+            return
+        }
         guard words.count == 2 else {
-            io.log?(".verifier: expected `verify all|none|DRIVER,...` or `action log|fail|bugcheck`, got \(text.debugDescription)")
+            io.log?(".verifier: expected `verify all|none|DRIVER,...`, `action log|fail|bugcheck` or `stress OPTION=VALUE...`, got \(text.debugDescription)")
             reply.error(EINVAL)
             return
         }

@@ -63,6 +63,9 @@ struct Mount: ParsableCommand {
     @Option(help: "What a verifier violation does: log (report it), fail (also fail the IRP with STATUS_DRIVER_INTERNAL_ERROR), or bugcheck (report it and end the daemon, every request answered).")
     var verifierAction: Verifier.Action = .log
 
+    @Option(help: "Driver Verifier's stress options, seeded: pending=P (a verified driver's calls down forced to pend), low-resources=P (its IRP and pool allocations fail), irp-log=N (the last N IRPs per device, in .devices/NODE/irp_log), deadline=S (report a user IRP not completed within S seconds), seed=N. Changeable while mounted: wdmfs verify --stress.")
+    var stress = "none"
+
     @Flag(help: "Mount even if MOUNTPOINT is not empty (its files are hidden while mounted).")
     var nonempty = false
 
@@ -92,6 +95,7 @@ struct Mount: ParsableCommand {
             if let problem = Daemon.clearDeadMount(path) { fail(problem) }
         }
         if let problem = Self.mountpointProblem(mountpoint) { fail(problem) }
+        if case .failure(let why) = Verifier.Stress.parse(stress) { fail("--stress: \(why)") }
         if Daemon.isMounted(path) { fail("\(path) is already mounted") }
         if !nonempty, Daemon.isNonEmptyDirectory(path) {
             fail("\(path) is not empty; mount on an empty directory, or give --nonempty to hide its files while mounted")
@@ -109,6 +113,7 @@ struct Mount: ParsableCommand {
             if poll != .auto { args += ["--poll", poll.rawValue] }
             if verify != "none" { args += ["--verify", verify] }
             if verifierAction != .log { args += ["--verifier-action", verifierAction.rawValue] }
+            if stress != "none" { args += ["--stress", stress] }
             if tree != "default" { args += ["--tree", ["bench", "test"].contains(tree) ? tree : Daemon.absolute(tree)] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)
@@ -148,6 +153,10 @@ struct Mount: ParsableCommand {
         io.log = { Daemon.log("wdmfs: \($0)") }
         io.verifier.onViolation = { Daemon.log("wdmfs: \($0)") }
         io.verifier.action = verifierAction
+        switch Verifier.Stress.parse(stress) {
+        case .success(let s): io.verifier.stress = s
+        case .failure(let why): fail("--stress: \(why)")
+        }
         // The bug check: the report is logged (above); a daemon that serves ends as
         // on SIGTERM, every request answered; one still building its tree fails the mount.
         let serving = Atomic<Bool>(false)

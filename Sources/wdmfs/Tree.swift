@@ -42,7 +42,8 @@ struct Tree: ParsableCommand {
     func validate() throws {
         let given = [mountpoint != nil, printDefault, check != nil].filter { $0 }.count
         if given != 1 { throw ValidationError("give a MOUNTPOINT, --print-default or --check FILE") }
-        if (json || dot) && mountpoint == nil { throw ValidationError("--json and --dot go with a MOUNTPOINT") }
+        if json && mountpoint == nil { throw ValidationError("--json goes with a MOUNTPOINT") }
+        if dot && mountpoint == nil { throw ValidationError("--dot goes with a MOUNTPOINT") }
         if json && dot { throw ValidationError("give --json or --dot, not both") }
         if output != nil && !dot { throw ValidationError("--output goes with --dot") }
         if let output, !output.hasSuffix(".svg") && !output.hasSuffix(".png") { throw ValidationError("--output must end in .svg or .png") }

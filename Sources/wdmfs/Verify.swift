@@ -15,18 +15,24 @@ struct Verify: ParsableCommand {
             Examples:
               wdmfs verify /mnt/wdm all
               wdmfs verify /mnt/wdm Misbehave,Echo --action fail
+              wdmfs verify /mnt/wdm all --stress pending=0.5,seed=7
               wdmfs verify /mnt/wdm none
               wdmfs verify /mnt/wdm
             """)
     @Argument(help: "Where the tree is mounted.") var mountpoint: String
     @Argument(help: "all, none, or driver names separated by commas; none given: print.") var drivers: String?
     @Option(help: "log, fail (also fail the IRP) or bugcheck (end the daemon).") var action: Verifier.Action?
+    @Option(help: "Stress options: pending=P,low-resources=P,irp-log=N,deadline=S,seed=N (the ones named change), or none.") var stress: String?
 
     func run() throws {
         let file = mountpoint + "/.verifier"
         var lines: [String] = []
         if let drivers { lines.append("verify \(drivers)") }
         if let action { lines.append("action \(action.rawValue)") }
+        if let stress {
+            if case .failure(let why) = Verifier.Stress.parse(stress) { fail("--stress: \(why)") }
+            lines.append("stress \(stress)")
+        }
         for line in lines {
             let fd = open(file, O_WRONLY)
             guard fd >= 0 else { fail("\(file): \(String(cString: strerror(errno))) (is \(mountpoint) a wdmfs mount?)") }

@@ -115,7 +115,10 @@ func shape(_ lines: [String]) -> [String] {
         _ = host.read(file, count: 512)
         #expect(waiting.wait(seconds: 5))
         #expect(waiting.status == .success && String(decoding: waiting.data, as: UTF8.self).contains("call IRP_MJ_READ 4/4"))
-        let cancelled = host.beginRead(trace, count: 65536)
+        // A reader opened now has nothing yet: its read waits until cancelled.
+        let idle = try host.open(TraceDevice.link)
+        let cancelled = host.beginRead(idle, count: 65536)
+        #expect(cancelled.status == .pending)
         #expect(cancelled.cancel())
         #expect(cancelled.wait(seconds: 5))
         #expect(cancelled.status == .cancelled)

@@ -266,7 +266,7 @@ def test_stats_read_in_small_pieces_under_load_is_always_well_formed(tree):
         for _ in range(50):
             r = subprocess.run(["dd", f"if={tree.dev('.stats')}", "bs=7", "status=none"], capture_output=True, text=True)
             lines = r.stdout.splitlines()
-            assert len(lines) == 8 and all(len(l.split()) == 2 and l.split()[1].isdigit() for l in lines), r.stdout
+            assert len(lines) == 10 and all(len(l.split()) == 2 and l.split()[1].isdigit() for l in lines), r.stdout
     finally:
         stop.set()
         t.join()
@@ -595,7 +595,7 @@ def test_a_tree_file_is_mounted_as_described(tmp_path):
         "    mode: '0640'\n")
     m = mount_tree(("--tree", str(tree_file)))
     try:
-        assert sorted(os.listdir(m.path)) == [".devices", ".interfaces", ".power", ".stats", ".verifier", "disk-b", "small"]
+        assert sorted(os.listdir(m.path)) == [".devices", ".interfaces", ".power", ".stats", ".trace", ".verifier", "disk-b", "small"]
         assert os.stat(m.dev("small")).st_size == 1 << 20
         st = os.stat(m.dev("disk-b"))
         assert st.st_size == 2 << 20 and st.st_mode & 0o777 == 0o640

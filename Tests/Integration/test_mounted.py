@@ -19,7 +19,7 @@ MiB = 1 << 20
 
 
 def test_the_root_lists_the_default_devices(tree):
-    assert sorted(os.listdir(tree.path)) == sorted([".devices", ".interfaces", ".stats", ".power", ".verifier", "null", "zero", "ramdisk0", "echo", "ioctl-demo", "toaster-bus"])
+    assert sorted(os.listdir(tree.path)) == sorted([".devices", ".interfaces", ".stats", ".power", ".verifier", ".trace", "null", "zero", "ramdisk0", "echo", "ioctl-demo", "toaster-bus"])
 
 
 def test_the_ramdisk_shows_its_length(tree):

@@ -2,6 +2,7 @@
 mounted (`wdmfs verify`, the `.verifier` file), its reports in `.verifier` and
 the log, and its actions (log, fail the IRP, bug check: the daemon ends)."""
 import os
+import signal
 import subprocess
 
 import envelope as env
@@ -178,3 +179,99 @@ def test_the_defective_samples_are_caught_with_their_rules_and_codes():
         assert "LazyFilter" not in text  # not verified: not checked
     finally:
         unmount_tree(m)
+
+
+def test_forced_pending_finds_the_completion_routine_bug_a_normal_run_misses():
+    """PendingForgotten's completion routine forgets IoMarkIrpPending: over zero,
+    which completes at once, nothing shows; under forced pending it is 0x228."""
+    m = mount_tree(("--tree", "test", "--verify", "PendingForgotten"))
+    try:
+        subprocess.run(["dd", f"if={m.dev('forgets-pending')}", "of=/dev/null", "bs=512", "count=20", "status=none"], check=True)
+        assert "pendingNotPropagated" not in verifier(m)
+        r = run("verify", m.path, "--stress", "pending=1,seed=5")
+        assert r.returncode == 0 and "stress pending=1.0 low-resources=0.0 irp-log=0 deadline=0.0 seed=5\n" in r.stdout, r.stdout + r.stderr
+        out = subprocess.run(["dd", f"if={m.dev('forgets-pending')}", "bs=512", "count=4", "status=none"], check=True, capture_output=True).stdout
+        assert out == bytes(2048)  # the data still arrives, from another thread
+        wait_until(lambda: "pendingNotPropagated [0xC9/0x228]" in verifier(m), "0x228 reported")
+        line = next(l for l in verifier(m).splitlines() if "0x228" in l)
+        assert "\\Driver\\PendingForgotten" in line and "the completion routine's return" in line, line
+        assert run("verify", m.path, "--stress", "none").stdout.startswith("verify PendingForgotten\naction log\nviolations ")
+    finally:
+        unmount_tree(m)
+
+
+def test_low_resources_fails_requests_with_enomem_reproducibly():
+    # Set once mounted: at mount the pool's allocations would fail too (the pool does
+    # not know which driver asks), and with them the RAM disk's and echo's AddDevice.
+    m = mount_tree(("--verify", "Zero"))
+    try:
+        def pattern():
+            try:
+                fd = os.open(m.dev("zero"), os.O_RDONLY)
+            except OSError as e:
+                return ["open", e.errno]  # the IRP_MJ_CREATE's allocation failed
+            try:
+                out = []
+                for _ in range(30):
+                    try:
+                        os.read(fd, 512)
+                        out.append(0)
+                    except OSError as e:
+                        out.append(e.errno)
+                return out
+            finally:
+                os.close(fd)
+
+        def seeded():
+            assert run("verify", m.path, "--stress", "low-resources=0.5,seed=11").returncode == 0
+            return pattern()
+
+        a, b = seeded(), seeded()
+        assert a == b and set(a) == {0, 12}, a  # ENOMEM: STATUS_INSUFFICIENT_RESOURCES by the errno table
+        assert run("verify", m.path, "--stress", "low-resources=0.5,seed=12").returncode == 0
+        assert pattern() != a
+        assert run("verify", m.path, "--stress", "low-resources=0").returncode == 0
+        assert set(pattern()) == {0}
+    finally:
+        unmount_tree(m)
+
+
+def test_the_irp_log_keeps_each_devices_last_irps():
+    m = mount_tree(("--stress", "irp-log=4"))
+    try:
+        subprocess.run(["dd", f"if={m.dev('ramdisk0')}", "of=/dev/null", "bs=4096", "count=3", "skip=2", "iflag=direct", "status=none"], check=True)
+        with open(os.path.join(m.path, ".devices", "ramdisk0", "irp_log")) as f:
+            lines = f.read().splitlines()
+        # The last four of dd's six: the open, three reads, the close's two.
+        assert [l.split(" ", 1)[1] for l in lines] == [
+            "IRP_MJ_READ offset=12288 length=4096 STATUS_SUCCESS information=4096",
+            "IRP_MJ_READ offset=16384 length=4096 STATUS_SUCCESS information=4096",
+            "IRP_MJ_CLEANUP STATUS_SUCCESS information=0",
+            "IRP_MJ_CLOSE STATUS_SUCCESS information=0",
+        ], lines
+    finally:
+        unmount_tree(m)
+
+
+def test_a_user_irp_past_its_deadline_is_reported_and_can_still_be_cancelled():
+    m = mount_tree(("--verify", "Echo", "--stress", "deadline=0.3"))
+    try:
+        cat = subprocess.Popen(["cat", m.dev("echo")], stdout=subprocess.DEVNULL)
+        wait_until(lambda: "deadlineMissed" in verifier(m), "the waiting read reported")
+        line = next(l for l in verifier(m).splitlines() if "deadlineMissed" in l)
+        assert "IRP_MJ_READ on echo not completed within 0.3 s (it can still be cancelled)" in line, line
+        cat.send_signal(signal.SIGINT)
+        assert cat.wait(10) == -signal.SIGINT
+        with open(m.dev("echo"), "wb", buffering=0) as f:
+            f.write(b"x")
+        with open(m.dev("echo"), "rb", buffering=0) as f:
+            assert f.read(1) == b"x"
+    finally:
+        unmount_tree(m)
+
+
+def test_bad_stress_options_are_refused_saying_why():
+    with scratch_mountpoint() as mp:
+        r = run("mount", mp, "--stress", "pending=2")
+        assert r.returncode == 2 and "--stress: pending must be a decimal from 0 to 1, not `2`" in r.stderr
+        assert not is_mounted(mp)

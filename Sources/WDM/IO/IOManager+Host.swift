@@ -133,12 +133,31 @@ extension IOManager {
         if let refused = prepare(irp, request, file) {
             return refuse(irp, refused)
         }
+        if verifier.stressBits.load(ordering: .relaxed) & StressBits.deadline != 0, verifier.verifies(file.deviceObject.driverObject) {
+            watchDeadline(irp, file)
+        }
         if anyHeld.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.held.load(ordering: .acquiring) != 0 {
             // A driver that says so fails I/O while it is not in D0, instead of holding it.
             if top.held.load(ordering: .relaxed) & HoldReason.power.rawValue != 0, failsWhileAsleep(top) { return refuse(irp, .deviceNotReady) }
             return park(irp, top)
         }
         return submit(irp)
+    }
+
+    /// Verifier's deadline for user IRPs: one still in flight when it passes is
+    /// reported (the report touches nothing of the IRP: it can still be cancelled).
+    private func watchDeadline(_ irp: IRP, _ file: FileObject) {
+        let p = irp.packet, g = irp.generation
+        let seconds = verifier.stress.deadline
+        let label = IRPTracer.label(irp)
+        let device = file.deviceObject
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+            let w = p.state.load(ordering: .acquiring)
+            guard w >> 8 == UInt64(g), w & 0xFF != UInt64(IRPPacket.Life.completed.rawValue), w & 0xFF != UInt64(IRPPacket.Life.free.rawValue),
+                  verifier.stress.deadline > 0
+            else { return }
+            _ = verifier.report(.deadlineMissed, device: device, detail: "\(label) on \(file.fileName) not completed within \(seconds) s (it can still be cancelled)")
+        }
     }
 
     /// Sends `request` and waits for it: the final status and Information.
@@ -221,6 +240,12 @@ extension IOManager {
         if file.deviceObject.failsNewIO.load(ordering: .relaxed) {
             p.hostBuffer = request.hostBuffer
             return .noSuchDevice
+        }
+        // Verifier's low-resources simulation: the IRP "could not be allocated".
+        if verifier.stressBits.load(ordering: .relaxed) & StressBits.lowResources != 0,
+           verifier.verifies(file.deviceObject.driverObject), verifier.draw(\.lowResources) {
+            p.hostBuffer = request.hostBuffer
+            return .insufficientResources
         }
         if file.deviceObject.deleted {
             verifier.report(.requestToDeletedDevice, device: file.deviceObject, detail: "a request on a handle whose device was deleted")

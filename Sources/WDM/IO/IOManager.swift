@@ -103,6 +103,11 @@ public final class IOManager: @unchecked Sendable {
         self.checkedBuffers = checkedBuffers
         pnp = PnPManager(io: self)
         if verifierRules { addObserver(VerifierRules(verifier)) }
+        let logger = IRPLogger(verifier)
+        verifier.onStressChange = { [unowned self] stress in
+            removeObserver(logger)
+            if stress.irpLog > 0 { addObserver(logger) }
+        }
         verifier.drivers = { [unowned self] in self.loadedDrivers }
         verifier.driverNames = { [unowned self] id in
             self.loadedDrivers.first { ObjectIdentifier($0) == id }?.name
@@ -257,6 +262,10 @@ public final class IOManager: @unchecked Sendable {
             guard let routine else { return invalidRequest(irp) }
             return routine(device, irp)
         }
+        if verifier.stressBits.load(ordering: .relaxed) & StressBits.pending != 0, let caller = device.attachedDevice,
+           let forced = forcePending(device, irp, caller: caller, location: location, routine: routine, observers: observers) {
+            return forced
+        }
         return observers._withUnsafeGuaranteedRef { chain in
             chain.callingDriver(device, irp, location: location)
             // Read while this thread still owns the IRP: once the routine returned
@@ -266,6 +275,29 @@ public final class IOManager: @unchecked Sendable {
             chain.driverReturned(device, irp, location: location, status: status, major: major, minor: minor)
             return status
         }
+    }
+
+    /// Verifier's forced pending: a verified driver's call down (not PnP or power)
+    /// returns STATUS_PENDING to it now, and the driver below runs later on another
+    /// thread, with its location marked pending, as if it had pended. Nil: not this one.
+    /// (The caller is the device attached above `device`, as for 0x203.)
+    private func forcePending(_ device: DeviceObject, _ irp: IRP, caller: DeviceObject, location: Int, routine: DispatchRoutine?,
+                              observers: Unmanaged<ObserverChain>) -> NTStatus? {
+        let p = irp.packet
+        let major = p.locations[location - 1].majorFunction
+        guard major != .pnp, major != .power, verifier.verifies(caller.driverObject), verifier.draw(\.pending) else { return nil }
+        p.locations[location - 1].control.insert(.pendingReturned)
+        p.notePending(.marked, at: location - 1, generation: irp.generation)
+        counters.pended.add(1, ordering: .relaxed)
+        DispatchQueue.global().async { [self] in
+            observers._withUnsafeGuaranteedRef { chain in
+                chain.callingDriver(device, irp, location: location)
+                let status = routine.map { $0(device, irp) } ?? invalidRequest(irp)
+                // Not the rules: the pending mark is the I/O manager's, not this driver's doing.
+                for o in chain.others { o.driverReturned(device, irp, location: location, status: status) }
+            }
+        }
+        return .pending
     }
 
     private func invalidRequest(_ irp: IRP) -> NTStatus {

@@ -27,7 +27,7 @@ public struct PoolMemory: @unchecked Sendable {
     /// `limit`, or memory the system refuses. The driver then fails its request
     /// (STATUS_INSUFFICIENT_RESOURCES).
     public init?(byteCount: Int, tag: String) {
-        guard byteCount >= 0, byteCount <= Self.limit else { return nil }
+        guard byteCount >= 0, byteCount <= Self.limit, !Self.simulatedFailure() else { return nil }
         guard Self.inUse.add(byteCount, ordering: .relaxed).newValue <= Self.limit else {
             Self.inUse.subtract(byteCount, ordering: .relaxed)
             return nil

@@ -154,12 +154,14 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
         return "0x" + String(code.rawValue, radix: 16, uppercase: true).leftPadded(to: 8)
     }
 
-    /// `IRP_MJ_PNP/IRP_MN_START_DEVICE`, `IRP_MJ_READ`.
+    /// `IRP_MJ_PNP/IRP_MN_START_DEVICE`, `IRP_MJ_READ`: from the top location, which
+    /// every IRP has (the current one is past the top once the walk ended).
     static func label(_ irp: IRP) -> String {
-        let major = irp.majorFunction
+        let top = irp.packet.locations[irp.packet.stackCount - 1]
+        let major = top.majorFunction, minor = top.minorFunction
         switch major {
-        case .pnp: return major.wdmName + "/" + (PnPMinor(rawValue: irp.minorFunction)?.wdmName ?? "0x" + String(irp.minorFunction, radix: 16))
-        case .power: return major.wdmName + "/" + (PowerMinor(rawValue: irp.minorFunction)?.wdmName ?? "0x" + String(irp.minorFunction, radix: 16))
+        case .pnp: return major.wdmName + "/" + (PnPMinor(rawValue: minor)?.wdmName ?? "0x" + String(minor, radix: 16))
+        case .power: return major.wdmName + "/" + (PowerMinor(rawValue: minor)?.wdmName ?? "0x" + String(minor, radix: 16))
         default: return major.wdmName
         }
     }
@@ -179,10 +181,12 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
                 if e.done && e.depth <= 0 { t.entries[k] = nil } else { t.entries[k] = e }
                 return e
             }
-            guard event != "return" else { return nil }
+            // Only a thread that owns the IRP reads its words (not a return, not a cancel).
+            guard event != "return", event != "cancel" else { return nil }
             let top = p.targetDevice ?? device
             let node = top?.deviceNode?.instanceName ?? top?.name ?? "-"
-            let e = Entry(seq: t.next, start: now, node: node, major: irp.majorFunction.rawValue, label: Self.label(irp), done: done, depth: depth)
+            let e = Entry(seq: t.next, start: now, node: node, major: p.locations[p.stackCount - 1].majorFunction.rawValue,
+                          label: Self.label(irp), done: done, depth: depth)
             t.next += 1
             // An IRP whose dispatch return was never seen (the tracer came in between) is forgotten eventually.
             if t.entries.count > 16384 { t.entries = t.entries.filter { !$0.value.done } }

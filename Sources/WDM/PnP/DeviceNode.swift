@@ -88,6 +88,10 @@ public final class DeviceNode: @unchecked Sendable {
     public var powerState: DevicePowerState { DevicePowerState(rawValue: powerWord.load(ordering: .acquiring)) ?? .d0 }
     /// Lines drivers log about this node (a filter's log of the PnP and power IRPs it saw).
     let logLines = HandoffMutex<[String]>([])
+    /// The last IRPs of the node's stack, while Verifier's `irp-log` stress option is on.
+    let irpLogLines = HandoffMutex<[String]>([])
+    /// The last IRPs of the node's stack (Verifier's IRP logging), oldest first.
+    public var irpLog: [String] { irpLogLines.withLock { $0 } }
     /// Appends a line to the node's log (the last 1,000 are kept).
     public func appendLog(_ line: String) {
         logLines.withLock {

@@ -44,6 +44,13 @@ extension PnPManager {
             return .success
         case (.restart, .disabled):
             return PnPResult(status: .invalidDeviceRequest, detail: "disabled (enable it)")
+        case (.restart, .initialized) where node.problem == .failedAdd || node.problem == .failedStart:
+            // A device that failed to add or start is tried again (devcon restart does).
+            dirty = true
+            node.problem = nil
+            let status = bringUp(node)
+            if !status.isSuccess { return PnPResult(status: status, detail: "did not start again") }
+            return node.state == .started ? .success : PnPResult(status: .unsuccessful, detail: "did not start again (\(node.state.rawValue))")
         default:
             return PnPResult(status: .invalidDeviceRequest, detail: "not started (\(node.state.rawValue))")
         }

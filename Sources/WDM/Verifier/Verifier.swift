@@ -78,6 +78,8 @@ public final class Verifier: @unchecked Sendable {
         case duplicateChildIDs
         /// A device that is not a PDO given to IoRegisterDeviceInterface or IoInvalidateDeviceRelations.
         case nonPDOGivenForPDO
+        /// A user IRP not completed within the stress option's deadline.
+        case deadlineMissed
 
         /// What Windows shows: the bug check and, for 0xC9, Verifier's code.
         public var windowsCode: String {
@@ -115,6 +117,7 @@ public final class Verifier: @unchecked Sendable {
             case .nonPDOInBusRelations: "0xC9/0x248"
             case .duplicateChildIDs: "0xC9/0x249"
             case .nonPDOGivenForPDO: "0xC9/0x24D"
+            case .deadlineMissed: "none (Windows times out a cancelled IRP after 5 minutes)"
             }
         }
 
@@ -143,6 +146,7 @@ public final class Verifier: @unchecked Sendable {
             case .failedIrpThatMustNotFail: "IoCompleteRequest"
             case .nonPDOInBusRelations, .duplicateChildIDs: "IRP_MN_QUERY_DEVICE_RELATIONS (BusRelations)"
             case .nonPDOGivenForPDO: "IoRegisterDeviceInterface or IoInvalidateDeviceRelations"
+            case .deadlineMissed: "no IoCompleteRequest within the deadline (stress option)"
             }
         }
 
@@ -156,7 +160,7 @@ public final class Verifier: @unchecked Sendable {
                  .deviceInitializingLeftSet, .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied,
                  .deletedWhileAttached, .detachedWithNothingAttached, .deletedTwice, .bufferedAndDirect, .callDownWithCancelRoutine,
                  .notDetachedAtRemove, .notDeletedAtRemove, .failedIrpThatMustNotFail,
-                 .nonPDOInBusRelations, .duplicateChildIDs, .nonPDOGivenForPDO:
+                 .nonPDOInBusRelations, .duplicateChildIDs, .nonPDOGivenForPDO, .deadlineMissed:
                 true
             default: false
             }
@@ -259,6 +263,13 @@ public final class Verifier: @unchecked Sendable {
     public nonisolated(unsafe) var onViolation: (@Sendable (Violation) -> Void)?
 
     public init() {}
+
+    /// The stress options and their seeded stream (see Stress.swift).
+    let stressState = HandoffMutex<(options: Stress, random: SeededRandom)>((Stress(), SeededRandom(seed: 0)))
+    /// `StressBits` of the options on: what the I/O path loads.
+    let stressBits = Atomic<UInt8>(0)
+    /// Told of every change of the stress options (the I/O manager installs the IRP log).
+    nonisolated(unsafe) var onStressChange: (@Sendable (Stress) -> Void)?
 
     /// The drivers checked now. Setting it marks each loaded driver (one atomic
     /// flag per driver, which the rules read: a driver not verified costs a load).
