@@ -230,10 +230,14 @@ def main():
         print("| --- | ---: | ---: |")
         for name, body in re.findall(r"\n(\S[^\n]*)\n╒[^\n]*\n(.*?)╘", out.stdout, re.S):
             row = {}
-            for metric in ("Time (wall clock) (ns)", "Malloc (total)"):
-                m = re.search(re.escape(metric) + r"[^│]*│\s*\S+\s*│\s*\S+\s*│\s*(\S+)", body)
-                row[metric] = m.group(1) if m else "?"
-            print(f"| {name} | {row['Time (wall clock) (ns)']} | {row['Malloc (total)']} |")
+            # p50 is the third column; the time's unit follows the benchmark's scale (ns, μs, ms).
+            m = re.search(r"Time \(wall clock\) \((ns|μs|us|ms)\)[^│]*│\s*\S+\s*│\s*\S+\s*│\s*(\S+)", body)
+            if m:
+                ns = float(m.group(2)) * {"ns": 1, "μs": 1000, "us": 1000, "ms": 1e6}[m.group(1)]
+                row["time"] = f"{ns:.0f}"
+            m = re.search(r"Malloc \(total\)[^│]*│\s*\S+\s*│\s*\S+\s*│\s*(\S+)", body)
+            row["mallocs"] = m.group(1) if m else "?"
+            print(f"| {name} | {row.get('time', '?')} | {row['mallocs']} |")
 
 
 if __name__ == "__main__":

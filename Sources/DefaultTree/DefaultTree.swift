@@ -49,6 +49,8 @@ public enum DefaultTree {
             devices.append(DeviceDescription(name: "forgetful", hardwareIDs: [ForgetfulRemove.hardwareID]))
             devices.append(DeviceDescription(name: "cancel-left", hardwareIDs: ["Root\\Zero"], upperFilters: [CancelLeftSet.name]))
             devices.append(DeviceDescription(name: "forgets-pending", hardwareIDs: ["Root\\Zero"], upperFilters: [PendingForgotten.name]))
+            devices.append(DeviceDescription(name: "swallows-power", hardwareIDs: ["Root\\Zero"], upperFilters: [PowerSwallower.name]))
+            devices.append(DeviceDescription(name: "keeps-remove-lock", hardwareIDs: [RemoveLockKept.hardwareID]))
         }
         if options.bench {
             devices.append(DeviceDescription(name: "zero-stacked", hardwareIDs: ["Root\\Zero"],

@@ -117,6 +117,8 @@ public enum DriverCatalog {
         Entry(name: ForgetfulRemove.name, role: .function, serves: [ForgetfulRemove.hardwareID], entry: ForgetfulRemove.driverEntry, testOnly: true),
         Entry(name: CancelLeftSet.name, role: .filter, serves: [], entry: CancelLeftSet.driverEntry, testOnly: true),
         Entry(name: PendingForgotten.name, role: .filter, serves: [], entry: PendingForgotten.driverEntry, testOnly: true),
+        Entry(name: PowerSwallower.name, role: .filter, serves: [], entry: PowerSwallower.driverEntry, testOnly: true),
+        Entry(name: RemoveLockKept.name, role: .function, serves: [RemoveLockKept.hardwareID], entry: RemoveLockKept.driverEntry, testOnly: true),
     ] + ToasterFilter.positions.map { Entry(name: $0, role: .filter, serves: [], entry: ToasterFilter.driverEntry(position: $0)) }
 
     public static func named(_ name: String) -> Entry? { all.first { $0.name == name } }

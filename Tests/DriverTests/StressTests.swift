@@ -7,6 +7,8 @@
 import DefaultTree
 import Foundation
 import Testing
+import ToasterDrivers
+import ToasterPublic
 import WDM
 import WDMTesting
 
@@ -128,5 +130,82 @@ func stress(_ text: String) -> Verifier.Stress {
         #expect(why("irp-log") == "`irp-log` is not OPTION=VALUE")
         #expect(why("deadline=soon") == "deadline must be seconds from 0 to 86400, not `soon`")
         #expect((try? Verifier.Stress.parse("pending=0.5 seed=7").get())?.description == "pending=0.5 low-resources=0.0 irp-log=0 deadline=0.0 seed=7")
+    }
+
+    @Test func theDefectiveSamplesOfThePowerAndRemoveLockClassesAreCaught() throws {
+        let io = IOManager()
+        try TreeDescription(devices: [
+            DeviceDescription(name: "swallows-power", hardwareIDs: ["Root\\Zero"], upperFilters: ["PowerSwallower"]),
+            DeviceDescription(name: "keeps-remove-lock", hardwareIDs: ["Root\\RemoveLockKept"]),
+        ]).build(into: io)
+        #expect(io.verifier.violations.isEmpty)
+        #expect(io.setSystemPower(.sleeping3).isSuccess)
+        #expect(io.setSystemPower(.working).isSuccess)
+        let power = io.verifier.violations.filter { $0.rule == .successfulPowerNotForwarded }
+        #expect(!power.isEmpty && power.allSatisfy { $0.driver == "\\Driver\\PowerSwallower" && $0.rule.windowsCode == "0xC9/0x231" })
+        let node = try #require(io.deviceNodes.first { $0.instanceName == "keeps-remove-lock" })
+        #expect(io.remove(node).isSuccess)
+        let lock = io.verifier.violations.filter { $0.rule == .removeLockNotReleasedAtRemove }
+        #expect(lock.count == 1 && lock[0].driver == "\\Driver\\RemoveLockKept")
+        #expect(lock[0].rule.windowsCode == "bug check 0xC4 (DDI compliance rule RemoveLockMnRemove)")
+    }
+}
+
+/// The rules about what a driver does to device objects while the PnP manager
+/// removes a bus's child: detaching or deleting during SURPRISE_REMOVAL (0x241,
+/// 0x242) and deleting a PDO the bus still reports (0x221).
+@Suite struct SurpriseRemovalRuleTests {
+    func toaster() throws -> (IOManager, DeviceNode, FileObject, EmbeddedHost) {
+        let io = IOManager()
+        try DefaultTree.build(into: io, options: .init(ramdiskSize: 1 << 20))
+        let host = EmbeddedHost(io)
+        let bus = try host.open("toaster-bus", access: .readData)
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: ToasterBus.plugInRequest(serial: 1, hardwareIDs: [ToasterBus.toasterHardwareID])).status == .success)
+        io.waitForPnP()
+        let node = try #require(io.deviceNodes.first { $0.instanceName == "toaster-bus" }?.children.first)
+        return (io, node, bus, host)
+    }
+
+    @Test func aFilterThatDetachesAndDeletesAtSurpriseRemovalIs0x241And0x242() throws {
+        let (io, node, bus, host) = try toaster()
+        let hasty = try io.loadDriver(name: "Hasty") { d in
+            d.addDevice = { d, pdo in
+                d.createFilterDevice(for: pdo)
+                return .success
+            }
+            d.majorFunction.setAll { device, irp in
+                irp.skipCurrentStackLocation()
+                return device.callLower(irp)
+            }
+            d.majorFunction[.power] = Power.filterDispatch
+            d.majorFunction[.pnp] = { device, irp in
+                guard irp.pnpMinor == .surpriseRemoval else { return PnP.filterDispatch(device, irp) }
+                irp.skipCurrentStackLocation()
+                let status = device.callLower(irp)
+                device.driverObject.ioManager.detachAndDelete(device)  // the bug: this is REMOVE_DEVICE's work
+                return status
+            }
+            return .success
+        }
+        #expect(io.attachFilter(hasty, to: node).isSuccess)
+        #expect(io.verifier.violations.isEmpty)
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: ToasterBus.unplugRequest(serial: 1)).status == .success)
+        io.waitForPnP()
+        let rules = io.verifier.violations.filter { $0.driver == "\\Driver\\Hasty" }.map(\.rule.windowsCode)
+        #expect(rules == ["0xC9/0x241", "0xC9/0x242"], "\(io.verifier.violations)")
+    }
+
+    @Test func deletingAPDOTheBusStillReportsIs0x221() throws {
+        let (io, node, _, _) = try toaster()
+        let pdo = try #require(node.pdo)
+        io.deleteDevice(pdo)  // what a bus does too early
+        let v = io.verifier.violations.first { $0.rule == .reportedPDODeleted }
+        #expect(v?.rule.windowsCode == "0xC9/0x221")
+        #expect(v?.driver == "\\Driver\\ToasterBus")
+        // Unplugged and removed in order, the toaster's PDO goes without a report.
+        let (io2, _, bus2, host2) = try toaster()
+        #expect(host2.deviceIoControl(bus2, ToasterBus.unplug, input: ToasterBus.unplugRequest(serial: 1)).status == .success)
+        io2.waitForPnP()
+        #expect(!io2.verifier.violations.contains { $0.rule == .reportedPDODeleted }, "\(io2.verifier.violations)")
     }
 }

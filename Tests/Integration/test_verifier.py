@@ -159,23 +159,32 @@ def test_the_default_tree_is_clean_under_the_verifier_through_its_lifecycle():
 def test_the_defective_samples_are_caught_with_their_rules_and_codes():
     """The test tree's defective drivers, one per class: Misbehave (I/O, above),
     LazyFilter (device objects: filter flags), ForgetfulRemove (PnP: neither
-    detaches nor deletes at REMOVE_DEVICE) and CancelLeftSet (cancel: calls down
-    with its cancel routine set). Each is caught when verified, with Windows' code."""
-    m = mount_tree(("--tree", "test", "--verify", "ForgetfulRemove,CancelLeftSet"))
+    detaches nor deletes at REMOVE_DEVICE), CancelLeftSet (cancel: calls down
+    with its cancel routine set), PowerSwallower (power: completes SET_POWER
+    without passing it down) and RemoveLockKept (remove lock: never released and
+    waited for at REMOVE_DEVICE). Each is caught when verified, with Windows' code."""
+    m = mount_tree(("--tree", "test", "--verify", "ForgetfulRemove,CancelLeftSet,PowerSwallower,RemoveLockKept"))
     try:
         with open(m.dev("cancel-left"), "rb", buffering=0) as f:
             assert f.read(16) == bytes(16)  # the zeros still arrive
         r = run("remove", m.path, "forgetful")
         assert r.returncode == 0, r.stderr
+        r = run("remove", m.path, "keeps-remove-lock")
+        assert r.returncode == 0, r.stderr
+        for state in ("S3", "S0"):
+            with open(os.path.join(m.path, ".power"), "w") as f:
+                f.write(state + "\n")
         text = verifier(m)
         expected = {
             "callDownWithCancelRoutine [0xC9/0x203]": "\\Driver\\CancelLeftSet",
             "notDetachedAtRemove [0xC9/0x21D]": "\\Driver\\ForgetfulRemove",
             "notDeletedAtRemove [0xC9/0x21E]": "\\Driver\\ForgetfulRemove",
+            "successfulPowerNotForwarded [0xC9/0x231]": "\\Driver\\PowerSwallower",
+            "removeLockNotReleasedAtRemove [bug check 0xC4 (DDI compliance rule RemoveLockMnRemove)]": "\\Driver\\RemoveLockKept",
         }
         for rule, driver in expected.items():
-            line = next((l for l in text.splitlines() if rule in l), None)
-            assert line is not None and driver in line, (rule, text)
+            line = next((l for l in text.splitlines() if rule in l and driver in l), None)
+            assert line is not None, (rule, driver, text)
         assert "LazyFilter" not in text  # not verified: not checked
     finally:
         unmount_tree(m)

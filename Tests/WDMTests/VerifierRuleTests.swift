@@ -436,10 +436,15 @@ import WDMTesting
         return (io, try #require(pdo.deviceNode))
     }
 
+    /// REMOVE_DEVICE passed down, the remove lock released and waited for (the
+    /// helper that runs the other minors acquires it), nothing detached or deleted.
     static let forwardRemove: @Sendable (DeviceObject, IRP) -> NTStatus = { device, irp in
+        _ = device.removeLock.acquire()
         irp.ioStatus.status = .success
         irp.skipCurrentStackLocation()
-        return device.callLower(irp)
+        let status = device.callLower(irp)
+        device.removeLock.releaseAndWait()
+        return status
     }
 
     @Test func removeThatLeavesTheDeviceAttachedAndUndeletedIs0x21DAnd0x21E() throws {
@@ -490,6 +495,8 @@ import WDMTesting
 
     @Test func failingRemoveIs0x247() throws {
         let (io, node) = try stack(remove: { device, irp in
+            _ = device.removeLock.acquire()
+            device.removeLock.releaseAndWait()
             device.driverObject.ioManager.detachAndDelete(device)
             irp.complete(.unsuccessful)
             return .unsuccessful
@@ -592,5 +599,54 @@ import WDMTesting
         io.waitForPnP()
         #expect(io.verifier.violations.map(\.rule) == [.nonPDOGivenForPDO, .nonPDOGivenForPDO])
         #expect(io.verifier.violations.map(\.rule.windowsCode) == ["0xC9/0x24D", "0xC9/0x24D"])
+    }
+}
+
+/// The PnP and power rules that need to know who forwarded an IRP (0x22D-0x232),
+/// the remove lock at REMOVE_DEVICE, and detaching or deleting during surprise
+/// removal, checked on stacks built for each.
+@Suite struct PnPPowerRuleTests {
+    /// A stack whose filter completes the PnP or power IRPs `swallow` names itself
+    /// (with the status it returns; nil: passes it down).
+    func stack(swallow: @escaping @Sendable (MajorFunction, UInt8, NTStatus) -> NTStatus?) throws -> (IOManager, DeviceObject) {
+        let io = IOManager()
+        let routine: DispatchRoutine = { device, irp in
+            if let status = swallow(irp.majorFunction, irp.minorFunction, irp.ioStatus.status) {
+                irp.complete(status)
+                return status
+            }
+            return irp.majorFunction == .pnp ? PnP.filterDispatch(device, irp) : Power.filterDispatch(device, irp)
+        }
+        let pdo = try buildStack(io, function: [:], filters: [[.pnp: routine, .power: routine]])
+        return (io, pdo.topOfStack)
+    }
+
+    @Test(arguments: [
+        // PnP: an unknown minor (0x22D), a success (0x22E), one left as it came (0x22F).
+        (MajorFunction.pnp, UInt8(0x42), Verifier.Rule.unknownPnPNotForwarded, "0xC9/0x22D"),
+        (.pnp, PnPMinor.queryDeviceText.rawValue, .successfulPnPNotForwarded, "0xC9/0x22E"),
+        (.pnp, PnPMinor.queryResources.rawValue, .untouchedPnPNotForwarded, "0xC9/0x22F"),
+        // Power: the same three (0x230, 0x231, 0x232).
+        (.power, UInt8(0x37), .unknownPowerNotForwarded, "0xC9/0x230"),
+        (.power, PowerMinor.queryPower.rawValue, .successfulPowerNotForwarded, "0xC9/0x231"),
+        (.power, PowerMinor.waitWake.rawValue, .untouchedPowerNotForwarded, "0xC9/0x232"),
+    ])
+    func aFilterThatCompletesAPnPOrPowerIRPWithoutForwardingItIsReported(major: MajorFunction, minor: UInt8, rule: Verifier.Rule, code: String) throws {
+        let (io, top) = try stack { m, n, status in
+            guard m == major, n == minor else { return nil }
+            return rule == .successfulPnPNotForwarded || rule == .successfulPowerNotForwarded ? .success : status
+        }
+        #expect(io.verifier.violations.isEmpty)
+        _ = io.sendSystemIrp(major, minor, to: top) { $0.pnp = major == .pnp ? PnPRequest() : nil }
+        #expect(io.verifier.violations.map(\.rule) == [rule])
+        #expect(io.verifier.violations.first?.rule.windowsCode == code)
+        #expect(io.verifier.violations.first?.driver == "\\Driver\\TestFilter0")
+    }
+
+    @Test func failingAPnPIRPWithoutForwardingItIsAllowedAndForwardingIsClean() throws {
+        let (io, top) = try stack { m, n, _ in m == .pnp && n == PnPMinor.queryStopDevice.rawValue ? .unsuccessful : nil }
+        _ = io.sendSystemIrp(.pnp, PnPMinor.queryStopDevice.rawValue, to: top) { $0.pnp = PnPRequest() }
+        _ = io.sendSystemIrp(.pnp, PnPMinor.queryDeviceText.rawValue, to: top) { $0.pnp = PnPRequest() }
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
 }

@@ -325,6 +325,10 @@ public final class IRPPacket: @unchecked Sendable {
     /// The device whose driver called IoCompleteRequest (set by the verifier's
     /// rules as the walk starts; read by them when it ends).
     @exclusivity(unchecked) unowned(unsafe) var completer: DeviceObject?
+    /// The devices that called a PnP or power IRP down, for generation
+    /// `forwardersGeneration` (the verifier's rules; untouched for other IRPs).
+    @exclusivity(unchecked) var forwarders: [ObjectIdentifier] = []
+    @exclusivity(unchecked) var forwardersGeneration: UInt32 = 0
     /// A synchronous caller's wait, tagged with the IRP's generation:
     /// generation << 8 | `SyncWait`. Exactly one of the completion (`delivered`)
     /// and the shutdown (`abandoned`) moves it on from `waiting`, and only that one

@@ -39,6 +39,9 @@ extension IOManager {
         if target.attachedDevice == nil, verifier.verifies(target.driverObject) {
             verifier.report(.detachedWithNothingAttached, device: target, detail: "nothing is attached above this device")
         }
+        if let up = target.attachedDevice, target.deviceNode?.inSurpriseRemoval.load(ordering: .acquiring) == true, verifier.verifies(up.driverObject) {
+            verifier.report(.detachedDuringSurpriseRemoval, device: up, detail: "a device is detached at IRP_MN_REMOVE_DEVICE, not before")
+        }
         if let up = target.attachedDevice { up.lowerDevice = nil }
         target.attachedDevice = nil
     }
@@ -52,6 +55,13 @@ extension IOManager {
         }
         if device.lowerDevice != nil, verifier.verifies(device.driverObject) {
             verifier.report(.deletedWhileAttached, device: device, detail: "IoDetachDevice was not called for the device below")
+        }
+        if let node = device.deviceNode, verifier.verifies(device.driverObject) {
+            if node.inSurpriseRemoval.load(ordering: .acquiring) {
+                verifier.report(.deletedDuringSurpriseRemoval, device: device, detail: "a device is deleted at IRP_MN_REMOVE_DEVICE, not before")
+            } else if node.pdo === device, node.parent != nil, node.stackBuilt, !node.missing {
+                verifier.report(.reportedPDODeleted, device: device, detail: "the bus still reports it and its stack is built")
+            }
         }
         device.deletedFlag.store(true, ordering: .releasing)
         forgetInterfaces(of: device)

@@ -88,6 +88,8 @@ public final class DeviceNode: @unchecked Sendable {
     public var powerState: DevicePowerState { DevicePowerState(rawValue: powerWord.load(ordering: .acquiring)) ?? .d0 }
     /// Lines drivers log about this node (a filter's log of the PnP and power IRPs it saw).
     let logLines = HandoffMutex<[String]>([])
+    /// True while IRP_MN_SURPRISE_REMOVAL is in the node's stack (0x241, 0x242).
+    let inSurpriseRemoval = Atomic<Bool>(false)
     /// The last IRPs of the node's stack, while Verifier's `irp-log` stress option is on.
     let irpLogLines = HandoffMutex<[String]>([])
     /// The last IRPs of the node's stack (Verifier's IRP logging), oldest first.

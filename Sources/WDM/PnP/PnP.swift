@@ -308,7 +308,7 @@ public final class Event: @unchecked Sendable {
 /// acquire) marks the lock removed, drops that acquire and the initial count, and
 /// waits for zero.
 public final class RemoveLock: @unchecked Sendable {
-    private let state = HandoffMutex((count: 1, removed: false))
+    private let state = HandoffMutex((count: 1, removed: false, used: false))
     private let zero = DispatchSemaphore(value: 0)
 
     public init() {}
@@ -318,6 +318,7 @@ public final class RemoveLock: @unchecked Sendable {
         state.withLock { s in
             guard !s.removed else { return .deletePending }
             s.count += 1
+            s.used = true
             return .success
         }
     }
@@ -348,4 +349,7 @@ public final class RemoveLock: @unchecked Sendable {
 
     /// True once `releaseAndWait` ran.
     public var isRemoved: Bool { state.withLock { $0.removed } }
+    /// True once the driver acquired it (a driver that never uses its remove lock
+    /// owes it no release at REMOVE_DEVICE).
+    public var isUsed: Bool { state.withLock { $0.used } }
 }

@@ -169,7 +169,9 @@ extension PnPManager {
             markRemoving(n)
             let top = pdo.topOfStack
             top.powerQueue.completeAll(.noSuchDevice)
+            n.inSurpriseRemoval.store(true, ordering: .releasing)
             _ = io.sendPnP(.surpriseRemoval, to: top)
+            n.inSurpriseRemoval.store(false, ordering: .releasing)
             n.state = .surpriseRemoved
             n.awaitingClose.store(true, ordering: .releasing)
         }
@@ -250,6 +252,9 @@ extension IOManager {
             deleteDevice(filter)
         }
         node.detachedFilters = []
+        for device in stack where device.removeLock.isUsed && !device.removeLock.isRemoved && verifier.verifies(device.driverObject) {
+            verifier.report(.removeLockNotReleasedAtRemove, device: device, detail: "the remove lock was not released and waited for at IRP_MN_REMOVE_DEVICE")
+        }
         for device in stack {
             let deleted = device.deletedFlag.load(ordering: .acquiring)
             let attached = device.lowerDevice != nil

@@ -80,6 +80,26 @@ public final class Verifier: @unchecked Sendable {
         case nonPDOGivenForPDO
         /// A user IRP not completed within the stress option's deadline.
         case deadlineMissed
+        /// IoDetachDevice while IRP_MN_SURPRISE_REMOVAL is in the stack.
+        case detachedDuringSurpriseRemoval
+        /// IoDeleteDevice while IRP_MN_SURPRISE_REMOVAL is in the stack.
+        case deletedDuringSurpriseRemoval
+        /// A bus deleted a PDO it still reports (its stack is still built).
+        case reportedPDODeleted
+        /// A non-PDO completed a PnP IRP with an unknown minor function without forwarding it.
+        case unknownPnPNotForwarded
+        /// A non-PDO completed a PnP IRP with success without forwarding it.
+        case successfulPnPNotForwarded
+        /// A non-PDO completed a PnP IRP it did not touch (STATUS_NOT_SUPPORTED) without forwarding it.
+        case untouchedPnPNotForwarded
+        /// A non-PDO completed a power IRP with an unknown minor function without forwarding it.
+        case unknownPowerNotForwarded
+        /// A non-PDO completed a power IRP with success without forwarding it.
+        case successfulPowerNotForwarded
+        /// A non-PDO completed a power IRP it did not touch without forwarding it.
+        case untouchedPowerNotForwarded
+        /// IRP_MN_REMOVE_DEVICE returned and the driver never released its remove lock and waited.
+        case removeLockNotReleasedAtRemove
 
         /// What Windows shows: the bug check and, for 0xC9, Verifier's code.
         public var windowsCode: String {
@@ -118,6 +138,16 @@ public final class Verifier: @unchecked Sendable {
             case .duplicateChildIDs: "0xC9/0x249"
             case .nonPDOGivenForPDO: "0xC9/0x24D"
             case .deadlineMissed: "none (Windows times out a cancelled IRP after 5 minutes)"
+            case .detachedDuringSurpriseRemoval: "0xC9/0x241"
+            case .deletedDuringSurpriseRemoval: "0xC9/0x242"
+            case .reportedPDODeleted: "0xC9/0x221"
+            case .unknownPnPNotForwarded: "0xC9/0x22D"
+            case .successfulPnPNotForwarded: "0xC9/0x22E"
+            case .untouchedPnPNotForwarded: "0xC9/0x22F"
+            case .unknownPowerNotForwarded: "0xC9/0x230"
+            case .successfulPowerNotForwarded: "0xC9/0x231"
+            case .untouchedPowerNotForwarded: "0xC9/0x232"
+            case .removeLockNotReleasedAtRemove: "bug check 0xC4 (DDI compliance rule RemoveLockMnRemove)"
             }
         }
 
@@ -147,6 +177,12 @@ public final class Verifier: @unchecked Sendable {
             case .nonPDOInBusRelations, .duplicateChildIDs: "IRP_MN_QUERY_DEVICE_RELATIONS (BusRelations)"
             case .nonPDOGivenForPDO: "IoRegisterDeviceInterface or IoInvalidateDeviceRelations"
             case .deadlineMissed: "no IoCompleteRequest within the deadline (stress option)"
+            case .detachedDuringSurpriseRemoval: "IoDetachDevice during IRP_MN_SURPRISE_REMOVAL"
+            case .deletedDuringSurpriseRemoval: "IoDeleteDevice during IRP_MN_SURPRISE_REMOVAL"
+            case .reportedPDODeleted: "IoDeleteDevice"
+            case .unknownPnPNotForwarded, .successfulPnPNotForwarded, .untouchedPnPNotForwarded,
+                 .unknownPowerNotForwarded, .successfulPowerNotForwarded, .untouchedPowerNotForwarded: "IoCompleteRequest"
+            case .removeLockNotReleasedAtRemove: "IRP_MN_REMOVE_DEVICE's return (no IoReleaseRemoveLockAndWait)"
             }
         }
 
@@ -160,7 +196,10 @@ public final class Verifier: @unchecked Sendable {
                  .deviceInitializingLeftSet, .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied,
                  .deletedWhileAttached, .detachedWithNothingAttached, .deletedTwice, .bufferedAndDirect, .callDownWithCancelRoutine,
                  .notDetachedAtRemove, .notDeletedAtRemove, .failedIrpThatMustNotFail,
-                 .nonPDOInBusRelations, .duplicateChildIDs, .nonPDOGivenForPDO, .deadlineMissed:
+                 .nonPDOInBusRelations, .duplicateChildIDs, .nonPDOGivenForPDO, .deadlineMissed,
+                 .detachedDuringSurpriseRemoval, .deletedDuringSurpriseRemoval, .reportedPDODeleted,
+                 .unknownPnPNotForwarded, .successfulPnPNotForwarded, .untouchedPnPNotForwarded,
+                 .unknownPowerNotForwarded, .successfulPowerNotForwarded, .untouchedPowerNotForwarded, .removeLockNotReleasedAtRemove:
                 true
             default: false
             }
@@ -466,6 +505,15 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
     /// must not leave a cancel routine set (0x203).
     public func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
         let p = irp.packet
+        // A PnP or power IRP: the caller forwarded it (0x22D-0x232 look at who did).
+        let major = p.locations[location - 1].majorFunction
+        if major == .pnp || major == .power {
+            if p.forwardersGeneration != irp.generation {
+                p.forwardersGeneration = irp.generation
+                p.forwarders.removeAll(keepingCapacity: true)
+            }
+            if let caller = device.attachedDevice { p.forwarders.append(ObjectIdentifier(caller)) }
+        }
         // The caller is the device attached above the one called (a call down its
         // stack; the location above may be the caller's or, after
         // IoSkipCurrentIrpStackLocation, nobody's).
@@ -483,8 +531,38 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         let p = irp.packet
         // Who completed: the device at the current location (`completed` reads it).
         p.completer = p.currentLocation <= p.stackCount ? p.locations[p.currentLocation - 1].deviceObject : p.targetDevice
+        if p.currentLocation <= p.stackCount, let d = p.completer {
+            let l = p.locations[p.currentLocation - 1]
+            if l.majorFunction == .pnp || l.majorFunction == .power, verifier.verifies(d.driverObject) {
+                checkPnPAndPower(irp, d, major: l.majorFunction, minor: l.minorFunction)
+            }
+        }
         guard p.ioStatus.status == .pending, let d = p.completer, verifier.verifies(d.driverObject) else { return }
         failIfAsked(verifier.report(.completedWithPendingStatus, irp: irp, device: d), irp)
+    }
+
+    /// A PnP or power IRP completed by `d`: a function or filter device completes
+    /// one only after forwarding it, unless it fails it (0x22D-0x232).
+    func checkPnPAndPower(_ irp: IRP, _ d: DeviceObject, major: MajorFunction, minor: UInt8) {
+        let p = irp.packet
+        let status = p.ioStatus.status
+        // A PDO completes what it handles: nothing to forward to.
+        guard d.lowerDevice != nil else { return }
+        let forwarded = p.forwardersGeneration == irp.generation && p.forwarders.contains(ObjectIdentifier(d))
+        guard !forwarded else { return }
+        let known = major == .pnp ? PnPMinor(rawValue: minor) != nil : PowerMinor(rawValue: minor) != nil
+        let name = major == .pnp ? PnPMinor(rawValue: minor)?.wdmName : PowerMinor(rawValue: minor)?.wdmName
+        let rule: Verifier.Rule
+        if !known {
+            rule = major == .pnp ? .unknownPnPNotForwarded : .unknownPowerNotForwarded
+        } else if status == .notSupported {
+            rule = major == .pnp ? .untouchedPnPNotForwarded : .untouchedPowerNotForwarded
+        } else if status.isSuccess {
+            rule = major == .pnp ? .successfulPnPNotForwarded : .successfulPowerNotForwarded
+        } else {
+            return  // failing it without passing it down is allowed
+        }
+        verifier.report(rule, irp: irp, device: d, detail: "\(name ?? "minor 0x" + String(minor, radix: 16)) completed with \(status), not passed down")
     }
 
     public func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {
