@@ -52,6 +52,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        // Drivers log through swift-log, the Swift ecosystem's logging API (WDM re-exports it).
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // MARK: - C
@@ -65,7 +67,7 @@ let package = Package(
         .target(name: "CWDMSys"),
 
         // MARK: - Kernel model (pure Swift, no C, no FUSE)
-        .target(name: "WDM"),
+        .target(name: "WDM", dependencies: [.product(name: "Logging", package: "swift-log")]),
 
         // MARK: - Testing drivers in-process: the embedded host, recorders, stack builders
         .target(name: "WDMTesting", dependencies: ["WDM"]),

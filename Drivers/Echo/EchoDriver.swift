@@ -159,6 +159,7 @@ public enum EchoDriver {
             return nil
         }
         guard let n else {
+            device.driverObject.logger.trace("\(reading ? "a read" : "a write") of \(buffer.count) bytes waits")
             ext.service()
             device.driverObject.ioManager.readinessChanged(device)
             return .pending

@@ -66,19 +66,19 @@ public enum HostFileDriver {
 
     static let addDevice: AddDeviceRoutine = { driver, pdo in
         let params = pdo.deviceNode?.parameters ?? [:]
-        let log = driver.ioManager.log
+        let log = driver.logger
         let who = pdo.deviceNode?.instanceName ?? "HostFile"
         do throws(NTStatus) {
             let path = try pathSetting.text(in: params)
             var size = try sizeSetting.integer(in: params)
             let readOnly = try readOnlySetting.boolean(in: params)
             guard path != "/" else {
-                log?("\(who): HostFile needs a Path (the host file or block device)")
+                log.error("\(who): HostFile needs a Path (the host file or block device)")
                 return .invalidParameter
             }
             let fd = open(path, (readOnly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0o644)
             guard fd >= 0 else {
-                log?("\(who): cannot open \(path): \(String(cString: strerror(errno)))")
+                log.error("\(who): cannot open \(path): \(String(cString: strerror(errno)))")
                 return .noSuchDevice
             }
             let length = lseek(fd, 0, SEEK_END)
@@ -86,12 +86,13 @@ public enum HostFileDriver {
                 size = Int(max(length, 0)) / Disk.bytesPerSector * Disk.bytesPerSector
             } else if length < size {
                 guard !readOnly, ftruncate(fd, off_t(size)) == 0 else {
-                    log?("\(who): \(path) is \(length) bytes, shorter than Size \(size), and cannot be extended")
+                    log.error("\(who): \(path) is \(length) bytes, shorter than Size \(size), and cannot be extended")
                     close(fd)
                     return .invalidParameter
                 }
             }
             let disk = Extension(fd: fd, size: size, readOnly: readOnly)
+            log.debug("\(who): \(path), \(size) bytes\(readOnly ? ", read-only" : "")")
             let fdo = try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: .directIO, extension: disk)
             fdo.publishedSize = Int64(size)
             return .success

@@ -58,7 +58,8 @@ public enum RamDiskDriver {
             // A value that is not one of the setting's: STATUS_INVALID_PARAMETER.
             let size = try sizeSetting.integer(in: params)
             let flags: DeviceFlags
-            switch try bufferingSetting.text(in: params) {
+            let buffering = try bufferingSetting.text(in: params)
+            switch buffering {
             case "buffered": flags = .bufferedIO
             case "neither": flags = []
             default: flags = .directIO
@@ -66,6 +67,7 @@ public enum RamDiskDriver {
             guard let disk = Extension(size: size) else { return .insufficientResources }
             let fdo = try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: disk)
             fdo.publishedSize = Int64(size)  // what `ls -l` shows
+            driver.logger.debug("\(pdo.deviceNode?.instanceName ?? "disk"): \(size) bytes, \(buffering) I/O")
             return .success
         } catch {
             return error

@@ -370,6 +370,17 @@ public final class FuseBridge: ReadinessObserver, @unchecked Sendable {
             if path.map({ resolve($0) == .rootControl }) == true {
                 // `.devices/.control`: `rescan` from the root (removed root devices come
                 // back); `settle` waits until the PnP manager has nothing left to do.
+                if words.first == "log-level", words.count == 2 {
+                    // The drivers' log levels: `log-level debug`, `log-level RamDisk=trace,Echo=debug`.
+                    if let why = io.setLogLevels(words[1]) {
+                        io.log?(".devices/.control: log-level: \(why)")
+                        reply.error(EINVAL)
+                    } else {
+                        io.log?("log levels \(io.logLevelText)")
+                        reply.written(size)
+                    }
+                    return
+                }
                 switch verb {
                 case "rescan": _ = io.rescan(nil)
                 case "cover": coverAll()  // `wdmfs unmount` found the mount busy

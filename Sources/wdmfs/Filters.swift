@@ -57,3 +57,29 @@ struct Detach: ParsableCommand {
         try controlVerb("detach \(filter)", mountpoint, [device], done: "detached \(filter)")
     }
 }
+
+struct LogLevel: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "log-level",
+        abstract: "Set the drivers' log levels on a mounted tree (DbgPrintEx's component filter, in swift-log's levels).",
+        discussion: """
+            SPEC is a level for every driver, and/or NAME=LEVEL for one (the names of
+            `wdmfs stack`, without \\Driver\\); the levels: trace, debug, info, notice,
+            warning, error, critical. Each line in the daemon's log names its driver.
+            It writes `log-level SPEC` to MOUNTPOINT/.devices/.control.
+            Examples:
+              wdmfs log-level /mnt/wdm debug
+              wdmfs log-level /mnt/wdm info,RamDisk=trace
+            """)
+    @Argument(help: "The mount point.") var mountpoint: String
+    @Argument(help: "LEVEL, NAME=LEVEL, or both, separated by commas.") var spec: String
+
+    func run() throws {
+        let tree = DeviceTreeFiles(mountpoint)
+        switch write(tree.root + "/.control", "log-level \(spec)") {
+        case 0: print("log levels: \(spec)")
+        case EINVAL: fail("the daemon refused `\(spec)`: levels are trace, debug, info, notice, warning, error, critical (NAME=LEVEL for one driver)")
+        case let e: fail("\(tree.root)/.control: \(String(cString: strerror(e)))")
+        }
+    }
+}

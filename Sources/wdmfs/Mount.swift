@@ -63,6 +63,9 @@ struct Mount: ParsableCommand {
     @Option(help: "What a verifier violation does: log (report it), fail (also fail the IRP with STATUS_DRIVER_INTERNAL_ERROR), or bugcheck (report it and end the daemon, every request answered).")
     var verifierAction: Verifier.Action = .log
 
+    @Option(help: "Drivers' log levels (trace, debug, info, notice, warning, error, critical): one for all, and/or NAME=LEVEL (info,RamDisk=debug). Lines go to --log-file, each naming its driver. Changeable while mounted: wdmfs log-level.")
+    var logLevel = "info"
+
     @Option(help: "Driver Verifier's stress options, seeded: pending=P (a verified driver's calls down forced to pend), low-resources=P (its IRP and pool allocations fail), irp-log=N (the last N IRPs per device, in .devices/NODE/irp_log), deadline=S (report a user IRP not completed within S seconds), seed=N. Changeable while mounted: wdmfs verify --stress.")
     var stress = "none"
 
@@ -96,6 +99,7 @@ struct Mount: ParsableCommand {
         }
         if let problem = Self.mountpointProblem(mountpoint) { fail(problem) }
         if case .failure(let why) = Verifier.Stress.parse(stress) { fail("--stress: \(why)") }
+        if case .failure(let why) = IOManager.parseLogLevels(logLevel) { fail("--log-level: \(why.message)") }
         if Daemon.isMounted(path) { fail("\(path) is already mounted") }
         if !nonempty, Daemon.isNonEmptyDirectory(path) {
             fail("\(path) is not empty; mount on an empty directory, or give --nonempty to hide its files while mounted")
@@ -114,6 +118,7 @@ struct Mount: ParsableCommand {
             if verify != "none" { args += ["--verify", verify] }
             if verifierAction != .log { args += ["--verifier-action", verifierAction.rawValue] }
             if stress != "none" { args += ["--stress", stress] }
+            if logLevel != "info" { args += ["--log-level", logLevel] }
             if tree != "default" { args += ["--tree", ["bench", "test"].contains(tree) ? tree : Daemon.absolute(tree)] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)
@@ -157,6 +162,7 @@ struct Mount: ParsableCommand {
         case .success(let s): io.verifier.stress = s
         case .failure(let why): fail("--stress: \(why)")
         }
+        if let why = io.setLogLevels(logLevel) { fail("--log-level: \(why)") }
         // The bug check: the report is logged (above); a daemon that serves ends as
         // on SIGTERM, every request answered; one still building its tree fails the mount.
         let serving = Atomic<Bool>(false)

@@ -30,6 +30,8 @@ public final class IOManager: @unchecked Sendable {
     /// How long a cancelled IRP may take to complete before the I/O manager stops
     /// waiting for it (at shutdown, after a host's cancel). Windows waits 5 minutes.
     public nonisolated(unsafe) var shutdownGrace: Double = 1.0
+    /// Drivers' log levels: everyone's, and those set by name (see `setLogLevels`).
+    let logLevels = HandoffMutex<(all: Logger.Level, named: [String: Logger.Level])>((.info, [:]))
     /// What each reader of the trace holds before it loses events (bytes). Set before a reader opens.
     public nonisolated(unsafe) var traceReaderCapacity = 1 << 20
 
@@ -159,6 +161,7 @@ public final class IOManager: @unchecked Sendable {
     /// Loads a driver: creates its driver object and calls `DriverEntry`.
     public func loadDriver(name: String, entry: DriverEntry) throws(NTStatus) -> DriverObject {
         let driver = DriverObject(name: name.hasPrefix("\\") ? name : "\\Driver\\" + name, ioManager: self)
+        driver.logLevel = logLevel(for: driver.name)
         driver.verified.store(verifier.scope.covers(driver.name), ordering: .relaxed)
         let status = entry(driver)
         guard status.isSuccess else { throw status }

@@ -52,6 +52,8 @@ public final class DriverObject: @unchecked Sendable {
     /// wdmfs extension: the names of the IOCTL codes the driver serves
     /// (`IOCTL_DISK_GET_LENGTH_INFO`), for traces. Set in DriverEntry.
     public var ioctlNames: [UInt32: String] = [:]
+    /// The driver's log level (`Logger.Level.ordered` index; see `logger`).
+    let logLevelWord = Atomic<UInt8>(2)
     /// Driver-wide state (the WDM driver extension's client area).
     public var driverExtension: AnyObject?
 
