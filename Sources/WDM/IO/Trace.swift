@@ -93,14 +93,16 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
     func callingDriver(_ device: DeviceObject, _ irp: IRP, location: Int) {
         guard device.driverObject !== traceDriver else { return }
         // The parameters on the IRP's first line (the locations below hold the same, or what the driver above set).
-        let extra = irps.withLock { $0.entries[key(irp)] == nil } ? Self.parameters(irp, device) : ""
-        emit(irp, "call", location: location, device: device, tail: extra, depth: 1)
+        let first = irps.withLock { $0.entries[key(irp)] == nil }
+        emit(irp, "call", location: location, device: device, depth: 1) { line in
+            if first { Self.parameters(irp, device, into: &line) }
+        }
     }
 
     func driverReturned(_ device: DeviceObject, _ irp: IRP, location: Int, status: NTStatus) {
         guard device.driverObject !== traceDriver else { return }
         // Only the arguments: the IRP may be someone else's by now.
-        emit(irp, "return", location: location, device: device, tail: status.description, depth: -1)
+        emit(irp, "return", location: location, device: device, depth: -1, creates: false) { $0.add(status) }
     }
 
     func completing(_ irp: IRP) {
@@ -108,39 +110,59 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
         guard p.targetDevice?.driverObject !== traceDriver else { return }
         let location = p.currentLocation
         let device = location <= p.stackCount ? p.locations[location - 1].deviceObject : nil
-        emit(irp, "complete", location: location, device: device, tail: "\(p.ioStatus.status) information=\(p.ioStatus.information)")
+        let io = p.ioStatus
+        emit(irp, "complete", location: location, device: device) { line in
+            line.add(io.status)
+            line.add(" information=")
+            line.add(io.information)
+        }
     }
 
     func completionRoutineReturned(_ device: DeviceObject?, _ irp: IRP, pendingReturned: Bool, result: NTStatus) {
         guard irp.packet.targetDevice?.driverObject !== traceDriver else { return }
-        emit(irp, "routine", location: irp.packet.currentLocation, device: device,
-             tail: result.description + (pendingReturned ? " pending_returned" : ""))
+        emit(irp, "routine", location: irp.packet.currentLocation, device: device) { line in
+            line.add(result)
+            if pendingReturned { line.add(" pending_returned") }
+        }
     }
 
     func completed(_ irp: IRP) {
         let p = irp.packet
         guard p.targetDevice?.driverObject !== traceDriver else { return }
-        emit(irp, "done", location: nil, device: nil, tail: "\(p.ioStatus.status) information=\(p.ioStatus.information)", done: true)
+        let io = p.ioStatus
+        emit(irp, "done", location: nil, device: nil, done: true) { line in
+            line.add(io.status)
+            line.add(" information=")
+            line.add(io.information)
+        }
     }
 
     func cancelling(_ irp: IRP) {
         guard irp.packet.targetDevice?.driverObject !== traceDriver else { return }
-        emit(irp, "cancel", location: nil, device: nil, tail: "")
+        emit(irp, "cancel", location: nil, device: nil, creates: false) { _ in }
     }
 
     func key(_ irp: IRP) -> Key { Key(packet: ObjectIdentifier(irp.packet), generation: irp.generation) }
 
     /// The words after the major function on an IRP's first line.
-    static func parameters(_ irp: IRP, _ device: DeviceObject) -> String {
+    static func parameters(_ irp: IRP, _ device: DeviceObject, into line: inout TraceLine) {
         switch irp.majorFunction {
         case .read, .write:
             let r = irp.parameters.read
-            return "offset=\(r.byteOffset) length=\(r.length)"
+            line.add("offset=")
+            line.add(Int(r.byteOffset))
+            line.add(" length=")
+            line.add(r.length)
         case .deviceControl, .internalDeviceControl:
             let d = irp.parameters.deviceIoControl
-            return "ioctl=\(ioctlName(d.ioControlCode, from: device)) in=\(d.inputBufferLength) out=\(d.outputBufferLength)"
+            line.add("ioctl=")
+            line.add(ioctlName(d.ioControlCode, from: device))
+            line.add(" in=")
+            line.add(d.inputBufferLength)
+            line.add(" out=")
+            line.add(d.outputBufferLength)
         default:
-            return ""
+            break  // no words (the space before them goes too)
         }
     }
 
@@ -167,7 +189,8 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
     }
 
     /// Makes the event's line and hands it to every reader that wants it.
-    func emit(_ irp: IRP, _ event: String, location: Int?, device: DeviceObject?, tail: String, done: Bool = false, depth: Int = 0) {
+    func emit(_ irp: IRP, _ event: StaticString, location: Int?, device: DeviceObject?, done: Bool = false, depth: Int = 0,
+              creates: Bool = true, tail: (inout TraceLine) -> Void) {
         let now = DispatchTime.now().uptimeNanoseconds
         let k = key(irp)
         let p = irp.packet
@@ -182,7 +205,7 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
                 return e
             }
             // Only a thread that owns the IRP reads its words (not a return, not a cancel).
-            guard event != "return", event != "cancel" else { return nil }
+            guard creates else { return nil }
             let top = p.targetDevice ?? device
             let node = top?.deviceNode?.instanceName ?? top?.name ?? "-"
             let e = Entry(seq: t.next, start: now, node: node, major: p.locations[p.stackCount - 1].majorFunction.rawValue,
@@ -194,26 +217,56 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
             return e
         }
         guard let entry = first else { return }
-        var line = Self.seconds(now - start) + " #\(entry.seq) " + event + " " + entry.label
+        // One buffer per event, bytes appended in place: no string is built.
+        var line = TraceLine()
+        line.seconds(now - start)
+        line.add(" #")
+        line.add(entry.seq)
+        line.add(" ")
+        line.add(event)
+        line.add(" ")
+        line.add(entry.label)
+        line.add(" ")
         if let location, let device {
-            line += " \(location)/\(p.stackCount) \(device.driverObject.name) " + (device.deviceNode?.instanceName ?? device.name ?? "-")
+            line.add(location)
+            line.add("/")
+            line.add(p.stackCount)
+            line.add(" ")
+            line.add(device.driverObject.name)
+            line.add(" ")
+            line.add(device.deviceNode?.instanceName ?? device.name ?? "-")
         } else {
-            line += " " + entry.node
+            line.add(entry.node)
         }
-        if !tail.isEmpty { line += " " + tail }
-        if done { line += " time=" + Self.milliseconds(now - entry.start) + "ms" }
-        line += "\n"
-        for reader in readers.withLock({ $0 }) { append(line, to: reader, node: entry.node, major: entry.major, at: now) }
+        let before = line.bytes.count
+        line.add(" ")
+        tail(&line)
+        if line.bytes.count == before + 1 { line.bytes.removeLast() }
+        if done {
+            line.add(" time=")
+            line.milliseconds(now - entry.start)
+            line.add("ms")
+        }
+        line.add("\n")
+        for reader in readers.withLock({ $0 }) { append(line.bytes, to: reader, node: entry.node, major: entry.major, at: now) }
     }
+
 
     /// Appends a line to a reader's buffer, or counts it lost when it does not fit;
     /// a read waiting for data gets it from the delivery queue (never this thread).
-    func append(_ line: String, to reader: TraceReader, node: String, major: UInt8, at now: UInt64) {
+    func append(_ line: [UInt8], to reader: TraceReader, node: String, major: UInt8, at now: UInt64) {
         let deliver: Bool = reader.state.withLock { s in
             guard reader.accepts(s, node: node, major: major) else { return false }
-            var text = line
-            if s.lost > 0 { text = Self.seconds(now - start) + " lost \(s.lost)\n" + line }
-            guard s.available + text.utf8.count <= reader.capacity else {
+            var lostLine: [UInt8] = []
+            if s.lost > 0 {
+                var l = TraceLine()
+                l.seconds(now - start)
+                l.add(" lost ")
+                l.add(s.lost)
+                l.add("\n")
+                lostLine = l.bytes
+            }
+            guard s.available + lostLine.count + line.count <= reader.capacity else {
                 s.lost += 1
                 lost.add(1, ordering: .relaxed)
                 return false
@@ -222,7 +275,8 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
                 s.bytes.removeFirst(s.head)
                 s.head = 0
             }
-            s.bytes.append(contentsOf: text.utf8)
+            s.bytes.append(contentsOf: lostLine)
+            s.bytes.append(contentsOf: line)
             s.lost = 0
             guard s.waitingReads > 0, !s.deliveryScheduled else { return false }
             s.deliveryScheduled = true
@@ -266,7 +320,7 @@ final class IRPTracer: IRPObserver, @unchecked Sendable {
         return n
     }
 
-    static func seconds(_ ns: UInt64) -> String {
+    static func secondsText(_ ns: UInt64) -> String {
         let us = ns / 1000
         return "\(us / 1_000_000)." + String(us % 1_000_000).leftPadded(to: 6)
     }
@@ -409,5 +463,60 @@ extension IOManager {
     public var isTracing: Bool {
         guard let tracer, let chain = observers else { return false }
         return chain._withUnsafeGuaranteedRef { $0.list.contains { $0 === tracer } }
+    }
+}
+
+/// A trace line as it is built: ASCII appended in place.
+struct TraceLine {
+    var bytes: [UInt8]
+    init() {
+        bytes = []
+        bytes.reserveCapacity(160)
+    }
+    mutating func add(_ s: StaticString) {
+        s.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+    mutating func add(_ s: String) {
+        bytes.append(contentsOf: s.utf8)
+    }
+    mutating func add(_ status: NTStatus) {
+        if let name = status.name { add(name) } else { add(status.description) }
+    }
+    /// A decimal integer, without a String.
+    mutating func add(_ n: Int) {
+        if n < 0 { bytes.append(UInt8(ascii: "-")) }
+        var v = n.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[count] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+                count += 1
+            } while v > 0
+            for i in stride(from: count - 1, through: 0, by: -1) { bytes.append(d[i]) }
+        }
+    }
+    /// `n` with at least `width` digits (leading zeros).
+    mutating func add(_ n: Int, width: Int) {
+        var w = 1, v = n
+        while v >= 10 { v /= 10; w += 1 }
+        for _ in w..<max(w, width) { bytes.append(UInt8(ascii: "0")) }
+        add(n)
+    }
+    /// Seconds with six decimals (`12.000345`).
+    mutating func seconds(_ ns: UInt64) {
+        let us = Int(ns / 1000)
+        add(us / 1_000_000)
+        bytes.append(UInt8(ascii: "."))
+        add(us % 1_000_000, width: 6)
+    }
+    /// Milliseconds with three decimals.
+    mutating func milliseconds(_ ns: UInt64) {
+        let us = Int(ns / 1000)
+        add(us / 1000)
+        bytes.append(UInt8(ascii: "."))
+        add(us % 1000, width: 3)
     }
 }

@@ -150,7 +150,7 @@ final class IRPLogger: IRPObserver, @unchecked Sendable {
         let keep = verifier.stress.irpLog
         guard keep > 0 else { return }
         let top = p.locations[p.stackCount - 1]
-        var line = IRPTracer.seconds(DispatchTime.now().uptimeNanoseconds - start) + " " + IRPTracer.label(irp)
+        var line = IRPTracer.secondsText(DispatchTime.now().uptimeNanoseconds - start) + " " + IRPTracer.label(irp)
         switch top.majorFunction {
         case .read, .write: line += " offset=\(top.parameters.read.byteOffset) length=\(top.parameters.read.length)"
         case .deviceControl, .internalDeviceControl:
