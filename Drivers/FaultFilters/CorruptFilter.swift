@@ -38,7 +38,7 @@ public enum CorruptFilter {
         var b = offset / block
         let logMiss = log(1 - min(rate, 0.999_999_999))
         while b * block < end {
-            var random = SplitMix64(seed: seed ^ (UInt64(b) &* 0xD1B5_4A32_D192_ED03))
+            var random = SeededRandom(seed: seed ^ (UInt64(b) &* 0xD1B5_4A32_D192_ED03))
             var pos = b * block - 1
             let blockEnd = min((b + 1) * block, end)
             while true {

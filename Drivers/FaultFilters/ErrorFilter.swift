@@ -20,7 +20,7 @@ public enum ErrorFilter {
         var rate = 1.0
         var seed: UInt64 = 0
         var trigger = ""
-        var random = SplitMix64(seed: 0)
+        var random = SeededRandom(seed: 0)
         // Counters.
         var candidates = 0
         var failed = 0
@@ -43,7 +43,7 @@ public enum ErrorFilter {
         Knob(key: "rate", values: "a decimal from 0 to 1", defaultValue: "1", help: "the chance a candidate fails, drawn from `seed`",
              apply: { s, t in probability(t).store { s.rate = $0 } }, show: { "\($0.rate)" }),
         Knob(key: "seed", values: "an unsigned integer", defaultValue: "0", help: "seeds the draws of `rate`; setting it restarts them",
-             apply: { s, t in seed(t).store { s.seed = $0; s.random = SplitMix64(seed: $0) } }, show: { "\($0.seed)" }),
+             apply: { s, t in seed(t).store { s.seed = $0; s.random = SeededRandom(seed: $0) } }, show: { "\($0.seed)" }),
         Knob(key: "trigger", values: "an absolute path, or none", defaultValue: "none",
              help: "fail only while this file exists (touch it to start failing, rm it to stop)",
              apply: { s, t in

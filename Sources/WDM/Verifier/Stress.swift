@@ -102,18 +102,20 @@ enum StressBits {
     static let pending: UInt8 = 1, lowResources: UInt8 = 2, irpLog: UInt8 = 4, deadline: UInt8 = 8
 }
 
-/// SplitMix64: a small generator whose whole stream follows from its seed.
-struct SeededRandom: Sendable {
+/// SplitMix64: a small generator whose whole stream follows from its seed (the
+/// stress options' draws, and the fault filters').
+public struct SeededRandom: Sendable {
     var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
-    mutating func unit() -> Double { Double(next() >> 11) * 0x1p-53 }
+    /// A double in [0, 1).
+    public mutating func unit() -> Double { Double(next() >> 11) * 0x1p-53 }
 }
 
 /// Where pool allocations ask whether to fail (the verifier whose low-resources option is on).
