@@ -70,30 +70,11 @@ public enum CorruptFilter {
     }
 
     /// `DriverEntry`
-    public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in
-            do throws(NTStatus) {
-                let settings = try FaultSettings<State>(
-                    fileName: "corrupt", prefix: "Corrupt", knobs: knobs, initial: State(), parameters: pdo.deviceNode?.parameters ?? [:]
-                ) { s in "flipped \(s.flipped)\n" }
-                let filter = driver.createFilterDevice(for: pdo, extension: settings)
-                filter.publish(settings)
-                return .success
-            } catch {
-                return error
-            }
-        }
-        driver.majorFunction.setAll { device, irp in
-            irp.skipCurrentStackLocation()
-            return device.callLower(irp)
-        }
-        driver.majorFunction[.read] = { device, irp in
+    public static let driverEntry = FaultSettings<State>.driverEntry(
+        fileName: "corrupt", prefix: "Corrupt", knobs: knobs, initial: State(), counters: { "flipped \($0.flipped)\n" },
+        read: { device, irp in
             irp.copyCurrentStackLocationToNext()
             irp.setCompletionRoutine(corruptRead, context: device.deviceExtension, invokeOnError: false, invokeOnCancel: false)
             return device.callLower(irp)
-        }
-        driver.majorFunction[.pnp] = PnP.filterDispatch
-        driver.majorFunction[.power] = Power.filterDispatch
-        return .success
-    }
+        })
 }

@@ -31,20 +31,10 @@ public enum DelayFilter {
     }
 
     /// `DriverEntry`
-    public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in
-            do throws(NTStatus) {
-                let settings = try FaultSettings<State>(
-                    fileName: "delay", prefix: "Delay", knobs: knobs, initial: State(), parameters: pdo.deviceNode?.parameters ?? [:]
-                ) { s in "delayed \(s.delayed)\n" }
-                let filter = driver.createFilterDevice(for: pdo, extension: Extension(settings))
-                filter.publish(settings)
-                return .success
-            } catch {
-                return error
-            }
-        }
-        driver.majorFunction.setAll { device, irp in
+    public static let driverEntry = FaultSettings<State>.driverEntry(
+        fileName: "delay", prefix: "Delay", knobs: knobs, initial: State(), counters: { "delayed \($0.delayed)\n" },
+        extension: { Extension($0) },
+        all: { device, irp in
             let ext = device.deviceExtension(as: Extension.self)
             let major = irp.majorFunction
             let ms: Int? = ext.settings.state.withLock { s in
@@ -52,14 +42,7 @@ public enum DelayFilter {
                 s.delayed += 1
                 return s.ms
             }
-            guard let ms else {
-                irp.skipCurrentStackLocation()
-                return device.callLower(irp)
-            }
+            guard let ms else { return passDown(device, irp) }
             return ext.delayer.pass(irp, below: device, at: .now() + .milliseconds(ms))
-        }
-        driver.majorFunction[.pnp] = PnP.filterDispatch
-        driver.majorFunction[.power] = Power.filterDispatch
-        return .success
-    }
+        })
 }

@@ -90,29 +90,11 @@ public enum ErrorFilter {
     }
 
     /// `DriverEntry`
-    public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in
-            do throws(NTStatus) {
-                let settings = try FaultSettings<State>(
-                    fileName: "error", prefix: "Error", knobs: knobs, initial: State(), parameters: pdo.deviceNode?.parameters ?? [:]
-                ) { s in "candidates \(s.candidates)\nfailed \(s.failed)\n" }
-                let filter = driver.createFilterDevice(for: pdo, extension: settings)
-                filter.publish(settings)
-                return .success
-            } catch {
-                return error
-            }
-        }
-        driver.majorFunction.setAll { device, irp in
-            if let status = decide(irp, device.deviceExtension(as: FaultSettings<State>.self)) {
-                irp.complete(status)
-                return status
-            }
-            irp.skipCurrentStackLocation()
-            return device.callLower(irp)
-        }
-        driver.majorFunction[.pnp] = PnP.filterDispatch
-        driver.majorFunction[.power] = Power.filterDispatch
-        return .success
-    }
+    public static let driverEntry = FaultSettings<State>.driverEntry(
+        fileName: "error", prefix: "Error", knobs: knobs, initial: State(), counters: { "candidates \($0.candidates)\nfailed \($0.failed)\n" },
+        all: { device, irp in
+            guard let status = decide(irp, device.deviceExtension(as: FaultSettings<State>.self)) else { return passDown(device, irp) }
+            irp.complete(status)
+            return status
+        })
 }

@@ -72,6 +72,41 @@ final class FaultSettings<State: Sendable>: DeviceSettings, @unchecked Sendable 
     }
 }
 
+extension FaultSettings {
+    /// A fault filter's DriverEntry: AddDevice reads the settings from the node's
+    /// parameters, makes the filter device with the extension `makeExtension` builds
+    /// from them, and publishes the settings file; `all` serves every major function
+    /// (`read`, if given, reads), PnP and power go as a filter's.
+    static func driverEntry(fileName: String, prefix: String, knobs: [Knob<State>], initial: State,
+                            counters: @escaping @Sendable (State) -> String,
+                            extension makeExtension: @escaping @Sendable (FaultSettings<State>) -> AnyObject = { $0 },
+                            all: @escaping DispatchRoutine = passDown, read: DispatchRoutine? = nil) -> DriverEntry {
+        { driver in
+            driver.addDevice = { driver, pdo in
+                do throws(NTStatus) {
+                    let settings = try FaultSettings<State>(fileName: fileName, prefix: prefix, knobs: knobs, initial: initial,
+                                                            parameters: pdo.deviceNode?.parameters ?? [:], counters: counters)
+                    driver.createFilterDevice(for: pdo, extension: makeExtension(settings)).publish(settings)
+                    return .success
+                } catch {
+                    return error
+                }
+            }
+            driver.majorFunction.setAll(all)
+            if let read { driver.majorFunction[.read] = read }
+            driver.majorFunction[.pnp] = PnP.filterDispatch
+            driver.majorFunction[.power] = Power.filterDispatch
+            return .success
+        }
+    }
+}
+
+/// IoSkipCurrentIrpStackLocation and IoCallDriver: what a filter does with what it leaves alone.
+let passDown: DispatchRoutine = { device, irp in
+    irp.skipCurrentStackLocation()
+    return device.callLower(irp)
+}
+
 extension Substring {
     func trimmingCharacters(in set: String) -> String {
         var s = self

@@ -37,25 +37,12 @@ public enum RateFilter {
     }
 
     /// `DriverEntry`
-    public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in
-            do throws(NTStatus) {
-                let settings = try FaultSettings<State>(
-                    fileName: "rate", prefix: "Rate", knobs: knobs, initial: State(), parameters: pdo.deviceNode?.parameters ?? [:]
-                ) { s in "bytes \(s.bytes)\nwaited \(s.waited)\n" }
-                let filter = driver.createFilterDevice(for: pdo, extension: Extension(settings))
-                filter.publish(settings)
-                return .success
-            } catch {
-                return error
-            }
-        }
-        driver.majorFunction.setAll { device, irp in
+    public static let driverEntry = FaultSettings<State>.driverEntry(
+        fileName: "rate", prefix: "Rate", knobs: knobs, initial: State(), counters: { "bytes \($0.bytes)\nwaited \($0.waited)\n" },
+        extension: { Extension($0) },
+        all: { device, irp in
             let ext = device.deviceExtension(as: Extension.self)
-            guard let (_, length) = irp.byteRange else {
-                irp.skipCurrentStackLocation()
-                return device.callLower(irp)
-            }
+            guard let (_, length) = irp.byteRange else { return passDown(device, irp) }
             let now = monotonicNanoseconds()
             let start: UInt64 = ext.settings.state.withLock { s in
                 let start = max(now, s.nextFree)
@@ -64,14 +51,7 @@ public enum RateFilter {
                 if start > now { s.waited += 1 }
                 return start
             }
-            guard start > now else {
-                irp.skipCurrentStackLocation()
-                return device.callLower(irp)
-            }
+            guard start > now else { return passDown(device, irp) }
             return ext.delayer.pass(irp, below: device, at: DispatchTime(uptimeNanoseconds: start))
-        }
-        driver.majorFunction[.pnp] = PnP.filterDispatch
-        driver.majorFunction[.power] = Power.filterDispatch
-        return .success
-    }
+        })
 }

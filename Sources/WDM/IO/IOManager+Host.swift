@@ -133,15 +133,20 @@ extension IOManager {
         if let refused = prepare(irp, request, file) {
             return refuse(irp, refused)
         }
-        if verifier.stressBits.load(ordering: .relaxed) & StressBits.deadline != 0, verifier.verifies(file.deviceObject.driverObject) {
-            watchDeadline(irp, file)
-        }
+        watchDeadlineIfAsked(irp, file)
         if anyHeld.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.held.load(ordering: .acquiring) != 0 {
             // A driver that says so fails I/O while it is not in D0, instead of holding it.
             if top.held.load(ordering: .relaxed) & HoldReason.power.rawValue != 0, failsWhileAsleep(top) { return refuse(irp, .deviceNotReady) }
             return park(irp, top)
         }
         return submit(irp)
+    }
+
+    /// The deadline stress option, for a verified driver's request: one load when off.
+    @inline(__always) private func watchDeadlineIfAsked(_ irp: IRP, _ file: FileObject) {
+        if verifier.stressBits.load(ordering: .relaxed) & StressBits.deadline != 0, verifier.verifies(file.deviceObject.driverObject) {
+            watchDeadline(irp, file)
+        }
     }
 
     /// Verifier's deadline for user IRPs: one still in flight when it passes is
@@ -152,6 +157,7 @@ extension IOManager {
         let label = IRPTracer.label(irp)
         let device = file.deviceObject
         DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+            defer { verifier.deadlineChecks.add(1, ordering: .releasing) }
             let w = p.state.load(ordering: .acquiring)
             guard w >> 8 == UInt64(g), w & 0xFF != UInt64(IRPPacket.Life.completed.rawValue), w & 0xFF != UInt64(IRPPacket.Life.free.rawValue),
                   verifier.stress.deadline > 0
@@ -167,6 +173,7 @@ extension IOManager {
             freeIrp(irp)
             return IOStatusBlock(status: refused)
         }
+        watchDeadlineIfAsked(irp, file)
         if anyHeld.load(ordering: .relaxed), let top = irp.packet.targetDevice, top.held.load(ordering: .acquiring) != 0 {
             if top.held.load(ordering: .relaxed) & HoldReason.power.rawValue != 0, failsWhileAsleep(top) {
                 freeIrp(irp)

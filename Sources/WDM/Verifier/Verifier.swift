@@ -305,6 +305,9 @@ public final class Verifier: @unchecked Sendable {
 
     /// The stress options and their seeded stream (see Stress.swift).
     let stressState = HandoffMutex<(options: Stress, random: SeededRandom)>((Stress(), SeededRandom(seed: 0)))
+    /// User IRPs whose deadline (stress option) has passed and been looked at, late or not.
+    public var deadlinesChecked: Int { deadlineChecks.load(ordering: .acquiring) }
+    let deadlineChecks = Atomic<Int>(0)
     /// `StressBits` of the options on: what the I/O path loads.
     let stressBits = Atomic<UInt8>(0)
     /// Told of every change of the stress options (the I/O manager installs the IRP log).
