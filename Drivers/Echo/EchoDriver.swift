@@ -36,8 +36,8 @@ public enum EchoDriver {
         public let writers = CancelSafeQueue()
 
         /// Nil when the pool cannot hold the buffer.
-        init?(capacity: Int) {
-            guard let storage = PoolMemory(byteCount: capacity, tag: "Echo") else { return nil }
+        init?(capacity: Int, driver: DriverObject) {
+            guard let storage = PoolMemory(byteCount: capacity, tag: "Echo", for: driver) else { return nil }
             self.storage = storage
         }
         deinit { storage.free() }
@@ -101,7 +101,7 @@ public enum EchoDriver {
             } catch {
                 return error  // not one of the setting's values: STATUS_INVALID_PARAMETER
             }
-            guard let ext = Extension(capacity: capacity) else { return .insufficientResources }
+            guard let ext = Extension(capacity: capacity, driver: driver) else { return .insufficientResources }
             return driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, flags: .bufferedIO, extension: ext)
         }
         driver.majorFunction.succeed([.create, .close, .flushBuffers])

@@ -18,8 +18,8 @@ public enum RamDiskDriver {
         public let storage: PoolMemory
         public var size: Int { storage.count }
         /// Nil when the pool cannot hold the disk.
-        init?(size: Int) {
-            guard let storage = PoolMemory(byteCount: size, tag: "RamD") else { return nil }
+        init?(size: Int, driver: DriverObject) {
+            guard let storage = PoolMemory(byteCount: size, tag: "RamD", for: driver) else { return nil }
             self.storage = storage
         }
         deinit { storage.free() }
@@ -64,7 +64,7 @@ public enum RamDiskDriver {
             case "neither": flags = []
             default: flags = .directIO
             }
-            guard let disk = Extension(size: size) else { return .insufficientResources }
+            guard let disk = Extension(size: size, driver: driver) else { return .insufficientResources }
             let fdo = try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: disk)
             fdo.publishedSize = Int64(size)  // what `ls -l` shows
             driver.logger.debug("\(pdo.deviceNode?.instanceName ?? "disk"): \(size) bytes, \(buffering) I/O")

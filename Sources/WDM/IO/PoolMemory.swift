@@ -26,8 +26,11 @@ public struct PoolMemory: @unchecked Sendable {
     /// NULL, when the pool cannot give them: a negative count, more than is left of
     /// `limit`, or memory the system refuses. The driver then fails its request
     /// (STATUS_INSUFFICIENT_RESOURCES).
-    public init?(byteCount: Int, tag: String) {
-        guard byteCount >= 0, byteCount <= Self.limit, !Self.simulatedFailure() else { return nil }
+    /// `driver`: who asks (Verifier's low-resources option fails a verified driver's
+    /// allocations at its rate).
+    public init?(byteCount: Int, tag: String, for driver: DriverObject? = nil) {
+        guard byteCount >= 0, byteCount <= Self.limit else { return nil }
+        if let driver, driver.ioManager.verifier.simulatesLowResources(for: driver) { return nil }
         guard Self.inUse.add(byteCount, ordering: .relaxed).newValue <= Self.limit else {
             Self.inUse.subtract(byteCount, ordering: .relaxed)
             return nil

@@ -86,7 +86,6 @@ extension Verifier {
             if newValue.irpLog > 0 { bits |= StressBits.irpLog }
             if newValue.deadline > 0 { bits |= StressBits.deadline }
             stressBits.store(bits, ordering: .releasing)
-            PoolMemory.failures.store(newValue.lowResources > 0 ? self : nil)
             onStressChange?(newValue)
         }
     }
@@ -118,24 +117,11 @@ public struct SeededRandom: Sendable {
     public mutating func unit() -> Double { Double(next() >> 11) * 0x1p-53 }
 }
 
-/// Where pool allocations ask whether to fail (the verifier whose low-resources option is on).
-final class WeakVerifier: @unchecked Sendable {
-    weak var verifier: Verifier?
-    init(_ v: Verifier) { verifier = v }
-}
-
-extension PoolMemory {
-    /// The verifier that simulates low resources, if one does.
-    static let failures = HandoffMutex<WeakVerifier?>(nil)
-    /// Whether this allocation is one the low-resources option fails.
-    static func simulatedFailure() -> Bool {
-        guard let v = failures.withLock({ $0?.verifier }) else { return false }
-        return v.draw(\.lowResources)
+extension Verifier {
+    /// Whether this allocation by `driver` is one the low-resources option fails.
+    func simulatesLowResources(for driver: DriverObject) -> Bool {
+        stressBits.load(ordering: .relaxed) & StressBits.lowResources != 0 && verifies(driver) && draw(\.lowResources)
     }
-}
-
-extension HandoffMutex where Value == WeakVerifier? {
-    func store(_ v: Verifier?) { withLock { $0 = v.map(WeakVerifier.init) } }
 }
 
 // MARK: - The IRP log
