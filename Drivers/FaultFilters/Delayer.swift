@@ -14,7 +14,7 @@ final class Delayer: Sendable {
     /// STATUS_PENDING, which the dispatch routine returns.
     func pass(_ irp: IRP, below device: DeviceObject, at deadline: DispatchTime) -> NTStatus {
         let status = queue.insert(irp)
-        DispatchQueue.global().asyncAfter(deadline: deadline) { [queue] in
+        Self.timers.asyncAfter(deadline: deadline) { [queue] in
             // Nil: cancelled while it waited (the queue completed it).
             guard let irp = queue.removeNext(where: { $0 == irp }) else { return }
             irp.copyCurrentStackLocationToNext()
@@ -22,6 +22,11 @@ final class Delayer: Sendable {
         }
         return status
     }
+
+    /// Where the waits end: a queue of the filters' own (it gets a thread even while
+    /// the global pool's are all blocked), concurrent, so one lower driver that takes
+    /// its time does not hold up the others.
+    static let timers = DispatchQueue(label: "wdmfs.fault-filters.delay", attributes: .concurrent)
 
     /// The requests waiting now.
     var waiting: Int { queue.count }

@@ -156,7 +156,7 @@ extension IOManager {
         let seconds = verifier.stress.deadline
         let label = IRPTracer.label(irp)
         let device = file.deviceObject
-        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+        stressQueue.asyncAfter(deadline: .now() + seconds) { [self] in
             defer { verifier.deadlineChecks.add(1, ordering: .releasing) }
             let w = p.state.load(ordering: .acquiring)
             guard w >> 8 == UInt64(g), w & 0xFF != UInt64(IRPPacket.Life.completed.rawValue), w & 0xFF != UInt64(IRPPacket.Life.free.rawValue),

@@ -30,6 +30,10 @@ public final class IOManager: @unchecked Sendable {
     /// How long a cancelled IRP may take to complete before the I/O manager stops
     /// waiting for it (at shutdown, after a host's cancel). Windows waits 5 minutes.
     public nonisolated(unsafe) var shutdownGrace: Double = 1.0
+    /// Where the verifier's stress options run their later work (forced pending's
+    /// dispatch, the deadlines): a queue of its own, which gets a thread even while
+    /// the global pool's are all blocked (libdispatch overcommits for it).
+    let stressQueue = DispatchQueue(label: "wdmfs.verifier.stress", attributes: .concurrent)
     /// Drivers' log levels: everyone's, and those set by name (see `setLogLevels`).
     let logLevels = HandoffMutex<(all: Logger.Level, named: [String: Logger.Level])>((.info, [:]))
     /// What each reader of the trace holds before it loses events (bytes). Set before a reader opens.
@@ -292,7 +296,7 @@ public final class IOManager: @unchecked Sendable {
         p.locations[location - 1].control.insert(.pendingReturned)
         p.notePending(.marked, at: location - 1, generation: irp.generation)
         counters.pended.add(1, ordering: .relaxed)
-        DispatchQueue.global().async { [self] in
+        stressQueue.async { [self] in
             observers._withUnsafeGuaranteedRef { chain in
                 chain.callingDriver(device, irp, location: location)
                 let status = routine.map { $0(device, irp) } ?? invalidRequest(irp)
