@@ -3,7 +3,7 @@
 // breaks one rule; reads keep their buffer after completing (a read at
 // `unwrittenOffset` reports bytes it never wrote). Only the `test`
 // tree mounts it. LazyFilter is a filter that forgets to copy the flags of the
-// device below (Verifier 0x244/0x23F/0x246).
+// device below (Verifier 0x244, DeviceType 0x246, DO_POWER_PAGABLE 0x23F).
 
 import Dispatch
 import Synchronization

@@ -118,13 +118,13 @@ def test_verify_names_a_driver_that_is_not_loaded_and_nothing_is_mounted():
 
 
 def test_a_bug_check_while_the_tree_is_built_fails_the_mount_with_its_cause():
-    """The test tree's LazyFilter forgets to copy DeviceType (0x23F): verified, with
+    """The test tree's LazyFilter forgets to copy DeviceType (0x246): verified, with
     the bug check action, the mount fails and says why, as Windows stops at boot."""
     with scratch_mountpoint() as mp:
         r = run("mount", mp, "--tree", "test", "--verify", "all", "--verifier-action", "bugcheck")
         assert r.returncode == 2
         first = r.stderr.splitlines()[0]
-        assert "bug check 0xC9" in first and "filterDeviceTypeNotCopied [0xC9/0x23F]" in first, r.stderr
+        assert "bug check 0xC9" in first and "filterDeviceTypeNotCopied [0xC9/0x246]" in first, r.stderr
         assert "\\Driver\\LazyFilter" in first
         assert not is_mounted(mp)
 

@@ -238,7 +238,7 @@ import WDMTesting
         let v = io.verifier.violations
         // One rule per Verifier code; Characteristics not copied has none, so no report.
         #expect(v.map(\.rule) == [.filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied])
-        #expect(v.map(\.rule.windowsCode) == ["0xC9/0x244", "0xC9/0x23F", "0xC9/0x246"])
+        #expect(v.map(\.rule.windowsCode) == ["0xC9/0x244", "0xC9/0x246", "0xC9/0x23F"])
         #expect(v.allSatisfy { $0.driver == "\\Driver\\Lazy" })
         // Windows' names, never Swift's (`DeviceFlags(rawValue: 8208)`).
         #expect(v.map(\.detail) == [
@@ -493,7 +493,7 @@ import WDMTesting
         #expect(io.verifier.violations.map(\.rule) == [.bufferedAndDirect])
     }
 
-    @Test func failingRemoveIs0x247() throws {
+    @Test func failingRemoveIs0x306() throws {
         let (io, node) = try stack(remove: { device, irp in
             _ = device.removeLock.acquire()
             device.removeLock.releaseAndWait()
@@ -502,8 +502,31 @@ import WDMTesting
             return .unsuccessful
         })
         _ = io.remove(node)
-        #expect(io.verifier.violations.map(\.rule) == [.failedIrpThatMustNotFail])
+        #expect(io.verifier.violations.map(\.rule) == [.failedRemove])
+        #expect(io.verifier.violations.map(\.rule.windowsCode) == ["0xC9/0x306"])
         #expect(io.verifier.violations.first?.detail?.contains("removeDevice") == true)
+    }
+
+    @Test(arguments: [PnPMinor.cancelStopDevice, .cancelRemoveDevice, .surpriseRemoval])
+    func failingACancelOrSurpriseRemovalIs0x247(_ minor: PnPMinor) throws {
+        let io = IOManager()
+        io.verifier.scope = .all
+        let helper = PnP.functionDispatch()
+        let d = try io.loadDriver(name: "Stubborn") { d in
+            d.addDevice = { d, pdo in d.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown) }
+            d.majorFunction[.pnp] = { device, irp in
+                guard irp.pnpMinor == minor else { return helper(device, irp) }
+                irp.complete(.unsuccessful)
+                return .unsuccessful
+            }
+            return .success
+        }
+        let pdo = try io.addRootDevice(instanceName: "stubborn", functionDriver: d)
+        #expect(io.verifier.violations.isEmpty)
+        _ = io.sendPnP(minor, to: pdo.topOfStack)
+        #expect(io.verifier.violations.map(\.rule) == [.failedIrpThatMustNotFail], "\(io.verifier.violations)")
+        #expect(io.verifier.violations.map(\.rule.windowsCode) == ["0xC9/0x247"])
+        #expect(io.verifier.violations.first?.driver == "\\Driver\\Stubborn")
     }
 
     @Test func theSameMistakesGoUnreportedForADriverNotVerified() throws {
@@ -566,6 +589,77 @@ import WDMTesting
         io.invalidateDeviceRelations(pdo)
         io.waitForPnP()
         return io
+    }
+
+    /// A bus child whose PDO leaves `minor` (of the ID or relation type given) at
+    /// the STATUS_NOT_SUPPORTED it came with, and answers the rest as a PDO should.
+    func lazyChild(_ minor: PnPMinor, idType: BusQueryIdType? = nil, relation: DeviceRelationType? = nil) throws -> (IOManager, DeviceObject) {
+        let io = IOManager()
+        io.verifier.scope = .drivers(["LazyKid"])
+        let kid = try io.loadDriver(name: "LazyKid") { d in
+            d.majorFunction[.pnp] = { device, irp in
+                let q = irp.pnp
+                if irp.pnpMinor == minor, idType == nil || q?.idType == idType, relation == nil || q?.relationType == relation {
+                    let untouched = irp.ioStatus.status
+                    irp.complete(untouched)
+                    return untouched
+                }
+                return PnP.completeAsPDO(device, irp, ids: { t in ["LazyKid\\\(t)"] })
+            }
+            d.majorFunction.succeed([.create, .cleanup, .close])
+            return .success
+        }
+        let pdo = io.createDevice(driver: kid, deviceType: DeviceType.unknown)
+        pdo.flags.remove(.deviceInitializing)
+        return (io, pdo)
+    }
+
+    @Test(arguments: [PnPMinor.startDevice, .queryStopDevice, .stopDevice, .cancelStopDevice, .queryRemoveDevice,
+                      .cancelRemoveDevice, .removeDevice, .surpriseRemoval, .queryCapabilities])
+    func aPDOThatLeavesARequiredMinorAtNotSupportedIs0x22A(_ minor: PnPMinor) throws {
+        let (io, pdo) = try lazyChild(minor)
+        let (status, _) = io.sendPnP(minor, to: pdo)
+        #expect(status == .notSupported)
+        let v = io.verifier.violations
+        #expect(v.map(\.rule) == [.pdoLeftRequiredMinor], "\(v)")
+        #expect(v.map(\.rule.windowsCode) == ["0xC9/0x22A"])
+        #expect(v.first?.driver == "\\Driver\\LazyKid")
+        #expect(v.first?.detail?.contains("\(minor)") == true, "\(v)")
+        #expect(v.first?.description.contains("IRP_MJ_PNP \(minor.wdmName)") == true, "\(v)")
+    }
+
+    @Test func aPDOMustAnswerQueryIdForTheDeviceIDAndTargetDeviceRelation() throws {
+        let (io, pdo) = try lazyChild(.queryId, idType: .deviceID)
+        _ = io.sendPnP(.queryId, to: pdo) { $0.idType = .deviceID }
+        #expect(io.verifier.violations.map(\.rule) == [.pdoLeftRequiredMinor])
+        #expect(io.verifier.violations.first?.detail?.contains("deviceID") == true)
+        let (io2, pdo2) = try lazyChild(.queryDeviceRelations, relation: .targetDeviceRelation)
+        _ = io2.sendPnP(.queryDeviceRelations, to: pdo2) { $0.relationType = .targetDeviceRelation }
+        #expect(io2.verifier.violations.map(\.rule) == [.pdoLeftRequiredMinor])
+    }
+
+    @Test func aPDOMayLeaveTheMinorsItsBusNeedNotAnswer() throws {
+        // CompatibleIDs, BusRelations of a leaf, QUERY_PNP_DEVICE_STATE, EJECT: left alone, no report.
+        let (io, pdo) = try lazyChild(.queryId, idType: .compatibleIDs)
+        _ = io.sendPnP(.queryId, to: pdo) { $0.idType = .compatibleIDs }
+        for minor in [PnPMinor.queryPnpDeviceState, .eject, .queryDeviceText, .queryBusInformation] {
+            let (io3, pdo3) = try lazyChild(minor)
+            _ = io3.sendPnP(minor, to: pdo3)
+            #expect(io3.verifier.violations.isEmpty, "\(minor): \(io3.verifier.violations)")
+        }
+        let (io2, pdo2) = try lazyChild(.queryDeviceRelations, relation: .busRelations)
+        _ = io2.sendPnP(.queryDeviceRelations, to: pdo2) { $0.relationType = .busRelations }
+        #expect(io.verifier.violations.isEmpty && io2.verifier.violations.isEmpty)
+    }
+
+    @Test func aPDOThatAnswersTheRequiredMinorsIsClean() throws {
+        let (io, pdo) = try lazyChild(.eject)  // leaves only EJECT: answers every required minor
+        for minor in [PnPMinor.startDevice, .queryCapabilities, .queryStopDevice, .cancelStopDevice] {
+            let (status, _) = io.sendPnP(minor, to: pdo)
+            #expect(status == .success)
+        }
+        _ = io.sendPnP(.queryId, to: pdo) { $0.idType = .deviceID }
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
 
     @Test func twoChildrenWithTheSameIDsAre0x249() throws {
@@ -641,6 +735,10 @@ import WDMTesting
         #expect(io.verifier.violations.map(\.rule) == [rule])
         #expect(io.verifier.violations.first?.rule.windowsCode == code)
         #expect(io.verifier.violations.first?.driver == "\\Driver\\TestFilter0")
+        // The report names a known minor as the WDK does, an unknown one by its number.
+        let known = major == .pnp ? PnPMinor(rawValue: minor)?.wdmName : PowerMinor(rawValue: minor)?.wdmName
+        let said = io.verifier.violations.first?.description ?? ""
+        #expect(said.contains(known ?? "minor 0x" + String(minor, radix: 16, uppercase: true)), "\(said)")
     }
 
     @Test func failingAPnPIRPWithoutForwardingItIsAllowedAndForwardingIsClean() throws {

@@ -28,8 +28,8 @@ extension IOManager {
         return status
     }
 
-    /// A filter must copy what the device below it has (Verifier 0x244, 0x23F,
-    /// 0x246). Characteristics it should copy too, but Verifier has no code for it.
+    /// A filter must copy what the device below it has (Verifier 0x244, 0x246
+    /// and 0x23F, as Microsoft numbers them). Characteristics it should copy too, but Verifier has no code for it.
     func checkFilterCopied(_ filter: DeviceObject, from lower: DeviceObject) {
         guard verifier.verifies(filter.driverObject) else { return }
         let buffering: DeviceFlags = [.bufferedIO, .directIO]

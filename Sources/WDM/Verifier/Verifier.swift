@@ -70,8 +70,14 @@ public final class Verifier: @unchecked Sendable {
         case notDetachedAtRemove
         /// IRP_MN_REMOVE_DEVICE returned with the driver's device not deleted.
         case notDeletedAtRemove
-        /// A driver failed an IRP that must not fail (REMOVE_DEVICE, SURPRISE_REMOVAL, CANCEL_REMOVE_DEVICE, CANCEL_STOP_DEVICE).
+        /// A driver failed an IRP that must not fail (SURPRISE_REMOVAL, CANCEL_REMOVE_DEVICE, CANCEL_STOP_DEVICE).
         case failedIrpThatMustNotFail
+        /// A driver completed IRP_MN_REMOVE_DEVICE with a failure status (Verifier's own code for it).
+        case failedRemove
+        /// A PDO completed a PnP IRP its bus must answer (START, the remove and stop
+        /// minors, SURPRISE_REMOVAL, QUERY_CAPABILITIES, QUERY_ID DeviceID,
+        /// TargetDeviceRelation) with the STATUS_NOT_SUPPORTED it was sent with.
+        case pdoLeftRequiredMinor
         /// A device that is not a PDO in a bus's BusRelations.
         case nonPDOInBusRelations
         /// Two children of one bus with the same device and instance IDs.
@@ -119,8 +125,8 @@ public final class Verifier: @unchecked Sendable {
             case .freedInFlight: "0xC9/0x20A"
             case .deviceInitializingLeftSet: "0xC9/0x243"
             case .filterBufferingNotCopied: "0xC9/0x244"
-            case .filterDeviceTypeNotCopied: "0xC9/0x23F"
-            case .filterPowerPagableNotCopied: "0xC9/0x246"
+            case .filterDeviceTypeNotCopied: "0xC9/0x246"
+            case .filterPowerPagableNotCopied: "0xC9/0x23F"
             case .informationExceedsLength: "none (the I/O manager returns at most the buffer)"
             case .unloadWithDevices: "bug check 0xCE"
             case .bufferWrittenAfterCompletion: "none (Special Pool would catch it)"
@@ -134,6 +140,8 @@ public final class Verifier: @unchecked Sendable {
             case .notDetachedAtRemove: "0xC9/0x21D"
             case .notDeletedAtRemove: "0xC9/0x21E"
             case .failedIrpThatMustNotFail: "0xC9/0x247"
+            case .failedRemove: "0xC9/0x306"
+            case .pdoLeftRequiredMinor: "0xC9/0x22A"
             case .nonPDOInBusRelations: "0xC9/0x248"
             case .duplicateChildIDs: "0xC9/0x249"
             case .nonPDOGivenForPDO: "0xC9/0x24D"
@@ -173,7 +181,8 @@ public final class Verifier: @unchecked Sendable {
             case .bufferedAndDirect: "AddDevice's return"
             case .callDownWithCancelRoutine: "IoCallDriver"
             case .notDetachedAtRemove, .notDeletedAtRemove: "IRP_MN_REMOVE_DEVICE's return"
-            case .failedIrpThatMustNotFail: "IoCompleteRequest"
+            case .failedIrpThatMustNotFail, .failedRemove: "IoCompleteRequest"
+            case .pdoLeftRequiredMinor: "IoCompleteRequest (by the PDO, IoStatus.Status untouched)"
             case .nonPDOInBusRelations, .duplicateChildIDs: "IRP_MN_QUERY_DEVICE_RELATIONS (BusRelations)"
             case .nonPDOGivenForPDO: "IoRegisterDeviceInterface or IoInvalidateDeviceRelations"
             case .deadlineMissed: "no IoCompleteRequest within the deadline (stress option)"
@@ -195,7 +204,7 @@ public final class Verifier: @unchecked Sendable {
                  .statusMismatch, .pendingNotPropagated, .informationExceedsBuffer, .informationExceedsLength,
                  .deviceInitializingLeftSet, .filterBufferingNotCopied, .filterDeviceTypeNotCopied, .filterPowerPagableNotCopied,
                  .deletedWhileAttached, .detachedWithNothingAttached, .deletedTwice, .bufferedAndDirect, .callDownWithCancelRoutine,
-                 .notDetachedAtRemove, .notDeletedAtRemove, .failedIrpThatMustNotFail,
+                 .notDetachedAtRemove, .notDeletedAtRemove, .failedIrpThatMustNotFail, .failedRemove, .pdoLeftRequiredMinor,
                  .nonPDOInBusRelations, .duplicateChildIDs, .nonPDOGivenForPDO, .deadlineMissed,
                  .detachedDuringSurpriseRemoval, .deletedDuringSurpriseRemoval, .reportedPDODeleted,
                  .unknownPnPNotForwarded, .successfulPnPNotForwarded, .untouchedPnPNotForwarded,
@@ -278,7 +287,9 @@ public final class Verifier: @unchecked Sendable {
             if let majorFunction {
                 s += " on \(majorFunction.wdmName)"
                 if let minorFunction, minorFunction != 0 || majorFunction == .pnp || majorFunction == .power {
-                    s += " minor 0x" + String(minorFunction, radix: 16, uppercase: true)
+                    let known = majorFunction == .pnp ? PnPMinor(rawValue: minorFunction)?.wdmName
+                        : majorFunction == .power ? PowerMinor(rawValue: minorFunction)?.wdmName : nil
+                    s += " " + (known ?? "minor 0x" + String(minorFunction, radix: 16, uppercase: true))
                 }
             }
             s += " by \(driver ?? "(driver unknown)") device \(device ?? "(unknown)")"
@@ -577,6 +588,30 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         }
     }
 
+    /// The PnP minors a bus driver must answer for its child PDOs: START_DEVICE,
+    /// the query, cancel and do of stop and remove, SURPRISE_REMOVAL,
+    /// QUERY_CAPABILITIES, QUERY_ID for BusQueryDeviceID and
+    /// QUERY_DEVICE_RELATIONS for TargetDeviceRelation (the other ID and relation
+    /// types, QUERY_PNP_DEVICE_STATE, EJECT and the rest are the bus's choice).
+    static func pdoMustAnswer(_ m: PnPMinor, _ q: PnPRequest?) -> Bool {
+        switch m {
+        case .startDevice, .queryRemoveDevice, .removeDevice, .cancelRemoveDevice, .stopDevice, .queryStopDevice,
+             .cancelStopDevice, .surpriseRemoval, .queryCapabilities:
+            true
+        case .queryId: q?.idType == .deviceID
+        case .queryDeviceRelations: q?.relationType == .targetDeviceRelation
+        default: false
+        }
+    }
+
+    static func pnpQualifier(_ m: PnPMinor, _ q: PnPRequest?) -> String {
+        switch m {
+        case .queryId: q.map { " (\($0.idType))" } ?? ""
+        case .queryDeviceRelations: q.map { " (\($0.relationType))" } ?? ""
+        default: ""
+        }
+    }
+
     public func completed(_ irp: IRP) {
         let p = irp.packet
         let g = irp.generation
@@ -595,9 +630,17 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         if p.stackCount > 0, p.ioStatus.status.isError, let d = p.completer, verifier.verifies(d.driverObject) {
             // The major and minor of the IRP as its requester built it (the top location).
             let top = p.locations[p.stackCount - 1]
-            if top.majorFunction == .pnp, let m = PnPMinor(rawValue: top.minorFunction),
-               [.removeDevice, .surpriseRemoval, .cancelRemoveDevice, .cancelStopDevice].contains(m) {
-                verifier.report(.failedIrpThatMustNotFail, irp: irp, device: d, detail: "\(m) completed with \(p.ioStatus.status)")
+            if top.majorFunction == .pnp, let m = PnPMinor(rawValue: top.minorFunction) {
+                if p.ioStatus.status == .notSupported, d.lowerDevice == nil, Self.pdoMustAnswer(m, p.pnp) {
+                    // 0x22A: the PDO (the bottom of the stack) completed a minor its
+                    // bus must answer with the status the PnP manager sent it with.
+                    verifier.report(.pdoLeftRequiredMinor, irp: irp, device: d,
+                                    detail: "\(m)\(Self.pnpQualifier(m, p.pnp)) left at STATUS_NOT_SUPPORTED")
+                } else if m == .removeDevice {
+                    verifier.report(.failedRemove, irp: irp, device: d, detail: "\(m) completed with \(p.ioStatus.status)")
+                } else if [.surpriseRemoval, .cancelRemoveDevice, .cancelStopDevice].contains(m) {
+                    verifier.report(.failedIrpThatMustNotFail, irp: irp, device: d, detail: "\(m) completed with \(p.ioStatus.status)")
+                }
             }
         }
         let limit = p.informationLimit
