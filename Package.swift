@@ -16,6 +16,11 @@ let driverNames: [(target: String, folder: String)] = [
     ("FaultFilters", "FaultFilters"),
     ("HostFileDriver", "HostFile"),
 ]
+// Drivers written on the framework (WDF): each depends on WDF (and WDM, which it
+// re-exports the parts of it uses), and on the public header of its family.
+let frameworkDriverNames: [(target: String, folder: String, headers: [String])] = [
+    ("ToasterFxDrivers", "ToasterFx", ["ToasterPublic"]),
+]
 // A driver whose public header (IOCTL codes, structures, GUIDs, interfaces) is a
 // target of its own, at Drivers/<folder>/Public: applications (the wdmfs tool)
 // import the header, not the driver.
@@ -34,7 +39,10 @@ let driverTargets: [Target] = driverNames.flatMap { d -> [Target] in
         .target(name: d.target, dependencies: ["WDM", .target(name: header)], path: "Drivers/\(d.folder)", exclude: ["Public"]),
     ]
 }
-let driverDependencies: [Target.Dependency] = driverNames.map { .target(name: $0.target) }
+let frameworkDriverTargets: [Target] = frameworkDriverNames.map { d in
+    .target(name: d.target, dependencies: ["WDF", "WDM"] + d.headers.map { .target(name: $0) }, path: "Drivers/\(d.folder)")
+}
+let driverDependencies: [Target.Dependency] = (driverNames.map(\.target) + frameworkDriverNames.map(\.target)).map { .target(name: $0) }
 let headerDependencies: [Target.Dependency] = driverHeaders.map { .target(name: $0.header) }
 
 let package = Package(
@@ -45,7 +53,9 @@ let package = Package(
         .library(name: "WDM", targets: ["WDM"]),
         .library(name: "WDMClient", targets: ["WDMClient"]),
         .library(name: "WDMTesting", targets: ["WDMTesting"]),
-        .library(name: "WDMDrivers", targets: driverNames.map(\.target) + driverHeaders.map(\.header)),
+        // The framework on WDM (KMDF's programming model): queues, requests, PnP and power done for the driver.
+        .library(name: "WDF", targets: ["WDF"]),
+        .library(name: "WDMDrivers", targets: driverNames.map(\.target) + frameworkDriverNames.map(\.target) + driverHeaders.map(\.header)),
     ],
     // The benchmark (ordo-one/benchmark) is a package of its own, Benchmarks/Package.swift:
     // a package that depends on this one resolves only these.
@@ -69,6 +79,9 @@ let package = Package(
         // MARK: - Kernel model (pure Swift, no C, no FUSE)
         .target(name: "WDM", dependencies: [.product(name: "Logging", package: "swift-log")]),
 
+        // MARK: - The framework (KMDF's model, on WDM only)
+        .target(name: "WDF", dependencies: ["WDM"]),
+
         // MARK: - Testing drivers in-process: the embedded host, recorders, stack builders
         .target(name: "WDMTesting", dependencies: ["WDM"]),
 
@@ -91,6 +104,6 @@ let package = Package(
         // MARK: - Tests
         .testTarget(name: "WDMTests", dependencies: ["WDM", "WDMTesting"]),
         .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMTesting", "WDMClient", "WDMFuse", "CFuse", "DefaultTree"] + driverDependencies + headerDependencies),
-        .testTarget(name: "DriverTests", dependencies: ["WDM", "WDMTesting", "DefaultTree"] + driverDependencies + headerDependencies),
-    ] + driverTargets
+        .testTarget(name: "DriverTests", dependencies: ["WDM", "WDF", "WDMTesting", "DefaultTree"] + driverDependencies + headerDependencies),
+    ] + driverTargets + frameworkDriverTargets
 )

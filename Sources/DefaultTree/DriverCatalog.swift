@@ -14,6 +14,7 @@ import NullDriver
 import PassThroughFilter
 import RamDiskDriver
 import ToasterDrivers
+import ToasterFxDrivers
 import ToasterPublic
 import WDM
 import ZeroDriver
@@ -105,6 +106,9 @@ public enum DriverCatalog {
               childNames: ChildNames(prefix: "toaster")),
         Entry(name: ToasterDriver.name, role: .function, serves: [ToasterBus.toasterHardwareID, ToasterBus.toasterCompatibleID],
               entry: ToasterDriver.driverEntry, className: "Toaster", parents: [.bus(ToasterBus.name)]),
+        // The toaster on the framework (WDF): for toasters plugged in with its hardware ID.
+        Entry(name: ToasterFx.name, role: .function, serves: [ToasterFx.hardwareID],
+              entry: ToasterFx.driverEntry, className: "Toaster", parents: [.bus(ToasterBus.name)]),
         Entry(name: HostFileDriver.name, role: .function, serves: ["Root\\HostFile"], entry: HostFileDriver.driverEntry,
               settings: HostFileDriver.settings),
         Entry(name: PassThroughFilter.name, role: .filter, serves: [], entry: PassThroughFilter.driverEntry),
@@ -120,6 +124,7 @@ public enum DriverCatalog {
         Entry(name: PowerSwallower.name, role: .filter, serves: [], entry: PowerSwallower.driverEntry, testOnly: true),
         Entry(name: RemoveLockKept.name, role: .function, serves: [RemoveLockKept.hardwareID], entry: RemoveLockKept.driverEntry, testOnly: true),
     ] + ToasterFilter.positions.map { Entry(name: $0, role: .filter, serves: [], entry: ToasterFilter.driverEntry(position: $0)) }
+      + ToasterFxFilter.positions.map { Entry(name: "Fx" + $0, role: .filter, serves: [], entry: ToasterFxFilter.driverEntry(position: $0)) }
 
     public static func named(_ name: String) -> Entry? { all.first { $0.name == name } }
 

@@ -21,18 +21,11 @@ public enum ToasterFilter {
                 return device.callLower(irp)
             }
             driver.majorFunction[.pnp] = { device, irp in
-                let node = device.deviceNode
-                node?.appendLog("\(position) \(irp.pnpMinor?.wdmName ?? "IRP_MN_0x\(String(irp.minorFunction, radix: 16))")")
+                device.deviceNode?.appendLog("\(position) \(irp.minorDescription)")
                 return PnP.filterDispatch(device, irp)
             }
             driver.majorFunction[.power] = { device, irp in
-                let what: String
-                switch irp.power?.target {
-                case .system(let s)?: what = "system \(s)"
-                case .device(let d)?: what = "device \(d)"
-                case nil: what = ""
-                }
-                device.deviceNode?.appendLog("\(position) \(irp.powerMinor?.wdmName ?? "IRP_MN_0x\(String(irp.minorFunction, radix: 16))") \(what)")
+                device.deviceNode?.appendLog("\(position) \(irp.minorDescription)")
                 return Power.filterDispatch(device, irp)
             }
             return .success

@@ -8,8 +8,12 @@ import Synchronization
 /// A cancel-safe IRP queue (`IO_CSQ`).
 public final class CancelSafeQueue: @unchecked Sendable {
     private let items = HandoffMutex<[IRP]>([])
+    /// Runs after a cancel took an IRP out of the queue and completed it (a queue
+    /// that waits to be empty hears of it here).
+    let onCancelled: (@Sendable () -> Void)?
 
-    public init() {
+    public init(onCancelled: (@Sendable () -> Void)? = nil) {
+        self.onCancelled = onCancelled
         items.withLock { $0.reserveCapacity(16) }
     }
 
@@ -85,6 +89,8 @@ public final class CancelSafeQueue: @unchecked Sendable {
 
     /// How many IRPs are parked.
     public var count: Int { items.withLock { $0.count } }
+    /// True when no IRP is parked.
+    public var isEmpty: Bool { items.withLock { $0.isEmpty } }
 
     private static let cancelRoutine: CancelRoutine = { _, irp in
         let queue = unsafeDowncast(irp.driverContext!, to: CancelSafeQueue.self)
@@ -96,6 +102,7 @@ public final class CancelSafeQueue: @unchecked Sendable {
         if found {
             irp.driverContext = nil
             irp.complete(.cancelled)
+            queue.onCancelled?()
         }
     }
 }

@@ -275,6 +275,23 @@ public struct IRP: @unchecked Sendable, Equatable {
 }
 
 /// The pooled packet behind an `IRP`. Only the I/O manager touches it directly.
+extension IRP {
+    /// A handle to an IRP made only of trivially destroyed parts, which keeps the
+    /// packet alive until `release()`: for owners that are `~Copyable` and must
+    /// `discard self` (the framework's `Request`).
+    public struct Handle: @unchecked Sendable {
+        let packet: Unmanaged<IRPPacket>
+        let generation: UInt32
+        /// The IRP (no reference taken).
+        public var irp: IRP { IRP(packet: packet.takeUnretainedValue(), generation: generation) }
+        /// Lets the packet go (once).
+        public func release() { packet.release() }
+    }
+
+    /// A retained `Handle` to this IRP.
+    public func retainedHandle() -> Handle { Handle(packet: .passRetained(packet), generation: generation) }
+}
+
 public final class IRPPacket: @unchecked Sendable {
     @usableFromInline let stackCount: Int
     /// `CurrentLocation`. Changed only by the IRP's owner, but an atomic: after a

@@ -54,6 +54,19 @@ extension IRP {
     public var power: PowerRequest? { packet.power }
     /// The current location's minor function as a power minor.
     public var powerMinor: PowerMinor? { PowerMinor(rawValue: minorFunction) }
+
+    /// A PnP or power IRP's minor function by its WDK name, with what a power IRP
+    /// asks: `IRP_MN_START_DEVICE`, `IRP_MN_SET_POWER system S3`, `IRP_MN_0x42`.
+    public var minorDescription: String {
+        let known = majorFunction == .pnp ? pnpMinor?.wdmName : majorFunction == .power ? powerMinor?.wdmName : nil
+        var s = known ?? "IRP_MN_0x" + String(minorFunction, radix: 16)
+        switch power?.target {
+        case .system(let state)?: s += " system \(state)"
+        case .device(let state)?: s += " device \(state)"
+        case nil: break
+        }
+        return s
+    }
 }
 
 /// Why a stack holds its new requests at its top.
@@ -167,11 +180,13 @@ extension IOManager {
     /// whether I/O to the stack waits: not in D0, new requests wait (and can still
     /// be cancelled); the requests go down in the order they came once the D0 IRP
     /// has completed (`requestDevicePower`).
-    public func setPowerState(_ device: DeviceObject, _ state: DevicePowerState) {
+    /// A driver that holds its I/O itself while not in D0 (the framework's
+    /// power-managed queues) passes `holdsIO: false`.
+    public func setPowerState(_ device: DeviceObject, _ state: DevicePowerState, holdsIO: Bool = true) {
         device.powerStateWord.store(state.rawValue, ordering: .releasing)
         guard let node = device.deviceNode, node.pdo !== device else { return }  // the bus's PDO: recorded only
         node.powerWord.store(state.rawValue, ordering: .releasing)
-        if state != .d0 { hold(device, .power, true) }
+        if state != .d0, holdsIO { hold(device, .power, true) }
     }
 
     /// The requests that waited for D0 go down, in the order they came (unless the

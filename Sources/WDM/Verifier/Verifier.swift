@@ -78,6 +78,10 @@ public final class Verifier: @unchecked Sendable {
         /// minors, SURPRISE_REMOVAL, QUERY_CAPABILITIES, QUERY_ID DeviceID,
         /// TargetDeviceRelation) with the STATUS_NOT_SUPPORTED it was sent with.
         case pdoLeftRequiredMinor
+        /// A framework driver let a request go without completing, forwarding or
+        /// queueing it (its `~Copyable` Request was destroyed): the framework
+        /// completed it with STATUS_DRIVER_INTERNAL_ERROR.
+        case requestDropped
         /// A device that is not a PDO in a bus's BusRelations.
         case nonPDOInBusRelations
         /// Two children of one bus with the same device and instance IDs.
@@ -142,6 +146,7 @@ public final class Verifier: @unchecked Sendable {
             case .failedIrpThatMustNotFail: "0xC9/0x247"
             case .failedRemove: "0xC9/0x306"
             case .pdoLeftRequiredMinor: "0xC9/0x22A"
+            case .requestDropped: "none (KMDF's verifier finds a leaked request only when its device goes)"
             case .nonPDOInBusRelations: "0xC9/0x248"
             case .duplicateChildIDs: "0xC9/0x249"
             case .nonPDOGivenForPDO: "0xC9/0x24D"
@@ -183,6 +188,7 @@ public final class Verifier: @unchecked Sendable {
             case .notDetachedAtRemove, .notDeletedAtRemove: "IRP_MN_REMOVE_DEVICE's return"
             case .failedIrpThatMustNotFail, .failedRemove: "IoCompleteRequest"
             case .pdoLeftRequiredMinor: "IoCompleteRequest (by the PDO, IoStatus.Status untouched)"
+            case .requestDropped: "the end of a framework Request's life with no complete, forward or requeue"
             case .nonPDOInBusRelations, .duplicateChildIDs: "IRP_MN_QUERY_DEVICE_RELATIONS (BusRelations)"
             case .nonPDOGivenForPDO: "IoRegisterDeviceInterface or IoInvalidateDeviceRelations"
             case .deadlineMissed: "no IoCompleteRequest within the deadline (stress option)"
