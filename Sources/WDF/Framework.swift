@@ -13,7 +13,8 @@
 //   releases the hardware.
 //   SURPRISE_REMOVAL: new I/O fails, names and interfaces go, the driver's
 //   surprise-removal callback, every queue purged (STATUS_CANCELLED), power
-//   down (D0 exit to D3), hardware released.
+//   down (D0 exit to D3, without waiting for the requests in flight), hardware
+//   released.
 //   REMOVE_DEVICE: new I/O fails, every queue drained, power down if still up,
 //   hardware released, self-managed I/O cleanup, interfaces disabled, down,
 //   the remove lock waited for, the device's framework objects deleted, the
@@ -189,7 +190,9 @@ extension Device {
             state.withLock { $0.surpriseRemoved = true }
             surpriseRemoval?(self)
             for q in queues { q.purge() }
-            powerDown(to: .d3)
+            // The hardware is gone: nothing to wait for before D0 exit. What is in
+            // flight is the driver's to finish; REMOVE_DEVICE waits for it.
+            powerDown(to: .d3, waitForRequests: false)
             releaseHardwareOnce()
             return passDown(irp, .success)
         case .removeDevice:
@@ -278,7 +281,7 @@ extension Device {
     }
 
     /// Self-managed I/O suspended, power-managed queues stopped and idle, D0 exit.
-    func powerDown(to target: DevicePowerState) {
+    func powerDown(to target: DevicePowerState, waitForRequests: Bool = true) {
         let was = state.withLock { s -> (inD0: Bool, selfManaged: Bool) in
             defer { s.inD0 = false; s.selfManagedStarted = false }
             return (s.inD0, s.selfManagedStarted)
@@ -286,7 +289,7 @@ extension Device {
         guard was.inD0 else { return }
         if was.selfManaged { selfManagedSuspend?(self) }
         for q in queues where q.powerManaged { q.stop(Queue.power) }
-        for q in queues where q.powerManaged { q.waitUntilIdle() }
+        if waitForRequests { for q in queues where q.powerManaged { q.waitUntilIdle() } }
         d0Exit?(self, target)
         ioManager.setPowerState(deviceObject, target, holdsIO: false)
     }

@@ -654,6 +654,54 @@ def test_a_toaster_plugged_in_appears_and_unplugged_gives_its_reader_enodev(tree
     assert wait_for(lambda: "toaster3" not in os.listdir(tree.path))
 
 
+def test_a_framework_toaster_serves_like_the_wdm_one_through_the_mount(tree):
+    """ToasterFx, the toaster on the framework (WDF), for a toaster plugged in with
+    its hardware ID: cat and a write through the mount, a reader blocked in read(2)
+    until bread comes, and ENODEV to a blocked reader when it is unplugged."""
+    import threading
+    bus = tree.dev("toaster-bus")
+    fx_id = "{B85B7C50-6A01-11d2-B841-00C04FAD5171}\\MsToasterFx"
+    r = run_wdmfs("plug", bus, "7", "--hardware-id", fx_id)
+    assert r.returncode == 0 and r.stdout.strip() == "toaster7", r.stderr
+    stack = run_wdmfs("stack", tree.path, "toaster7").stdout
+    assert "\\Driver\\ToasterFx" in stack, stack
+    fd = os.open(tree.dev("toaster7"), os.O_RDWR)
+    try:
+        got = {}
+        reader = threading.Thread(target=lambda: got.update(data=os.pread(fd, 100, 0)))
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive(), "a read with no bread waits"
+        os.write(fd, b"bread")
+        reader.join(10)
+        assert got.get("data") == b"toaster7: 1 slices toasted\n"
+        assert subprocess.run(["cat", tree.dev("toaster7")], capture_output=True).stdout == b"toaster7: 1 slices toasted\n"
+        # A second toaster's reader, blocked when it is unplugged, gets ENODEV.
+        assert run_wdmfs("plug", bus, "8", "--hardware-id", fx_id).returncode == 0
+        fd8 = os.open(tree.dev("toaster8"), os.O_RDONLY)
+        try:
+            err = {}
+
+            def blocked():
+                try:
+                    os.pread(fd8, 100, 0)
+                except OSError as e:
+                    err["errno"] = e.errno
+            t = threading.Thread(target=blocked)
+            t.start()
+            t.join(0.2)
+            assert t.is_alive()
+            assert run_wdmfs("unplug", bus, "8").returncode == 0
+            t.join(10)
+            assert err.get("errno") == errno.ENODEV
+        finally:
+            os.close(fd8)
+    finally:
+        os.close(fd)
+    assert run_wdmfs("unplug", bus, "0").returncode == 0
+    assert wait_for(lambda: not any(n.startswith("toaster") and n != "toaster-bus" for n in os.listdir(tree.path)))
+
+
 def daemon_pid(m):
     return int(subprocess.run(["pgrep", "-f", f"mount {m.path} --foreground"], capture_output=True, text=True).stdout.split()[0])
 
