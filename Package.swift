@@ -82,6 +82,9 @@ let package = Package(
         // MARK: - The framework (KMDF's model, on WDM only)
         .target(name: "WDF", dependencies: ["WDM"]),
 
+        // MARK: - Driver hosts: a device's stack in a process of its own (UMDF's isolation)
+        .target(name: "WDMHost", dependencies: ["WDM"]),
+
         // MARK: - Testing drivers in-process: the embedded host, recorders, stack builders
         .target(name: "WDMTesting", dependencies: ["WDM"]),
 
@@ -92,11 +95,11 @@ let package = Package(
         .target(name: "WDMFuse", dependencies: ["WDM", "WDMClient", "CFuse", "CWDMSys"]),
 
         // MARK: - The default device tree, and the command-line tool that mounts it
-        .target(name: "DefaultTree", dependencies: ["WDM", .product(name: "Yams", package: "Yams")] + driverDependencies + headerDependencies),
+        .target(name: "DefaultTree", dependencies: ["WDM", "WDMHost", .product(name: "Yams", package: "Yams")] + driverDependencies + headerDependencies),
         .executableTarget(
             name: "wdmfs",
             dependencies: [
-                "WDM", "WDMClient", "WDMFuse", "DefaultTree", "ToasterPublic",
+                "WDM", "WDMClient", "WDMFuse", "WDMHost", "DefaultTree", "ToasterPublic",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

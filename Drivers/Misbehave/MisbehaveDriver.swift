@@ -45,6 +45,9 @@ public enum MisbehaveDriver {
         /// Completes; from then on the device's CLOSEs pend forever (no cancel
         /// routine): the last close of a handle never finishes.
         case keepCloses = 7
+        /// Ends the process (a driver that crashes: run it with `isolation: host`,
+        /// and only its driver host goes).
+        case crash = 8
 
         public var code: ControlCode {
             ControlCode(deviceType: DeviceType.unknown, function: 0x900 + rawValue, method: .buffered, access: [])
@@ -155,6 +158,8 @@ public enum MisbehaveDriver {
                 ext.keepCloses.store(true, ordering: .releasing)
                 irp.complete(.success)
                 return .success
+            case .crash:
+                fatalError("Misbehave: IOCTL 0x\(String(code.rawValue, radix: 16)) ends the process, as asked")
             }
         }
         return .success

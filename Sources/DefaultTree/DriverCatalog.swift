@@ -17,6 +17,7 @@ import ToasterDrivers
 import ToasterFxDrivers
 import ToasterPublic
 import WDM
+import WDMHost
 import ZeroDriver
 
 public enum DriverCatalog {
@@ -111,6 +112,8 @@ public enum DriverCatalog {
               entry: ToasterFx.driverEntry, className: "Toaster", parents: [.bus(ToasterBus.name)]),
         Entry(name: HostFileDriver.name, role: .function, serves: ["Root\\HostFile"], entry: HostFileDriver.driverEntry,
               settings: HostFileDriver.settings),
+        // The daemon's side of a device whose driver runs in a driver host (`isolation: host`): serves no ID.
+        Entry(name: HostProxy.name, role: .function, serves: [], entry: HostProxy.driverEntry, settings: HostProxy.settings),
         Entry(name: PassThroughFilter.name, role: .filter, serves: [], entry: PassThroughFilter.driverEntry),
         // The fault-injection filters: in a tree file's filters, or attached live (`wdmfs attach`).
         Entry(name: ErrorFilter.name, role: .filter, serves: [], entry: ErrorFilter.driverEntry, settings: ErrorFilter.settings),

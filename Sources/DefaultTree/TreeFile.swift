@@ -14,6 +14,7 @@
 
 import Foundation
 import WDM
+import WDMHost
 import Yams
 
 /// One device of a tree file.
@@ -29,6 +30,8 @@ public struct DeviceDescription: Sendable, Equatable {
     public var mode: UInt32 = 0o666
     public var owner: UInt32?
     public var group: UInt32?
+    /// `isolation: host`: the function driver runs in a driver host process of its own.
+    public var isolatedInHost = false
 
     public init(name: String, hardwareIDs: [String], compatibleIDs: [String] = [], lowerFilters: [String] = [],
                 upperFilters: [String] = [], link: String? = nil, settings: [String: String] = [:], mode: UInt32 = 0o666) {
@@ -80,6 +83,7 @@ public struct TreeError: Error, CustomStringConvertible, Equatable {
 public enum TreeFile {
     static let deviceKeys: Set<String> = [
         "name", "hardware_ids", "compatible_ids", "lower_filters", "upper_filters", "link", "settings", "mode", "owner", "group",
+        "isolation",
     ]
 
     /// Reads and checks a tree file.
@@ -217,6 +221,12 @@ public enum TreeFile {
                     settingNodes.append((k, v))
                 }
             }
+            if let isolation = try string("isolation") {
+                guard isolation == "host" || isolation == "none" else {
+                    throw fail(m["isolation"], "`isolation` must be `host` (the driver in a process of its own) or `none`, not `\(isolation)`")
+                }
+                d.isolatedInHost = isolation == "host"
+            }
             if let modeText = try string("mode") {
                 guard let mode = UInt32(modeText.hasPrefix("0o") ? String(modeText.dropFirst(2)) : modeText, radix: 8), mode <= 0o777 else {
                     throw fail(m["mode"], "`mode` must be octal permission bits like '0640', not `\(modeText)`")
@@ -248,7 +258,9 @@ public enum TreeFile {
             // Each setting is one some driver of the device's stack takes (its function
             // driver, its filters and its class's), with a value that driver takes.
             let cls = filterMaps["classes"]?[function.className] ?? ClassFilters()
-            let filters = (d.lowerFilters + cls.lower + d.upperFilters + cls.upper).compactMap(DriverCatalog.named)
+            // An isolated device's settings may be the driver host's (HostTimeout) too.
+            let filters = (d.lowerFilters + cls.lower + d.upperFilters + cls.upper + (d.isolatedInHost ? [HostProxy.name] : []))
+                .compactMap(DriverCatalog.named)
             for (k, v) in settingNodes {
                 if let problem = settingProblem(name: k.string ?? "", value: v.string ?? "", function: function, filters: filters) {
                     throw fail(problem.atValue ? v : k, problem.reason)
@@ -564,7 +576,10 @@ extension TreeDescription {
                     var parameters = d.settings
                     // The file name is the link (the name by default), never a setting's.
                     parameters["SymbolicLinkName"] = d.link ?? d.name
-                    let function = try driver(match.name)
+                    // Isolated: the daemon's function driver is the host's proxy, which
+                    // runs the real one in a driver host.
+                    if d.isolatedInHost { parameters["HostDriver"] = match.name }
+                    let function = try driver(d.isolatedInHost ? HostProxy.name : match.name)
                     var lower: [DriverObject] = [], upper: [DriverObject] = []
                     // Bottom up: lower device filters, lower class filters, the function
                     // driver, upper device filters, upper class filters.

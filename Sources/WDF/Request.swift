@@ -68,9 +68,8 @@ public struct Request: ~Copyable, @unchecked Sendable {
             let b = irp.transferBuffer
             (start, count) = (UnsafeRawPointer(b.baseAddress), b.count)
         case .deviceControl, .internalDeviceControl:
-            let p = irp.parameters.deviceIoControl
-            count = p.inputBufferLength
-            start = UnsafeRawPointer(p.ioControlCode.method == .neither ? p.type3InputBuffer : irp.systemBuffer)
+            let b = irp.deviceControlInput
+            (start, count) = (b.baseAddress, irp.parameters.deviceIoControl.inputBufferLength)
         default:
             throw NTStatus.invalidDeviceRequest
         }
@@ -89,13 +88,8 @@ public struct Request: ~Copyable, @unchecked Sendable {
             let b = irp.transferBuffer
             (start, count) = (b.baseAddress, b.count)
         case .deviceControl, .internalDeviceControl:
-            let p = irp.parameters.deviceIoControl
-            count = p.outputBufferLength
-            switch p.ioControlCode.method {
-            case .buffered: start = irp.systemBuffer
-            case .inDirect, .outDirect: start = irp.mdlAddress?.address
-            case .neither: start = irp.userBuffer
-            }
+            let b = irp.deviceControlOutput
+            (start, count) = (b.baseAddress, irp.parameters.deviceIoControl.outputBufferLength)
         default:
             throw NTStatus.invalidDeviceRequest
         }

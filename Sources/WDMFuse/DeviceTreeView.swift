@@ -144,7 +144,7 @@ extension FuseBridge {
         case .status: return statusText(node) + "\n"
         case .problem:
             guard let p = node.problem else { return "0\n" }
-            return "\(p.rawValue) CM_PROB_\(String(describing: p).uppercasedWords)\n"
+            return "\(p.rawValue) CM_PROB_\(String(describing: p).uppercasedWords)\(node.problemStatus.map { " " + $0.description } ?? "")\n"
         case .stack: return node.stack.map { $0 + "\n" }.joined()
         case .power: return "\(node.powerState)\n"
         case .handles: return "\(node.handles)\n"

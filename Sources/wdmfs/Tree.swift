@@ -3,6 +3,7 @@
 import ArgumentParser
 import DefaultTree
 import Foundation
+import WDMHost
 
 struct Tree: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -120,4 +121,18 @@ func dotText(_ tree: DeviceTreeFiles) -> String {
         if let p = ids[parent] { out += "  \(p) -> \(id);\n" }
     }
     return out + "}\n"
+}
+
+/// `wdmfs driver-host`: the process a device with `isolation: host` runs in. The
+/// daemon starts it with the channel on standard input; it is not for users.
+struct DriverHostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "driver-host",
+        abstract: "Run one device's driver for the daemon (started by the daemon for `isolation: host`).",
+        shouldDisplay: false)
+
+    func run() throws {
+        let status = DriverHost.run(fd: 0) { name in DriverCatalog.named(name)?.entry }
+        throw ExitCode(status)
+    }
 }

@@ -276,6 +276,31 @@ public struct IRP: @unchecked Sendable, Equatable {
 
 /// The pooled packet behind an `IRP`. Only the I/O manager touches it directly.
 extension IRP {
+    /// A device control's input, wherever its method put it (SystemBuffer, or
+    /// Type3InputBuffer for METHOD_NEITHER), `InputBufferLength` bytes.
+    public var deviceControlInput: UnsafeRawBufferPointer {
+        let p = parameters.deviceIoControl
+        let start = p.ioControlCode.method == .neither ? p.type3InputBuffer : systemBuffer
+        guard let start, p.inputBufferLength > 0 else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        return UnsafeRawBufferPointer(start: start, count: p.inputBufferLength)
+    }
+
+    /// A device control's output, wherever its method put it (SystemBuffer, the
+    /// MDL, or UserBuffer for METHOD_NEITHER), `OutputBufferLength` bytes.
+    public var deviceControlOutput: UnsafeMutableRawBufferPointer {
+        let p = parameters.deviceIoControl
+        let start: UnsafeMutableRawPointer?
+        switch p.ioControlCode.method {
+        case .buffered: start = systemBuffer
+        case .inDirect, .outDirect: start = mdlAddress?.address
+        case .neither: start = userBuffer
+        }
+        guard let start, p.outputBufferLength > 0 else { return UnsafeMutableRawBufferPointer(start: nil, count: 0) }
+        return UnsafeMutableRawBufferPointer(start: start, count: p.outputBufferLength)
+    }
+}
+
+extension IRP {
     /// A handle to an IRP made only of trivially destroyed parts, which keeps the
     /// packet alive until `release()`: for owners that are `~Copyable` and must
     /// `discard self` (the framework's `Request`).

@@ -75,6 +75,8 @@ public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
     @inlinable public static var cancelled: NTStatus { NTStatus(0xC000_0120) }
     /// `STATUS_DEVICE_REMOVED`
     @inlinable public static var deviceRemoved: NTStatus { NTStatus(0xC000_02B6) }
+    /// `STATUS_DRIVER_PROCESS_TERMINATED`: the driver host process of the device ended (UMDF's).
+    @inlinable public static var driverProcessTerminated: NTStatus { NTStatus(0xC000_0450) }
 
     /// Every status this model names, with its WDK name.
     public static let knownNames: [(NTStatus, String)] = [
@@ -92,7 +94,7 @@ public struct NTStatus: RawRepresentable, Hashable, Sendable, CustomStringConver
         (.deviceRemoved, "STATUS_DEVICE_REMOVED"), (.driverInternalError, "STATUS_DRIVER_INTERNAL_ERROR"),
         (.invalidDeviceState, "STATUS_INVALID_DEVICE_STATE"), (.nonexistentSector, "STATUS_NONEXISTENT_SECTOR"),
         (.crcError, "STATUS_CRC_ERROR"), (.deviceDataError, "STATUS_DEVICE_DATA_ERROR"),
-        (.mediaWriteProtected, "STATUS_MEDIA_WRITE_PROTECTED"),
+        (.mediaWriteProtected, "STATUS_MEDIA_WRITE_PROTECTED"), (.driverProcessTerminated, "STATUS_DRIVER_PROCESS_TERMINATED"),
     ]
 
     /// The WDK name (`STATUS_ACCESS_DENIED`), or nil for a code this model does not name.

@@ -47,7 +47,12 @@ public final class DeviceNode: @unchecked Sendable {
     /// Where the node is in its life.
     public internal(set) var state = DeviceNodeState.initialized
     /// `CM_PROB_*`, when the node is not working.
-    public internal(set) var problem: ProblemCode?
+    public internal(set) var problem: ProblemCode? {
+        didSet { problemStatus = nil }
+    }
+    /// The status that goes with the problem, if one does (a driver host that ended:
+    /// STATUS_DRIVER_PROCESS_TERMINATED).
+    public internal(set) var problemStatus: NTStatus?
     /// The bus node that reported this one (nil for root-enumerated nodes).
     public internal(set) weak var parent: DeviceNode?
     /// The nodes this one's bus driver reported (removed and surprise-removed ones

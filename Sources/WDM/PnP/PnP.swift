@@ -110,6 +110,18 @@ extension IOManager {
         sendPnP(minor, to: device, configure)
     }
 
+    /// A device whose driver runs in a driver host: the host ended (`status`, its
+    /// device shows CM_PROB_FAILED_START with it) or serves again (nil). One action
+    /// of the PnP manager, queued.
+    public func setDriverHostProblem(_ pdo: DeviceObject, _ status: NTStatus?) {
+        pnp.enqueue { [self] in
+            guard let node = pdo.deviceNode, pnp.isInTree(node), node.state == .started else { return }
+            node.problem = status == nil ? nil : .failedStart
+            node.problemStatus = status
+            pnp.dirty = true
+        }
+    }
+
     /// `IoInvalidateDeviceState(pdo)`: the stack's PNP_DEVICE_STATE changed; the PnP
     /// manager sends IRP_MN_QUERY_PNP_DEVICE_STATE and records the answer.
     public func invalidateDeviceState(_ pdo: DeviceObject) {

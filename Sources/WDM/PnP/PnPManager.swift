@@ -181,6 +181,7 @@ public final class NodeView: @unchecked Sendable {
     public let name: String
     public let state: DeviceNodeState
     public let problem: ProblemCode?
+    public let problemStatus: NTStatus?
     public let children: [NodeView]
     /// The stack, top first: `\Driver\X \Device\Y` (or just the driver).
     public let stack: [String]
@@ -193,6 +194,7 @@ public final class NodeView: @unchecked Sendable {
         self.name = node.instanceName
         self.state = node.state
         self.problem = node.problem
+        self.problemStatus = node.problemStatus
         self.children = children
         self.stack = stack
         self.link = link
@@ -201,7 +203,7 @@ public final class NodeView: @unchecked Sendable {
     /// One word for the node's state: `started`, `disabled`, `problem`, ...
     public var status: String {
         switch state {
-        case .started: "started"
+        case .started: problem == nil ? "started" : "problem"
         case .disabled: "disabled"
         case .surpriseRemoved: "surprise-removed"
         case .stopped: "stopped"
