@@ -237,11 +237,15 @@ final class Connection: @unchecked Sendable {
             return (lost, nil, true)
         }
         starting?.signal()
+        // The problem first, then the callers: one told EIO sees the device failed.
+        let stopping = state.withLock { $0.stopping }
+        let pdo = device?.deviceNode?.pdo
+        if let device, let pdo, starting == nil, !stopping {
+            device.driverObject.ioManager.setDriverHostProblem(pdo, .driverProcessTerminated)
+        }
         for e in lost { e.irp.complete(.driverProcessTerminated) }
-        guard let device, starting == nil, !state.withLock({ $0.stopping }) else { return }
+        guard let device, let pdo, starting == nil, !stopping else { return }
         let io = device.driverObject.ioManager
-        guard let pdo = device.deviceNode?.pdo else { return }
-        io.setDriverHostProblem(pdo, .driverProcessTerminated)
         device.driverObject.logger.error("driver host of \(instance) ended: \(again ? "starting it again" : "not starting it again (\(HostProxy.maxRestarts) restarts)")")
         guard again else { return }
         DispatchQueue.global().async { [self] in

@@ -1,0 +1,171 @@
+"""Driver hosts (`isolation: host`): a device's driver in a process of its own.
+A crash or a hang of one host leaves every other device serving, fails the
+requests it had in flight with EIO (STATUS_DRIVER_PROCESS_TERMINATED through the
+ioctl envelope), shows CM_PROB_FAILED_START with that status, starts the host
+again and brings the device back, and stops starting it at the limit (5)."""
+import os
+import subprocess
+import tempfile
+import threading
+
+import envelope as env
+from conftest import mount_tree, unmount_tree, wait_until
+
+STATUS_DRIVER_PROCESS_TERMINATED = 0xC0000450
+# Misbehave's IOCTLs: CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS).
+PEND_FOREVER = 0x0022240C
+CRASH = 0x00222420
+LATE_WRITES = 0x00222480
+
+TREE = """devices:
+  - name: disk
+    hardware_ids: ['Root\\RamDisk']
+    isolation: host
+    settings: {Size: 1048576}
+  - name: zero
+    hardware_ids: ['Root\\Zero']
+  - name: bad
+    hardware_ids: ['Root\\Misbehave']
+    isolation: host
+    settings: {HostTimeout: 1}
+"""
+
+
+def mount_isolated():
+    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    f.write(TREE)
+    f.close()
+    try:
+        return mount_tree(("--tree", f.name))
+    finally:
+        os.unlink(f.name)
+
+
+def daemon(m):
+    r = subprocess.run(["pgrep", "-f", f"mount {m.path} --foreground"], capture_output=True, text=True)
+    return int(r.stdout.split()[0])
+
+
+def hosts(m, pid=None):
+    """The driver host processes of this mount's daemon."""
+    r = subprocess.run(["pgrep", "-P", str(pid or daemon(m)), "-f", "driver-host"], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+def problem(m, node):
+    with open(os.path.join(m.path, ".devices", node, "problem")) as f:
+        return f.read().strip()
+
+
+def others_serve(m):
+    """The devices that did not crash still answer: the isolated disk and the zero device."""
+    with open(m.dev("zero"), "rb") as f:
+        assert f.read(4) == b"\0\0\0\0"
+    fd = os.open(m.dev("disk"), os.O_RDWR)
+    try:
+        os.pwrite(fd, b"still here", 4096)
+        assert os.pread(fd, 10, 4096) == b"still here"
+    finally:
+        os.close(fd)
+
+
+def test_an_isolated_disk_serves_from_its_own_process():
+    m = mount_isolated()
+    try:
+        pid = daemon(m)
+        assert len(hosts(m)) == 2  # the disk's and bad's
+        out = subprocess.run(["wdmfs" if False else m.wdmfs, "stack", m.path, "disk"], capture_output=True, text=True).stdout
+        assert "\\Driver\\DriverHost" in out, out
+        data = os.urandom(65536)
+        with open(m.dev("disk"), "r+b") as f:
+            f.write(data)
+        r = subprocess.run(["dd", f"if={m.dev('disk')}", "bs=65536", "count=1", "status=none"], capture_output=True)
+        assert r.stdout == data
+    finally:
+        unmount_tree(m)
+    assert hosts(m, pid) == []  # every host ends with the daemon
+
+
+def test_a_crash_fails_what_was_in_flight_and_the_host_comes_back():
+    m = mount_isolated()
+    try:
+        fd = os.open(m.dev("bad"), os.O_RDWR)
+        waiting = {}
+        t = threading.Thread(target=lambda: waiting.update(r=env.call(fd, PEND_FOREVER)))
+        t.start()
+        t.join(0.2)
+        assert t.is_alive(), "the IOCTL pends in the host"
+        before = hosts(m)
+        status, _, _ = env.call(fd, CRASH)
+        assert status == STATUS_DRIVER_PROCESS_TERMINATED, hex(status)
+        t.join(10)
+        assert waiting["r"][0] == STATUS_DRIVER_PROCESS_TERMINATED  # in flight when it crashed
+        others_serve(m)
+        # The old handle belongs to the dead host; the device comes back for new ones.
+        wait_until(lambda: problem(m, "bad") == "0", "bad's host started again")
+        assert set(hosts(m)) != set(before)
+        assert env.call(fd, LATE_WRITES, out_len=8)[0] == STATUS_DRIVER_PROCESS_TERMINATED
+        os.close(fd)
+        fd = os.open(m.dev("bad"), os.O_RDWR)
+        assert env.call(fd, LATE_WRITES, out_len=8)[0] == env.STATUS_SUCCESS
+        os.close(fd)
+    finally:
+        unmount_tree(m)
+
+
+def test_a_host_that_ignores_a_cancel_is_killed_and_started_again():
+    m = mount_isolated()
+    try:
+        fd = os.open(m.dev("bad"), os.O_RDWR)
+        p = subprocess.Popen(["python3", "-c", f"""
+import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import os, envelope as env
+fd = os.open({m.dev('bad')!r}, os.O_RDWR)
+env.call(fd, {PEND_FOREVER})
+"""])
+        wait_until(lambda: open(os.path.join(m.path, ".devices", "bad", "handles")).read().strip() == "2", "the caller opened bad")
+        before = hosts(m)
+        # The caller gives up (SIGINT: FUSE interrupts, the IRP is cancelled); the
+        # host's driver never completes it; after HostTimeout (1 s) the host is killed
+        # and started again.
+        p.send_signal(2)
+        p.wait(10)
+
+        def log():
+            with open(m.log) as f:
+                return f.read()
+        wait_until(lambda: "driver host of bad ended: starting it again" in log(), "the hung host killed")
+        wait_until(lambda: problem(m, "bad") == "0" and len(hosts(m)) == 2 and set(hosts(m)) != set(before), "bad's host started again")
+        others_serve(m)
+        os.close(fd)
+    finally:
+        unmount_tree(m)
+
+
+def test_restarts_stop_at_the_limit_and_every_other_device_keeps_serving():
+    m = mount_isolated()
+    try:
+        seen = set(hosts(m))
+        for i in range(6):  # the first and 5 restarts
+            # Serving again: a new host process (one the test has not seen) and no problem.
+            wait_until(lambda: problem(m, "bad") == "0" and len(hosts(m)) == 2 and not set(hosts(m)) <= seen,
+                       f"bad serving before crash {i + 1}") if i else None
+            seen |= set(hosts(m))
+            fd = os.open(m.dev("bad"), os.O_RDWR)
+            assert env.call(fd, CRASH)[0] == STATUS_DRIVER_PROCESS_TERMINATED
+            os.close(fd)
+        wait_until(lambda: problem(m, "bad") != "0", "bad failed")
+        assert problem(m, "bad") == "10 CM_PROB_FAILED_START STATUS_DRIVER_PROCESS_TERMINATED"
+        with open(os.path.join(m.path, ".devices", "bad", "status")) as f:
+            assert f.read().strip() == "problem"
+        try:
+            os.open(m.dev("bad"), os.O_RDWR)
+            assert False, "a failed device opened"
+        except OSError as e:
+            assert e.errno == 5  # EIO
+        assert len(hosts(m)) == 1  # the disk's
+        others_serve(m)
+        with open(m.log) as f:
+            assert "not starting it again" in f.read()
+    finally:
+        unmount_tree(m)
