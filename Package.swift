@@ -55,6 +55,8 @@ let package = Package(
         .library(name: "WDMTesting", targets: ["WDMTesting"]),
         // The framework on WDM (KMDF's programming model): queues, requests, PnP and power done for the driver.
         .library(name: "WDF", targets: ["WDF"]),
+        // A driver package's host executable: DriverHost.main(drivers:).
+        .library(name: "WDMHost", targets: ["WDMHost"]),
         .library(name: "WDMDrivers", targets: driverNames.map(\.target) + frameworkDriverNames.map(\.target) + driverHeaders.map(\.header)),
     ],
     // The benchmark (ordo-one/benchmark) is a package of its own, Benchmarks/Package.swift:
@@ -64,6 +66,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         // Drivers log through swift-log, the Swift ecosystem's logging API (WDM re-exports it).
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // Driver package signatures (Ed25519); only the command-line tool links it.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // MARK: - C
@@ -100,6 +104,7 @@ let package = Package(
             name: "wdmfs",
             dependencies: [
                 "WDM", "WDMClient", "WDMFuse", "WDMHost", "DefaultTree", "ToasterPublic",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

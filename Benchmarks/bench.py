@@ -127,6 +127,80 @@ def observer_table(wdmfs, mp, rounds, small_count, ioctl_count):
     return out
 
 
+ISOLATION_TREE = """devices:
+  - {name: zero, hardware_ids: ['Root\\Zero']}
+  - {name: zero-host, hardware_ids: ['Root\\Zero'], isolation: host}
+  - {name: ioctl-demo, hardware_ids: ['Root\\IoctlDemo']}
+  - {name: ioctl-demo-host, hardware_ids: ['Root\\IoctlDemo'], isolation: host}
+  - {name: crashy, hardware_ids: ['Root\\Misbehave'], isolation: host}
+"""
+
+
+def envelope_ioctl(fd, code, out_len=0):
+    """One DeviceIoControl through the wdmfs envelope; its NTSTATUS."""
+    import fcntl
+    import struct
+    header = struct.Struct("<IIIIQ")
+    buf = bytearray(header.pack(code, 0, out_len, 0, 0) + bytes(out_len))
+    fcntl.ioctl(fd, (3 << 30) | (len(buf) << 16) | (ord("W") << 8) | 1, buf)
+    return header.unpack_from(buf)[3]
+
+
+def isolation_table(wdmfs, rounds, read_total, small_count, ioctl_count):
+    """What a driver host costs per request: the same driver in the daemon and in
+    a host of its own (`isolation: host`), on one mount, rounds alternating; the
+    host's memory; and the time from a host's crash to its device serving again."""
+    mp = tempfile.mkdtemp(prefix="wdmfs-bench-iso.")
+    tree = os.path.join(OUT, "isolation.yaml")
+    with open(tree, "w") as f:
+        f.write(ISOLATION_TREE)
+    rows = [("4 KiB reads (zero)", "k req/s", 1e3, lambda d: loadgen("read", f"{mp}/{d}", 4096, small_count * 4096, 1) / 4096, "zero"),
+            ("64 B ioctl round trips", "k req/s", 1e3, lambda d: loadgen("ioctl", f"{mp}/{d}", ioctl_count, 64, IOCTL_DEMO_BUFFERED), "ioctl-demo"),
+            ("1 MiB reads (zero)", "GB/s", 1e9, lambda d: loadgen("read", f"{mp}/{d}", MiB, read_total, 1), "zero")]
+    got = {label: {"in-process": [], "host": []} for label, *_ in rows}
+    try:
+        sh(wdmfs, "mount", mp, "--tree", tree)
+        for r in range(rounds):
+            for label, _, _, fn, dev in rows:
+                for side in (("in-process", "host") if r % 2 == 0 else ("host", "in-process")):
+                    got[label][side].append(fn(dev if side == "in-process" else dev + "-host"))
+        daemon = int(sh("pgrep", "-f", f"mount {mp} --foreground").split()[0])
+        host_pids = sh("pgrep", "-P", str(daemon), "-f", "driver-host").split()
+        rss = [int(next(l.split()[1] for l in open(f"/proc/{p}/status") if l.startswith("VmRSS:"))) for p in host_pids]
+        # Crash to serving: the crash IOCTL, then new handles until one is answered.
+        recoveries = []
+        for _ in range(3):
+            fd = os.open(f"{mp}/crashy", os.O_RDWR)
+            t0 = time.monotonic()
+            envelope_ioctl(fd, 0x00222420)
+            os.close(fd)
+            while True:
+                try:
+                    fd = os.open(f"{mp}/crashy", os.O_RDWR)
+                    ok = envelope_ioctl(fd, 0x00222480, 8) == 0
+                    os.close(fd)
+                    if ok:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.001)
+            recoveries.append(time.monotonic() - t0)
+        copied = stats(mp)["bytes_copied"]
+    finally:
+        if is_mounted(mp):
+            subprocess.run([wdmfs, "unmount", mp])
+        os.rmdir(mp)
+    out = [f"\nDriver hosts (isolation: host) against the same driver in the daemon, one mount, {rounds} rounds alternating, medians:\n",
+           "| case | in the daemon | in a host | host / daemon (time per request) |", "| --- | ---: | ---: | ---: |"]
+    for label, unit, scale, _, _ in rows:
+        d, h = statistics.median(got[label]["in-process"]) / scale, statistics.median(got[label]["host"]) / scale
+        out.append(f"| {label} | {d:.2f} {unit} | {h:.2f} {unit} | {d / h:.2f} |")
+    out.append(f"\nHost memory (VmRSS): {', '.join(f'{k / 1024:.1f} MiB' for k in rss)}; "
+               f"crash to serving again: {statistics.median(recoveries) * 1000:.0f} ms median of {len(recoveries)}; "
+               f"bytes_copied on that mount {copied} (the I/O manager's copy of each isolated write's data, which pends)")
+    return out
+
+
 def fio_poll_table(wdmfs, seconds):
     """io_uring on the default tree, whose echo can pend: io_uring polls a FUSE file
     before each nonblocking attempt, and the kernel asks the daemon on each poll
@@ -214,6 +288,8 @@ def main():
         print(f"| two readers / one reader, {side} | | | {s:.2f} | |")
     print(f"\nwdmfs copy counter after the run: bytes_copied {copied}, verifier_violations {violations}")
     print("\n".join(observed))
+
+    print("\n".join(isolation_table(wdmfs, max(3, a.rounds // 2), read_total // 4, small_count, ioctl_count)))
 
     if not a.skip_fio:
         fio_poll_table(wdmfs, 1 if a.quick else 5)

@@ -32,6 +32,16 @@ public struct DeviceDescription: Sendable, Equatable {
     public var group: UInt32?
     /// `isolation: host`: the function driver runs in a driver host process of its own.
     public var isolatedInHost = false
+    /// `driver_package: PATH` and `driver: NAME`: the function driver is NAME, from a
+    /// driver package's host executable at PATH (always isolated).
+    public var package: (executable: String, driver: String)?
+
+    public static func == (a: DeviceDescription, b: DeviceDescription) -> Bool {
+        a.name == b.name && a.hardwareIDs == b.hardwareIDs && a.compatibleIDs == b.compatibleIDs && a.lowerFilters == b.lowerFilters
+            && a.upperFilters == b.upperFilters && a.link == b.link && a.settings == b.settings && a.mode == b.mode && a.owner == b.owner
+            && a.group == b.group && a.isolatedInHost == b.isolatedInHost && a.package?.executable == b.package?.executable
+            && a.package?.driver == b.package?.driver
+    }
 
     public init(name: String, hardwareIDs: [String], compatibleIDs: [String] = [], lowerFilters: [String] = [],
                 upperFilters: [String] = [], link: String? = nil, settings: [String: String] = [:], mode: UInt32 = 0o666) {
@@ -83,7 +93,7 @@ public struct TreeError: Error, CustomStringConvertible, Equatable {
 public enum TreeFile {
     static let deviceKeys: Set<String> = [
         "name", "hardware_ids", "compatible_ids", "lower_filters", "upper_filters", "link", "settings", "mode", "owner", "group",
-        "isolation",
+        "isolation", "driver_package", "driver",
     ]
 
     /// Reads and checks a tree file.
@@ -227,6 +237,20 @@ public enum TreeFile {
                 }
                 d.isolatedInHost = isolation == "host"
             }
+            switch (try string("driver_package"), try string("driver")) {
+            case (let path?, let driver?):
+                // Relative to the tree file's folder.
+                let base = (file as NSString).deletingLastPathComponent
+                let full = path.hasPrefix("/") || base.isEmpty ? path : base + "/" + path
+                guard access(full, X_OK) == 0 else {
+                    throw fail(m["driver_package"], "driver package \(shown(path)): \(String(cString: strerror(errno))) (the host executable its package builds)")
+                }
+                d.package = (full, driver)
+                d.isolatedInHost = true
+            case (nil, nil): break
+            case (_?, nil): throw fail(m["driver_package"], "`driver_package` needs `driver`: the name of the package's driver")
+            case (nil, _?): throw fail(m["driver"], "`driver` names a driver of a `driver_package`; without one the hardware IDs choose the driver")
+            }
             if let modeText = try string("mode") {
                 guard let mode = UInt32(modeText.hasPrefix("0o") ? String(modeText.dropFirst(2)) : modeText, radix: 8), mode <= 0o777 else {
                     throw fail(m["mode"], "`mode` must be octal permission bits like '0640', not `\(modeText)`")
@@ -247,6 +271,11 @@ public enum TreeFile {
                 }
             }
             if d.hardwareIDs.isEmpty && d.compatibleIDs.isEmpty { throw fail(item, "device `\(name)` needs `hardware_ids`") }
+            if d.package != nil {  // its driver and its settings are the package's
+                devices.append(d)
+                placed.append((d, m["name"], linkNode))
+                continue
+            }
             guard let function = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs) else {
                 throw fail(m["hardware_ids"] ?? item,
                            "no driver serves \((d.hardwareIDs + d.compatibleIDs).joined(separator: ", ")) (served: \(DriverCatalog.all.flatMap(\.serves).joined(separator: ", ")))")
@@ -538,6 +567,10 @@ extension TreeDescription {
         }
         var functions: [DriverCatalog.Entry] = []
         for d in devices {
+            if d.package != nil, let proxy = DriverCatalog.named(HostProxy.name) {
+                functions.append(proxy)
+                continue
+            }
             guard let match = DriverCatalog.match(hardwareIDs: d.hardwareIDs, compatibleIDs: d.compatibleIDs),
                   match.parents.contains(.root)
             else { throw NTStatus.noSuchDevice }
@@ -578,7 +611,8 @@ extension TreeDescription {
                     parameters["SymbolicLinkName"] = d.link ?? d.name
                     // Isolated: the daemon's function driver is the host's proxy, which
                     // runs the real one in a driver host.
-                    if d.isolatedInHost { parameters["HostDriver"] = match.name }
+                    if d.isolatedInHost { parameters["HostDriver"] = d.package?.driver ?? match.name }
+                    if let package = d.package { parameters["HostExecutable"] = package.executable }
                     let function = try driver(d.isolatedInHost ? HostProxy.name : match.name)
                     var lower: [DriverObject] = [], upper: [DriverObject] = []
                     // Bottom up: lower device filters, lower class filters, the function

@@ -11,6 +11,15 @@ import Synchronization
 import WDM
 
 public enum DriverHost {
+    /// The `main` of a driver package's host executable: serves the daemon on
+    /// standard input with `drivers` (by name, as a tree file's `driver:` names
+    /// them) and exits when the daemon closes the channel.
+    ///
+    ///     DriverHost.main(drivers: ["Hello": Hello.driverEntry])
+    public static func main(drivers: [String: DriverEntry]) -> Never {
+        exit(run(fd: 0) { drivers[$0] })
+    }
+
     /// Serves the channel on `fd` until the daemon closes it; returns the exit status.
     /// `resolve` gives the entry of a driver by name (the host's own catalog).
     public static func run(fd: Int32, resolve: @escaping (String) -> DriverEntry?) -> Int32 {
@@ -68,7 +77,9 @@ final class Host: @unchecked Sendable {
                     continue
                 }
                 inFlight.withLock { $0[h.id] = r }
-                work.async { [self] in _ = io.send(r.hostRequest(), on: file, requester: r) }
+                // Sent from this thread: a driver that pends returns at once, and a thread
+                // hop per request would double the cost of isolation.
+                _ = io.send(r.hostRequest(), on: file, requester: r)
             case .cancel:
                 _ = inFlight.withLock { $0[h.id] }?.cancel()
             case .close:

@@ -33,9 +33,18 @@ public enum HostProxy {
     }
     private static let command = Mutex<[String]>([URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path, "driver-host"])
 
+    /// Checks a driver package's host executable before each start (its signature):
+    /// the reason it may not run, or nil. Set by the daemon; nil runs anything.
+    public static var executableCheck: (@Sendable (String) -> String?)? {
+        get { check.withLock { $0 } }
+        set { check.withLock { $0 = newValue } }
+    }
+    private static let check = Mutex<(@Sendable (String) -> String?)?>(nil)
+
     /// What a device's settings name: the driver the host runs, and the deadline.
     public static let settings: [DriverSetting] = [
         DriverSetting.string("HostDriver", default: "", help: "the driver the host runs (set by `isolation: host`)"),
+        DriverSetting.string("HostExecutable", maxLength: 4096, default: "", help: "a driver package's host executable (set by `driver_package:`)"),
         DriverSetting.integer("HostTimeout", 1...600, default: 5, help: "seconds a host may take to answer a START, a cancel or a stop before it is killed"),
     ]
 
@@ -116,8 +125,13 @@ final class Connection: @unchecked Sendable {
     func start() -> NTStatus {
         var fds: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else { return .insufficientResources }
+        if let exe = settings["HostExecutable"], let problem = HostProxy.executableCheck?(exe) {
+            device?.driverObject.logger.error("\(problem)")
+            return .driverProcessTerminated
+        }
         let p = Process()
-        let command = HostProxy.hostCommand
+        // A driver package's own host executable, or wdmfs's (`driver-host`).
+        let command = settings["HostExecutable"].map { [$0] } ?? HostProxy.hostCommand
         p.executableURL = URL(fileURLWithPath: command[0])
         p.arguments = Array(command.dropFirst())
         p.standardInput = FileHandle(fileDescriptor: fds[1], closeOnDealloc: false)

@@ -1,8 +1,10 @@
 // `wdmfs mount`: builds the device tree and serves it through FUSE.
 
 import ArgumentParser
+import Crypto
 import DefaultTree
 import Foundation
+import WDMHost
 import Glibc
 import WDM
 import WDMClient
@@ -53,6 +55,31 @@ struct Mount: ParsableCommand {
 
     @Flag(help: .hidden)
     var notifyReady = false
+
+    @Flag(help: "Load driver packages that are not signed by a trusted key (Windows' test-signing mode).")
+    var testSigning = false
+
+    @Option(help: "A public key whose signatures make a driver package trusted (repeat for several; see wdmfs sign).")
+    var trustedKey: [String] = []
+
+    /// Every driver package of the tree signed by a trusted key, unless --test-signing;
+    /// else the reason, naming the package. Also checked each time a host starts.
+    func checkSignatures(_ description: TreeDescription) -> String? {
+        guard !testSigning else {
+            HostProxy.executableCheck = nil
+            return nil
+        }
+        let keys: [Data]
+        do { keys = try trustedKey.map { try PackageSignature.publicKey(file: Daemon.absolute($0)).rawRepresentation } } catch { return "\(error)" }
+        let check: @Sendable (String) -> String? = { path in
+            PackageSignature.problem(path, trusted: keys).map { $0 + "; refused (sign it with `wdmfs sign`, or mount with --test-signing)" }
+        }
+        HostProxy.executableCheck = check
+        for d in description.devices {
+            if let p = d.package, let problem = check(p.executable) { return problem }
+        }
+        return nil
+    }
 
     @Option(help: "poll and select on device files: auto (devices whose drivers can pend get a FUSE connection of their own where poll tells the truth; the rest are always ready, with no FUSE round trip per poll, which io_uring needs), on (one connection; every poll asks the drivers), or off (one connection; every file always ready).")
     var poll: FuseBridge.PollMode = .auto
@@ -105,6 +132,7 @@ struct Mount: ParsableCommand {
             fail("\(path) is not empty; mount on an empty directory, or give --nonempty to hide its files while mounted")
         }
         let description = treeDescription()  // a bad tree file stops here, before anything is mounted
+        if let problem = checkSignatures(description) { fail(problem) }
         let log = logFile.map { Daemon.absolute($0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0) }
         if let log, let problem = Daemon.checkLogFile(log) { fail(problem) }
 
@@ -119,6 +147,8 @@ struct Mount: ParsableCommand {
             if verifierAction != .log { args += ["--verifier-action", verifierAction.rawValue] }
             if stress != "none" { args += ["--stress", stress] }
             if logLevel != "info" { args += ["--log-level", logLevel] }
+            if testSigning { args.append("--test-signing") }
+            for k in trustedKey { args += ["--trusted-key", Daemon.absolute(k)] }
             if tree != "default" { args += ["--tree", ["bench", "test"].contains(tree) ? tree : Daemon.absolute(tree)] }
             do {
                 let pid = try Daemon.startInBackground(arguments: args)

@@ -2,6 +2,7 @@
 // found, through the mount's `.verifier` file.
 
 import ArgumentParser
+import Crypto
 import Foundation
 import WDM
 
@@ -18,13 +19,29 @@ struct Verify: ParsableCommand {
               wdmfs verify /mnt/wdm all --stress pending=0.5,seed=7
               wdmfs verify /mnt/wdm none
               wdmfs verify /mnt/wdm
+            With --signature, checks a driver package's signature instead (no mount):
+              wdmfs verify --signature .build/debug/HelloHost --trusted-key ~/wdmfs.key.pub
             """)
-    @Argument(help: "Where the tree is mounted.") var mountpoint: String
+    @Argument(help: "Where the tree is mounted.") var mountpoint: String?
     @Argument(help: "all, none, or driver names separated by commas; none given: print.") var drivers: String?
     @Option(help: "log, fail (also fail the IRP) or bugcheck (end the daemon).") var action: Verifier.Action?
     @Option(help: "Stress options: pending=P,low-resources=P,irp-log=N,deadline=S,seed=N (the ones named change), or none.") var stress: String?
 
+    @Option(help: "A driver package's host executable whose signature (FILE.sig) to check.") var signature: String?
+    @Option(help: "A public key the signature must be by (repeat for several).") var trustedKey: [String] = []
+
     func run() throws {
+        if let signature {
+            let keys: [Data]
+            do { keys = try trustedKey.map { try PackageSignature.publicKey(file: $0).rawRepresentation } } catch { fail("\(error)") }
+            if let problem = PackageSignature.problem(signature, trusted: keys) {
+                FileHandle.standardError.write(Data("wdmfs: \(problem)\n".utf8))
+                throw ExitCode(1)
+            }
+            print("\(signature): signed by a trusted key")
+            return
+        }
+        guard let mountpoint else { fail("give MOUNTPOINT (or --signature FILE)") }
         let file = mountpoint + "/.verifier"
         var lines: [String] = []
         if let drivers { lines.append("verify \(drivers)") }

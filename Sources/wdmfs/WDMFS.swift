@@ -19,7 +19,7 @@ struct WDMFS: ParsableCommand {
             Shell completion: wdmfs --generate-completion-script bash (or zsh, fish).
             """,
         version: WDMFSVersion.description,
-        subcommands: [Mount.self, Unmount.self, Ioctl.self, Tree.self, Status.self, HWIDs.self, Stack.self, Remove.self, Restart.self, Rebalance.self, Disable.self, Enable.self, Rescan.self, Plug.self, Unplug.self, Eject.self, PowerCommand.self, Verify.self, Attach.self, Detach.self, TraceCommand.self, LogLevel.self, DriverHostCommand.self])
+        subcommands: [Mount.self, Unmount.self, Ioctl.self, Tree.self, Status.self, HWIDs.self, Stack.self, Remove.self, Restart.self, Rebalance.self, Disable.self, Enable.self, Rescan.self, Plug.self, Unplug.self, Eject.self, PowerCommand.self, Verify.self, Attach.self, Detach.self, TraceCommand.self, LogLevel.self, DriverHostCommand.self, NewDriver.self, Sign.self])
 
     /// Exit statuses: 0 success, 1 a request that ran and failed (an NTSTATUS),
     /// 2 usage or system errors. ArgumentParser's own usage status (64) becomes 2.
