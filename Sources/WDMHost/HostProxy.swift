@@ -91,8 +91,11 @@ final class Connection: @unchecked Sendable {
 
     struct InFlight: @unchecked Sendable {
         let irp: IRP
-        /// Where the answer's data goes (a read's buffer, an IOCTL's output).
+        /// Where a read's answer goes (the caller's buffer, which a pending read keeps).
         let output: UnsafeMutableRawBufferPointer
+        /// An IOCTL: its output is found when the answer comes (the I/O manager moved
+        /// its borrowed buffers when it pended).
+        let deviceControl: Bool
         let generation: Int
         /// A CREATE: the handle it opens.
         let opens: HostHandle?
@@ -221,6 +224,20 @@ final class Connection: @unchecked Sendable {
                 guard channel.skip(Int(r.dataLength)) else { break }
                 continue
             }
+            if entry.deviceControl {
+                // Read whole, then copied (counted) to wherever the IRP's output is now.
+                let out = entry.irp.deviceControlOutput
+                let n = min(Int(r.dataLength), out.count)
+                let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(Int(r.dataLength), 1), alignment: 16)
+                defer { scratch.deallocate() }
+                guard channel.receive(scratch, Int(r.dataLength)) else {
+                    entry.irp.complete(.driverProcessTerminated)
+                    break
+                }
+                if n > 0, let base = out.baseAddress { entry.irp.ioManager.copyBytes(from: scratch, to: base, count: n) }
+                entry.irp.complete(r.status, information: r.status.isError ? 0 : Int(r.information))
+                continue
+            }
             let n = min(Int(r.dataLength), entry.output.count)
             guard n == 0 || channel.receive(entry.output.baseAddress, n), channel.skip(Int(r.dataLength) - n) else {
                 entry.irp.complete(.driverProcessTerminated)
@@ -287,6 +304,7 @@ final class Connection: @unchecked Sendable {
         var data = UnsafeRawBufferPointer(start: nil, count: 0)
         var output = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         var opens: HostHandle?
+        var deviceControl = false
         switch major {
         case .create:
             let hh = HostHandle(id: id, generation: generation)
@@ -309,11 +327,11 @@ final class Connection: @unchecked Sendable {
             h.inputLength = UInt32(p.inputBufferLength)
             h.outputLength = UInt32(p.outputBufferLength)
             data = irp.deviceControlInput
-            output = irp.deviceControlOutput
+            deviceControl = true
         }
         h.dataLength = UInt32(data.count)
         irp.markPending()
-        state.withLock { $0.inFlight[id] = InFlight(irp: irp, output: output, generation: generation, opens: opens) }
+        state.withLock { $0.inFlight[id] = InFlight(irp: irp, output: output, deviceControl: deviceControl, generation: generation, opens: opens) }
         // A cancel goes to the host; a host that does not answer it in time is hung.
         if major != .create, major != .close {
             _ = irp.setCancelRoutine { [weak self] _, _ in self?.cancel(id) }

@@ -89,8 +89,8 @@ enum DriverTemplate {
 
                     public static let driverEntry = Framework.functionDriver { (device: Device<Count>) in
                         device.queue(.parallel(), isDefault: true) { device, request in
-                            let count = device.context
-                            switch request.major {
+                            let count = device.context, code = request.ioControlCode, major = request.major
+                            switch major {
                             case .write:
                                 let n = request.length
                                 count.bytes.add(n, ordering: .relaxed)
@@ -101,7 +101,7 @@ enum DriverTemplate {
                                 let k = min(out.count, text.count)
                                 out.copyBytes(from: text.prefix(k))
                                 request.complete(.success, information: k)
-                            case .deviceControl where request.ioControlCode == getCount:
+                            case .deviceControl where code == getCount:
                                 guard let out = try? request.output(minimumLength: 8) else { return request.complete(.bufferTooSmall) }
                                 out.storeBytes(of: UInt64(count.bytes.load(ordering: .relaxed)).littleEndian, as: UInt64.self)
                                 request.complete(.success, information: 8)
