@@ -153,8 +153,10 @@ extension Device {
             irp.complete(locked)
             return locked
         }
-        defer { if irp.pnpMinor != .removeDevice { deviceObject.removeLock.release() } }
-        switch irp.pnpMinor {
+        // Read once: after completion the IRP's current location is no longer this one.
+        let minor = irp.pnpMinor
+        defer { if minor != .removeDevice { deviceObject.removeLock.release() } }
+        switch minor {
         case .startDevice:
             var status = PnP.forwardAndWait(deviceObject, irp)
             if status.isSuccess { status = startUp() }
