@@ -9,8 +9,9 @@ import WDM
 
 /// A framework device object and its driver's context, of the driver's own type.
 public final class Device<Context: AnyObject & Sendable>: FrameworkObject, @unchecked Sendable {
-    /// The WDM device object underneath (`WdfDeviceWdmGetDeviceObject`).
-    public let deviceObject: DeviceObject
+    /// The WDM device object underneath (`WdfDeviceWdmGetDeviceObject`). Not owned:
+    /// the device object owns this (its extension), and the two go together.
+    public unowned let deviceObject: DeviceObject
     /// True for a filter's device (requests it has no queue for go down).
     public let isFilter: Bool
     var contextStorage: Context?

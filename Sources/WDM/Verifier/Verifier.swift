@@ -516,7 +516,11 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         // the acquiring load then also sees the status it left there.
         if p.location.load(ordering: .acquiring) <= location {
             report(.returnedWithoutCompleting, "returned \(status)")
-        } else if status != p.locations[i].completedStatus {
+        } else if life == .completed, status != p.locations[i].completedStatus {
+            // Only once the IRP is completed for good: while it is in flight a completion
+            // routine that returned STATUS_MORE_PROCESSING_REQUIRED may be completing it
+            // again on another thread, walking this location once more (ThreadSanitizer
+            // saw that write race this read).
             report(.statusMismatch, "returned \(status), completed with \(p.locations[i].completedStatus)")
         }
     }
