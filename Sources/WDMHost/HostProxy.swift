@@ -23,6 +23,10 @@ public enum HostProxy {
     public static let name = "DriverHost"
     /// UMDF's limits: restarts, and the window after which one is forgotten.
     public static let maxRestarts = 5
+    /// Where the proxy waits for a host to exit, starts one again and times its
+    /// cancels: a queue of its own, not the global pool, which a daemon whose
+    /// global threads are all blocked in waits would leave these to starve.
+    static let waits = DispatchQueue(label: "wdmfs.driver-host.proxy", attributes: .concurrent)
     public static let restartWindow: TimeInterval = 30 * 60
 
     /// The command that runs a driver host (its channel on standard input):
@@ -193,7 +197,7 @@ final class Connection: @unchecked Sendable {
         c?.shutDown()
         guard let p else { return }
         let exited = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
+        HostProxy.waits.async {
             p.waitUntilExit()
             exited.signal()
         }
@@ -279,7 +283,7 @@ final class Connection: @unchecked Sendable {
         let io = device.driverObject.ioManager
         device.driverObject.logger.error("driver host of \(instance) ended: \(again ? "starting it again" : "not starting it again (\(HostProxy.maxRestarts) restarts)")")
         guard again else { return }
-        DispatchQueue.global().async { [self] in
+        HostProxy.waits.async { [self] in
             if start().isSuccess { io.setDriverHostProblem(pdo, nil) }
         }
     }
@@ -346,7 +350,7 @@ final class Connection: @unchecked Sendable {
         let (channel, process) = state.withLock { ($0.channel, $0.process) }
         guard let channel else { return }
         _ = sendFrame(channel, RequestHeader(op: .cancel, id: id, handle: 0), UnsafeRawBufferPointer(start: nil, count: 0))
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self] in
+        HostProxy.waits.asyncAfter(deadline: .now() + timeout) { [weak self] in
             guard let self, state.withLock({ $0.inFlight[id] != nil }), let process else { return }
             kill(process)
         }
