@@ -87,7 +87,7 @@ let package = Package(
         .target(name: "WDF", dependencies: ["WDM"]),
 
         // MARK: - Driver hosts: a device's stack in a process of its own (UMDF's isolation)
-        .target(name: "WDMHost", dependencies: ["WDM"]),
+        .target(name: "WDMHost", dependencies: ["WDM", "CWDMSys"]),
 
         // MARK: - Testing drivers in-process: the embedded host, recorders, stack builders
         .target(name: "WDMTesting", dependencies: ["WDM"]),

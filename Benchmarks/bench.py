@@ -236,12 +236,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller transfers (a smoke run, not a measurement)")
     ap.add_argument("--skip-in-process", action="store_true")
     ap.add_argument("--skip-fio", action="store_true", help="leave out the io_uring / poll measurement")
+    ap.add_argument("--isolation-only", action="store_true", help="only the driver-host table")
     a = ap.parse_args()
     read_total = (256 * MiB) if a.quick else 2 * GiB
     small_count = 20_000 if a.quick else 100_000
     ioctl_count = 10_000 if a.quick else 50_000
 
     wdmfs = os.path.join(ROOT, ".build", "release", "wdmfs")
+    if a.isolation_only:
+        print("\n".join(isolation_table(wdmfs, max(3, a.rounds // 2), read_total // 4, small_count, ioctl_count)))
+        return
     ymp, wmp = tempfile.mkdtemp(prefix="wdmfs-bench-y."), tempfile.mkdtemp(prefix="wdmfs-bench-w.")
     results = {}
     try:

@@ -8,6 +8,8 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -69,3 +71,57 @@ void cwdmsys_unchain_signals(void) {
 }
 
 int cwdmsys_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int cwdmsys_memfd(const char *name, unsigned long size) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)size) != 0) { int e = errno; close(fd); errno = e; return -1; }
+    return fd;
+}
+
+int cwdmsys_send_fds(int socket, const int *fds, int count) {
+    if (count < 1 || count > 8) { errno = EINVAL; return -1; }
+    char byte = 'F';
+    struct iovec iov = { &byte, 1 };
+    union { char buf[CMSG_SPACE(8 * sizeof(int))]; struct cmsghdr align; } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = CMSG_SPACE(count * sizeof(int));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(count * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, count * sizeof(int));
+    ssize_t n;
+    do n = sendmsg(socket, &msg, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+    return n == 1 ? 0 : -1;
+}
+
+int cwdmsys_receive_fds(int socket, int *fds, int count) {
+    if (count < 1 || count > 8) { errno = EINVAL; return -1; }
+    char byte;
+    struct iovec iov = { &byte, 1 };
+    union { char buf[CMSG_SPACE(8 * sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr msg = { 0 };
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    ssize_t n;
+    do n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+    if (n != 1) return -1;
+    int got = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (got < count) fds[got++] = fd; else close(fd);
+        }
+    }
+    return got;
+}

@@ -31,17 +31,25 @@ final class ReplyBufferPool: @unchecked Sendable {
     /// The device whose reads the pool answers (named in checked mode's reports;
     /// weak: the device owns the pool, and a read may outlive both).
     weak var device: DeviceObject?
+    /// The device's stack memory, when another process fills its reads in place
+    /// (a driver host's arena); else buffers come from the heap.
+    let memory: (any StackMemory)?
 
     init(checked: Bool, verifier: Verifier, device: DeviceObject? = nil) {
         self.checked = checked
         self.verifier = verifier
         self.device = device
+        memory = device?.stackMemory
     }
 
     deinit {
         free.withLock { lists in
-            for list in lists { for a in list { UnsafeMutableRawPointer(bitPattern: a)!.deallocate() } }
+            for (k, list) in lists.enumerated() { for a in list { release(UnsafeMutableRawPointer(bitPattern: a)!, 4096 << k) } }
         }
+    }
+
+    private func release(_ p: UnsafeMutableRawPointer, _ n: Int) {
+        if let memory, memory.owns(p) { memory.deallocate(p, byteCount: n) } else { p.deallocate() }
     }
 
     static func sizeClass(_ n: Int) -> Int? {
@@ -52,13 +60,19 @@ final class ReplyBufferPool: @unchecked Sendable {
 
     /// A buffer of at least `size` bytes that holds nothing (zeros; poison in checked mode).
     func take(_ size: Int) -> UnsafeMutableRawPointer {
-        guard let k = Self.sizeClass(size) else { return Self.fresh(max(size, 1)) }
+        guard let k = Self.sizeClass(size) else { return fresh(max(size, 1)) }
         if let a = free.withLock({ $0[k].popLast() }) {
             let p = UnsafeMutableRawPointer(bitPattern: a)!
             if checked { verifyPoison(p, count: 4096 << k) }
             return p
         }
-        return Self.fresh(4096 << k)
+        return fresh(4096 << k)
+    }
+
+    /// New memory from the stack's memory, or the heap.
+    private func fresh(_ n: Int) -> UnsafeMutableRawPointer {
+        if let memory, let p = memory.allocate(byteCount: n, zeroed: true) { return p }
+        return Self.fresh(n)
     }
 
     /// New memory, zeroed: the allocator may hand out what another buffer held.
@@ -72,7 +86,7 @@ final class ReplyBufferPool: @unchecked Sendable {
     /// may have filled (they are zeroed first; the rest still holds nothing).
     func put(_ p: UnsafeMutableRawPointer, size: Int, exposed: Int) {
         guard let k = Self.sizeClass(size) else {
-            p.deallocate()
+            release(p, max(size, 1))
             return
         }
         if checked {
@@ -85,7 +99,7 @@ final class ReplyBufferPool: @unchecked Sendable {
             lists[k].append(UInt(bitPattern: p))
             return true
         }
-        if !kept { p.deallocate() }
+        if !kept { release(p, 4096 << k) }
     }
 
     /// The free buffers (for tests).

@@ -1,10 +1,9 @@
-// The channel between the daemon and a driver host: a Unix stream socket
-// carrying frames. A request (daemon to host) is a fixed 48-byte header and its
-// data (a write's bytes, an IOCTL's input, START's description); a reply (host
-// to daemon) a 24-byte header and its data (a read's bytes, an IOCTL's output).
-// Frames are written with writev straight from the IRP's buffer and read with
-// read straight into it: wdmfs copies nothing itself; the kernel copies once
-// through the socket (the cost the benchmark measures).
+// The channel between the daemon and a driver host. A Unix stream socket
+// carries the setup (the shared memory and the doorbells, as descriptors, then
+// START as a frame: a 64-byte header and its text; its answer a 24-byte header)
+// and tells each side when the other is gone (end of file). Everything after
+// START goes through the rings in the shared memory (Arena.swift), in the same
+// headers.
 
 import Glibc
 import WDM
@@ -17,15 +16,17 @@ enum HostOp: UInt8 {
     case open = 2
     /// A read, write or device control on a handle.
     case io = 3
-    /// Cancel the request `handle` names (its id).
+    /// Cancel the request whose id is `handle`.
     case cancel = 4
     /// Close a handle.
     case close = 5
 }
 
-/// A request's header.
+/// A request's header. `data` is where the request's buffer lies in the shared
+/// memory (an offset; 0: none), `capacity` its size: the host's drivers read
+/// and write it in place.
 struct RequestHeader {
-    static let size = 48
+    static let size = 64
     var op: HostOp
     var id: UInt64
     var handle: UInt64
@@ -36,6 +37,8 @@ struct RequestHeader {
     var offset: Int64 = 0
     var length: UInt32 = 0
     var dataLength: UInt32 = 0
+    var data: UInt64 = 0
+    var capacity: UInt32 = 0
 
     func encode(into p: UnsafeMutableRawPointer) {
         p.initializeMemory(as: UInt8.self, repeating: 0, count: Self.size)
@@ -49,6 +52,8 @@ struct RequestHeader {
         p.storeBytes(of: outputLength.littleEndian, toByteOffset: 36, as: UInt32.self)
         p.storeBytes(of: length.littleEndian, toByteOffset: 40, as: UInt32.self)
         p.storeBytes(of: dataLength.littleEndian, toByteOffset: 44, as: UInt32.self)
+        p.storeBytes(of: data.littleEndian, toByteOffset: 48, as: UInt64.self)
+        p.storeBytes(of: capacity.littleEndian, toByteOffset: 56, as: UInt32.self)
     }
 
     static func decode(_ p: UnsafeRawPointer) -> RequestHeader? {
@@ -62,6 +67,8 @@ struct RequestHeader {
         h.outputLength = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 36, as: UInt32.self))
         h.length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 40, as: UInt32.self))
         h.dataLength = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 44, as: UInt32.self))
+        h.data = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 48, as: UInt64.self))
+        h.capacity = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 56, as: UInt32.self))
         return h
     }
 }

@@ -5,6 +5,7 @@
 // answers. If it crashes or hangs, only it goes: the daemon fails what was in
 // flight and starts it again.
 
+import CWDMSys
 import Dispatch
 import Glibc
 import Synchronization
@@ -36,67 +37,123 @@ final class Host: @unchecked Sendable {
     let files = Mutex<[UInt64: FileObject]>([:])
     let inFlight = Mutex<[UInt64: HostRequest]>([:])
     let work = DispatchQueue(label: "wdmfs.driver-host.io", attributes: .concurrent)
+    /// Set up before START: the shared memory and the two doorbells.
+    var arena: Arena!
+    var toHost = Doorbell(fd: -1), toDaemon = Doorbell(fd: -1)
+    /// How long the reader spins on an empty ring before it sleeps (ns).
+    var spin: UInt64 = 50_000
+    /// The host's answer producers take turns here.
+    private let replies = Mutex(())
 
     init(channel: Channel, resolve: @escaping (String) -> DriverEntry?) {
         self.channel = channel
         self.resolve = resolve
     }
 
-    func reply(_ id: UInt64, _ status: NTStatus, information: Int = 0, data: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) {
-        var h = [UInt8](repeating: 0, count: ReplyHeader.size)
-        h.withUnsafeMutableBytes { ReplyHeader(id: id, status: status, information: Int64(information), dataLength: UInt32(data.count)).encode(into: $0.baseAddress!) }
-        h.withUnsafeBytes { _ = channel.send($0, data) }
+    /// Answers request `id` in its ring (its data is already in place); rings the
+    /// daemon's bell only when no daemon thread watches the ring.
+    func reply(_ id: UInt64, _ status: NTStatus, information: Int = 0) {
+        let r = ReplyHeader(id: id, status: status, information: Int64(information), dataLength: 0)
+        while !replies.withLock({ _ in arena.pushReply(r) }) {
+            // Full: the daemon is behind (or gone: then this process is about to end).
+            sched_yield()
+        }
+        if arena.daemonWatching.pointee.load(ordering: .sequentiallyConsistent) == 0,
+           arena.daemonSleeping.pointee.load(ordering: .sequentiallyConsistent) != 0 {
+            toDaemon.ring()
+        }
     }
 
     func serve() -> Int32 {
+        var fds: [Int32] = [-1, -1, -1]
+        guard cwdmsys_receive_fds(channel.fd, &fds, 3) == 3, let a = Arena(fd: fds[0]) else { return 1 }
+        arena = a
+        toHost = Doorbell(fd: fds[1])
+        toDaemon = Doorbell(fd: fds[2])
+        // START, over the socket.
         let header = UnsafeMutableRawPointer.allocate(byteCount: RequestHeader.size, alignment: 16)
         defer { header.deallocate() }
-        while channel.receive(header, RequestHeader.size) {
-            guard let h = RequestHeader.decode(header) else { return 2 }
-            switch h.op {
-            case .start:
-                var text = [UInt8](repeating: 0, count: Int(h.dataLength))
-                guard text.withUnsafeMutableBytes({ channel.receive($0.baseAddress, $0.count) }) else { return 1 }
-                reply(h.id, start(text))
-            case .open:
-                let id = h.id, handle = h.handle, access = AccessMask(rawValue: h.length)
-                work.async { [self] in
-                    do throws(NTStatus) {
-                        let f = try io.open(instance, access: access)
-                        files.withLock { $0[handle] = f }
-                        reply(id, .success)
-                    } catch {
-                        reply(id, error)
-                    }
-                }
-            case .io:
-                let r = HostRequest(self, h)
-                guard r.buffer == nil || channel.receive(r.buffer, Int(h.dataLength)) else { return 1 }
-                guard let file = files.withLock({ $0[h.handle] }) else {
-                    reply(h.id, .invalidHandle)
-                    continue
-                }
-                inFlight.withLock { $0[h.id] = r }
-                // Sent from this thread: a driver that pends returns at once, and a thread
-                // hop per request would double the cost of isolation.
-                _ = io.send(r.hostRequest(), on: file, requester: r)
-            case .cancel:
-                _ = inFlight.withLock { $0[h.id] }?.cancel()
-            case .close:
-                let id = h.id
-                guard let f = files.withLock({ $0.removeValue(forKey: h.handle) }) else {
-                    reply(id, .invalidHandle)
-                    continue
-                }
-                work.async { [self] in
-                    io.close(f)
-                    reply(id, .success)
-                }
+        guard channel.receive(header, RequestHeader.size), let h = RequestHeader.decode(header), h.op == .start else { return 2 }
+        var text = [UInt8](repeating: 0, count: Int(h.dataLength))
+        guard text.withUnsafeMutableBytes({ channel.receive($0.baseAddress, $0.count) }) else { return 1 }
+        spin = UInt64(h.length) * 1000
+        let status = start(text)
+        var r = [UInt8](repeating: 0, count: ReplyHeader.size)
+        r.withUnsafeMutableBytes { ReplyHeader(id: h.id, status: status, information: 0, dataLength: 0).encode(into: $0.baseAddress!) }
+        guard r.withUnsafeBytes({ channel.send($0, UnsafeRawBufferPointer(start: nil, count: 0)) }) else { return 1 }
+        // Then the ring, until the daemon closes the socket.
+        var idleSince = nanoseconds()
+        while true {
+            switch arena.popRequest() {
+            case .some(let h?):
+                handle(h)
+                idleSince = nanoseconds()
+                continue
+            case .some(nil):
+                return 2
+            case .none:
+                break
             }
+            if nanoseconds() &- idleSince < spin {
+                sched_yield()
+                continue
+            }
+            arena.hostSleeping.pointee.store(1, ordering: .sequentiallyConsistent)
+            if arena.hasRequest {
+                arena.hostSleeping.pointee.store(0, ordering: .sequentiallyConsistent)
+                continue
+            }
+            let alive = toHost.wait(orEndOf: channel.fd)
+            arena.hostSleeping.pointee.store(0, ordering: .sequentiallyConsistent)
+            guard alive else { break }
+            idleSince = nanoseconds()
         }
         // The daemon closed the channel: the device goes.
         for n in io.deviceNodes { _ = io.remove(n) }
         return 0
+    }
+
+    private func handle(_ h: RequestHeader) {
+        switch h.op {
+        case .start:
+            reply(h.id, .invalidDeviceRequest)
+        case .open:
+            let id = h.id, handle = h.handle, access = AccessMask(rawValue: h.length)
+            work.async { [self] in
+                do throws(NTStatus) {
+                    let f = try io.open(instance, access: access)
+                    files.withLock { $0[handle] = f }
+                    reply(id, .success)
+                } catch {
+                    reply(id, error)
+                }
+            }
+        case .io:
+            guard let r = HostRequest(self, h) else {
+                reply(h.id, .invalidParameter)
+                return
+            }
+            guard let file = files.withLock({ $0[h.handle] }) else {
+                reply(h.id, .invalidHandle)
+                return
+            }
+            inFlight.withLock { $0[h.id] = r }
+            // Sent from this thread: a driver that pends returns at once, and a thread
+            // hop per request would double the cost of isolation.
+            _ = io.send(r.hostRequest(), on: file, requester: r)
+        case .cancel:
+            _ = inFlight.withLock { $0[h.handle] }?.cancel()
+        case .close:
+            let id = h.id
+            guard let f = files.withLock({ $0.removeValue(forKey: h.handle) }) else {
+                reply(id, .invalidHandle)
+                return
+            }
+            work.async { [self] in
+                io.close(f)
+                reply(id, .success)
+            }
+        }
     }
 
     /// START: `driver NUL instance NUL key=value NUL ...`.
@@ -121,37 +178,43 @@ final class Host: @unchecked Sendable {
     }
 }
 
-/// One request the host runs: its buffer (the data the daemon sent, room for the
-/// answer), and what to send back when it completes.
+/// One request the host runs: its buffer (in the shared memory, where the daemon
+/// put the data and the answer is read from), and what to send back when it
+/// completes.
 final class HostRequest: IRPRequester, @unchecked Sendable {
     unowned let host: Host
     let header: RequestHeader
     let buffer: UnsafeMutableRawPointer?
     let capacity: Int
-    let outputAt: Int
     /// The IRP while it pends, and whether a cancel came before it did.
     private let irp = Mutex<(irp: IRP?, cancelAsked: Bool)>((nil, false))
 
-    init(_ host: Host, _ h: RequestHeader) {
+    /// nil when the header names memory outside the heap or too little of it.
+    init?(_ host: Host, _ h: RequestHeader) {
         self.host = host
         header = h
         let major = MajorFunction(rawValue: h.major)
+        let needed: Int
         switch major {
         case .deviceControl?, .internalDeviceControl?:
             let method = ControlCode(rawValue: h.code).method
             let direct = method == .inDirect || method == .outDirect
             let (i, o) = (Int(h.inputLength), Int(h.outputLength))
-            capacity = direct ? DirectLayout.capacity(inputLength: i, outputLength: o) : max(i, o)
-            outputAt = direct ? DirectLayout.outputOffset(inputLength: i) : 0
+            needed = direct ? DirectLayout.capacity(inputLength: i, outputLength: o) : max(i, o)
+        case .read?, .write?:
+            needed = Int(h.length)
         default:
-            capacity = Int(h.length)
-            outputAt = 0
+            return nil
         }
-        buffer = capacity > 0 ? .allocate(byteCount: capacity, alignment: 16) : nil
-        buffer?.initializeMemory(as: UInt8.self, repeating: 0, count: capacity)
+        capacity = Int(h.capacity)
+        guard capacity >= needed else { return nil }
+        if capacity == 0 {
+            buffer = nil
+        } else {
+            guard host.arena.isHeap(h.data, capacity) else { return nil }
+            buffer = host.arena.base + Int(h.data)
+        }
     }
-
-    deinit { buffer?.deallocate() }
 
     func hostRequest() -> IORequest {
         let h = header
@@ -183,12 +246,8 @@ final class HostRequest: IRPRequester, @unchecked Sendable {
     func irpCompleted(_ irp: IRP) {
         self.irp.withLock { $0.irp = nil }
         let status = irp.ioStatus.status, info = irp.ioStatus.information
-        let major = MajorFunction(rawValue: header.major)
-        let returnsData = major == .read || major == .deviceControl || major == .internalDeviceControl
-        let limit = major == .read ? Int(header.length) : Int(header.outputLength)
-        let n = returnsData && !status.isError ? max(0, min(info, limit)) : 0
-        let base = (irp.hostBuffer ?? buffer).map { $0 + outputAt }
         _ = host.inFlight.withLock { $0.removeValue(forKey: header.id) }
-        host.reply(header.id, status, information: info, data: UnsafeRawBufferPointer(start: base, count: n))
+        // The data is where the driver wrote it: the shared buffer.
+        host.reply(header.id, status, information: info)
     }
 }

@@ -13,6 +13,7 @@
 // UMDF's does). Handles opened before a crash fail with that status from then on;
 // new opens reach the new host.
 
+import CWDMSys
 import Dispatch
 import Foundation
 import Glibc
@@ -50,6 +51,7 @@ public enum HostProxy {
         DriverSetting.string("HostDriver", default: "", help: "the driver the host runs (set by `isolation: host`)"),
         DriverSetting.string("HostExecutable", maxLength: 4096, default: "", help: "a driver package's host executable (set by `driver_package:`)"),
         DriverSetting.integer("HostTimeout", 1...600, default: 5, help: "seconds a host may take to answer a START, a cancel or a stop before it is killed"),
+        DriverSetting.integer("HostSpin", 0...10_000, default: 50, help: "microseconds the daemon and the host spin on an empty ring before they sleep (0: never spin)"),
     ]
 
     public static let driverEntry: DriverEntry = { driver in
@@ -62,6 +64,13 @@ public enum HostProxy {
         driver.majorFunction[.pnp] = PnP.functionDispatch(start: { device, _ in
             let c = device.deviceExtension(as: Connection.self)
             c.device = device
+            // The stack's buffers come from the memory the host maps.
+            var d: DeviceObject? = device.deviceNode?.pdo
+            while let x = d {
+                x.stackMemory = c.memory
+                d = x.attachedDevice
+            }
+            device.stackMemory = c.memory
             return c.start()
         }, remove: { device in device.deviceExtension(as: Connection.self).stop() })
         driver.majorFunction[.power] = Power.functionDispatch
@@ -85,24 +94,35 @@ final class HostHandle: @unchecked Sendable {
     }
 }
 
-/// One device's host: its process, its channel and what is in flight.
+/// One device's host: its process, its channel, the memory both map and what is in flight.
 final class Connection: @unchecked Sendable {
     let driver: String
     let instance: String
     let settings: [String: String]
     let timeout: TimeInterval
+    /// How long a side spins on an empty ring before it sleeps (µs).
+    let spin: Int
     unowned(unsafe) var device: DeviceObject?
+    /// Kept across the host's restarts: the stack's read buffers live in it.
+    let arena: Arena?
+    let memory: ArenaMemory?
 
-    struct InFlight: @unchecked Sendable {
+    /// A request the host has.
+    final class InFlight: @unchecked Sendable {
         let irp: IRP
-        /// Where a read's answer goes (the caller's buffer, which a pending read keeps).
-        let output: UnsafeMutableRawBufferPointer
-        /// An IOCTL: its output is found when the answer comes (the I/O manager moved
-        /// its borrowed buffers when it pended).
-        let deviceControl: Bool
         let generation: Int
         /// A CREATE: the handle it opens.
         let opens: HostHandle?
+        /// A block of the arena the request's data was copied into, because its own
+        /// buffer lies elsewhere (a filter's, or a bounce buffer): copied back from
+        /// `scratch + outputAt` to `output` when the answer comes.
+        var scratch: (block: UnsafeMutableRawPointer, size: Int, outputAt: Int, output: UnsafeMutableRawBufferPointer)?
+        let done = Atomic<Bool>(false)
+        init(irp: IRP, generation: Int, opens: HostHandle?) {
+            self.irp = irp
+            self.generation = generation
+            self.opens = opens
+        }
     }
     private struct State: @unchecked Sendable {
         var process: Process?
@@ -115,27 +135,45 @@ final class Connection: @unchecked Sendable {
         var restarts: [Date] = []
         var stopping = false
         var failed = false
+        var toHost = Doorbell(fd: -1), toDaemon = Doorbell(fd: -1)
     }
     private let state = Mutex(State())
     private let nextID = Atomic<UInt64>(1)
+    /// The daemon's request producers take turns here, its answer consumers there.
+    private let producing = Mutex(())
+    private let consuming = Mutex(())
 
     init(driver: String, instance: String, settings: [String: String], timeout: TimeInterval) {
         self.driver = driver
         self.instance = instance
         self.settings = settings
         self.timeout = timeout
+        spin = settings["HostSpin"].flatMap(Int.init) ?? 50
+        arena = Arena.create()
+        memory = arena.map { ArenaMemory(arena: $0) }
+    }
+
+    deinit {
+        state.withLock { s in for fd in [s.toHost.fd, s.toDaemon.fd] where fd >= 0 { close(fd) } }
     }
 
     // MARK: - The process
 
     /// Starts the host and its device; STATUS_SUCCESS once the host's START succeeded.
     func start() -> NTStatus {
-        var fds: [Int32] = [0, 0]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else { return .insufficientResources }
+        guard let arena else { return .insufficientResources }
         if let exe = settings["HostExecutable"], let problem = HostProxy.executableCheck?(exe) {
             device?.driverObject.logger.error("\(problem)")
             return .driverProcessTerminated
         }
+        var fds: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else { return .insufficientResources }
+        let toHost = eventfd(0, Int32(EFD_CLOEXEC)), toDaemon = eventfd(0, Int32(EFD_CLOEXEC))
+        guard toHost >= 0, toDaemon >= 0 else {
+            for fd in [fds[0], fds[1], toHost, toDaemon] where fd >= 0 { close(fd) }
+            return .insufficientResources
+        }
+        consuming.withLock { _ in producing.withLock { _ in arena.reset() } }
         let p = Process()
         // A driver package's own host executable, or wdmfs's (`driver-host`).
         let command = settings["HostExecutable"].map { [$0] } ?? HostProxy.hostCommand
@@ -143,14 +181,20 @@ final class Connection: @unchecked Sendable {
         p.arguments = Array(command.dropFirst())
         p.standardInput = FileHandle(fileDescriptor: fds[1], closeOnDealloc: false)
         do { try p.run() } catch {
-            close(fds[0]); close(fds[1])
+            for fd in [fds[0], fds[1], toHost, toDaemon] { close(fd) }
             return .driverProcessTerminated
         }
         close(fds[1])
         let channel = Channel(fd: fds[0])
+        // The shared memory and the doorbells, then START.
+        let sent = [arena.fd, toHost, toDaemon]
+        _ = cwdmsys_send_fds(channel.fd, sent, 3)
         let id = nextID.add(1, ordering: .relaxed).oldValue
         let done = DispatchSemaphore(value: 0)
         let generation = state.withLock { s -> Int in
+            for fd in [s.toHost.fd, s.toDaemon.fd] where fd >= 0 { close(fd) }
+            s.toHost = Doorbell(fd: toHost)
+            s.toDaemon = Doorbell(fd: toDaemon)
             s.process = p
             s.channel = channel
             s.generation += 1
@@ -159,28 +203,25 @@ final class Connection: @unchecked Sendable {
             s.startStatus = .driverProcessTerminated
             return s.generation
         }
-        let reader = Thread { [self] in read(channel, generation) }
+        let reader = Thread { [self] in read(channel, Doorbell(fd: toDaemon), generation) }
         reader.name = "wdmfs.host.\(instance)"
         reader.start()
-        // START: driver NUL instance NUL key=value NUL ...
+        // START: driver NUL instance NUL key=value NUL ...; `length`: the host's spin in µs.
         var text = Array(driver.utf8) + [0] + Array(instance.utf8) + [0]
         for (k, v) in settings.sorted(by: { $0.key < $1.key }) where !k.hasPrefix("Host") && k != "SymbolicLinkName" {
             text += Array("\(k)=\(v)".utf8) + [0]
         }
         var h = RequestHeader(op: .start, id: id, handle: 0)
         h.dataLength = UInt32(text.count)
-        _ = sendFrame(channel, h, text.withUnsafeBytes { UnsafeRawBufferPointer(start: $0.baseAddress, count: $0.count) }, keep: text)
+        h.length = UInt32(spin)
+        var bytes = [UInt8](repeating: 0, count: RequestHeader.size)
+        bytes.withUnsafeMutableBytes { h.encode(into: $0.baseAddress!) }
+        _ = bytes.withUnsafeBytes { hb in text.withUnsafeBytes { channel.send(hb, $0) } }
         if done.wait(timeout: .now() + timeout) == .timedOut {
             kill(p)  // a host that does not answer START in time is hung
             _ = done.wait(timeout: .now() + timeout)
         }
         return state.withLock { $0.startStatus }
-    }
-
-    private func sendFrame(_ channel: Channel, _ h: RequestHeader, _ data: UnsafeRawBufferPointer, keep: [UInt8] = []) -> Bool {
-        var bytes = [UInt8](repeating: 0, count: RequestHeader.size)
-        bytes.withUnsafeMutableBytes { h.encode(into: $0.baseAddress!) }
-        return withExtendedLifetime(keep) { bytes.withUnsafeBytes { channel.send($0, data) } }
     }
 
     private func kill(_ p: Process) {
@@ -206,51 +247,68 @@ final class Connection: @unchecked Sendable {
 
     // MARK: - Answers
 
-    private func read(_ channel: Channel, _ generation: Int) {
+    /// The reader of one host: START's answer on the socket, then the answer ring,
+    /// sleeping on the doorbell when it is empty, until the socket's end of file.
+    private func read(_ channel: Channel, _ bell: Doorbell, _ generation: Int) {
+        defer { ended(generation) }
         let header = UnsafeMutableRawPointer.allocate(byteCount: ReplyHeader.size, alignment: 16)
         defer { header.deallocate() }
-        while channel.receive(header, ReplyHeader.size) {
-            let r = ReplyHeader.decode(header)
-            let (entry, starting) = state.withLock { s -> (InFlight?, DispatchSemaphore?) in
-                if let st = s.starting, st.id == r.id {
-                    s.starting = nil
-                    s.startStatus = r.status
-                    return (nil, st.done)
-                }
-                return (s.inFlight.removeValue(forKey: r.id), nil)
-            }
-            if let starting {
-                guard channel.skip(Int(r.dataLength)) else { break }
-                starting.signal()
-                continue
-            }
-            guard let entry else {
-                guard channel.skip(Int(r.dataLength)) else { break }
-                continue
-            }
-            if entry.deviceControl {
-                // Read whole, then copied (counted) to wherever the IRP's output is now.
-                let out = entry.irp.deviceControlOutput
-                let n = min(Int(r.dataLength), out.count)
-                let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(Int(r.dataLength), 1), alignment: 16)
-                defer { scratch.deallocate() }
-                guard channel.receive(scratch, Int(r.dataLength)) else {
-                    entry.irp.complete(.driverProcessTerminated)
-                    break
-                }
-                if n > 0, let base = out.baseAddress { entry.irp.ioManager.copyBytes(from: scratch, to: base, count: n) }
-                entry.irp.complete(r.status, information: r.status.isError ? 0 : Int(r.information))
-                continue
-            }
-            let n = min(Int(r.dataLength), entry.output.count)
-            guard n == 0 || channel.receive(entry.output.baseAddress, n), channel.skip(Int(r.dataLength) - n) else {
-                entry.irp.complete(.driverProcessTerminated)
-                break
-            }
-            if let opens = entry.opens, r.status.isSuccess { entry.irp.fileObject?.fsContext = opens }
-            entry.irp.complete(r.status, information: r.status.isError ? 0 : Int(r.information))
+        guard channel.receive(header, ReplyHeader.size) else { return }
+        let r = ReplyHeader.decode(header)
+        let starting = state.withLock { s -> DispatchSemaphore? in
+            guard let st = s.starting, st.id == r.id else { return nil }
+            s.starting = nil
+            s.startStatus = r.status
+            return st.done
         }
-        ended(generation)
+        guard let starting else { return }
+        starting.signal()
+        guard r.status.isSuccess, let arena else { return }
+        while true {
+            guard drain() else { return kill(generation) }
+            arena.daemonSleeping.pointee.store(1, ordering: .sequentiallyConsistent)
+            if arena.hasReply {
+                arena.daemonSleeping.pointee.store(0, ordering: .sequentiallyConsistent)
+                continue
+            }
+            let alive = bell.wait(orEndOf: channel.fd)
+            arena.daemonSleeping.pointee.store(0, ordering: .sequentiallyConsistent)
+            guard alive else { return }
+        }
+    }
+
+    private func kill(_ generation: Int) {
+        let p = state.withLock { $0.generation == generation ? $0.process : nil }
+        if let p { kill(p) }
+    }
+
+    /// Completes every answer in the ring; false if the host broke the ring.
+    @discardableResult
+    private func drain() -> Bool {
+        guard let arena else { return true }
+        while true {
+            let next = consuming.withLock { _ in arena.popReply() }
+            switch next {
+            case .none: return true
+            case .broken: return false
+            case .reply(let r):
+                guard let e = state.withLock({ $0.inFlight.removeValue(forKey: r.id) }) else { continue }
+                finish(e, r.status, Int(r.information))
+            }
+        }
+    }
+
+    private func finish(_ e: InFlight, _ status: NTStatus, _ information: Int) {
+        let irp = e.irp
+        var info = status.isError ? 0 : max(0, information)
+        if let s = e.scratch {
+            info = min(info, s.output.count)
+            if info > 0, let out = s.output.baseAddress { irp.ioManager.copyBytes(from: s.block + s.outputAt, to: out, count: info) }
+            memory?.deallocate(s.block, byteCount: s.size)
+        }
+        if let opens = e.opens, status.isSuccess { irp.fileObject?.fsContext = opens }
+        e.done.store(true, ordering: .releasing)
+        irp.complete(status, information: info)
     }
 
     /// The host of `generation` is gone: fail what was in flight, show the problem,
@@ -278,7 +336,7 @@ final class Connection: @unchecked Sendable {
         if let device, let pdo, starting == nil, !stopping {
             device.driverObject.ioManager.setDriverHostProblem(pdo, .driverProcessTerminated)
         }
-        for e in lost { e.irp.complete(.driverProcessTerminated) }
+        for e in lost { finish(e, .driverProcessTerminated, 0) }
         guard let device, let pdo, starting == nil, !stopping else { return }
         let io = device.driverObject.ioManager
         device.driverObject.logger.error("driver host of \(instance) ended: \(again ? "starting it again" : "not starting it again (\(HostProxy.maxRestarts) restarts)")")
@@ -290,68 +348,129 @@ final class Connection: @unchecked Sendable {
 
     // MARK: - Requests
 
+    /// Puts a request in the ring and rings the host's bell if it sleeps; false if
+    /// the host is gone.
+    private func push(_ h: RequestHeader, _ generation: Int) -> Bool {
+        guard let arena else { return false }
+        while true {
+            let (ok, bell) = producing.withLock { _ -> (Bool, Doorbell?) in
+                let s = state.withLock { ($0.generation, $0.failed, $0.toHost) }
+                guard s.0 == generation, !s.1 else { return (false, nil) }
+                return (arena.pushRequest(h), s.2)
+            }
+            guard let bell else { return false }
+            if ok {
+                if arena.hostSleeping.pointee.load(ordering: .sequentiallyConsistent) != 0 { bell.ring() }
+                return true
+            }
+            sched_yield()  // full: the host is behind
+        }
+    }
+
+    /// Where a request's buffer is in the arena (in place, or a scratch block the
+    /// data is copied into): the offset, the capacity, and the scratch if any.
+    private func place(_ entry: InFlight, base: UnsafeMutableRawPointer?, capacity: Int, input: UnsafeRawBufferPointer,
+                       outputAt: Int, output: UnsafeMutableRawBufferPointer, inPlace: Bool) -> (UInt64, Int)? {
+        guard capacity > 0 else { return (0, 0) }
+        if inPlace, let o = arena?.offset(of: base, count: capacity) { return (o, capacity) }
+        guard let memory, let arena, let block = memory.allocate(byteCount: capacity, zeroed: true) else { return nil }
+        if input.count > 0, let i = input.baseAddress { entry.irp.ioManager.copyBytes(from: i, to: block, count: input.count) }
+        entry.scratch = (block, capacity, outputAt, output)
+        return (UInt64(block - arena.base), capacity)
+    }
+
     func forward(_ irp: IRP) -> NTStatus {
         let major = irp.majorFunction
         let handle = irp.fileObject?.fsContext as? HostHandle
-        let (channel, generation) = state.withLock { ($0.failed ? nil : $0.channel, $0.generation) }
+        let (alive, generation) = state.withLock { (!$0.failed && $0.channel != nil, $0.generation) }
         if major == .close, handle == nil || handle?.generation != generation {
             irp.complete(.success)  // nothing of it is left in a host
             return .success
         }
-        guard let channel, major == .create || handle?.generation == generation else {
+        guard alive, major == .create || handle?.generation == generation else {
             irp.complete(.driverProcessTerminated)
             return .driverProcessTerminated
         }
+        // Pended first: memory the IRP borrows moves into the arena (the stack's memory) here.
+        irp.markPending()
         let id = nextID.add(1, ordering: .relaxed).oldValue
         var h = RequestHeader(op: .io, id: id, handle: handle?.id ?? 0)
         h.major = major.rawValue
-        var data = UnsafeRawBufferPointer(start: nil, count: 0)
-        var output = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         var opens: HostHandle?
-        var deviceControl = false
+        if major == .create { opens = HostHandle(id: id, generation: generation) }
+        let entry = InFlight(irp: irp, generation: generation, opens: opens)
+        let placed: (UInt64, Int)?
         switch major {
         case .create:
-            let hh = HostHandle(id: id, generation: generation)
-            opens = hh
-            h = RequestHeader(op: .open, id: id, handle: hh.id)
+            h = RequestHeader(op: .open, id: id, handle: id)
             h.length = irp.fileObject?.grantedAccess.rawValue ?? 0
+            placed = (0, 0)
         case .close:
             h = RequestHeader(op: .close, id: id, handle: handle!.id)
+            placed = (0, 0)
         case .read:
             h.length = UInt32(irp.parameters.read.length)
             h.offset = irp.parameters.read.byteOffset
-            output = irp.transferBuffer
+            let b = irp.transferBuffer
+            placed = place(entry, base: b.baseAddress, capacity: b.count, input: UnsafeRawBufferPointer(start: nil, count: 0),
+                           outputAt: 0, output: b, inPlace: true)
         case .write:
             h.length = UInt32(irp.parameters.write.length)
             h.offset = irp.parameters.write.byteOffset
-            data = UnsafeRawBufferPointer(irp.transferBuffer)
+            let b = irp.transferBuffer
+            placed = place(entry, base: b.baseAddress, capacity: b.count, input: UnsafeRawBufferPointer(b),
+                           outputAt: 0, output: UnsafeMutableRawBufferPointer(start: nil, count: 0), inPlace: true)
         default:
             let p = irp.parameters.deviceIoControl
             h.code = p.ioControlCode.rawValue
             h.inputLength = UInt32(p.inputBufferLength)
             h.outputLength = UInt32(p.outputBufferLength)
-            data = irp.deviceControlInput
-            deviceControl = true
+            let input = irp.deviceControlInput, output = irp.deviceControlOutput
+            let direct = p.ioControlCode.method == .inDirect || p.ioControlCode.method == .outDirect
+            let capacity = direct ? DirectLayout.capacity(inputLength: input.count, outputLength: output.count) : max(input.count, output.count)
+            let outputAt = direct ? DirectLayout.outputOffset(inputLength: input.count) : 0
+            // In place when the buffers lie in the arena the way the host lays them out.
+            let base = UnsafeMutableRawPointer(mutating: input.baseAddress) ?? output.baseAddress.map { $0 - outputAt }
+            let laidOut = (input.count == 0 || input.baseAddress == UnsafeRawPointer(base))
+                && (output.count == 0 || output.baseAddress == base.map { $0 + outputAt })
+            placed = place(entry, base: base, capacity: capacity, input: input, outputAt: outputAt, output: output, inPlace: laidOut)
         }
-        h.dataLength = UInt32(data.count)
-        irp.markPending()
-        state.withLock { $0.inFlight[id] = InFlight(irp: irp, output: output, deviceControl: deviceControl, generation: generation, opens: opens) }
+        guard let (offset, capacity) = placed else {
+            irp.complete(.insufficientResources)
+            return .pending
+        }
+        h.data = offset
+        h.capacity = UInt32(capacity)
+        state.withLock { $0.inFlight[id] = entry }
         // A cancel goes to the host; a host that does not answer it in time is hung.
         if major != .create, major != .close {
-            _ = irp.setCancelRoutine { [weak self] _, _ in self?.cancel(id) }
+            _ = irp.setCancelRoutine { [weak self] _, _ in self?.cancel(id, generation) }
         }
-        if !sendFrame(channel, h, data) {
-            if let e = state.withLock({ $0.inFlight.removeValue(forKey: id) }) { e.irp.complete(.driverProcessTerminated) }
+        guard push(h, generation) else {
+            if let e = state.withLock({ $0.inFlight.removeValue(forKey: id) }) { finish(e, .driverProcessTerminated, 0) }
+            return .pending
+        }
+        // Most answers come within microseconds: wait for this one on the ring
+        // (completing whatever else arrives) before leaving it to the reader.
+        if spin > 0, let arena {
+            arena.daemonWatching.pointee.add(1, ordering: .sequentiallyConsistent)
+            let deadline = nanoseconds() &+ UInt64(spin) * 1000
+            while !entry.done.load(ordering: .acquiring), nanoseconds() < deadline {
+                if !drain() { break }
+                if entry.done.load(ordering: .acquiring) { break }
+                sched_yield()
+            }
+            arena.daemonWatching.pointee.subtract(1, ordering: .sequentiallyConsistent)
+            drain()  // an answer the host put in as this thread stopped watching
         }
         return .pending
     }
 
-    private func cancel(_ id: UInt64) {
-        let (channel, process) = state.withLock { ($0.channel, $0.process) }
-        guard let channel else { return }
-        _ = sendFrame(channel, RequestHeader(op: .cancel, id: id, handle: 0), UnsafeRawBufferPointer(start: nil, count: 0))
+    private func cancel(_ id: UInt64, _ generation: Int) {
+        let process = state.withLock { $0.process }
+        guard push(RequestHeader(op: .cancel, id: nextID.add(1, ordering: .relaxed).oldValue, handle: id), generation), let process else { return }
         HostProxy.waits.asyncAfter(deadline: .now() + timeout) { [weak self] in
-            guard let self, state.withLock({ $0.inFlight[id] != nil }), let process else { return }
+            guard let self, state.withLock({ $0.inFlight[id] != nil }) else { return }
             kill(process)
         }
     }

@@ -169,3 +169,113 @@ def test_restarts_stop_at_the_limit_and_every_other_device_keeps_serving():
             assert "not starting it again" in f.read()
     finally:
         unmount_tree(m)
+
+
+SHARED_TREE = """devices:
+  - {name: zero-host, hardware_ids: ['Root\\Zero'], isolation: host}
+  - {name: demo-host, hardware_ids: ['Root\\IoctlDemo'], isolation: host}
+  - name: quiet-disk
+    hardware_ids: ['Root\\RamDisk']
+    isolation: host
+    settings: {Size: 1048576, HostSpin: 0}
+"""
+
+
+def mount_shared():
+    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    f.write(SHARED_TREE)
+    f.close()
+    try:
+        return mount_tree(("--tree", f.name))
+    finally:
+        os.unlink(f.name)
+
+
+def copied(m):
+    return m.stats()["bytes_copied"]
+
+
+def host_io(m):
+    """Bytes the mount's driver hosts moved through read and write system calls
+    (the socket, the doorbells): /proc/PID/io's rchar + wchar, summed."""
+    total = 0
+    for pid in hosts(m):
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+        total += int(fields["rchar"]) + int(fields["wchar"])
+    return total
+
+
+def test_isolated_reads_copy_nothing_and_writes_and_ioctls_copy_once():
+    """The host fills a read where the daemon answers it from (memory both map):
+    0 bytes copied. A write's data and an IOCTL's envelope are copied once, into
+    that memory, when the request pends (the I/O manager's count)."""
+    m = mount_shared()
+    try:
+        before, moved = copied(m), host_io(m)
+        with open(m.dev("zero-host"), "rb", buffering=0) as f:
+            for _ in range(64):
+                assert f.read(65536) == bytes(65536)
+        assert copied(m) == before, "reads from a host copy nothing"
+        # 4 MiB read, and not through a socket or a pipe: at most doorbells (8 bytes each).
+        assert host_io(m) - moved < 64 * 1024, host_io(m) - moved
+        data = os.urandom(65536)
+        fd = os.open(m.dev("quiet-disk"), os.O_RDWR)
+        try:
+            before, moved = copied(m), host_io(m)
+            assert os.pwrite(fd, data, 0) == len(data)
+            assert copied(m) - before == len(data), "a write's data is copied once"
+            assert host_io(m) - moved < 4096, "the data did not go through the socket"
+            before = copied(m)
+            assert os.pread(fd, len(data), 0) == data
+            assert copied(m) == before
+        finally:
+            os.close(fd)
+        fd = os.open(m.dev("demo-host"), os.O_RDWR)
+        try:
+            for code in (0x00222000, 0x00222005, 0x0022200A, 0x0022200F):
+                text = b"shared memory, method %d" % (code & 3)
+                at = env.output_offset(code, len(text))
+                capacity = (at + len(text)) if code & 3 in (1, 2) else len(text)
+                before = copied(m)
+                status, info, out = env.call(fd, code, text, out_len=len(text))
+                assert (status, out) == (env.STATUS_SUCCESS, text.upper()), (hex(code), hex(status), out)
+                assert copied(m) - before == env.HEADER.size + capacity, f"{code:#x}: one copy of the envelope"
+        finally:
+            os.close(fd)
+    finally:
+        unmount_tree(m)
+
+
+def test_a_request_that_pends_past_the_spin_is_answered_through_the_doorbell():
+    """IoctlDemo's inverted call pends in the host until another handle signals:
+    the caller's thread has stopped waiting on the ring by then, so the answer
+    comes through the daemon's reader. The disk spins never (HostSpin 0): every
+    request and answer there rings a bell."""
+    m = mount_shared()
+    try:
+        waiter = os.open(m.dev("demo-host"), os.O_RDWR)
+        signaller = os.open(m.dev("demo-host"), os.O_RDWR)
+        try:
+            got = {}
+            t = threading.Thread(target=lambda: got.update(r=env.call(waiter, 0x00222080, out_len=16)))
+            t.start()
+            t.join(0.3)
+            assert t.is_alive(), "the inverted call pends in the host"
+            status, _, released = env.call(signaller, 0x00222084, b"wake up", out_len=4)
+            assert status == env.STATUS_SUCCESS and released == (1).to_bytes(4, "little"), (hex(status), released)
+            t.join(10)
+            assert got["r"][0] == env.STATUS_SUCCESS and got["r"][2] == b"wake up", got
+        finally:
+            os.close(waiter)
+            os.close(signaller)
+        fd = os.open(m.dev("quiet-disk"), os.O_RDWR)
+        try:
+            for i in range(200):
+                block = bytes([i]) * 4096
+                os.pwrite(fd, block, i * 4096)
+                assert os.pread(fd, 4096, i * 4096) == block
+        finally:
+            os.close(fd)
+    finally:
+        unmount_tree(m)

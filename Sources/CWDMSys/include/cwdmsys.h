@@ -1,6 +1,7 @@
 /*
  * CWDMSys: the few system calls the wdmfs client and tool need that Swift
- * cannot call directly (a variadic ioctl, posix_spawn's GNU closefrom action, a signal handler).
+ * cannot call directly (a variadic ioctl, posix_spawn's GNU closefrom action, a signal handler,
+ * memfd_create and SCM_RIGHTS for the driver hosts' shared memory).
  * No libfuse here: a client that sends IOCTLs does not link it.
  */
 #ifndef CWDMSYS_H
@@ -33,6 +34,18 @@ int cwdmsys_chain_signals_to_eventfd(int fd);
 /* pidfd_open(2) has no glibc wrapper before 2.36 and syscall(2) is variadic:
    a descriptor that polls readable when `pid` exits (before it is reaped). */
 int cwdmsys_pidfd_open(pid_t pid);
+
+/* memfd_create(2) is not in Swift's Glibc module: anonymous shared memory of
+   `size` bytes (sparse: pages exist once touched), close-on-exec. -1 + errno. */
+int cwdmsys_memfd(const char *name, unsigned long size);
+
+/* SCM_RIGHTS needs the CMSG macros: sends `count` descriptors (at most 8) with
+   one byte over a Unix socket. 0, or -1 + errno. */
+int cwdmsys_send_fds(int socket, const int *fds, int count);
+
+/* Receives up to `count` descriptors (close-on-exec) sent by cwdmsys_send_fds:
+   how many came, or -1 (error or end of file). */
+int cwdmsys_receive_fds(int socket, int *fds, int count);
 
 /* Puts the previous handlers back; the eventfd is no longer written. */
 void cwdmsys_unchain_signals(void);

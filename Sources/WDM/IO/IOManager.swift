@@ -244,8 +244,7 @@ public final class IOManager: @unchecked Sendable {
         releaseBounceBuffer(p)
         if let copy = p.ownedCopy {
             if checkedBuffers { copy.initializeMemory(as: UInt8.self, repeating: Poison.byte, count: p.borrowedCount) }
-            copy.deallocate()
-            p.ownedCopy = nil
+            p.freeOwnedCopy()
         }
         p.reset(retiring: irp.generation)
         p.state.store(IRPPacket.word(irp.generation, .free), ordering: .releasing)
@@ -328,7 +327,7 @@ public final class IOManager: @unchecked Sendable {
             // call (a driver that marked the IRP pending already moved it), and the
             // requester hears of the pending state while delivery is still held
             // back: a completion racing with this only marks the IRP.
-            if p.borrowed { relocateBorrowedMemory(p) }
+            if p.borrowed { relocateBorrowedMemory(p, into: device.stackMemory) }
             p.requester?.irpPending(irp)
         }
         let (exchanged, _) = p.dispatchState.compareExchange(
@@ -547,14 +546,17 @@ public final class IOManager: @unchecked Sendable {
     // MARK: - Borrowed host memory
 
     /// The IRP is about to outlive the host's call: copy what it borrowed into
-    /// memory the I/O manager owns and point every buffer of the IRP there.
-    func relocateBorrowedMemory(_ p: IRPPacket) {
+    /// memory the I/O manager owns (from the stack's `StackMemory` when it has one)
+    /// and point every buffer of the IRP there.
+    func relocateBorrowedMemory(_ p: IRPPacket, into memory: (any StackMemory)? = nil) {
         guard p.borrowed, let old = p.borrowBase else { p.borrowed = false; return }
         p.borrowed = false
         let n = p.borrowedCount
-        let copy = UnsafeMutableRawPointer.allocate(byteCount: max(n, 1), alignment: 16)
+        let shared = memory?.allocate(byteCount: max(n, 1), zeroed: false)
+        let copy = shared ?? UnsafeMutableRawPointer.allocate(byteCount: max(n, 1), alignment: 16)
         copyBytes(from: old, to: copy, count: n)
         p.ownedCopy = copy
+        p.ownedCopyMemory = shared == nil ? nil : memory
         func rebase(_ q: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
             guard let q, q >= old, q <= old + n else { return q }
             return copy + (q - old)

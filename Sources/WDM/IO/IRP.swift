@@ -188,7 +188,7 @@ public struct IRP: @unchecked Sendable, Equatable {
         let i = p.currentLocation - 1
         p.locations[i].control.insert(.pendingReturned)
         p.notePending(.marked, at: i, generation: generation)
-        if p.borrowed { p.ioManager.relocateBorrowedMemory(p) }
+        if p.borrowed { p.ioManager.relocateBorrowedMemory(p, into: p.locations[i].deviceObject?.stackMemory) }
     }
 
     /// Whether the current location was marked pending.
@@ -360,6 +360,8 @@ public final class IRPPacket: @unchecked Sendable {
     @exclusivity(unchecked) var borrowBase: UnsafeMutableRawPointer?
     /// The I/O manager's copy of borrowed memory, once the IRP pended.
     @exclusivity(unchecked) var ownedCopy: UnsafeMutableRawPointer?
+    /// Where `ownedCopy` came from (nil: the heap).
+    @exclusivity(unchecked) var ownedCopyMemory: (any StackMemory)?
     /// The buffer lengths the verifier checks Information against (0: not checked).
     @exclusivity(unchecked) var informationLimit = -1
     /// Whether `informationLimit` is a METHOD_BUFFERED output length (Verifier's 0x312).
@@ -514,6 +516,14 @@ public final class IRPPacket: @unchecked Sendable {
         UInt64(generation) << 8 | UInt64(life.rawValue)
     }
     var generation: UInt32 { UInt32(truncatingIfNeeded: state.load(ordering: .acquiring) >> 8) }
+
+    /// Gives back the I/O manager's copy of borrowed memory, to where it came from.
+    func freeOwnedCopy() {
+        guard let copy = ownedCopy else { return }
+        if let m = ownedCopyMemory { m.deallocate(copy, byteCount: max(borrowedCount, 1)) } else { copy.deallocate() }
+        ownedCopy = nil
+        ownedCopyMemory = nil
+    }
     var life: Life { Life(rawValue: UInt8(truncatingIfNeeded: state.load(ordering: .acquiring))) ?? .free }
 
     /// Drops every reference the packet holds (its I/O manager is going away).
@@ -521,8 +531,7 @@ public final class IRPPacket: @unchecked Sendable {
         requester = nil
         file = nil
         driverContext = nil
-        ownedCopy?.deallocate()
-        ownedCopy = nil
+        freeOwnedCopy()
         bounceSystem?.deallocate()
         bounceSystem = nil
         for i in 0..<stackCount {

@@ -68,6 +68,10 @@ public final class DeviceObject: @unchecked Sendable {
     /// answered from, so memory one device's driver wrote after completing never
     /// reaches another device's caller). Set once, by the host only.
     public let hostData = AtomicLazyReference<AnyObject>()
+    /// Memory this stack's buffers come from, when another process works on them in
+    /// place (a driver host's arena: see `StackMemory`). Set on every device of the
+    /// stack by the driver that needs it, before the device serves I/O.
+    @exclusivity(unchecked) public var stackMemory: (any StackMemory)?
     /// The settings file the driver published (see `publish(_:)`).
     let publishedSettings = AtomicLazyReference<SettingsBox>()
     /// The `\Device\Name`, if created with one.
