@@ -48,6 +48,10 @@ public enum MisbehaveDriver {
         /// Ends the process (a driver that crashes: run it with `isolation: host`,
         /// and only its driver host goes).
         case crash = 8
+        /// Completes; from then on the device's device SET_POWER IRPs pend forever
+        /// (a driver that hangs on a power request: with `isolation: host` its host
+        /// is killed at the deadline).
+        case hangOnPower = 9
 
         public var code: ControlCode {
             ControlCode(deviceType: DeviceType.unknown, function: 0x900 + rawValue, method: .buffered, access: [])
@@ -59,6 +63,8 @@ public enum MisbehaveDriver {
         let kept = HandoffMutex<[IRP]>([])
         /// Set by `keepCloses`.
         let keepCloses = Atomic<Bool>(false)
+        /// Set by `hangOnPower`.
+        let hangOnPower = Atomic<Bool>(false)
         /// Late writes into read buffers so far.
         let lateWrites = Atomic<Int>(0)
     }
@@ -77,7 +83,15 @@ public enum MisbehaveDriver {
             return .pending
         }
         driver.majorFunction[.pnp] = PnP.functionDispatch()
-        driver.majorFunction[.power] = Power.functionDispatch
+        driver.majorFunction[.power] = { device, irp in
+            let ext = device.deviceExtension(as: Extension.self)
+            guard ext.hangOnPower.load(ordering: .acquiring), irp.powerMinor == .setPower, case .device? = irp.power?.target else {
+                return Power.functionDispatch(device, irp)
+            }
+            irp.markPending()
+            ext.kept.withLock { $0.append(irp) }
+            return .pending
+        }
         driver.majorFunction[.read] = { device, irp in
             let buffer = irp.transferBuffer
             switch irp.parameters.read.byteOffset {
@@ -156,6 +170,10 @@ public enum MisbehaveDriver {
                 return .success
             case .keepCloses:
                 ext.keepCloses.store(true, ordering: .releasing)
+                irp.complete(.success)
+                return .success
+            case .hangOnPower:
+                ext.hangOnPower.store(true, ordering: .releasing)
                 irp.complete(.success)
                 return .success
             case .crash:

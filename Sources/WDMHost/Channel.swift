@@ -20,6 +20,9 @@ enum HostOp: UInt8 {
     case cancel = 4
     /// Close a handle.
     case close = 5
+    /// A device power IRP for the host's stack (`code`: the minor, SET_POWER or
+    /// QUERY_POWER; `length`: the DEVICE_POWER_STATE).
+    case power = 6
 }
 
 /// A request's header. `data` is where the request's buffer lies in the shared

@@ -143,6 +143,15 @@ final class Host: @unchecked Sendable {
             _ = io.send(r.hostRequest(), on: file, requester: r)
         case .cancel:
             _ = inFlight.withLock { $0[h.handle] }?.cancel()
+        case .power:
+            // PoRequestPowerIrp to the top of the host's stack; answered when it completes.
+            let id = h.id
+            guard let minor = PowerMinor(rawValue: UInt8(truncatingIfNeeded: h.code)), minor == .setPower || minor == .queryPower,
+                  let state = DevicePowerState(rawValue: h.length), let device = io.device(forLink: instance) else {
+                reply(id, .invalidParameter)
+                return
+            }
+            io.requestDevicePower(device, minor, state) { [self] status in reply(id, status) }
         case .close:
             let id = h.id
             guard let f = files.withLock({ $0.removeValue(forKey: h.handle) }) else {

@@ -73,7 +73,25 @@ public enum HostProxy {
             device.stackMemory = c.memory
             return c.start()
         }, remove: { device in device.deviceExtension(as: Connection.self).stop() })
-        driver.majorFunction[.power] = Power.functionDispatch
+        driver.majorFunction[.power] = { device, irp in
+            // The host's stack hears of its device's power: before the daemon's stack
+            // when it powers down (or is asked), after it when it powers up.
+            let c = device.deviceExtension(as: Connection.self)
+            guard let minor = irp.powerMinor, minor == .setPower || minor == .queryPower, case .device(let d)? = irp.power?.target else {
+                return Power.functionDispatch(device, irp)
+            }
+            if minor == .queryPower || d != .d0 {
+                let status = c.power(minor, d)
+                if minor == .queryPower, status.isError {
+                    irp.complete(status)
+                    return status
+                }
+                return Power.functionDispatch(device, irp)
+            }
+            let status = Power.functionDispatch(device, irp)
+            _ = c.power(.setPower, .d0)
+            return status
+        }
         let forward: DispatchRoutine = { device, irp in device.deviceExtension(as: Connection.self).forward(irp) }
         driver.majorFunction.set([.create, .close, .read, .write, .deviceControl, .internalDeviceControl], to: forward)
         driver.majorFunction[.cleanup] = { _, irp in
@@ -136,6 +154,8 @@ final class Connection: @unchecked Sendable {
         var stopping = false
         var failed = false
         var toHost = Doorbell(fd: -1), toDaemon = Doorbell(fd: -1)
+        /// Power requests waiting for the host's answer.
+        var calls: [UInt64: (done: DispatchSemaphore, status: NTStatus)] = [:]
     }
     private let state = Mutex(State())
     private let nextID = Atomic<UInt64>(1)
@@ -292,8 +312,14 @@ final class Connection: @unchecked Sendable {
             case .none: return true
             case .broken: return false
             case .reply(let r):
-                guard let e = state.withLock({ $0.inFlight.removeValue(forKey: r.id) }) else { continue }
-                finish(e, r.status, Int(r.information))
+                let (e, call) = state.withLock { s -> (InFlight?, DispatchSemaphore?) in
+                    if let e = s.inFlight.removeValue(forKey: r.id) { return (e, nil) }
+                    guard s.calls[r.id] != nil else { return (nil, nil) }
+                    s.calls[r.id]!.status = r.status
+                    return (nil, s.calls[r.id]!.done)
+                }
+                call?.signal()
+                if let e { finish(e, r.status, Int(r.information)) }
             }
         }
     }
@@ -318,6 +344,7 @@ final class Connection: @unchecked Sendable {
             guard s.generation == generation else { return ([], nil, false) }
             let lost = Array(s.inFlight.values)
             s.inFlight = [:]
+            for (_, c) in s.calls { c.done.signal() }  // their status stays STATUS_DRIVER_PROCESS_TERMINATED
             let st = s.starting?.done
             s.starting = nil
             s.channel = nil
@@ -464,6 +491,26 @@ final class Connection: @unchecked Sendable {
             drain()  // an answer the host put in as this thread stopped watching
         }
         return .pending
+    }
+
+    /// Sends a device power IRP to the host's stack and waits for its answer; a host
+    /// that does not answer within the deadline is hung and killed. A host that is
+    /// gone has nothing to power: SET_POWER succeeds (it may not fail), QUERY_POWER too.
+    func power(_ minor: PowerMinor, _ d: DevicePowerState) -> NTStatus {
+        let (alive, generation, process) = state.withLock { (!$0.failed && $0.channel != nil, $0.generation, $0.process) }
+        guard alive, let process else { return .success }
+        let id = nextID.add(1, ordering: .relaxed).oldValue
+        let done = DispatchSemaphore(value: 0)
+        state.withLock { $0.calls[id] = (done, .driverProcessTerminated) }
+        var h = RequestHeader(op: .power, id: id, handle: 0)
+        h.code = UInt32(minor.rawValue)
+        h.length = d.rawValue
+        if push(h, generation), done.wait(timeout: .now() + timeout) == .timedOut {
+            device?.driverObject.logger.error("driver host of \(instance) did not answer \(minor.wdmName) \(d) within \(Int(timeout)) s: killed")
+            kill(process)
+        }
+        let status = state.withLock { $0.calls.removeValue(forKey: id)?.status } ?? .driverProcessTerminated
+        return status == .driverProcessTerminated ? .success : status
     }
 
     private func cancel(_ id: UInt64, _ generation: Int) {

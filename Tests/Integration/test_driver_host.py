@@ -15,6 +15,7 @@ STATUS_DRIVER_PROCESS_TERMINATED = 0xC0000450
 # Misbehave's IOCTLs: CTL_CODE(FILE_DEVICE_UNKNOWN, 0x900 + n, METHOD_BUFFERED, FILE_ANY_ACCESS).
 PEND_FOREVER = 0x0022240C
 CRASH = 0x00222420
+HANG_ON_POWER = 0x00222424
 LATE_WRITES = 0x00222480
 
 TREE = """devices:
@@ -138,6 +139,40 @@ env.call(fd, {PEND_FOREVER})
         wait_until(lambda: problem(m, "bad") == "0" and len(hosts(m)) == 2 and set(hosts(m)) != set(before), "bad's host started again")
         others_serve(m)
         os.close(fd)
+    finally:
+        unmount_tree(m)
+
+
+def set_power(m, state):
+    with open(os.path.join(m.path, ".power"), "w") as f:
+        f.write(state)
+
+
+def test_a_host_that_hangs_on_a_power_request_is_killed_and_started_again():
+    """A device's power IRPs reach its host's stack. Misbehave, told to, never
+    completes the next device SET_POWER: the system's sleep (S3, so D3 for the
+    device) waits HostTimeout (1 s) for the host, kills it and goes on; the host
+    is started again, the wake (S0) reaches the new one, and the device serves."""
+    m = mount_isolated()
+    try:
+        fd = os.open(m.dev("bad"), os.O_RDWR)
+        assert env.call(fd, HANG_ON_POWER)[0] == env.STATUS_SUCCESS
+        before = hosts(m)
+        set_power(m, "S3")  # returns once every stack is in D3: bad's after the deadline
+
+        def log():
+            with open(m.log) as f:
+                return f.read()
+        assert "did not answer IRP_MN_SET_POWER D3 within 1 s: killed" in log()
+        wait_until(lambda: "driver host of bad ended: starting it again" in log(), "the hung host killed")
+        set_power(m, "S0")
+        wait_until(lambda: problem(m, "bad") == "0" and len(hosts(m)) == 2 and set(hosts(m)) != set(before), "bad's host started again")
+        assert env.call(fd, LATE_WRITES, out_len=8)[0] == STATUS_DRIVER_PROCESS_TERMINATED  # the old host's handle
+        os.close(fd)
+        fd = os.open(m.dev("bad"), os.O_RDWR)
+        assert env.call(fd, LATE_WRITES, out_len=8)[0] == env.STATUS_SUCCESS
+        os.close(fd)
+        others_serve(m)
     finally:
         unmount_tree(m)
 
