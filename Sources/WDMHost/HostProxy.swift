@@ -326,6 +326,7 @@ final class Connection: @unchecked Sendable {
 
     private func finish(_ e: InFlight, _ status: NTStatus, _ information: Int) {
         let irp = e.irp
+        _ = irp.setCancelRoutine(nil)  // a cancel routine left set on completion is a bug (0xC9/0x23C)
         var info = status.isError ? 0 : max(0, information)
         if let s = e.scratch {
             info = min(info, s.output.count)
@@ -468,11 +469,11 @@ final class Connection: @unchecked Sendable {
         }
         h.data = offset
         h.capacity = UInt32(capacity)
-        state.withLock { $0.inFlight[id] = entry }
         // A cancel goes to the host; a host that does not answer it in time is hung.
         if major != .create, major != .close {
             _ = irp.setCancelRoutine { [weak self] _, _ in self?.cancel(id, generation) }
         }
+        state.withLock { $0.inFlight[id] = entry }
         guard push(h, generation) else {
             if let e = state.withLock({ $0.inFlight.removeValue(forKey: id) }) { finish(e, .driverProcessTerminated, 0) }
             return .pending

@@ -278,6 +278,7 @@ def test_isolated_reads_copy_nothing_and_writes_and_ioctls_copy_once():
                 assert copied(m) - before == env.HEADER.size + capacity, f"{code:#x}: one copy of the envelope"
         finally:
             os.close(fd)
+        assert m.stats()["verifier_violations"] == 0, open(os.path.join(m.path, ".verifier")).read()
     finally:
         unmount_tree(m)
 
