@@ -200,11 +200,37 @@ final class Connection: @unchecked Sendable {
         p.executableURL = URL(fileURLWithPath: command[0])
         p.arguments = Array(command.dropFirst())
         p.standardInput = FileHandle(fileDescriptor: fds[1], closeOnDealloc: false)
+        // What the host prints (a crashing driver's message and backtrace) goes to the
+        // daemon's log. Swift's backtracer would spend most of a second symbolicating
+        // a crash before the process ends and its device can come back: addresses only,
+        // unless the daemon's environment asks otherwise.
+        var environment = ProcessInfo.processInfo.environment
+        if environment["SWIFT_BACKTRACE"] == nil { environment["SWIFT_BACKTRACE"] = "enable=yes,interactive=no,symbolicate=off" }
+        p.environment = environment
+        let errors = Pipe()
+        p.standardError = errors
         do { try p.run() } catch {
             for fd in [fds[0], fds[1], toHost, toDaemon] { close(fd) }
             return .driverProcessTerminated
         }
         close(fds[1])
+        let printed = Thread { [instance, weak device] in
+            let h = errors.fileHandleForReading
+            var pending = Data()
+            while true {
+                let chunk = h.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let nl = pending.firstIndex(of: 10) {
+                    let line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
+                    pending.removeSubrange(pending.startIndex...nl)
+                    if !line.isEmpty { device?.driverObject.logger.error("driver host of \(instance): \(line)") }
+                }
+            }
+            if !pending.isEmpty { device?.driverObject.logger.error("driver host of \(instance): \(String(decoding: pending, as: UTF8.self))") }
+        }
+        printed.name = "wdmfs.host.\(instance).stderr"
+        printed.start()
         let channel = Channel(fd: fds[0])
         // The shared memory and the doorbells, then START.
         let sent = [arena.fd, toHost, toDaemon]

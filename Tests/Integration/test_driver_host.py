@@ -104,6 +104,9 @@ def test_a_crash_fails_what_was_in_flight_and_the_host_comes_back():
         others_serve(m)
         # The old handle belongs to the dead host; the device comes back for new ones.
         wait_until(lambda: problem(m, "bad") == "0", "bad's host started again")
+        # What the host printed as it died is in the daemon's log.
+        with open(m.log) as f:
+            assert "driver host of bad: " in f.read() and "Misbehave: IOCTL 0x222420 ends the process, as asked" in open(m.log).read()
         assert set(hosts(m)) != set(before)
         assert env.call(fd, LATE_WRITES, out_len=8)[0] == STATUS_DRIVER_PROCESS_TERMINATED
         os.close(fd)
