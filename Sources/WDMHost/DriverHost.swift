@@ -83,6 +83,7 @@ final class Host: @unchecked Sendable {
         guard r.withUnsafeBytes({ channel.send($0, UnsafeRawBufferPointer(start: nil, count: 0)) }) else { return 1 }
         // Then the ring, until the daemon closes the socket.
         var idleSince = nanoseconds()
+        var turns = 0
         while true {
             switch arena.popRequest() {
             case .some(let h?):
@@ -95,7 +96,8 @@ final class Host: @unchecked Sendable {
                 break
             }
             if nanoseconds() &- idleSince < spin {
-                sched_yield()
+                turns += 1
+                if turns & 63 == 0 { sched_yield() }  // mostly busy: see the daemon's wait
                 continue
             }
             arena.hostSleeping.pointee.store(1, ordering: .sequentiallyConsistent)

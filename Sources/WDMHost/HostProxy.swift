@@ -509,10 +509,16 @@ final class Connection: @unchecked Sendable {
         if spin > 0, let arena {
             arena.daemonWatching.pointee.add(1, ordering: .sequentiallyConsistent)
             let deadline = nanoseconds() &+ UInt64(spin) * 1000
+            var turns = 0
             while !entry.done.load(ordering: .acquiring), nanoseconds() < deadline {
-                if !drain() { break }
-                if entry.done.load(ordering: .acquiring) { break }
-                sched_yield()
+                if arena.hasReply {
+                    if !drain() { break }
+                    continue
+                }
+                // Mostly a busy wait (a yield costs a system call); now and then a yield,
+                // so a thread that shares this core runs.
+                turns += 1
+                if turns & 63 == 0 { sched_yield() }
             }
             arena.daemonWatching.pointee.subtract(1, ordering: .sequentiallyConsistent)
             drain()  // an answer the host put in as this thread stopped watching
