@@ -111,7 +111,7 @@ let package = Package(
 
         // MARK: - Tests
         .testTarget(name: "WDMTests", dependencies: ["WDM", "WDMTesting"]),
-        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMTesting", "WDMClient", "WDMFuse", "CFuse", "DefaultTree"] + driverDependencies + headerDependencies),
+        .testTarget(name: "BridgeTests", dependencies: ["WDM", "WDMTesting", "WDMClient", "WDMFuse", "WDMHost", "CFuse", "DefaultTree"] + driverDependencies + headerDependencies),
         .testTarget(name: "DriverTests", dependencies: ["WDM", "WDF", "WDMTesting", "DefaultTree"] + driverDependencies + headerDependencies),
     ] + driverTargets + frameworkDriverTargets
 )

@@ -102,6 +102,46 @@ import WDMTesting
         #expect(io.statistics.bytesCopied == data.count)  // the one copy, made when it pended
     }
 
+    /// Memory another process would map (a driver host's): hands out blocks of one buffer.
+    final class SharedBlocks: StackMemory, @unchecked Sendable {
+        let base = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 16)
+        let given = HandoffMutex<(out: Int, back: Int)>((0, 0))
+        deinit { base.deallocate() }
+        func allocate(byteCount: Int, zeroed: Bool) -> UnsafeMutableRawPointer? {
+            guard byteCount <= 1 << 16 else { return nil }
+            given.withLock { $0.out += 1 }
+            if zeroed { base.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount) }
+            return base
+        }
+        func deallocate(_ block: UnsafeMutableRawPointer, byteCount: Int) { given.withLock { $0.back += 1 } }
+        func owns(_ block: UnsafeRawPointer) -> Bool { block >= UnsafeRawPointer(base) && block < UnsafeRawPointer(base + (1 << 16)) }
+    }
+
+    @Test func aPendedWritesCopyIsMadeInTheStacksMemoryAndGivenBack() throws {
+        let io = IOManager()
+        let parked = CancelSafeQueue()
+        let top = try buildStack(io, flags: .bufferedIO, function: [.write: { _, irp in parked.insert(irp) }])
+        let shared = SharedBlocks()
+        var d: DeviceObject? = top.deviceNode?.pdo
+        while let x = d {
+            x.stackMemory = shared
+            d = x.attachedDevice
+        }
+        let host = EmbeddedHost(io)
+        let f = try host.open("dev")
+        let data = Array("lands where the host can read it".utf8)
+        let w = host.beginWrite(f, data)
+        #expect(w.pended)
+        let irp = try #require(parked.removeNext())
+        #expect(shared.owns(irp.transferBuffer.baseAddress!))  // the driver sees the copy in shared memory
+        #expect(Array(irp.transferBuffer) == data)
+        #expect(shared.given.withLock { $0 } == (1, 0))
+        irp.complete(.success, information: data.count)
+        #expect(w.wait())
+        #expect(io.statistics.bytesCopied == data.count)  // still the one copy
+        #expect(shared.given.withLock { $0 } == (1, 1))  // and given back when the IRP was freed
+    }
+
     @Test func anIoctlThatPendsAnswersFromTheIOManagersCopy() throws {
         let io = IOManager()
         let parked = CancelSafeQueue()
