@@ -69,6 +69,9 @@ public enum MisbehaveDriver {
         let lateWrites = Atomic<Int>(0)
     }
 
+    /// `HangAtStart`: 1 makes IRP_MN_START_DEVICE never return (for driver hosts' deadline).
+    public static let settings = [DriverSetting.integer("HangAtStart", 0...1, default: 0, help: "1: START never returns (only with isolation: host)")]
+
     public static let driverEntry: DriverEntry = { driver in
         driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension()) }
         driver.majorFunction.succeed([.create, .cleanup, .close])
@@ -82,7 +85,12 @@ public enum MisbehaveDriver {
             ext.kept.withLock { $0.append(irp) }
             return .pending
         }
-        driver.majorFunction[.pnp] = PnP.functionDispatch()
+        driver.majorFunction[.pnp] = PnP.functionDispatch(start: { device, _ in
+            // `HangAtStart: 1`: START never returns (run it with `isolation: host`, whose
+            // deadline kills the host; in the daemon it would stop the PnP manager).
+            if device.deviceNode?.parameters["HangAtStart"] == "1" { DispatchSemaphore(value: 0).wait() }
+            return .success
+        })
         driver.majorFunction[.power] = { device, irp in
             let ext = device.deviceExtension(as: Extension.self)
             guard ext.hangOnPower.load(ordering: .acquiring), irp.powerMinor == .setPower, case .device? = irp.power?.target else {

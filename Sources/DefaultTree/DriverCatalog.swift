@@ -101,7 +101,8 @@ public enum DriverCatalog {
               settings: RamDiskDriver.settings),
         Entry(name: EchoDriver.name, role: .function, serves: ["Root\\Echo"], entry: EchoDriver.driverEntry, settings: EchoDriver.settings),
         Entry(name: IoctlDemoDriver.name, role: .function, serves: ["Root\\IoctlDemo"], entry: IoctlDemoDriver.driverEntry),
-        Entry(name: MisbehaveDriver.name, role: .function, serves: ["Root\\Misbehave"], entry: MisbehaveDriver.driverEntry, testOnly: true),
+        Entry(name: MisbehaveDriver.name, role: .function, serves: ["Root\\Misbehave"], entry: MisbehaveDriver.driverEntry, testOnly: true,
+              settings: MisbehaveDriver.settings),
         // The bus reports each child as `toaster` + its serial (its instance ID, hence its file name).
         Entry(name: ToasterBus.name, role: .function, serves: [ToasterBus.hardwareID], entry: ToasterBus.driverEntry,
               childNames: ChildNames(prefix: "toaster")),

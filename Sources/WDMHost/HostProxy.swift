@@ -264,7 +264,9 @@ final class Connection: @unchecked Sendable {
         bytes.withUnsafeMutableBytes { h.encode(into: $0.baseAddress!) }
         _ = bytes.withUnsafeBytes { hb in text.withUnsafeBytes { channel.send(hb, $0) } }
         if done.wait(timeout: .now() + timeout) == .timedOut {
-            kill(p)  // a host that does not answer START in time is hung
+            // A host that does not answer START in time is hung.
+            device?.driverObject.logger.error("driver host of \(instance) did not answer IRP_MN_START_DEVICE within \(Int(timeout)) s: killed")
+            kill(p)
             _ = done.wait(timeout: .now() + timeout)
         }
         return state.withLock { $0.startStatus }

@@ -180,6 +180,36 @@ def test_a_host_that_hangs_on_a_power_request_is_killed_and_started_again():
         unmount_tree(m)
 
 
+def test_a_host_that_hangs_in_start_is_killed_and_its_device_fails_to_start():
+    """START not answered within HostTimeout: the host is killed, the device fails
+    to start with STATUS_DRIVER_PROCESS_TERMINATED (a driver that hangs at every
+    START is not started again and again), and the rest of the tree serves."""
+    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    f.write("""devices:
+  - name: zero
+    hardware_ids: ['Root\\Zero']
+  - name: stuck
+    hardware_ids: ['Root\\Misbehave']
+    isolation: host
+    settings: {HostTimeout: 1, HangAtStart: 1}
+""")
+    f.close()
+    try:
+        m = mount_tree(("--tree", f.name))
+    finally:
+        os.unlink(f.name)
+    try:
+        wait_until(lambda: problem(m, "stuck") != "0", "stuck's START given up")
+        assert problem(m, "stuck") == "10 CM_PROB_FAILED_START STATUS_DRIVER_PROCESS_TERMINATED"
+        with open(m.log) as log:
+            assert "driver host of stuck did not answer IRP_MN_START_DEVICE within 1 s: killed" in log.read()
+        assert hosts(m) == []  # killed, and not started again
+        with open(m.dev("zero"), "rb") as z:
+            assert z.read(4) == bytes(4)
+    finally:
+        unmount_tree(m)
+
+
 def test_restarts_stop_at_the_limit_and_every_other_device_keeps_serving():
     m = mount_isolated()
     try:

@@ -91,6 +91,7 @@ func pnpTracer() -> IRPRecorder {
         let pdo = try stack(io, function: PnP.functionDispatch(start: { _, _ in .insufficientResources }))
         let node = try #require(pdo.deviceNode)
         #expect(node.problem == .failedStart)
+        #expect(node.problemStatus == .insufficientResources)  // DEVPKEY_Device_ProblemStatus: what START failed with
         #expect(node.state == .removed)
         #expect(io.symbolicLinks.isEmpty)  // the function device was deleted
         #expect(pdo.attachedDevice == nil)

@@ -184,6 +184,7 @@ extension PnPManager {
             // Windows removes a device whose START failed; the node stays, with its problem.
             commitRemoval([node])
             node.problem = .failedStart
+            node.problemStatus = started  // DEVPKEY_Device_ProblemStatus
             return started
         }
         node.state = .started
@@ -228,6 +229,7 @@ extension PnPManager {
             _ = io.sendPnP(.surpriseRemoval, to: pdo.topOfStack)
             commitRemoval([node])
             node.problem = .failedStart
+            node.problemStatus = started
             return PnPResult(status: started)
         }
         node.state = .started
