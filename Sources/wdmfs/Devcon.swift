@@ -170,6 +170,7 @@ extension DeviceTreeFiles {
             "state": String(status.prefix { $0 != "," }), "status": status,
             "problem": Int(problem.first ?? "0") ?? 0,
             "problem_name": problem.count > 1 ? String(problem[1]) : NSNull(),
+            "problem_status": problem.count > 2 ? String(problem[2]) : NSNull(),
             "power": trimmed(node, "power"), "system_power": systemPower,
         ]
     }
@@ -183,6 +184,7 @@ let statusKeysHelp = """
       status        its status file (started, D3 (system S3))
       problem       the CM_PROB number, 0 for none
       problem_name  CM_PROB_DISABLED, or null
+      problem_status  the problem's NTSTATUS (STATUS_DRIVER_PROCESS_TERMINATED), or null
       power         the device power state of its stack (D0 ... D3)
       system_power  the system power state (S0 ... S5)
     """

@@ -184,7 +184,7 @@ def test_status_says_what_the_node_file_says_with_the_power_state_while_asleep(t
 
 # --- --json ------------------------------------------------------------------
 
-STATUS_KEYS = {"name", "path", "state", "status", "problem", "problem_name", "power", "system_power"}
+STATUS_KEYS = {"name", "path", "state", "status", "problem", "problem_name", "problem_status", "power", "system_power"}
 
 
 def json_of(*args):
@@ -203,7 +203,7 @@ def test_status_json_has_stable_documented_keys(tree):
     assert all(set(n) == STATUS_KEYS for n in nodes), nodes
     zero = next(n for n in nodes if n["name"] == "zero")
     assert zero == {"name": "zero", "path": "zero", "state": "started", "status": "started", "problem": 0,
-                    "problem_name": None, "power": "D0", "system_power": "S0"}
+                    "problem_name": None, "problem_status": None, "power": "D0", "system_power": "S0"}
     documented("status", STATUS_KEYS)
     r = run_wdmfs("status", tree.path, "zero", "nosuch", "--json")
     assert r.returncode == 2 and [n["name"] for n in json.loads(r.stdout)] == ["zero"] and "nosuch" in r.stderr, r

@@ -201,6 +201,11 @@ def test_a_host_that_hangs_in_start_is_killed_and_its_device_fails_to_start():
     try:
         wait_until(lambda: problem(m, "stuck") != "0", "stuck's START given up")
         assert problem(m, "stuck") == "10 CM_PROB_FAILED_START STATUS_DRIVER_PROCESS_TERMINATED"
+        r = subprocess.run([m.wdmfs, "status", m.path, "stuck", "--json"], capture_output=True, text=True)
+        import json
+        record = json.loads(r.stdout)[0]
+        assert r.returncode == 1 and (record["problem"], record["problem_name"], record["problem_status"]) == \
+            (10, "CM_PROB_FAILED_START", "STATUS_DRIVER_PROCESS_TERMINATED"), r
         with open(m.log) as log:
             assert "driver host of stuck did not answer IRP_MN_START_DEVICE within 1 s: killed" in log.read()
         assert hosts(m) == []  # killed, and not started again
