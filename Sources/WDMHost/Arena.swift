@@ -69,9 +69,10 @@ final class Arena: @unchecked Sendable {
     var daemonWatching: UnsafeMutablePointer<Atomic<UInt32>> { word(448, UInt32.self) }
 
     /// Before a host starts: empty rings, nobody asleep.
+    /// (`daemonWatching` stays: a caller of the old host may still be counted in it.)
     func reset() {
         for w in [requestHead, requestTail, replyHead, replyTail] { w.pointee.store(0, ordering: .sequentiallyConsistent) }
-        for w in [hostSleeping, daemonSleeping, daemonWatching] { w.pointee.store(0, ordering: .sequentiallyConsistent) }
+        for w in [hostSleeping, daemonSleeping] { w.pointee.store(0, ordering: .sequentiallyConsistent) }
     }
 
     /// Whether `offset ..< offset + count` is heap.
@@ -88,14 +89,19 @@ final class Arena: @unchecked Sendable {
 
     // MARK: - The rings
 
-    /// Puts one request in its ring (the caller holds the daemon's producer lock);
-    /// false while the ring is full.
-    func pushRequest(_ h: RequestHeader) -> Bool {
+    enum Pushed { case done, full, broken }
+
+    /// Puts one request in its ring (the caller holds the daemon's producer lock).
+    /// The host writes the head: one that is ahead of the tail, or more than a ring
+    /// behind, is a broken host.
+    func pushRequest(_ h: RequestHeader) -> Pushed {
         let tail = requestTail.pointee.load(ordering: .relaxed)
-        guard tail &- requestHead.pointee.load(ordering: .acquiring) < Self.entries else { return false }
+        let used = tail &- requestHead.pointee.load(ordering: .acquiring)
+        guard used <= Self.entries else { return .broken }
+        guard used < Self.entries else { return .full }
         h.encode(into: base + Self.requestRing + Int(tail % Self.entries) * RequestHeader.size)
         requestTail.pointee.store(tail &+ 1, ordering: .sequentiallyConsistent)
-        return true
+        return .done
     }
 
     /// Takes the next request (the host's one reader), nil when there is none.

@@ -136,6 +136,8 @@ final class Connection: @unchecked Sendable {
         /// `scratch + outputAt` to `output` when the answer comes.
         var scratch: (block: UnsafeMutableRawPointer, size: Int, outputAt: Int, output: UnsafeMutableRawBufferPointer)?
         let done = Atomic<Bool>(false)
+        /// The most Information the answer may give (the transfer or output length).
+        var limit = 0
         init(irp: IRP, generation: Int, opens: HostHandle?) {
             self.irp = irp
             self.generation = generation
@@ -355,10 +357,12 @@ final class Connection: @unchecked Sendable {
     private func finish(_ e: InFlight, _ status: NTStatus, _ information: Int) {
         let irp = e.irp
         _ = irp.setCancelRoutine(nil)  // a cancel routine left set on completion is a bug (0xC9/0x23C)
-        var info = status.isError ? 0 : max(0, information)
+        // The host's Information, within what the request allows (a broken host's is
+        // not believed past the buffer).
+        var info = status.isError ? 0 : min(max(0, information), e.limit)
         if let s = e.scratch {
-            info = min(info, s.output.count)
-            if info > 0, let out = s.output.baseAddress { irp.ioManager.copyBytes(from: s.block + s.outputAt, to: out, count: info) }
+            let n = min(info, s.output.count)  // a write's scratch has nothing to copy back
+            if n > 0, let out = s.output.baseAddress { irp.ioManager.copyBytes(from: s.block + s.outputAt, to: out, count: n) }
             memory?.deallocate(s.block, byteCount: s.size)
         }
         if let opens = e.opens, status.isSuccess { irp.fileObject?.fsContext = opens }
@@ -408,18 +412,33 @@ final class Connection: @unchecked Sendable {
     /// the host is gone.
     private func push(_ h: RequestHeader, _ generation: Int) -> Bool {
         guard let arena else { return false }
+        var fullSince: UInt64?
         while true {
-            let (ok, bell) = producing.withLock { _ -> (Bool, Doorbell?) in
+            let (pushed, bell) = producing.withLock { _ -> (Arena.Pushed, Doorbell?) in
                 let s = state.withLock { ($0.generation, $0.failed, $0.toHost) }
-                guard s.0 == generation, !s.1 else { return (false, nil) }
+                guard s.0 == generation, !s.1 else { return (.broken, nil) }
                 return (arena.pushRequest(h), s.2)
             }
             guard let bell else { return false }
-            if ok {
+            switch pushed {
+            case .done:
                 if arena.hostSleeping.pointee.load(ordering: .sequentiallyConsistent) != 0 { bell.ring() }
                 return true
+            case .broken:
+                device?.driverObject.logger.error("driver host of \(instance) broke its request ring: killed")
+                kill(generation)
+                return false
+            case .full:
+                // The host is behind; one that takes no request for HostTimeout is hung.
+                let now = nanoseconds()
+                if let since = fullSince, now &- since > UInt64(timeout * 1e9) {
+                    device?.driverObject.logger.error("driver host of \(instance) took no request within \(Int(timeout)) s: killed")
+                    kill(generation)
+                    return false
+                }
+                if fullSince == nil { fullSince = now }
+                sched_yield()
             }
-            sched_yield()  // full: the host is behind
         }
     }
 
@@ -466,12 +485,14 @@ final class Connection: @unchecked Sendable {
             placed = (0, 0)
         case .read:
             h.length = UInt32(irp.parameters.read.length)
+            entry.limit = Int(h.length)
             h.offset = irp.parameters.read.byteOffset
             let b = irp.transferBuffer
             placed = place(entry, base: b.baseAddress, capacity: b.count, input: UnsafeRawBufferPointer(start: nil, count: 0),
                            outputAt: 0, output: b, inPlace: true)
         case .write:
             h.length = UInt32(irp.parameters.write.length)
+            entry.limit = Int(h.length)
             h.offset = irp.parameters.write.byteOffset
             let b = irp.transferBuffer
             placed = place(entry, base: b.baseAddress, capacity: b.count, input: UnsafeRawBufferPointer(b),
@@ -481,6 +502,7 @@ final class Connection: @unchecked Sendable {
             h.code = p.ioControlCode.rawValue
             h.inputLength = UInt32(p.inputBufferLength)
             h.outputLength = UInt32(p.outputBufferLength)
+            entry.limit = p.outputBufferLength
             let input = irp.deviceControlInput, output = irp.deviceControlOutput
             let direct = p.ioControlCode.method == .inDirect || p.ioControlCode.method == .outDirect
             let capacity = direct ? DirectLayout.capacity(inputLength: input.count, outputLength: output.count) : max(input.count, output.count)

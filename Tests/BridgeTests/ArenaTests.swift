@@ -10,14 +10,17 @@ import Testing
     @Test func theRequestRingHoldsAThousandAndTwentyFourAndKeepsTheirOrder() throws {
         let a = try #require(Arena.create())
         a.reset()
-        for i in 0..<Arena.entries { #expect(a.pushRequest(RequestHeader(op: .io, id: i, handle: 7))) }
-        #expect(!a.pushRequest(RequestHeader(op: .io, id: 9999, handle: 7)))  // full: the producer waits
+        for i in 0..<Arena.entries { #expect(a.pushRequest(RequestHeader(op: .io, id: i, handle: 7)) == .done) }
+        #expect(a.pushRequest(RequestHeader(op: .io, id: 9999, handle: 7)) == .full)  // the producer waits
         for i in 0..<Arena.entries {
             let h = try #require(a.popRequest() ?? nil)
             #expect(h.id == i && h.handle == 7)
         }
         #expect(a.popRequest() == nil)
-        #expect(a.pushRequest(RequestHeader(op: .close, id: 1, handle: 2)))
+        #expect(a.pushRequest(RequestHeader(op: .close, id: 1, handle: 2)) == .done)
+        // A host that writes nonsense into the head (ahead of the tail).
+        a.requestHead.pointee.store(a.requestTail.pointee.load(ordering: .relaxed) + 3, ordering: .sequentiallyConsistent)
+        #expect(a.pushRequest(RequestHeader(op: .close, id: 2, handle: 2)) == .broken)
     }
 
     @Test func aTailBeyondTheRingIsABrokenHost() throws {

@@ -254,12 +254,12 @@ SHARED_TREE = """devices:
 """
 
 
-def mount_shared():
+def mount_shared(*extra):
     f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     f.write(SHARED_TREE)
     f.close()
     try:
-        return mount_tree(("--tree", f.name))
+        return mount_tree(("--tree", f.name, *extra))
     finally:
         os.unlink(f.name)
 
@@ -317,6 +317,34 @@ def test_isolated_reads_copy_nothing_and_writes_and_ioctls_copy_once():
         finally:
             os.close(fd)
         assert m.stats()["verifier_violations"] == 0, open(os.path.join(m.path, ".verifier")).read()
+    finally:
+        unmount_tree(m)
+
+
+def test_buffers_outside_the_shared_memory_go_through_a_scratch_block():
+    """With --bounce-buffers the I/O manager gives the stack bounce buffers of its
+    own, which the host cannot see: the proxy copies them into a block of the shared
+    memory and back (counted), and the data still arrives whole."""
+    m = mount_shared("--bounce-buffers")
+    try:
+        fd = os.open(m.dev("quiet-disk"), os.O_RDWR)
+        try:
+            data = os.urandom(8192)
+            assert os.pwrite(fd, data, 4096) == len(data)
+            before = copied(m)
+            assert os.pread(fd, len(data), 4096) == data
+            assert copied(m) - before >= 2 * len(data), "the bounce buffer and the scratch block"
+        finally:
+            os.close(fd)
+        fd = os.open(m.dev("demo-host"), os.O_RDWR)
+        try:
+            for code in (0x00222000, 0x00222005, 0x0022200A):
+                text = b"bounced, method %d" % (code & 3)
+                status, info, out = env.call(fd, code, text, out_len=len(text))
+                assert (status, info, out) == (env.STATUS_SUCCESS, len(text), text.upper()), (hex(code), hex(status), info, out)
+        finally:
+            os.close(fd)
+        assert m.stats()["verifier_violations"] == 0
     finally:
         unmount_tree(m)
 
