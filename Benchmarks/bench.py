@@ -197,7 +197,7 @@ def isolation_table(wdmfs, rounds, read_total, small_count, ioctl_count):
         out.append(f"| {label} | {d:.2f} {unit} | {h:.2f} {unit} | {d / h:.2f} |")
     out.append(f"\nHost memory (VmRSS): {', '.join(f'{k / 1024:.1f} MiB' for k in rss)}; "
                f"crash to serving again: {statistics.median(recoveries) * 1000:.0f} ms median of {len(recoveries)}; "
-               f"bytes_copied on that mount {copied} (the I/O manager's copy of each isolated write's data, which pends)")
+               f"bytes_copied on that mount {copied} (the one copy of each IOCTL's envelope, made in the shared memory when it pends; reads copy nothing)")
     return out
 
 
