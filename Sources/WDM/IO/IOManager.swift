@@ -455,6 +455,7 @@ public final class IOManager: @unchecked Sendable {
             p.locations[i].completionRoutine = nil
             p.locations[i].context = nil
             p.locations[i].completedStatus = p.ioStatus.status
+            p.noteCompleted(p.ioStatus.status, at: i, generation: g)
             // Releasing: a dispatching thread that sees the walk past this location
             // (the verifier, after the routine returned) also sees completedStatus.
             p.location.store(i + 2, ordering: .releasing)

@@ -437,6 +437,11 @@ public final class IRPPacket: @unchecked Sendable {
     /// the locations. A word of another generation counts as no flags: nothing is
     /// cleared when the packet is reused.
     let pendingNotes: UnsafeMutablePointer<Atomic<UInt64>>
+    /// The status the walk left at each location, for the verifier's status check on
+    /// the dispatching thread: the generation (high half) and the NTSTATUS (low
+    /// half), atomic for the same reason as `pendingNotes` (the packet may already
+    /// serve the next request when that thread looks).
+    let completedNotes: UnsafeMutablePointer<Atomic<UInt64>>
     /// The last generation in which some location's routine returned STATUS_PENDING
     /// (so the walk's end reads the notes only for an IRP that pended somewhere).
     let returnedPendingIn = Atomic<UInt32>(0)
@@ -458,6 +463,8 @@ public final class IRPPacket: @unchecked Sendable {
         self.locations.initialize(repeating: IOStackLocation(), count: stackCount)
         self.pendingNotes = .allocate(capacity: max(stackCount, 1))
         for i in 0..<stackCount { (pendingNotes + i).initialize(to: Atomic(0)) }
+        self.completedNotes = .allocate(capacity: max(stackCount, 1))
+        for i in 0..<stackCount { (completedNotes + i).initialize(to: Atomic(0)) }
         self.ioManager = ioManager
         self.manager = Unmanaged.passUnretained(ioManager)
     }
@@ -467,6 +474,8 @@ public final class IRPPacket: @unchecked Sendable {
         locations.deallocate()
         pendingNotes.deinitialize(count: stackCount)
         pendingNotes.deallocate()
+        completedNotes.deinitialize(count: stackCount)
+        completedNotes.deallocate()
         retired.deallocate()
     }
 
@@ -499,6 +508,18 @@ public final class IRPPacket: @unchecked Sendable {
     /// cleared, by the owner, before the location goes to the next driver).
     func clearPendingNote(at index: Int, generation g: UInt32) {
         pendingNotes[index].store(UInt64(g) << 8, ordering: .relaxed)
+    }
+
+    /// The walk passed location `index` of generation `g` with `status`.
+    @inline(__always)
+    func noteCompleted(_ status: NTStatus, at index: Int, generation g: UInt32) {
+        completedNotes[index].store(UInt64(g) << 32 | UInt64(status.rawValue), ordering: .releasing)
+    }
+
+    /// The status the walk left at location `index` in generation `g`, or nil (another generation's).
+    func completedNote(at index: Int, generation g: UInt32) -> NTStatus? {
+        let w = completedNotes[index].load(ordering: .acquiring)
+        return UInt32(truncatingIfNeeded: w >> 32) == g ? NTStatus(UInt32(truncatingIfNeeded: w)) : nil
     }
 
     /// Location `index`'s flags for generation `g` (none if the word is another generation's).

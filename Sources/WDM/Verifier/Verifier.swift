@@ -516,12 +516,13 @@ public final class VerifierRules: IRPObserver, @unchecked Sendable {
         // the acquiring load then also sees the status it left there.
         if p.location.load(ordering: .acquiring) <= location {
             report(.returnedWithoutCompleting, "returned \(status)")
-        } else if life == .completed, status != p.locations[i].completedStatus {
+        } else if life == .completed, let completed = p.completedNote(at: i, generation: g), status != completed {
             // Only once the IRP is completed for good: while it is in flight a completion
             // routine that returned STATUS_MORE_PROCESSING_REQUIRED may be completing it
-            // again on another thread, walking this location once more (ThreadSanitizer
-            // saw that write race this read).
-            report(.statusMismatch, "returned \(status), completed with \(p.locations[i].completedStatus)")
+            // again on another thread, walking this location once more. Read from the
+            // atomic note, not the location: the packet may be serving the next request
+            // by now (ThreadSanitizer saw both races).
+            report(.statusMismatch, "returned \(status), completed with \(completed)")
         }
     }
 
