@@ -72,10 +72,17 @@ void cwdmsys_unchain_signals(void) {
 
 int cwdmsys_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
+int cwdmsys_pidfd_kill(int pidfd, int sig) { return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0); }
+
 int cwdmsys_memfd(const char *name, unsigned long size) {
-    int fd = memfd_create(name, MFD_CLOEXEC);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return -1;
-    if (ftruncate(fd, (off_t)size) != 0) { int e = errno; close(fd); errno = e; return -1; }
+    /* Sealed at its size: a process it is shared with cannot shrink it under the
+       daemon (whose next touch of a page past the end would be SIGBUS). */
+    if (ftruncate(fd, (off_t)size) != 0
+        || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        int e = errno; close(fd); errno = e; return -1;
+    }
     return fd;
 }
 

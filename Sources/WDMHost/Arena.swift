@@ -185,14 +185,25 @@ final class ArenaMemory: StackMemory, @unchecked Sendable {
     }
 }
 
-/// An eventfd: one side rings it, the other waits on it (with the socket, whose
-/// end of file says the other process is gone).
-struct Doorbell {
+/// An eventfd (nonblocking: a bell the other process filled up, or emptied first,
+/// never blocks this one): one side rings it, the other waits on it, with the
+/// socket, whose end of file says the other process is gone. A class: whoever
+/// rings it holds it, so its descriptor is closed only when nobody can ring it.
+final class Doorbell: @unchecked Sendable {
     let fd: Int32
+
+    init(fd: Int32) { self.fd = fd }
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// A new eventfd, or nil.
+    static func make() -> Doorbell? {
+        let fd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+        return fd < 0 ? nil : Doorbell(fd: fd)
+    }
 
     func ring() {
         var one: UInt64 = 1
-        _ = write(fd, &one, 8)
+        _ = write(fd, &one, 8)  // EAGAIN: it is rung already
     }
 
     /// Waits until the bell rang (and clears it) or `socket` reads end of file;

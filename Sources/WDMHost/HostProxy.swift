@@ -112,6 +112,43 @@ final class HostHandle: @unchecked Sendable {
     }
 }
 
+/// A host process, named by a pidfd: signalled and waited for without the risk of
+/// reaching another process that reused its pid once Foundation reaped it.
+final class HostProcess: @unchecked Sendable {
+    let process: Process
+    let pidfd: Int32
+
+    init(_ process: Process) {
+        self.process = process
+        pidfd = cwdmsys_pidfd_open(process.processIdentifier)
+    }
+    deinit { if pidfd >= 0 { close(pidfd) } }
+
+    func kill() { if pidfd >= 0 { _ = cwdmsys_pidfd_kill(pidfd, SIGKILL) } }
+
+    /// Waits until the process has ended (true), or `seconds` passed (false).
+    func waitForExit(seconds: Double) -> Bool {
+        guard pidfd >= 0 else { return true }
+        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+        let deadline = nanoseconds() &+ UInt64(seconds * 1e9)
+        while true {
+            let left = Int64(deadline) - Int64(nanoseconds())
+            if left <= 0 { return false }
+            let n = poll(&p, 1, Int32(min(left / 1_000_000 + 1, Int64(Int32.max))))
+            if n > 0 { return true }
+            if n < 0, errno != EINTR { return true }
+        }
+    }
+}
+
+/// Whether this thread is completing answers (`Connection.drain`): a request sent
+/// down from a completion routine there does not wait on the ring itself.
+private let drainingKey: pthread_key_t = {
+    var k = pthread_key_t()
+    pthread_key_create(&k, nil)
+    return k
+}()
+
 /// One device's host: its process, its channel, the memory both map and what is in flight.
 final class Connection: @unchecked Sendable {
     let driver: String
@@ -136,6 +173,9 @@ final class Connection: @unchecked Sendable {
         /// `scratch + outputAt` to `output` when the answer comes.
         var scratch: (block: UnsafeMutableRawPointer, size: Int, outputAt: Int, output: UnsafeMutableRawBufferPointer)?
         let done = Atomic<Bool>(false)
+        /// 0: not in the ring yet; 1: in it; 2: cancelled before it got there (the
+        /// CANCEL is sent after the request, so the host finds what it cancels).
+        let sent = Atomic<UInt8>(0)
         /// The most Information the answer may give (the transfer or output length).
         var limit = 0
         init(irp: IRP, generation: Int, opens: HostHandle?) {
@@ -145,7 +185,7 @@ final class Connection: @unchecked Sendable {
         }
     }
     private struct State: @unchecked Sendable {
-        var process: Process?
+        var process: HostProcess?
         var channel: Channel?
         var generation = 0
         var inFlight: [UInt64: InFlight] = [:]
@@ -155,14 +195,15 @@ final class Connection: @unchecked Sendable {
         var restarts: [Date] = []
         var stopping = false
         var failed = false
-        var toHost = Doorbell(fd: -1), toDaemon = Doorbell(fd: -1)
+        var toHost: Doorbell?
         /// Power requests waiting for the host's answer.
         var calls: [UInt64: (done: DispatchSemaphore, status: NTStatus)] = [:]
     }
     private let state = Mutex(State())
     private let nextID = Atomic<UInt64>(1)
-    /// The daemon's request producers take turns here, its answer consumers there.
-    private let producing = Mutex(())
+    /// The daemon's request producers take turns here (with the number of times the
+    /// rings were reset: see `forward`'s watch), its answer consumers there.
+    private let producing = Mutex(0)
     private let consuming = Mutex(())
 
     init(driver: String, instance: String, settings: [String: String], timeout: TimeInterval) {
@@ -173,10 +214,6 @@ final class Connection: @unchecked Sendable {
         spin = settings["HostSpin"].flatMap(Int.init) ?? 50
         arena = Arena.create()
         memory = arena.map { ArenaMemory(arena: $0) }
-    }
-
-    deinit {
-        state.withLock { s in for fd in [s.toHost.fd, s.toDaemon.fd] where fd >= 0 { close(fd) } }
     }
 
     // MARK: - The process
@@ -190,12 +227,18 @@ final class Connection: @unchecked Sendable {
         }
         var fds: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else { return .insufficientResources }
-        let toHost = eventfd(0, Int32(EFD_CLOEXEC)), toDaemon = eventfd(0, Int32(EFD_CLOEXEC))
-        guard toHost >= 0, toDaemon >= 0 else {
-            for fd in [fds[0], fds[1], toHost, toDaemon] where fd >= 0 { close(fd) }
+        guard let toHost = Doorbell.make(), let toDaemon = Doorbell.make() else {
+            for fd in fds { close(fd) }
             return .insufficientResources
         }
-        consuming.withLock { _ in producing.withLock { _ in arena.reset() } }
+        // The last host has ended (`ended` waited for it): nobody else writes the rings.
+        consuming.withLock { _ in
+            producing.withLock { epoch in
+                arena.reset()
+                arena.daemonWatching.pointee.store(0, ordering: .sequentiallyConsistent)
+                epoch += 1
+            }
+        }
         let p = Process()
         // A driver package's own host executable, or wdmfs's (`driver-host`).
         let command = settings["HostExecutable"].map { [$0] } ?? HostProxy.hostCommand
@@ -212,10 +255,11 @@ final class Connection: @unchecked Sendable {
         let errors = Pipe()
         p.standardError = errors
         do { try p.run() } catch {
-            for fd in [fds[0], fds[1], toHost, toDaemon] { close(fd) }
+            for fd in fds { close(fd) }
             return .driverProcessTerminated
         }
         close(fds[1])
+        let host = HostProcess(p)
         let printed = Thread { [instance, weak device] in
             let h = errors.fileHandleForReading
             var pending = Data()
@@ -235,15 +279,13 @@ final class Connection: @unchecked Sendable {
         printed.start()
         let channel = Channel(fd: fds[0])
         // The shared memory and the doorbells, then START.
-        let sent = [arena.fd, toHost, toDaemon]
+        let sent = [arena.fd, toHost.fd, toDaemon.fd]
         _ = cwdmsys_send_fds(channel.fd, sent, 3)
         let id = nextID.add(1, ordering: .relaxed).oldValue
         let done = DispatchSemaphore(value: 0)
         let generation = state.withLock { s -> Int in
-            for fd in [s.toHost.fd, s.toDaemon.fd] where fd >= 0 { close(fd) }
-            s.toHost = Doorbell(fd: toHost)
-            s.toDaemon = Doorbell(fd: toDaemon)
-            s.process = p
+            s.toHost = toHost
+            s.process = host
             s.channel = channel
             s.generation += 1
             s.failed = false
@@ -251,7 +293,7 @@ final class Connection: @unchecked Sendable {
             s.startStatus = .driverProcessTerminated
             return s.generation
         }
-        let reader = Thread { [self] in read(channel, Doorbell(fd: toDaemon), generation) }
+        let reader = Thread { [self] in read(channel, toDaemon, generation) }
         reader.name = "wdmfs.host.\(instance)"
         reader.start()
         // START: driver NUL instance NUL key=value NUL ...; `length`: the host's spin in µs.
@@ -268,31 +310,22 @@ final class Connection: @unchecked Sendable {
         if done.wait(timeout: .now() + timeout) == .timedOut {
             // A host that does not answer START in time is hung.
             device?.driverObject.logger.error("driver host of \(instance) did not answer IRP_MN_START_DEVICE within \(Int(timeout)) s: killed")
-            kill(p)
+            host.kill()
             _ = done.wait(timeout: .now() + timeout)
         }
         return state.withLock { $0.startStatus }
     }
 
-    private func kill(_ p: Process) {
-        if p.isRunning { Glibc.kill(p.processIdentifier, SIGKILL) }
-    }
-
     /// REMOVE_DEVICE: the host's channel closes (it removes its device and exits);
     /// one that does not exit in time is killed.
     func stop() {
-        let (p, c) = state.withLock { s -> (Process?, Channel?) in
+        let (p, c) = state.withLock { s -> (HostProcess?, Channel?) in
             s.stopping = true
             return (s.process, s.channel)
         }
         c?.shutDown()
         guard let p else { return }
-        let exited = DispatchSemaphore(value: 0)
-        HostProxy.waits.async {
-            p.waitUntilExit()
-            exited.signal()
-        }
-        if exited.wait(timeout: .now() + timeout) == .timedOut { kill(p) }
+        if !p.waitForExit(seconds: timeout) { p.kill() }
     }
 
     // MARK: - Answers
@@ -328,15 +361,20 @@ final class Connection: @unchecked Sendable {
     }
 
     private func kill(_ generation: Int) {
-        let p = state.withLock { $0.generation == generation ? $0.process : nil }
-        if let p { kill(p) }
+        state.withLock { $0.generation == generation ? $0.process : nil }?.kill()
     }
 
-    /// Completes every answer in the ring; false if the host broke the ring.
+    /// Completes the answers in the ring (at most `limit`); false if the host broke
+    /// the ring.
     @discardableResult
-    private func drain() -> Bool {
+    private func drain(limit: Int = .max) -> Bool {
         guard let arena else { return true }
-        while true {
+        let outer = pthread_getspecific(drainingKey) == nil
+        if outer { pthread_setspecific(drainingKey, UnsafeRawPointer(bitPattern: 1)) }
+        defer { if outer { pthread_setspecific(drainingKey, nil) } }
+        var left = limit
+        while left > 0 {
+            left -= 1
             let next = consuming.withLock { _ in arena.popReply() }
             switch next {
             case .none: return true
@@ -352,6 +390,7 @@ final class Connection: @unchecked Sendable {
                 if let e { finish(e, r.status, Int(r.information)) }
             }
         }
+        return true
     }
 
     private func finish(_ e: InFlight, _ status: NTStatus, _ information: Int) {
@@ -373,6 +412,12 @@ final class Connection: @unchecked Sendable {
     /// The host of `generation` is gone: fail what was in flight, show the problem,
     /// start it again unless the limit is reached or the device is going.
     private func ended(_ generation: Int) {
+        // Gone for good before anything it could still write is given back or reused:
+        // a host that closed its end (or whose reader saw a broken ring) may still run.
+        if let p = state.withLock({ $0.generation == generation ? $0.process : nil }) {
+            p.kill()
+            _ = p.waitForExit(seconds: 60)
+        }
         let (lost, starting, again) = state.withLock { s -> ([InFlight], DispatchSemaphore?, Bool) in
             guard s.generation == generation else { return ([], nil, false) }
             let lost = Array(s.inFlight.values)
@@ -437,6 +482,8 @@ final class Connection: @unchecked Sendable {
                     return false
                 }
                 if fullSince == nil { fullSince = now }
+                // The host may be waiting for room for its answers: take them.
+                if arena.hasReply, !drain(limit: Int(Arena.entries)) { kill(generation) }
                 sched_yield()
             }
         }
@@ -444,12 +491,15 @@ final class Connection: @unchecked Sendable {
 
     /// Where a request's buffer is in the arena (in place, or a scratch block the
     /// data is copied into): the offset, the capacity, and the scratch if any.
+    /// `outputIn`: the output region holds data for the driver too (the direct
+    /// methods' MDL: METHOD_IN_DIRECT's is the caller's data).
     private func place(_ entry: InFlight, base: UnsafeMutableRawPointer?, capacity: Int, input: UnsafeRawBufferPointer,
-                       outputAt: Int, output: UnsafeMutableRawBufferPointer, inPlace: Bool) -> (UInt64, Int)? {
+                       outputAt: Int, output: UnsafeMutableRawBufferPointer, inPlace: Bool, outputIn: Bool = false) -> (UInt64, Int)? {
         guard capacity > 0 else { return (0, 0) }
         if inPlace, let o = arena?.offset(of: base, count: capacity) { return (o, capacity) }
         guard let memory, let arena, let block = memory.allocate(byteCount: capacity, zeroed: true) else { return nil }
         if input.count > 0, let i = input.baseAddress { entry.irp.ioManager.copyBytes(from: i, to: block, count: input.count) }
+        if outputIn, output.count > 0, let o = output.baseAddress { entry.irp.ioManager.copyBytes(from: o, to: block + outputAt, count: output.count) }
         entry.scratch = (block, capacity, outputAt, output)
         return (UInt64(block - arena.base), capacity)
     }
@@ -511,7 +561,8 @@ final class Connection: @unchecked Sendable {
             let base = UnsafeMutableRawPointer(mutating: input.baseAddress) ?? output.baseAddress.map { $0 - outputAt }
             let laidOut = (input.count == 0 || input.baseAddress == UnsafeRawPointer(base))
                 && (output.count == 0 || output.baseAddress == base.map { $0 + outputAt })
-            placed = place(entry, base: base, capacity: capacity, input: input, outputAt: outputAt, output: output, inPlace: laidOut)
+            placed = place(entry, base: base, capacity: capacity, input: input, outputAt: outputAt, output: output,
+                           inPlace: laidOut, outputIn: direct)
         }
         guard let (offset, capacity) = placed else {
             irp.complete(.insufficientResources)
@@ -519,24 +570,45 @@ final class Connection: @unchecked Sendable {
         }
         h.data = offset
         h.capacity = UInt32(capacity)
-        // A cancel goes to the host; a host that does not answer it in time is hung.
+        // A cancel goes to the host (after the request: `cancel`); a host that does not
+        // answer it in time is hung. One that came before the routine was set is seen here.
         if major != .create, major != .close {
-            _ = irp.setCancelRoutine { [weak self] _, _ in self?.cancel(id, generation) }
+            let set = irp.setCancelRoutineUnlessCancelled { [weak self, weak entry] _, _ in
+                if let self, let entry { self.cancel(entry, id, generation) }
+            }
+            guard set else {
+                finish(entry, .cancelled, 0)
+                return .pending
+            }
         }
         state.withLock { $0.inFlight[id] = entry }
         guard push(h, generation) else {
             if let e = state.withLock({ $0.inFlight.removeValue(forKey: id) }) { finish(e, .driverProcessTerminated, 0) }
             return .pending
         }
+        // Cancelled while it was on its way: the CANCEL follows it now.
+        if !entry.sent.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged {
+            sendCancel(id, generation)
+        }
         // Most answers come within microseconds: wait for this one on the ring
         // (completing whatever else arrives) before leaving it to the reader.
-        if spin > 0, let arena {
-            arena.daemonWatching.pointee.add(1, ordering: .sequentiallyConsistent)
+        // Not on a thread that is completing answers already (a completion routine
+        // there that sent this): that thread takes this answer too when it comes.
+        if spin > 0, let arena, pthread_getspecific(drainingKey) == nil {
+            // Counted as watching in this reset of the rings only (a restart resets the
+            // count: a count left by a thread of the last host would silence the bell).
+            let epoch = producing.withLock { e -> Int in
+                arena.daemonWatching.pointee.add(1, ordering: .sequentiallyConsistent)
+                return e
+            }
             let deadline = nanoseconds() &+ UInt64(spin) * 1000
             var turns = 0
             while !entry.done.load(ordering: .acquiring), nanoseconds() < deadline {
                 if arena.hasReply {
-                    if !drain() { break }
+                    if !drain(limit: Int(Arena.entries)) {
+                        kill(generation)
+                        break
+                    }
                     continue
                 }
                 // Mostly a busy wait (a yield costs a system call); now and then a yield,
@@ -544,8 +616,12 @@ final class Connection: @unchecked Sendable {
                 turns += 1
                 if turns & 63 == 0 { sched_yield() }
             }
-            arena.daemonWatching.pointee.subtract(1, ordering: .sequentiallyConsistent)
-            drain()  // an answer the host put in as this thread stopped watching
+            producing.withLock { e in
+                if e == epoch { arena.daemonWatching.pointee.subtract(1, ordering: .sequentiallyConsistent) }
+            }
+            // An answer the host put in as this thread stopped watching (it saw a
+            // watcher and rang no bell): a sequentially consistent look, then take it.
+            if arena.hasReply, !drain(limit: Int(Arena.entries)) { kill(generation) }
         }
         return .pending
     }
@@ -554,8 +630,8 @@ final class Connection: @unchecked Sendable {
     /// that does not answer within the deadline is hung and killed. A host that is
     /// gone has nothing to power: SET_POWER succeeds (it may not fail), QUERY_POWER too.
     func power(_ minor: PowerMinor, _ d: DevicePowerState) -> NTStatus {
-        let (alive, generation, process) = state.withLock { (!$0.failed && $0.channel != nil, $0.generation, $0.process) }
-        guard alive, let process else { return .success }
+        let (alive, generation) = state.withLock { (!$0.failed && $0.channel != nil, $0.generation) }
+        guard alive else { return .success }
         let id = nextID.add(1, ordering: .relaxed).oldValue
         let done = DispatchSemaphore(value: 0)
         state.withLock { $0.calls[id] = (done, .driverProcessTerminated) }
@@ -564,18 +640,25 @@ final class Connection: @unchecked Sendable {
         h.length = d.rawValue
         if push(h, generation), done.wait(timeout: .now() + timeout) == .timedOut {
             device?.driverObject.logger.error("driver host of \(instance) did not answer \(minor.wdmName) \(d) within \(Int(timeout)) s: killed")
-            kill(process)
+            kill(generation)
         }
         let status = state.withLock { $0.calls.removeValue(forKey: id)?.status } ?? .driverProcessTerminated
         return status == .driverProcessTerminated ? .success : status
     }
 
-    private func cancel(_ id: UInt64, _ generation: Int) {
-        let process = state.withLock { $0.process }
-        guard push(RequestHeader(op: .cancel, id: nextID.add(1, ordering: .relaxed).oldValue, handle: id), generation), let process else { return }
+    /// The IRP's cancel routine: the CANCEL goes to the host once the request is in
+    /// the ring (before, `forward` sends it when it has put the request there).
+    private func cancel(_ entry: InFlight, _ id: UInt64, _ generation: Int) {
+        guard entry.sent.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing).original == 1 else { return }
+        sendCancel(id, generation)
+    }
+
+    private func sendCancel(_ id: UInt64, _ generation: Int) {
+        guard push(RequestHeader(op: .cancel, id: nextID.add(1, ordering: .relaxed).oldValue, handle: id), generation) else { return }
         HostProxy.waits.asyncAfter(deadline: .now() + timeout) { [weak self] in
             guard let self, state.withLock({ $0.inFlight[id] != nil }) else { return }
-            kill(process)
+            device?.driverObject.logger.error("driver host of \(instance) did not answer a cancel within \(Int(timeout)) s: killed")
+            kill(generation)
         }
     }
 }

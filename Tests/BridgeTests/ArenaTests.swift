@@ -2,6 +2,7 @@
 // answers the host wrote past the ring are a broken host, offsets outside the
 // heap are refused, and blocks given back hold nothing when asked for zeroed.
 
+import Glibc
 import Testing
 @testable import WDM
 @testable import WDMHost
@@ -62,5 +63,21 @@ import Testing
         let outside = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 16)
         defer { outside.deallocate() }
         #expect(!m.owns(outside))
+    }
+
+    @Test func theSharedMemoryCannotBeShrunkByTheProcessItIsSharedWith() throws {
+        let a = try #require(Arena.create())
+        #expect(ftruncate(a.fd, 0) != 0 && errno == EPERM)  // sealed: no SIGBUS for the daemon
+        #expect(ftruncate(a.fd, off_t(Arena.size) * 2) != 0)
+    }
+
+    @Test func aDoorbellTheOtherSideFilledUpDoesNotBlockTheOneWhoRings() throws {
+        let bell = try #require(Doorbell.make())
+        var full: UInt64 = 0xFFFF_FFFF_FFFF_FFFE  // the most an eventfd holds
+        #expect(write(bell.fd, &full, 8) == 8)
+        bell.ring()  // would block forever on a blocking eventfd
+        var v: UInt64 = 0
+        #expect(read(bell.fd, &v, 8) == 8 && v == full)
+        #expect(read(bell.fd, &v, 8) == -1 && errno == EAGAIN)  // emptied: a reader does not block either
     }
 }

@@ -36,7 +36,8 @@ int cwdmsys_chain_signals_to_eventfd(int fd);
 int cwdmsys_pidfd_open(pid_t pid);
 
 /* memfd_create(2) is not in Swift's Glibc module: anonymous shared memory of
-   `size` bytes (sparse: pages exist once touched), close-on-exec. -1 + errno. */
+   `size` bytes (sparse: pages exist once touched), close-on-exec, sealed at that
+   size (no process it is shared with can shrink or grow it). -1 + errno. */
 int cwdmsys_memfd(const char *name, unsigned long size);
 
 /* SCM_RIGHTS needs the CMSG macros: sends `count` descriptors (at most 8) with
@@ -46,6 +47,10 @@ int cwdmsys_send_fds(int socket, const int *fds, int count);
 /* Receives up to `count` descriptors (close-on-exec) sent by cwdmsys_send_fds:
    how many came, or -1 (error or end of file). */
 int cwdmsys_receive_fds(int socket, int *fds, int count);
+
+/* pidfd_send_signal(2), no glibc wrapper before 2.36: signals the process a
+   pidfd names (never another process that reused its pid). 0 or -1. */
+int cwdmsys_pidfd_kill(int pidfd, int sig);
 
 /* Puts the previous handlers back; the eventfd is no longer written. */
 void cwdmsys_unchain_signals(void);
