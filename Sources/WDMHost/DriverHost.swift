@@ -78,8 +78,18 @@ final class Host: @unchecked Sendable {
         guard text.withUnsafeMutableBytes({ channel.receive($0.baseAddress, $0.count) }) else { return 1 }
         spin = UInt64(h.length) * 1000
         let status = start(text)
+        // START's answer carries the size the stack publishes (what `ls -l` shows), or -1.
+        var size: Int64 = -1
+        var d = io.device(forLink: instance)?.topOfStack
+        while let x = d, status.isSuccess {
+            if let s = x.publishedSize {
+                size = s
+                break
+            }
+            d = x.lowerDevice
+        }
         var r = [UInt8](repeating: 0, count: ReplyHeader.size)
-        r.withUnsafeMutableBytes { ReplyHeader(id: h.id, status: status, information: 0, dataLength: 0).encode(into: $0.baseAddress!) }
+        r.withUnsafeMutableBytes { ReplyHeader(id: h.id, status: status, information: size, dataLength: 0).encode(into: $0.baseAddress!) }
         guard r.withUnsafeBytes({ channel.send($0, UnsafeRawBufferPointer(start: nil, count: 0)) }) else { return 1 }
         // Then the ring, until the daemon closes the socket.
         var idleSince = nanoseconds()
@@ -214,6 +224,8 @@ final class HostRequest: IRPRequester, @unchecked Sendable {
             needed = direct ? DirectLayout.capacity(inputLength: i, outputLength: o) : max(i, o)
         case .read?, .write?:
             needed = Int(h.length)
+        case .flushBuffers?:
+            needed = 0
         default:
             return nil
         }
@@ -232,6 +244,7 @@ final class HostRequest: IRPRequester, @unchecked Sendable {
         switch MajorFunction(rawValue: h.major) {
         case .read?: return .read(buffer: buffer ?? UnsafeMutableRawPointer(bitPattern: 8)!, length: Int(h.length), offset: h.offset)
         case .write?: return .write(buffer: buffer ?? UnsafeMutableRawPointer(bitPattern: 8)!, length: Int(h.length), offset: h.offset, borrowedFrom: nil)
+        case .flushBuffers?: return .flush
         default:
             return .deviceControl(code: ControlCode(rawValue: h.code), buffer: buffer, capacity: capacity,
                                   inputLength: Int(h.inputLength), outputLength: Int(h.outputLength), borrowedFrom: nil)

@@ -93,7 +93,7 @@ public enum HostProxy {
             return status
         }
         let forward: DispatchRoutine = { device, irp in device.deviceExtension(as: Connection.self).forward(irp) }
-        driver.majorFunction.set([.create, .close, .read, .write, .deviceControl, .internalDeviceControl], to: forward)
+        driver.majorFunction.set([.create, .close, .read, .write, .flushBuffers, .deviceControl, .internalDeviceControl], to: forward)
         driver.majorFunction[.cleanup] = { _, irp in
             irp.complete(.success)  // the host's own CLEANUP comes with its close
             return .success
@@ -192,6 +192,8 @@ final class Connection: @unchecked Sendable {
         /// The START in flight, and what the last one answered.
         var starting: (id: UInt64, done: DispatchSemaphore)?
         var startStatus = NTStatus.driverProcessTerminated
+        /// The size the host's stack published, as its START answer said.
+        var publishedSize: Int64?
         var restarts: [Date] = []
         var stopping = false
         var failed = false
@@ -313,7 +315,10 @@ final class Connection: @unchecked Sendable {
             host.kill()
             _ = done.wait(timeout: .now() + timeout)
         }
-        return state.withLock { $0.startStatus }
+        let (status, size) = state.withLock { ($0.startStatus, $0.publishedSize) }
+        // The device's size for `ls -l` and fstat (a disk's, for losetup and fio).
+        if status.isSuccess { device?.publishedSize = size }
+        return status
     }
 
     /// REMOVE_DEVICE: the host's channel closes (it removes its device and exits);
@@ -342,6 +347,7 @@ final class Connection: @unchecked Sendable {
             guard let st = s.starting, st.id == r.id else { return nil }
             s.starting = nil
             s.startStatus = r.status
+            s.publishedSize = r.information >= 0 ? r.information : nil
             return st.done
         }
         guard let starting else { return }
@@ -533,6 +539,8 @@ final class Connection: @unchecked Sendable {
         case .close:
             h = RequestHeader(op: .close, id: id, handle: handle!.id)
             placed = (0, 0)
+        case .flushBuffers:
+            placed = (0, 0)  // fsync: the host's driver writes back what it buffers
         case .read:
             h.length = UInt32(irp.parameters.read.length)
             entry.limit = Int(h.length)

@@ -77,6 +77,7 @@ def test_an_isolated_disk_serves_from_its_own_process():
         assert len(hosts(m)) == 2  # the disk's and bad's
         out = subprocess.run(["wdmfs" if False else m.wdmfs, "stack", m.path, "disk"], capture_output=True, text=True).stdout
         assert "\\Driver\\DriverHost" in out, out
+        assert os.stat(m.dev("disk")).st_size == 1048576  # the size the host's RamDisk published
         data = os.urandom(65536)
         with open(m.dev("disk"), "r+b") as f:
             f.write(data)
@@ -380,4 +381,43 @@ def test_a_request_that_pends_past_the_spin_is_answered_through_the_doorbell():
         finally:
             os.close(fd)
     finally:
+        unmount_tree(m)
+
+
+def test_a_file_system_and_fio_with_verify_on_an_isolated_disk():
+    """The isolated disk is a disk to real clients: its size (published by the host's
+    RamDisk at START) lets losetup and fio use it; ext4 over a loop device keeps a
+    tree of files; fio's random writes read back verified."""
+    m = mount_isolated()
+    loop = None
+    target = tempfile.mkdtemp(prefix="wdmfs-iso-ext4.")
+    try:
+        r = subprocess.run(["fio", "--name=v", f"--filename={m.dev('disk')}", "--rw=randwrite", "--bs=4k", "--size=1M",
+                            "--verify=crc32c", "--direct=1", "--ioengine=psync", "--output-format=terse"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.split(";")[4] == "0", r.stdout + r.stderr  # field 5: total errors
+        loop = subprocess.run(["losetup", "--find", "--show", m.dev("disk")], check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", loop], check=True, capture_output=True)
+        subprocess.run(["mount", loop, target], check=True, capture_output=True)
+        try:
+            files = {f"f{i}": os.urandom(1000 * (i + 1)) for i in range(20)}
+            for name, data in files.items():
+                with open(os.path.join(target, name), "wb") as f:
+                    f.write(data)
+        finally:
+            subprocess.run(["umount", target], check=True)
+        subprocess.run(["blockdev", "--flushbufs", loop], check=True)
+        r = subprocess.run(["e2fsck", "-fn", loop], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        subprocess.run(["mount", "-o", "ro", loop, target], check=True, capture_output=True)
+        try:
+            for name, data in files.items():
+                with open(os.path.join(target, name), "rb") as f:
+                    assert f.read() == data
+        finally:
+            subprocess.run(["umount", target], check=True)
+    finally:
+        if loop:
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
+        os.rmdir(target)
         unmount_tree(m)
