@@ -20,6 +20,10 @@ if [ -n "${WDMFS_FAST:-}" ]; then
 fi
 
 passed=0 failed=0 skipped=0
+# The FUSE mounts of wdmfs test directories; those there before the run are not its
+# own (a run killed earlier left them) and are named, not counted, at the end.
+wdmfs_mounts() { awk '$3 ~ /^fuse/ && $2 ~ /wdmfs-/ {print $2}' /proc/mounts | sort; }
+mounts_before=$(wdmfs_mounts)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
@@ -119,7 +123,9 @@ if [ -n "$CI" ] && [ "$skipped" -gt 0 ]; then
     failed=$((failed + skipped))
 fi
 
-stale=$(awk '$3 ~ /^fuse/ && $2 ~ /wdmfs-/ {print $2}' /proc/mounts)
+stale=$(comm -13 <(echo "$mounts_before") <(wdmfs_mounts) | grep . || true)
 if [ -n "$stale" ]; then echo "stale mounts left behind: $stale"; failed=$((failed + 1)); fi
+old=$(comm -12 <(echo "$mounts_before") <(wdmfs_mounts) | grep . || true)
+if [ -n "$old" ]; then echo "mounts there before this run began (not counted): $old"; fi
 
 finish

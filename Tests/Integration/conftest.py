@@ -41,6 +41,26 @@ def require_fuse():
         pytest.fail("FUSE is not usable here: " + "; ".join(problems))
 
 
+def wdmfs_mounts():
+    """The FUSE mounts of wdmfs test directories now in the system (any process's)."""
+    with open("/proc/mounts") as f:
+        return {m[1] for m in (line.split() for line in f) if m[2].startswith("fuse") and "wdmfs-" in m[1]}
+
+
+@pytest.fixture(autouse=True)
+def no_mount_is_left_behind():
+    """Every test unmounts what it mounted, whatever happened: a mount still there
+    after the test is an error of that test (named here, not at the end of the
+    run), and it is detached so that the tests after it start clean."""
+    before = wdmfs_mounts()
+    yield
+    left = sorted(wdmfs_mounts() - before, key=len, reverse=True)  # covers before the trees under them
+    for mp in left:
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+    if left:
+        pytest.fail("the test left mounts behind: " + ", ".join(sorted(left)))
+
+
 def is_mounted(path):
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == path for line in f)

@@ -89,3 +89,37 @@ def test_passes_failures_and_skips_are_counted_at_every_level(tmp_path):
     assert rc != 0, out
     assert last == "3 passed, 6 failed, 3 skipped", out
     assert "in CI a skip counts as a failure" in out
+
+
+def test_a_mount_left_behind_is_a_failure_and_one_there_before_the_run_is_named_not_counted(tmp_path):
+    from conftest import mount_tree, unmount_tree, wdmfs_binary
+    root = scratch(tmp_path, "public func answer() -> Int { 42 }\n")
+    (root / "Tests/ScratchTests").mkdir(parents=True)
+    (root / "Tests/ScratchTests/T.swift").write_text(
+        "import Testing\nimport Scratch\n@Test func passes() { #expect(answer() == 42) }\n")
+    (root / "mount-scripts/tests").mkdir(parents=True)
+    (root / "mount-scripts/tests/leaks.bats").write_text(textwrap.dedent("""\
+        @test "mounts and forgets to unmount" {
+            mp=$(mktemp -d /tmp/wdmfs-leak-XXXXXX)
+            echo "$mp" > "$BATS_TEST_DIRNAME/../../leaked"
+            "$SCRATCH_WDMFS" mount "$mp"
+        }
+        """))
+    before = mount_tree()  # a mount that is there before the run: not the run's own
+    leaked = None
+    try:
+        os.environ["SCRATCH_WDMFS"] = wdmfs_binary()
+        try:
+            rc, last, out = run(root)
+        finally:
+            del os.environ["SCRATCH_WDMFS"]
+        leaked = (root / "leaked").read_text().strip()
+        assert rc != 0, out
+        assert last == "2 passed, 1 failed, 0 skipped", out
+        assert f"stale mounts left behind: {leaked}" in out
+        assert f"mounts there before this run began (not counted): {before.path}" in out
+    finally:
+        if leaked:
+            subprocess.run(["fusermount3", "-uz", leaked], capture_output=True)
+            os.rmdir(leaked)
+        unmount_tree(before)
