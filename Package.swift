@@ -84,7 +84,9 @@ let package = Package(
         .target(name: "WDM", dependencies: [.product(name: "Logging", package: "swift-log")]),
 
         // MARK: - The framework (KMDF's model, on WDM only)
-        .target(name: "WDF", dependencies: ["WDM"]),
+        // Lifetimes: a Request is ~Escapable (it cannot outlive the handler it was
+        // presented to); its clients need no flag, only the module that declares it.
+        .target(name: "WDF", dependencies: ["WDM"], swiftSettings: [.enableExperimentalFeature("Lifetimes")]),
 
         // MARK: - Driver hosts: a device's stack in a process of its own (UMDF's isolation)
         .target(name: "WDMHost", dependencies: ["WDM", "CWDMSys"]),

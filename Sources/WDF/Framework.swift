@@ -122,9 +122,11 @@ extension Device {
         switch major {
         case .create:
             guard let fileCreate else { return isFilter ? passDown(irp) : succeed(irp) }
-            irp.markPending()
-            fileCreate(self, Request(irp, queue: nil))
-            return .pending
+            var outcome = NTStatus.pending
+            withUnsafeMutablePointer(to: &outcome) { slot in
+                fileCreate(self, Request(inline: irp, queue: nil, presenter: 0, outcome: slot))
+            }
+            return outcome
         case .cleanup:
             if let file = irp.fileObject { for q in queues { q.cancel(for: file) } }
             fileCleanup?(self, irp.fileObject)
@@ -134,7 +136,7 @@ extension Device {
             return isFilter ? passDown(irp) : succeed(irp)
         default:
             if let q = dispatching[major] ?? (Device.ioMajors.contains(major) ? defaultQueue : nil) {
-                return q.enqueue(irp)
+                return q.enqueue(irp, inline: true)
             }
             if isFilter { return passDown(irp) }
             if major == .flushBuffers { return succeed(irp) }  // nothing is buffered

@@ -24,6 +24,9 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
     /// Presents only while the device is in D0 (KMDF's PowerManaged, the default).
     public let powerManaged: Bool
     let handler: (@Sendable (consuming Request) -> Void)?
+    /// The presenter token of a request presented inline (in the dispatch routine
+    /// that received it): that call presents what waits once its handler returned.
+    static let inline = UInt64.max
     private let limit: Int
 
     private struct State {
@@ -64,10 +67,30 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
 
     // MARK: - In
 
-    /// A request the framework dispatches (or a driver forwards) to the queue:
-    /// it waits, pending, and the dispatch routine returns STATUS_PENDING.
+    /// A request the framework dispatches (or a driver forwards) to the queue.
+    /// `inline` (the dispatch routine that received it calls): if the queue would
+    /// present it at once (nothing waits, a slot is free, not stopped), it is
+    /// presented here, and the status the handler completed it with is returned
+    /// (STATUS_PENDING if the handler kept it). Otherwise it waits, pending, and
+    /// the dispatch routine returns STATUS_PENDING.
     @discardableResult
-    func enqueue(_ irp: IRP) -> NTStatus {
+    func enqueue(_ irp: IRP, inline: Bool = false) -> NTStatus {
+        if inline, let handler {
+            let now = state.withLock { s -> Bool in
+                guard s.accepting, s.stoppedFor == 0, s.inFlight < limit, waiting.isEmpty else { return false }
+                s.inFlight += 1
+                return true
+            }
+            if now {
+                var outcome = NTStatus.pending
+                withUnsafeMutablePointer(to: &outcome) { slot in
+                    handler(Request(inline: irp, queue: self, presenter: Queue.inline, outcome: slot))
+                }
+                // Requests that came while it ran wait for this call to present them.
+                if !waiting.isEmpty { present() }
+                return outcome
+            }
+        }
         let (accepting, refusal) = state.withLock { ($0.accepting, $0.refusal) }
         guard accepting else {
             irp.complete(refusal)
@@ -83,6 +106,7 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
     /// `WdfIoQueueRetrieveNextRequest` (manual queues, or any queue the driver
     /// drains itself): the oldest waiting request, or nil (none, or the queue is
     /// stopped).
+    @_lifetime(immortal)
     public func next() -> Request? {
         let reserved = state.withLock { s -> Bool in
             guard s.stoppedFor == 0 else { return false }
@@ -129,7 +153,7 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
     func requestDone(_ presenter: UInt64) {
         let presenting = state.withLock { s -> Bool in
             s.inFlight -= 1
-            return presenter != 0 && s.active.contains(presenter)
+            return presenter == Queue.inline || (presenter != 0 && s.active.contains(presenter))
         }
         changed()
         if !presenting { present() }

@@ -5,28 +5,54 @@
 // twice does not compile. A request its driver lets go without any of these is
 // completed by the framework with STATUS_DRIVER_INTERNAL_ERROR and reported
 // (Verifier rule requestDropped).
+//
+// It is also ~Escapable: it lives only as long as the call it was handed to
+// (a queue's handler, a forward's completion callback, a cancel callback), so a
+// driver cannot store it and finish with it later behind the framework's back;
+// a driver keeps a request the framework's ways (another queue, marked
+// cancellable, sent down with a completion callback). That is what lets a
+// queue present a request inline, in the dispatch routine that received it:
+// completed in the handler, the IRP never pends (its buffers are never copied)
+// and the dispatch routine returns the status; kept, it is marked pending
+// at that moment and the dispatch routine returns STATUS_PENDING.
 
 import WDM
 
 /// A request the framework presents to a driver.
-public struct Request: ~Copyable, @unchecked Sendable {
+public struct Request: ~Copyable, ~Escapable, @unchecked Sendable {
     // Only trivially destroyed parts, so that the consuming methods can `discard self`.
     let handle: IRP.Handle
-    /// The queue it counts against (retained), if it came from one.
+    /// The queue it counts against (retained, unless inline), if it came from one.
     let queue: Unmanaged<Queue>?
     /// The presenting call's token in `queue` (0: none).
     let presenter: UInt64
+    /// Inline: where the dispatch routine that presents it reads what to return
+    /// (a slot on its stack; the handle and the queue are then not retained).
+    let outcome: UnsafeMutablePointer<NTStatus>?
 
+    @_lifetime(immortal)
     init(_ irp: IRP, queue: Queue?, presenter: UInt64 = 0) {
         handle = irp.retainedHandle()
         self.queue = queue.map { .passRetained($0) }
         self.presenter = presenter
+        outcome = nil
     }
 
-    init(handle: IRP.Handle, queue: Unmanaged<Queue>?, presenter: UInt64) {
-        self.handle = handle
-        self.queue = queue
+    /// A request presented inline: valid while the presenting dispatch routine runs.
+    @_lifetime(immortal)
+    init(inline irp: IRP, queue: Queue?, presenter: UInt64, outcome: UnsafeMutablePointer<NTStatus>) {
+        handle = irp.unretainedHandle()
+        self.queue = queue.map { .passUnretained($0) }
         self.presenter = presenter
+        self.outcome = outcome
+    }
+
+    @_lifetime(immortal)
+    init(_ parts: Parts) {
+        handle = parts.handle
+        queue = parts.queue
+        presenter = parts.presenter
+        outcome = nil
     }
 
     /// The WDM IRP underneath (`WdfRequestWdmGetIrp`), for what the framework does not wrap.
@@ -100,18 +126,19 @@ public struct Request: ~Copyable, @unchecked Sendable {
 
     /// `WdfRequestCompleteWithInformation`.
     public consuming func complete(_ status: NTStatus, information: Int = 0) {
-        let (handle, queue, presenter) = take()
-        handle.irp.complete(status, information: information)
-        Request.finished(handle, queue, presenter)
+        let parts = take()
+        parts.outcome?.pointee = status
+        parts.handle.irp.complete(status, information: information)
+        parts.finished()
     }
 
     /// `WdfRequestForwardToIoQueue`: the request waits in `queue` (of the same
     /// device) until that queue presents it or the driver takes it out.
     public consuming func forward(to queue: Queue) {
-        let (handle, old, presenter) = take()
-        let irp = handle.irp
-        queue.enqueue(irp)
-        Request.finished(handle, old, presenter)
+        let parts = take(), kept = parts.kept()
+        queue.enqueue(kept.handle.irp)
+        // Finished here as presented: an inline presenter presents what waits once its handler returned.
+        Parts(handle: kept.handle, queue: kept.queue, presenter: parts.presenter, outcome: nil).finished()
     }
 
     /// `WdfRequestSend` to the lower device. With no `completion` the request goes
@@ -121,39 +148,68 @@ public struct Request: ~Copyable, @unchecked Sendable {
     /// Returns what the lower driver's dispatch routine returned.
     @discardableResult
     public consuming func forwardToLower(completion: (@Sendable (consuming Request) -> Void)? = nil) -> NTStatus {
-        let (handle, queue, presenter) = take()
-        let irp = handle.irp
+        var parts = take()
+        let irp = parts.handle.irp
         guard let device = irp.currentStackLocation.deviceObject else {
+            parts.outcome?.pointee = .invalidDeviceRequest
             irp.complete(.invalidDeviceRequest)
-            Request.finished(handle, queue, presenter)
+            parts.finished()
             return .invalidDeviceRequest
         }
         guard let completion else {
             irp.skipCurrentStackLocation()
             let status = device.callLower(irp)
-            Request.finished(handle, queue, presenter)
+            parts.outcome?.pointee = status
+            parts.finished()
             return status
         }
+        // The callback owns the handle and the queue's count from here; the
+        // request will be finished after this dispatch routine returned.
+        parts = parts.kept()
         irp.copyCurrentStackLocationToNext()
-        // The callback owns the handle and the queue's count from here.
-        let parts = Parts(handle: handle, queue: queue, presenter: presenter)
         irp.setCompletionRoutine({ _, _, context in
-            let p = unsafeDowncast(context!, to: Parts.self)
-            completion(Request(handle: p.handle, queue: p.queue, presenter: p.presenter))
+            completion(Request(unsafeDowncast(context!, to: Kept.self).parts))
             return .moreProcessingRequired
-        }, context: parts)
+        }, context: Kept(parts))
         return device.callLower(irp)
     }
 
-    private final class Parts: @unchecked Sendable {
+    /// What a request is made of; the caller of `take()` owns it.
+    struct Parts {
         let handle: IRP.Handle
         let queue: Unmanaged<Queue>?
         let presenter: UInt64
-        init(handle: IRP.Handle, queue: Unmanaged<Queue>?, presenter: UInt64) {
-            self.handle = handle
-            self.queue = queue
-            self.presenter = presenter
+        let outcome: UnsafeMutablePointer<NTStatus>?
+
+        var isInline: Bool { outcome != nil }
+
+        /// The request outlives the call it was presented in: an inline one is
+        /// marked pending now (its dispatch routine returns STATUS_PENDING) and
+        /// takes the references a request kept beyond its dispatch needs.
+        func kept() -> Parts {
+            guard let outcome else { return self }
+            let irp = handle.irp
+            irp.markPending()
+            outcome.pointee = .pending
+            _ = queue?.retain()
+            // Presenter 0: the inline call may have returned when it finishes, so its end presents more.
+            return Parts(handle: irp.retainedHandle(), queue: queue, presenter: 0, outcome: nil)
         }
+
+        /// It is done with: its queue counts it finished, the references go.
+        func finished() {
+            if let queue {
+                queue.takeUnretainedValue().requestDone(presenter)
+                if !isInline { queue.release() }
+            }
+            if !isInline { handle.release() }
+        }
+    }
+
+    /// Parts kept as a completion routine's context.
+    final class Kept: @unchecked Sendable {
+        let parts: Parts
+        init(_ parts: Parts) { self.parts = parts }
     }
 
     /// `WdfRequestMarkCancelableEx`: from now on a cancel completes the request
@@ -161,25 +217,16 @@ public struct Request: ~Copyable, @unchecked Sendable {
     /// the returned handle and takes the request back with `unmark()` to finish
     /// with it itself. A request already cancelled goes to `onCancel` at once.
     public consuming func markCancellable(_ onCancel: @escaping @Sendable (consuming Request) -> Void) -> CancellableRequest {
-        let (handle, queue, presenter) = take()
-        let held = CancellableRequest(handle: handle, queue: queue, presenter: presenter, onCancel: onCancel)
+        let held = CancellableRequest(take().kept(), onCancel: onCancel)
         held.arm()
         return held
     }
 
     /// The parts, without running deinit (the caller now owns them).
-    consuming func take() -> (IRP.Handle, Unmanaged<Queue>?, UInt64) {
-        let parts = (handle, queue, presenter)
+    consuming func take() -> Parts {
+        let parts = Parts(handle: handle, queue: queue, presenter: presenter, outcome: outcome)
         discard self
         return parts
-    }
-
-    static func finished(_ handle: IRP.Handle, _ queue: Unmanaged<Queue>?, _ presenter: UInt64) {
-        if let queue {
-            queue.takeUnretainedValue().requestDone(presenter)
-            queue.release()
-        }
-        handle.release()
     }
 
     deinit {
@@ -188,46 +235,44 @@ public struct Request: ~Copyable, @unchecked Sendable {
         let device = irp.currentLocation <= irp.stackCount ? irp.currentStackLocation.deviceObject : nil
         _ = irp.ioManager.verifier.report(.requestDropped, irp: irp, device: device,
                                           detail: "\(irp.majorFunction.wdmName) completed by the framework with STATUS_DRIVER_INTERNAL_ERROR")
+        outcome?.pointee = .driverInternalError
         irp.complete(.driverInternalError)
-        Request.finished(handle, queue, presenter)
+        Parts(handle: handle, queue: queue, presenter: presenter, outcome: outcome).finished()
     }
 }
 
 /// A request marked cancellable: the framework holds it until a cancel (which
 /// hands it to the `onCancel` callback) or `unmark()` (which hands it back).
 public final class CancellableRequest: @unchecked Sendable {
-    private let handle: IRP.Handle
-    private let queue: Unmanaged<Queue>?
-    private let presenter: UInt64
+    private let parts: Request.Parts
     private let onCancel: @Sendable (consuming Request) -> Void
 
-    init(handle: IRP.Handle, queue: Unmanaged<Queue>?, presenter: UInt64, onCancel: @escaping @Sendable (consuming Request) -> Void) {
-        self.handle = handle
-        self.queue = queue
-        self.presenter = presenter
+    init(_ parts: Request.Parts, onCancel: @escaping @Sendable (consuming Request) -> Void) {
+        self.parts = parts
         self.onCancel = onCancel
     }
 
     func arm() {
-        let irp = handle.irp
+        let irp = parts.handle.irp
         irp.driverContext = self
         let armed = irp.setCancelRoutineUnlessCancelled { _, irp in
             let held = unsafeDowncast(irp.driverContext!, to: CancellableRequest.self)
             irp.driverContext = nil
-            held.onCancel(Request(handle: held.handle, queue: held.queue, presenter: held.presenter))
+            held.onCancel(Request(held.parts))
         }
         if !armed {
             irp.driverContext = nil
-            onCancel(Request(handle: handle, queue: queue, presenter: presenter))
+            onCancel(Request(parts))
         }
     }
 
     /// `WdfRequestUnmarkCancelable`: the request back, or nil if a cancel already
     /// took it (its `onCancel` has it).
+    @_lifetime(immortal)
     public func unmark() -> Request? {
-        let irp = handle.irp
+        let irp = parts.handle.irp
         guard irp.setCancelRoutine(nil) != nil else { return nil }
         irp.driverContext = nil
-        return Request(handle: handle, queue: queue, presenter: presenter)
+        return Request(parts)
     }
 }

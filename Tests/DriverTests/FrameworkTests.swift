@@ -193,6 +193,62 @@ final class FxContext: Sendable {
         host.close(f)
     }
 
+    /// Inline presentation: a request the handler completes at once never pends,
+    /// so the host's borrowed data is not copied; one it keeps pends at that
+    /// moment and its data is copied once, before the host's buffer is reused.
+    @Test func aRequestCompletedInItsHandlerIsNotPendedNorCopiedAndOneKeptIsCopiedOnce() throws {
+        let code = ControlCode(deviceType: DeviceType.unknown, function: 0x900, method: .buffered, access: [])
+        let (io, host, probe, _) = try rig(.parallel(), configure: { device, probe in
+            device.queue(.parallel(), for: [.write, .deviceControl]) { _, request in
+                // A request whose first byte is 0xFF is kept; the others are completed here.
+                guard let input = try? request.input(minimumLength: 1), input[0] != 0xFF else { return probe.hold(request) }
+                let n = request.major == .write ? input.count : 0
+                request.complete(.success, information: n)
+            }
+        })
+        let f = try host.open("fx")
+        let now = [host.beginWrite(f, [1, 2, 3, 4]), host.beginDeviceIoControl(f, code, input: [1, 2, 3, 4])]
+        #expect(now.allSatisfy { !$0.pended && $0.wait() && $0.status == .success })
+        #expect(now[0].information == 4)
+        #expect(io.statistics.bytesCopied == 0 && io.statistics.irpsPended == 0, "\(io.statistics)")
+
+        let kept = [host.beginWrite(f, [0xFF, 2, 3, 4]), host.beginDeviceIoControl(f, code, input: [0xFF, 2, 3, 4])]
+        #expect(kept.allSatisfy(\.pended) && probe.heldCount == 2)
+        #expect(io.statistics.bytesCopied == 8 && io.statistics.irpsPended == 2, "\(io.statistics)")
+        // The driver reads the kept data from the I/O manager's copy (the host's buffer is 0xEE now).
+        let held = probe.held.withLock { h in defer { h = [] }; return h }
+        for c in held {
+            guard let r = c.unmark() else {
+                Issue.record("a kept request was taken by a cancel")
+                continue
+            }
+            let first = (try? r.input(minimumLength: 1))?[0]
+            r.complete(first == 0xFF ? .success : .unsuccessful)
+        }
+        #expect(kept.allSatisfy { $0.wait() && $0.status == .success })
+        host.close(f)
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
+
+    /// A request that finds its queue busy (a sequential queue presenting another)
+    /// waits, pending, and is presented once the first is finished.
+    @Test func aRequestThatFindsItsQueueBusyWaitsPendingAndIsPresentedLater() throws {
+        let (io, host, probe, _) = try rig(.sequential)
+        let f = try host.open("fx")
+        let first = host.beginWrite(f, [1])
+        #expect(first.pended && probe.heldCount == 1)
+        let second = host.beginWrite(f, [2, 3])
+        #expect(second.pended && probe.heldCount == 1)
+        #expect(io.statistics.bytesCopied == 3, "\(io.statistics)")
+        probe.completeOldest(.success, information: 1)
+        #expect(first.wait() && waitUntil { probe.heldCount == 1 })
+        probe.completeOldest(.success, information: 2)
+        #expect(second.wait() && second.status == .success && second.information == 2)
+        #expect(probe.log.all.filter { $0.hasPrefix("presented") }.count == 2)
+        host.close(f)
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
+
     @Test(arguments: TransferMethod.allCases)
     func inputAndOutputAreWhereverTheMethodPutThem(_ method: TransferMethod) throws {
         let (_, host, _, _) = try rig(configure: { device, _ in

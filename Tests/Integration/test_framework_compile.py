@@ -36,3 +36,37 @@ def test_completing_a_request_twice_does_not_compile(tmp_path, body):
     status, errors = compile_snippet(tmp_path, body)
     assert status != 0
     assert any("'request' consumed more than once" in e for e in errors), errors
+
+
+def compile_source(tmp_path, source):
+    f = tmp_path / "snippet.swift"
+    f.write_text("import WDF\n" + source + "\n")
+    r = subprocess.run(["swiftc", "-emit-sil", "-o", "/dev/null", "-I", MODULES, str(f)], capture_output=True, text=True, timeout=120)
+    return r.returncode, [l for l in r.stderr.splitlines() if "error:" in l]
+
+
+# A request lives only as long as the call it was handed to (it is ~Escapable):
+# a queue may present it inline, in the dispatch routine, and the framework must
+# see every way it is kept. Storing it, or finishing it from an escaping closure,
+# does not compile.
+@pytest.mark.parametrize("source,expected", [
+    ("final class Box { var request: Request? = nil }\n"
+     "func handler(_ request: consuming Request) { Box().request = request }",
+     "cannot return a ~Escapable result"),
+    ("import Dispatch\n"
+     "func handler(_ request: consuming Request) { DispatchQueue.global().async { request.complete(.success) } }",
+     "escapes its scope"),
+])
+def test_a_request_kept_behind_the_frameworks_back_does_not_compile(tmp_path, source, expected):
+    status, errors = compile_source(tmp_path, source)
+    assert status != 0
+    assert any(expected in e for e in errors), errors
+
+
+def test_a_request_kept_the_frameworks_ways_compiles(tmp_path):
+    # Marked cancellable (the handle is a class the driver may store), or forwarded to another queue.
+    status, errors = compile_source(tmp_path, "final class Holder: @unchecked Sendable { var held: CancellableRequest? = nil }\n"
+                                    "func handler(_ request: consuming Request, _ holder: Holder, _ queue: Queue) {\n"
+                                    "    if request.length > 0 { holder.held = request.markCancellable { $0.complete(.cancelled) } }\n"
+                                    "    else { request.forward(to: queue) }\n}")
+    assert status == 0 and errors == [], errors

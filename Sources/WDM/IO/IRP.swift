@@ -315,6 +315,10 @@ extension IRP {
 
     /// A retained `Handle` to this IRP.
     public func retainedHandle() -> Handle { Handle(packet: .passRetained(packet), generation: generation) }
+    /// A `Handle` that takes no reference, for an owner that lives only while
+    /// someone else keeps the packet (a request presented in its dispatch
+    /// routine): never `release()` it.
+    public func unretainedHandle() -> Handle { Handle(packet: .passUnretained(packet), generation: generation) }
 }
 
 public final class IRPPacket: @unchecked Sendable {
