@@ -5,10 +5,7 @@ import PackageDescription
 // MARK: - Drivers (each depends on WDM only, as a third-party driver would; a driver with a
 // public header also on that)
 let driverNames: [(target: String, folder: String)] = [
-    ("NullDriver", "Null"),
-    ("ZeroDriver", "Zero"),
     ("RamDiskDriver", "RamDisk"),
-    ("PassThroughFilter", "PassThroughFilter"),
     ("EchoDriver", "Echo"),
     ("IoctlDemoDriver", "IoctlDemo"),
     ("MisbehaveDriver", "Misbehave"),
@@ -20,6 +17,9 @@ let driverNames: [(target: String, folder: String)] = [
 // re-exports the parts of it uses), and on the public header of its family.
 let frameworkDriverNames: [(target: String, folder: String, headers: [String])] = [
     ("ToasterFxDrivers", "ToasterFx", ["ToasterPublic"]),
+    ("NullDriver", "Null", []),
+    ("ZeroDriver", "Zero", []),
+    ("PassThroughFilter", "PassThroughFilter", []),
 ]
 // A driver whose public header (IOCTL codes, structures, GUIDs, interfaces) is a
 // target of its own, at Drivers/<folder>/Public: applications (the wdmfs tool)

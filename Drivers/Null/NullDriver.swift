@@ -1,26 +1,20 @@
 // NullDriver: the `null` device, like NUL on Windows and /dev/null on Linux.
-// Reads complete with STATUS_END_OF_FILE (an empty read); writes consume everything.
+// Reads complete with STATUS_END_OF_FILE (an empty read); writes consume
+// everything. On the framework: it does PnP, power, CREATE, CLOSE and flush.
 
-import WDM
+import WDF
 
 public enum NullDriver {
     public static let name = "Null"
 
     /// `DriverEntry`
-    public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in driver.addFunctionDevice(for: pdo, deviceType: DeviceType.null) }
-        driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
-        driver.majorFunction[.pnp] = PnP.functionDispatch()
-        driver.majorFunction[.power] = Power.functionDispatch
-        driver.majorFunction[.read] = { _, irp in
-            irp.complete(.endOfFile)
-            return .endOfFile
+    public static let driverEntry = Framework.functionDriver(deviceType: DeviceType.null, flags: []) { (device: Device<NoContext>) in
+        // Presented inline, in the dispatch routine: nothing pends.
+        device.queue(.parallel(), for: [.read, .write]) { _, request in
+            if request.major == .read { return request.complete(.endOfFile) }
+            let n = request.length
+            request.complete(.success, information: n)
         }
-        driver.majorFunction[.write] = { _, irp in
-            irp.complete(.success, information: irp.parameters.write.length)
-            return .success
-        }
-        driver.majorFunction[.queryInformation] = { _, irp in irp.completeQueryStandardInformation(size: 0) }
-        return .success
+        return NoContext()
     }
 }

@@ -1,18 +1,17 @@
 // PassThroughFilter: a filter driver that sees every IRP on its way down and
-// passes it on untouched (IoSkipCurrentIrpStackLocation + IoCallDriver). It
-// counts what it saw, so tests can tell it sits in the stack.
+// passes it on untouched. It counts what it saw, so tests can tell it sits in
+// the stack. On the framework: a filter's device sends down everything it has
+// no queue for; a preprocess callback sees each IRP first.
 
 import Synchronization
-import WDM
+import WDF
 
 public enum PassThroughFilter {
     public static let name = "PassThroughFilter"
 
-    /// The filter's device extension.
-    public final class Extension: Sendable {
-        /// IRPs seen, indexed by major function (an array: no hashing per IRP).
+    /// The filter's context: the IRPs seen, indexed by major function (an array: no hashing per IRP).
+    public final class Context: Sendable {
         let counts = HandoffMutex<[Int]>(Array(repeating: 0, count: MajorFunction.tableSize))
-        public init() {}
 
         /// IRPs seen, per major function.
         public var seen: [MajorFunction: Int] {
@@ -24,22 +23,17 @@ public enum PassThroughFilter {
         }
     }
 
+    /// What the filter whose device is `device` saw.
+    public static func seen(at device: DeviceObject) -> [MajorFunction: Int] {
+        device.deviceExtension(as: Device<Context>.self).context.seen
+    }
+
     /// `DriverEntry`
-    public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in
-            driver.createFilterDevice(for: pdo, extension: Extension())
-            return .success
-        }
-        driver.majorFunction.setAll { device, irp in
-            let ext = device.deviceExtension(as: Extension.self)
+    public static let driverEntry = Framework.filterDriver { (device: Device<Context>) in
+        device.preprocess(MajorFunction.allCases) { device, irp in
             let major = Int(irp.majorFunction.rawValue)
-            ext.counts.withLock { $0[major] += 1 }
-            // We don't need to see the result, so the lower driver gets our location.
-            irp.skipCurrentStackLocation()
-            return device.callLower(irp)
+            device.context.counts.withLock { $0[major] += 1 }
         }
-        driver.majorFunction[.pnp] = PnP.filterDispatch
-        driver.majorFunction[.power] = Power.filterDispatch
-        return .success
+        return Context()
     }
 }

@@ -20,8 +20,9 @@
 //   the remove lock waited for, the device's framework objects deleted, the
 //   device detached and deleted.
 //
-// I/O: a request of a major that has a queue goes to it (the dispatch routine
-// returns STATUS_PENDING); other reads, writes and device controls go to the
+// I/O: a request of a major that has a queue goes to it (presented inline when
+// the queue has room: the dispatch routine returns what the handler completed
+// it with, or STATUS_PENDING if it kept it or it waits); other reads, writes and device controls go to the
 // default queue; without one a filter sends them down and a function driver
 // fails them with STATUS_INVALID_DEVICE_REQUEST. CREATE, CLEANUP and CLOSE go
 // to the file callbacks (CLEANUP cancels the handle's waiting requests first).
@@ -136,10 +137,17 @@ extension Device {
             return isFilter ? passDown(irp) : succeed(irp)
         default:
             if let q = dispatching[major] ?? (Device.ioMajors.contains(major) ? defaultQueue : nil) {
+                // A device that says so (`failsIOWhenNotInD0`) fails I/O while not in D0 instead of holding it.
+                if deviceObject.failsIOWhenNotInD0, q.powerManaged, !state.withLock({ $0.inD0 }) {
+                    irp.complete(.deviceNotReady)
+                    return .deviceNotReady
+                }
                 return q.enqueue(irp, inline: true)
             }
             if isFilter { return passDown(irp) }
             if major == .flushBuffers { return succeed(irp) }  // nothing is buffered
+            // The length `ls -l` shows: what the driver published (`deviceObject.publishedSize`), else 0.
+            if major == .queryInformation { return irp.completeQueryStandardInformation(size: deviceObject.publishedSize ?? 0) }
             irp.complete(.invalidDeviceRequest)
             return .invalidDeviceRequest
         }

@@ -49,7 +49,7 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
         #expect(top.stackSize == 3)
         #expect(top.flags.contains(.directIO))
         _ = host.read(f, count: 16)
-        let seen = top.deviceExtension(as: PassThroughFilter.Extension.self).seen
+        let seen = PassThroughFilter.seen(at: top)
         #expect(seen[.read] == 1 && seen[.create] == 1)
     }
 
