@@ -59,7 +59,7 @@ public enum Framework {
                     return error
                 }
             }
-            install(Context.self, on: driver)
+            install(on: driver)
             return .success
         }
     }
@@ -88,21 +88,23 @@ public enum Framework {
                 io.attachDeviceToDeviceStack(filter, to: pdo)  // last: a live stack may send it a request at once
                 return .success
             }
-            install(Context.self, on: driver)
+            install(on: driver)
             return .success
         }
     }
 
-    static func install<Context: AnyObject & Sendable>(_: Context.Type, on driver: DriverObject) {
-        driver.majorFunction.setAll { device, irp in device.deviceExtension(as: Device<Context>.self).dispatchIO(irp) }
-        driver.majorFunction[.pnp] = { device, irp in device.deviceExtension(as: Device<Context>.self).dispatchPnP(irp) }
-        driver.majorFunction[.power] = { device, irp in device.deviceExtension(as: Device<Context>.self).dispatchPower(irp) }
+    /// The dispatch table: every major to the framework (not generic: no metadata looked up per IRP).
+    static func install(on driver: DriverObject) {
+        driver.majorFunction.setAll { device, irp in device.deviceExtension(as: AnyDevice.self).dispatchIO(irp) }
+        driver.majorFunction[.pnp] = { device, irp in device.deviceExtension(as: AnyDevice.self).dispatchPnP(irp) }
+        driver.majorFunction[.power] = { device, irp in device.deviceExtension(as: AnyDevice.self).dispatchPower(irp) }
     }
 }
 
-extension Device {
+extension AnyDevice {
     func runPreprocessors(_ irp: IRP) {
-        for p in preprocessors where p.majors.contains(irp.majorFunction) { p.run(self, irp) }
+        let bit = UInt32(1) << irp.majorFunction.rawValue
+        for p in preprocessors where p.majors & bit != 0 { p.run(self, irp) }
     }
 
     func passDown(_ irp: IRP) -> NTStatus {
@@ -136,7 +138,7 @@ extension Device {
             fileClose?(self, irp.fileObject)
             return isFilter ? passDown(irp) : succeed(irp)
         default:
-            if let q = dispatching[major] ?? (Device.ioMajors.contains(major) ? defaultQueue : nil) {
+            if let q = queueFor[Int(major.rawValue)] {
                 // A device that says so (`failsIOWhenNotInD0`) fails I/O while not in D0 instead of holding it.
                 if deviceObject.failsIOWhenNotInD0, q.powerManaged, !state.withLock({ $0.inD0 }) {
                     irp.complete(.deviceNotReady)

@@ -12,14 +12,23 @@ public class FrameworkObject: @unchecked Sendable {
         var children: [FrameworkObject] = []
         var cleanups: [@Sendable () -> Void] = []
         var deleted = false
+        /// Not counted: a parent owns its children, and the link is cleared when
+        /// either goes (a weak reference would put every retain of the parent, a
+        /// device on the I/O path, on the runtime's slow path).
+        var parent: Unmanaged<FrameworkObject>?
     }
     private let tree = Mutex(Tree())
     /// The object this one goes with (nil for a device: it goes with its device object).
-    public private(set) weak var parent: FrameworkObject?
+    public var parent: FrameworkObject? { tree.withLock { $0.parent?.takeUnretainedValue() } }
 
     init(parent: FrameworkObject?) {
-        self.parent = parent
+        if let parent { tree.withLock { $0.parent = .passUnretained(parent) } }
         parent?.adopt(self)
+    }
+
+    deinit {
+        // Children that outlive their parent (a driver kept one) lose the link.
+        for child in tree.withLock({ $0.children }) { child.tree.withLock { $0.parent = nil } }
     }
 
     private func adopt(_ child: FrameworkObject) {
@@ -58,7 +67,9 @@ public class FrameworkObject: @unchecked Sendable {
         for k in kids.reversed() { k.delete() }
         willDelete()
         for c in cleanups.reversed() { c() }
-        parent?.tree.withLock { t in t.children.removeAll { $0 === self } }
+        if let parent = tree.withLock({ t in defer { t.parent = nil }; return t.parent?.takeUnretainedValue() }) {
+            parent.tree.withLock { t in t.children.removeAll { $0 === self } }
+        }
     }
 
     /// What a kind of object does as it goes (a queue completes what it still holds).

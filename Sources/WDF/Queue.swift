@@ -41,7 +41,8 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
         var waiters: [(idleOnly: Bool, event: Event)] = []
     }
     private let state = Mutex(State())
-    private var waiting: CancelSafeQueue!
+    /// Set once in init (it calls back into the queue, so after super.init), then only read.
+    @exclusivity(unchecked) private var waiting: CancelSafeQueue!
 
     static let power: UInt8 = 1, pnp: UInt8 = 2
 
@@ -150,13 +151,19 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
     }
 
     /// A presented request finished (completed, sent down for good, or moved to another queue).
+    /// One lock: the count, whether a presenting call will present what waits,
+    /// and (rarely) the stop or drain waiters this wakes.
     func requestDone(_ presenter: UInt64) {
+        var ready: [Event] = []
         let presenting = state.withLock { s -> Bool in
             s.inFlight -= 1
+            if s.inFlight == 0, !s.waiters.isEmpty { ready = Queue.takeReady(&s.waiters, empty: waiting.isEmpty) }
             return presenter == Queue.inline || (presenter != 0 && s.active.contains(presenter))
         }
-        changed()
-        if !presenting { present() }
+        for e in ready { e.signal() }
+        // Read after the slot went back: a request inserted before it either is seen
+        // here or saw the slot free in its own present().
+        if !presenting, !waiting.isEmpty { present() }
     }
 
     // MARK: - Stop, start, purge, drain
@@ -226,15 +233,19 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
         let empty = waiting.isEmpty
         let ready = state.withLock { s -> [Event] in
             guard s.inFlight == 0, !s.waiters.isEmpty else { return [] }
-            var out: [Event] = []
-            s.waiters.removeAll { w in
-                guard w.idleOnly || empty else { return false }
-                out.append(w.event)
-                return true
-            }
-            return out
+            return Queue.takeReady(&s.waiters, empty: empty)
         }
         for e in ready { e.signal() }
+    }
+
+    private static func takeReady(_ waiters: inout [(idleOnly: Bool, event: Event)], empty: Bool) -> [Event] {
+        var out: [Event] = []
+        waiters.removeAll { w in
+            guard w.idleOnly || empty else { return false }
+            out.append(w.event)
+            return true
+        }
+        return out
     }
 
     override func willDelete() { completeWaiting(.cancelled) }

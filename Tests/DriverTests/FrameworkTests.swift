@@ -18,6 +18,8 @@ import WDMTesting
 final class FxProbe: @unchecked Sendable {
     let log = Recorder()
     let held = Mutex<[CancellableRequest]>([])
+    /// Framework objects a test keeps a reference to (past their device, if it likes).
+    let kept = Mutex<[FrameworkObject]>([])
     var heldCount: Int { held.withLock { $0.count } }
 
     /// Completes the oldest held request with `status`.
@@ -327,6 +329,7 @@ final class FxContext: Sendable {
         let driver = try io.loadDriver(name: "FxQueues", entry: Framework.functionDriver { (device: Device<FxContext>) in
             // Writes are held (in flight); reads wait in a second queue that is stopped for good.
             let waiting = device.manualQueue()
+            probe.kept.withLock { $0.append(waiting) }
             device.queue(.parallel(), for: [.write]) { _, request in probe.hold(request) }
             device.queue(.sequential, for: [.read]) { _, request in request.forward(to: waiting) }
             device.onCleanup { probe.log.add("device deleted") }
@@ -369,6 +372,19 @@ final class FxContext: Sendable {
         closed.wait()
         io.waitForPnP()
         #expect(node.state == .removed)
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
+
+    @Test func aQueueGoesWithItsDeviceAndOneKeptPastItLosesItsParent() throws {
+        let (io, host, bus, probe) = try rig()
+        let queue = try #require(probe.kept.withLock { $0.first })
+        #expect(queue.parent is AnyDevice && !queue.isDeleted)
+        #expect(queue.parent?.children.contains { $0 === queue } == true)
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: ToasterBus.unplugRequest(serial: 1)).status == .success)
+        #expect(waitUntil { probe.log.all.contains("device deleted") })
+        io.waitForPnP()
+        #expect(queue.isDeleted)
+        #expect(queue.parent == nil)
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
 }

@@ -8,6 +8,9 @@ import Synchronization
 /// A cancel-safe IRP queue (`IO_CSQ`).
 public final class CancelSafeQueue: @unchecked Sendable {
     private let items = HandoffMutex<[IRP]>([])
+    /// How many are parked, written under the lock and read without it (`isEmpty`
+    /// on a queue's fast path costs a load, not a lock).
+    private let parked = Atomic<Int>(0)
     /// Runs after a cancel took an IRP out of the queue and completed it (a queue
     /// that waits to be empty hears of it here).
     let onCancelled: (@Sendable () -> Void)?
@@ -33,6 +36,7 @@ public final class CancelSafeQueue: @unchecked Sendable {
         let alreadyCancelled = items.withLock { list in
             guard irp.setCancelRoutineUnlessCancelled(CancelSafeQueue.cancelRoutine) else { return true }
             list.append(irp)
+            parked.store(list.count, ordering: .sequentiallyConsistent)
             return false
         }
         if alreadyCancelled {
@@ -44,6 +48,7 @@ public final class CancelSafeQueue: @unchecked Sendable {
     /// `IoCsqRemoveNextIrp`: the oldest parked IRP that `matching` accepts and that
     /// is not being cancelled, now owned by the caller.
     public func removeNext(where matching: (IRP) -> Bool = { _ in true }) -> IRP? {
+        if isEmpty { return nil }
         let irp: IRP? = items.withLock { list in
             var i = 0
             while i < list.count {
@@ -51,6 +56,7 @@ public final class CancelSafeQueue: @unchecked Sendable {
                 // A nil routine means IoCancelIrp took it: the cancel routine owns the IRP.
                 if matching(candidate), candidate.setCancelRoutine(nil) != nil {
                     list.remove(at: i)
+                    parked.store(list.count, ordering: .sequentiallyConsistent)
                     return candidate
                 }
                 i += 1
@@ -88,15 +94,16 @@ public final class CancelSafeQueue: @unchecked Sendable {
     }
 
     /// How many IRPs are parked.
-    public var count: Int { items.withLock { $0.count } }
+    public var count: Int { parked.load(ordering: .sequentiallyConsistent) }
     /// True when no IRP is parked.
-    public var isEmpty: Bool { items.withLock { $0.isEmpty } }
+    public var isEmpty: Bool { count == 0 }
 
     private static let cancelRoutine: CancelRoutine = { _, irp in
         let queue = unsafeDowncast(irp.driverContext!, to: CancelSafeQueue.self)
         let found = queue.items.withLock { list -> Bool in
             guard let i = list.firstIndex(where: { $0 == irp }) else { return false }
             list.remove(at: i)
+            queue.parked.store(list.count, ordering: .sequentiallyConsistent)
             return true
         }
         if found {
