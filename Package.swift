@@ -7,7 +7,6 @@ import PackageDescription
 let driverNames: [(target: String, folder: String)] = [
     ("RamDiskDriver", "RamDisk"),
     ("EchoDriver", "Echo"),
-    ("IoctlDemoDriver", "IoctlDemo"),
     ("MisbehaveDriver", "Misbehave"),
     ("ToasterDrivers", "Toaster"),
     ("FaultFilters", "FaultFilters"),
@@ -20,6 +19,7 @@ let frameworkDriverNames: [(target: String, folder: String, headers: [String])] 
     ("NullDriver", "Null", []),
     ("ZeroDriver", "Zero", []),
     ("PassThroughFilter", "PassThroughFilter", []),
+    ("IoctlDemoDriver", "IoctlDemo", []),
 ]
 // A driver whose public header (IOCTL codes, structures, GUIDs, interfaces) is a
 // target of its own, at Drivers/<folder>/Public: applications (the wdmfs tool)

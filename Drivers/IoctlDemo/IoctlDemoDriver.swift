@@ -3,10 +3,12 @@
 // METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT and METHOD_NEITHER, so
 // the only difference between the four handlers is where each method puts the
 // input and the output. Two more codes show RequiredAccess: one needs read
-// access, one write access.
+// access, one write access. Written on the framework: the request finds each
+// method's buffers, and the waiting IOCTLs of the inverted call wait in a
+// manual queue.
 
 import Synchronization
-import WDM
+import WDF
 
 public enum IoctlDemoDriver {
     public static let name = "IoctlDemo"
@@ -32,129 +34,77 @@ public enum IoctlDemoDriver {
     /// (and a 4-byte output, if asked) is how many waiters it released.
     public static let signalWaiters = ControlCode(deviceType: DeviceType.unknown, function: 0x821, method: .buffered, access: [])
 
-    public final class Extension: Sendable {
-        /// IRPs waiting for a signal.
-        public let waiters = CancelSafeQueue()
-        /// Exchanges done per method, indexed by METHOD_* value.
-        let buffered = Atomic<UInt64>(0), inDirect = Atomic<UInt64>(0)
-        let outDirect = Atomic<UInt64>(0), neither = Atomic<UInt64>(0)
+    final class Counts: Sendable {
+        /// IOCTLs waiting for a signal (a manual queue: cancelled with their handle, purged when the device goes).
+        let waiters: Queue
+        /// Exchanges done per method.
+        let buffered = Atomic<UInt64>(0), inDirect = Atomic<UInt64>(0), outDirect = Atomic<UInt64>(0), neither = Atomic<UInt64>(0)
+        init(waiters: Queue) { self.waiters = waiters }
 
-        func count(_ method: TransferMethod) {
+        /// `f` on the counter of `method`.
+        func counter<R>(_ method: TransferMethod, _ f: (borrowing Atomic<UInt64>) -> R) -> R {
             switch method {
-            case .buffered: buffered.add(1, ordering: .relaxed)
-            case .inDirect: inDirect.add(1, ordering: .relaxed)
-            case .outDirect: outDirect.add(1, ordering: .relaxed)
-            case .neither: neither.add(1, ordering: .relaxed)
+            case .buffered: f(buffered)
+            case .inDirect: f(inDirect)
+            case .outDirect: f(outDirect)
+            case .neither: f(neither)
             }
-        }
-
-        var counts: [UInt64] {
-            [buffered.load(ordering: .relaxed), inDirect.load(ordering: .relaxed),
-             outDirect.load(ordering: .relaxed), neither.load(ordering: .relaxed)]
-        }
-
-        func reset() {
-            buffered.store(0, ordering: .relaxed)
-            inDirect.store(0, ordering: .relaxed)
-            outDirect.store(0, ordering: .relaxed)
-            neither.store(0, ordering: .relaxed)
         }
     }
 
     /// `DriverEntry`
-    public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = { driver, pdo in
-            driver.addFunctionDevice(for: pdo, deviceType: DeviceType.unknown, extension: Extension())
-        }
-        driver.majorFunction.succeed([.create, .close])
-        driver.majorFunction[.pnp] = PnP.functionDispatch(remove: { device in
-            device.deviceExtension(as: Extension.self).waiters.completeAll(.noSuchDevice)
-        })
-        driver.majorFunction[.power] = Power.functionDispatch
-        driver.majorFunction[.cleanup] = { device, irp in
-            if let file = irp.fileObject { device.deviceExtension(as: Extension.self).waiters.cancelAll(for: file) }
-            irp.complete(.success)
-            return .success
-        }
-        driver.majorFunction[.deviceControl] = deviceControl
-        return .success
+    public static let driverEntry = Framework.functionDriver(flags: []) { (device: Device<Counts>) in
+        let waiters = device.manualQueue()
+        // Unplugged, a waiter hears the device is gone (at a remove the framework cancels them, as KMDF does).
+        device.onSurpriseRemoval { _ in waiters.purge(.noSuchDevice) }
+        device.queue(.parallel(), for: [.deviceControl]) { device, request in deviceControl(device.context, request) }
+        return Counts(waiters: waiters)
     }
 
-    static let deviceControl: DispatchRoutine = { device, irp in
-        let ext = device.deviceExtension(as: Extension.self)
-        let p = irp.parameters.deviceIoControl
-        let code = p.ioControlCode
-        if code == queryCounts {
-            guard p.outputBufferLength >= 32, let out = irp.systemBuffer else {
-                irp.complete(.bufferTooSmall)
-                return .bufferTooSmall
+    static func deviceControl(_ counts: Counts, _ request: consuming Request) {
+        guard let code = request.ioControlCode else { return request.complete(.invalidDeviceRequest) }
+        switch code {
+        case queryCounts:
+            guard let out = try? request.output(minimumLength: 32) else { return request.complete(.bufferTooSmall) }
+            for m in TransferMethod.allCases {
+                out.storeBytes(of: counts.counter(m) { $0.load(ordering: .relaxed) }.littleEndian, toByteOffset: Int(m.rawValue) * 8, as: UInt64.self)
             }
-            let counts = ext.counts
-            for (i, c) in counts.enumerated() { out.storeBytes(of: c.littleEndian, toByteOffset: i * 8, as: UInt64.self) }
-            irp.complete(.success, information: 32)
-            return .success
-        }
-        if code == waitForSignal {
-            return ext.waiters.insert(irp)
-        }
-        if code == signalWaiters {
-            let input = irp.systemBuffer.map { UnsafeRawBufferPointer(start: $0, count: p.inputBufferLength) }
-            var released = 0
-            while let waiter = ext.waiters.removeNext() {
-                let wanted = waiter.parameters.deviceIoControl.outputBufferLength
-                let n = min(wanted, input?.count ?? 0)
-                if n > 0, let out = waiter.systemBuffer, let input { out.copyMemory(from: input.baseAddress!, byteCount: n) }
+            request.complete(.success, information: 32)
+        case resetCounts:
+            for m in TransferMethod.allCases { counts.counter(m) { $0.store(0, ordering: .relaxed) } }
+            request.complete(.success)
+        case waitForSignal:
+            request.forward(to: counts.waiters)
+        case signalWaiters:
+            let input = (try? request.input()) ?? UnsafeRawBufferPointer(start: nil, count: 0)
+            var released: UInt32 = 0
+            while let waiter = counts.waiters.next() {
+                let out = (try? waiter.output()) ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
+                let n = min(out.count, input.count)
+                if n > 0 { out.baseAddress!.copyMemory(from: input.baseAddress!, byteCount: n) }
                 waiter.complete(.success, information: n)
                 released += 1
             }
-            if p.outputBufferLength >= 4, let out = irp.systemBuffer {
-                out.storeBytes(of: UInt32(released).littleEndian, as: UInt32.self)
-                irp.complete(.success, information: 4)
-            } else {
-                irp.complete(.success, information: 0)
-            }
-            return .success
+            guard let out = try? request.output(minimumLength: 4) else { return request.complete(.success) }
+            out.storeBytes(of: released.littleEndian, as: UInt32.self)
+            request.complete(.success, information: 4)
+        default:
+            // The four methods' exchange: the request knows where each put the buffers.
+            guard code.deviceType == DeviceType.unknown, code.function == 0x800 + code.method.rawValue,
+                  let input = try? request.input(), let output = try? request.output()
+            else { return request.complete(.invalidDeviceRequest) }
+            if input.count > 0, output.count == 0 { return request.complete(.bufferTooSmall) }
+            let n = min(input.count, output.count)
+            if n > 0 { upperCase(from: input.baseAddress!, to: output.baseAddress!, count: n) }
+            counts.counter(code.method) { _ = $0.add(1, ordering: .relaxed) }
+            // Output shorter than the input: the part that fits is valid, as STATUS_BUFFER_OVERFLOW says.
+            request.complete(output.count < input.count ? .bufferOverflow : .success, information: n)
         }
-        if code == resetCounts {
-            ext.reset()
-            irp.complete(.success)
-            return .success
-        }
-        guard code.deviceType == DeviceType.unknown, code.function == 0x800 + code.method.rawValue else {
-            irp.complete(.invalidDeviceRequest)
-            return .invalidDeviceRequest
-        }
-        // Where each method puts the caller's buffers.
-        let input: UnsafeMutableRawPointer?
-        let output: UnsafeMutableRawPointer?
-        switch code.method {
-        case .buffered:
-            input = irp.systemBuffer
-            output = irp.systemBuffer
-        case .inDirect, .outDirect:
-            input = irp.systemBuffer
-            output = irp.mdlAddress?.address
-        case .neither:
-            input = p.type3InputBuffer
-            output = irp.userBuffer
-        }
-        let inLen = p.inputBufferLength, outLen = p.outputBufferLength
-        if inLen > 0, outLen == 0 {
-            irp.complete(.bufferTooSmall)
-            return .bufferTooSmall
-        }
-        let n = min(inLen, outLen)
-        if n > 0, let input, let output { upperCase(from: input, to: output, count: n) }
-        ext.count(code.method)
-        // Output shorter than the input: the part that fits is valid, as STATUS_BUFFER_OVERFLOW says.
-        let status: NTStatus = outLen < inLen ? .bufferOverflow : .success
-        irp.complete(status, information: n)
-        return status
     }
 
     /// ASCII upper case, eight bytes at a time. Each word is read before it is
     /// written, so input and output may be the same memory (they are, in the envelope).
-    public static func upperCase(from input: UnsafeMutableRawPointer, to output: UnsafeMutableRawPointer, count: Int) {
+    public static func upperCase(from input: UnsafeRawPointer, to output: UnsafeMutableRawPointer, count: Int) {
         var i = 0
         while i + 8 <= count {
             let w = input.loadUnaligned(fromByteOffset: i, as: UInt64.self)

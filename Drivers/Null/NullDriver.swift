@@ -10,7 +10,7 @@ public enum NullDriver {
     /// `DriverEntry`
     public static let driverEntry = Framework.functionDriver(deviceType: DeviceType.null, flags: []) { (device: Device<NoContext>) in
         // Presented inline, in the dispatch routine: nothing pends.
-        device.queue(.parallel(), for: [.read, .write]) { _, request in
+        device.queue(.parallel(), for: [.read, .write, .flushBuffers]) { _, request in
             if request.major == .read { return request.complete(.endOfFile) }
             let n = request.length
             request.complete(.success, information: n)

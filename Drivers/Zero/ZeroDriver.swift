@@ -9,7 +9,7 @@ public enum ZeroDriver {
 
     /// `DriverEntry`
     public static let driverEntry = Framework.functionDriver(flags: .directIO) { (device: Device<NoContext>) in
-        device.queue(.parallel(), for: [.read, .write]) { _, request in
+        device.queue(.parallel(), for: [.read, .write, .flushBuffers]) { _, request in
             let n = request.length
             if request.major == .read, let out = try? request.output() {
                 out.initializeMemory(as: UInt8.self, repeating: 0)

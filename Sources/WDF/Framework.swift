@@ -147,7 +147,6 @@ extension AnyDevice {
                 return q.enqueue(irp, inline: true)
             }
             if isFilter { return passDown(irp) }
-            if major == .flushBuffers { return succeed(irp) }  // nothing is buffered
             // The length `ls -l` shows: what the driver published (`deviceObject.publishedSize`), else 0.
             if major == .queryInformation { return irp.completeQueryStandardInformation(size: deviceObject.publishedSize ?? 0) }
             irp.complete(.invalidDeviceRequest)

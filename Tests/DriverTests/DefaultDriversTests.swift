@@ -180,6 +180,32 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
         #expect(r.output == Array("ABC".utf8))
     }
 
+    @Test func aFlushIsAnsweredByTheDriversThatGiveItAQueueAndFailedByTheFrameworkElsewhere() throws {
+        let (_, host) = try defaultTree()
+        for name in ["null", "zero"] { #expect(host.flush(try host.open(name)) == .success, "\(name)") }
+        #expect(host.flush(try host.open("ioctl-demo")) == .invalidDeviceRequest)  // KMDF's default handler
+    }
+
+    @Test func aWaiterIsReleasedBySignalWithItsOutputAndCancelledWithItsHandle() throws {
+        let (io, host) = try defaultTree()
+        let f = try host.open("ioctl-demo"), g = try host.open("ioctl-demo")
+        let first = host.beginDeviceIoControl(f, IoctlDemoDriver.waitForSignal, outputLength: 3)
+        let second = host.beginDeviceIoControl(g, IoctlDemoDriver.waitForSignal, outputLength: 8)
+        let gone = host.beginDeviceIoControl(g, IoctlDemoDriver.waitForSignal, outputLength: 8)
+        #expect(first.pended && second.pended && gone.pended)
+        #expect(!first.wait(seconds: 0.05))
+        #expect(gone.cancel() && gone.wait() && gone.status == .cancelled)
+        let signal = host.deviceIoControl(f, IoctlDemoDriver.signalWaiters, input: Array("hello".utf8), outputLength: 4)
+        #expect(signal.status == .success && signal.output == [2, 0, 0, 0])
+        #expect(first.wait() && first.status == .success && first.data == Array("hel".utf8))
+        #expect(second.wait() && second.status == .success && second.data == Array("hello".utf8))
+        let left = host.beginDeviceIoControl(g, IoctlDemoDriver.waitForSignal, outputLength: 8)
+        host.close(g)
+        #expect(left.wait() && left.status == .cancelled)
+        #expect(host.deviceIoControl(f, IoctlDemoDriver.signalWaiters, input: [1]).information == 0)
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
+
     @Test func resetNeedsWriteAccess() throws {
         let (_, host) = try defaultTree()
         let ro = try host.open("ioctl-demo", access: .readData)
