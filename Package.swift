@@ -5,7 +5,6 @@ import PackageDescription
 // MARK: - Drivers (each depends on WDM only, as a third-party driver would; a driver with a
 // public header also on that)
 let driverNames: [(target: String, folder: String)] = [
-    ("RamDiskDriver", "RamDisk"),
     ("EchoDriver", "Echo"),
     ("MisbehaveDriver", "Misbehave"),
     ("ToasterDrivers", "Toaster"),
@@ -20,6 +19,7 @@ let frameworkDriverNames: [(target: String, folder: String, headers: [String])] 
     ("ZeroDriver", "Zero", []),
     ("PassThroughFilter", "PassThroughFilter", []),
     ("IoctlDemoDriver", "IoctlDemo", []),
+    ("RamDiskDriver", "RamDisk", []),
 ]
 // A driver whose public header (IOCTL codes, structures, GUIDs, interfaces) is a
 // target of its own, at Drivers/<folder>/Public: applications (the wdmfs tool)

@@ -2,9 +2,10 @@
 // writes arrive as an MDL over the caller's memory. Answers the disk IOCTLs a
 // Windows tool would send (length, geometry). Settings (device parameters):
 // `Size` in bytes (default 64 MiB, at most 16 GiB) and `Buffering` (direct,
-// buffered or neither); see `settings`.
+// buffered or neither); see `settings`. Written on the framework: one parallel
+// queue takes reads, writes, flushes and the disk IOCTLs.
 
-import WDM
+import WDF
 
 public enum RamDiskDriver {
     public static let name = "RamDisk"
@@ -38,78 +39,49 @@ public enum RamDiskDriver {
 
     /// `DriverEntry`
     public static let driverEntry: DriverEntry = { driver in
-        driver.addDevice = addDevice
         driver.ioctlNames = Disk.ioctlNames
-        driver.majorFunction.succeed([.create, .cleanup, .close, .flushBuffers])
-        driver.majorFunction[.pnp] = PnP.functionDispatch()
-        driver.majorFunction[.power] = Power.functionDispatch
-        driver.majorFunction[.read] = read
-        driver.majorFunction[.write] = write
-        driver.majorFunction[.deviceControl] = deviceControl
-        driver.majorFunction[.queryInformation] = { device, irp in
-            irp.completeQueryStandardInformation(size: Int64(device.deviceExtension(as: Extension.self).size))
-        }
-        return .success
+        return onTheFramework(driver)
     }
 
-    static let addDevice: AddDeviceRoutine = { driver, pdo in
-        let params = pdo.deviceNode?.parameters ?? [:]
-        do throws(NTStatus) {
-            // A value that is not one of the setting's: STATUS_INVALID_PARAMETER.
-            let size = try sizeSetting.integer(in: params)
-            let flags: DeviceFlags
-            let buffering = try bufferingSetting.text(in: params)
-            switch buffering {
-            case "buffered": flags = .bufferedIO
-            case "neither": flags = []
-            default: flags = .directIO
-            }
-            guard let disk = Extension(size: size, driver: driver) else { return .insufficientResources }
-            let fdo = try driver.createFunctionDevice(for: pdo, deviceType: DeviceType.disk, flags: flags, extension: disk)
-            fdo.publishedSize = Int64(size)  // what `ls -l` shows
-            driver.logger.debug("\(pdo.deviceNode?.instanceName ?? "disk"): \(size) bytes, \(buffering) I/O")
-            return .success
-        } catch {
-            return error
+    static let onTheFramework = Framework.functionDriver(deviceType: DeviceType.disk, initialize: { setup throws(NTStatus) in
+        // A value that is not one of the setting's: STATUS_INVALID_PARAMETER.
+        switch try bufferingSetting.text(in: setup.parameters) {
+        case "buffered": setup.flags = .bufferedIO
+        case "neither": setup.flags = []
+        default: setup.flags = .directIO
         }
+    }) { (device: Device<Extension>) throws(NTStatus) in
+        let params = device.node?.parameters ?? [:]
+        let size = try sizeSetting.integer(in: params), buffering = try bufferingSetting.text(in: params)
+        guard let disk = Extension(size: size, driver: device.deviceObject.driverObject) else { throw .insufficientResources }
+        device.deviceObject.publishedSize = Int64(size)  // what `ls -l` shows
+        device.logger.debug("\(device.node?.instanceName ?? "disk"): \(size) bytes, \(buffering) I/O")
+        device.queue(.parallel(), for: [.read, .write, .flushBuffers, .deviceControl]) { device, request in
+            transfer(device.context, request)
+        }
+        return disk
     }
 
-    static let read: DispatchRoutine = { device, irp in
-        let disk = device.deviceExtension(as: Extension.self)
-        let p = irp.parameters.read
-        guard let n = Disk.clamp(p.byteOffset, p.length, size: disk.size) else {
-            irp.complete(.invalidParameter)
-            return .invalidParameter
+    static func transfer(_ disk: Extension, _ request: consuming Request) {
+        switch request.major {
+        case .read:
+            // A read at or past the end returns no data, as end of file does.
+            guard let n = Disk.clamp(request.offset, request.length, size: disk.size) else { return request.complete(.invalidParameter) }
+            let offset = Int(request.offset)
+            if n > 0, let out = try? request.output() { out.baseAddress!.copyMemory(from: disk.storage.baseAddress + offset, byteCount: n) }
+            request.complete(.success, information: n)
+        case .write:
+            let length = request.length, offset = Int(request.offset)
+            guard let n = Disk.clamp(request.offset, length, size: disk.size) else { return request.complete(.invalidParameter) }
+            if n == 0 && length > 0 { return request.complete(.diskFull) }
+            if n > 0, let data = try? request.input() { (disk.storage.baseAddress + offset).copyMemory(from: data.baseAddress!, byteCount: n) }
+            request.complete(.success, information: n)
+        case .deviceControl:
+            guard let code = request.ioControlCode, let out = try? request.output(),
+                  let (status, n) = Disk.answer(code, size: disk.size, into: out) else { return request.complete(.invalidDeviceRequest) }
+            request.complete(status, information: n)
+        default:
+            request.complete(.success)  // a flush: the disk is its memory
         }
-        // A read at or past the end returns no data, as end of file does.
-        if n > 0 {
-            irp.transferBuffer.baseAddress!.copyMemory(from: disk.storage.baseAddress + Int(p.byteOffset), byteCount: n)
-        }
-        irp.complete(.success, information: n)
-        return .success
-    }
-
-    static let write: DispatchRoutine = { device, irp in
-        let disk = device.deviceExtension(as: Extension.self)
-        let p = irp.parameters.write
-        guard let n = Disk.clamp(p.byteOffset, p.length, size: disk.size) else {
-            irp.complete(.invalidParameter)
-            return .invalidParameter
-        }
-        if n == 0 && p.length > 0 {
-            irp.complete(.diskFull)
-            return .diskFull
-        }
-        if n > 0 {
-            (disk.storage.baseAddress + Int(p.byteOffset)).copyMemory(from: irp.transferBuffer.baseAddress!, byteCount: n)
-        }
-        irp.complete(.success, information: n)
-        return .success
-    }
-
-    static let deviceControl: DispatchRoutine = { device, irp in
-        if let answered = Disk.answerQuery(irp, size: device.deviceExtension(as: Extension.self).size) { return answered }
-        irp.complete(.invalidDeviceRequest)
-        return .invalidDeviceRequest
     }
 }

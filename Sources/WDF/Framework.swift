@@ -29,19 +29,42 @@
 
 import WDM
 
+/// What a device is made with (KMDF's WDFDEVICE_INIT): a function driver's
+/// `initialize` may change it from the node's parameters.
+public struct DeviceInit: Sendable {
+    /// `FILE_DEVICE_*` (`DeviceType`).
+    public var deviceType: UInt32
+    /// `DO_BUFFERED_IO`, `DO_DIRECT_IO` (`WdfDeviceInitSetIoType`), ...
+    public var flags: DeviceFlags
+    public var characteristics: UInt32
+    /// The device node's parameters (the tree file's settings of the device).
+    public let parameters: [String: String]
+}
+
 public enum Framework {
     /// A function driver (the device's power policy owner). `deviceAdd` runs in
     /// AddDevice with the new device (of `deviceType` and `flags`), sets its
     /// callbacks, makes its queues, and returns the device's context; a thrown
     /// status fails AddDevice.
+    /// `initialize`, if given, runs first, before the device exists (the part of
+    /// KMDF's EvtDriverDeviceAdd that fills WDFDEVICE_INIT): it may choose the
+    /// device's type, flags and characteristics from its node's parameters, or fail
+    /// AddDevice with a thrown status.
     public static func functionDriver<Context: AnyObject & Sendable>(
         deviceType: UInt32 = DeviceType.unknown, flags: DeviceFlags = [.bufferedIO], characteristics: UInt32 = 0,
+        initialize: (@Sendable (inout DeviceInit) throws(NTStatus) -> Void)? = nil,
         deviceAdd: @escaping @Sendable (Device<Context>) throws(NTStatus) -> Context
     ) -> DriverEntry {
         { driver in
             driver.addDevice = { driver, pdo in
                 let io = driver.ioManager
-                let fdo = io.createDevice(driver: driver, deviceType: deviceType, characteristics: characteristics, flags: flags)
+                var setup = DeviceInit(deviceType: deviceType, flags: flags, characteristics: characteristics,
+                                       parameters: pdo.deviceNode?.parameters ?? [:])
+                if let initialize {
+                    do throws(NTStatus) { try initialize(&setup) } catch { return error }
+                }
+                let fdo = io.createDevice(driver: driver, deviceType: setup.deviceType, characteristics: setup.characteristics,
+                                          flags: setup.flags)
                 let device = Device<Context>(fdo, isFilter: false)
                 fdo.deviceExtension = device
                 io.attachDeviceToDeviceStack(fdo, to: pdo)

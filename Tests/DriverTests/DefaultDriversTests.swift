@@ -206,6 +206,18 @@ func defaultTree(ramdiskSize: Int = 1 << 20, echoBuffer: Int = 16) throws -> (IO
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
 
+    @Test func aWaiterLeftAtRemoveIsCancelledAsKMDFsDrainCancelsAManualQueue() throws {
+        let (io, host) = try defaultTree()
+        let f = try host.open("ioctl-demo")
+        let waiter = host.beginDeviceIoControl(f, IoctlDemoDriver.waitForSignal, outputLength: 4)
+        #expect(waiter.pended && !waiter.wait(seconds: 0.05))
+        // An open handle vetoes a disable; the tree torn down (unmount) removes the device anyway.
+        #expect(io.disable(try #require(io.allDeviceNodes.first { $0.instanceName == "ioctl-demo" })).vetoType == .outstandingOpen)
+        #expect(!waiter.wait(seconds: 0.05))
+        io.unloadAll()
+        #expect(waiter.wait() && waiter.status == .cancelled)
+    }
+
     @Test func resetNeedsWriteAccess() throws {
         let (_, host) = try defaultTree()
         let ro = try host.open("ioctl-demo", access: .readData)

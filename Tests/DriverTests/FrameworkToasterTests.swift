@@ -11,6 +11,7 @@ import Testing
 import ToasterDrivers
 import ToasterFxDrivers
 import ToasterPublic
+import WDF
 import WDM
 import WDMTesting
 
@@ -203,5 +204,27 @@ final class FlavouredRig: @unchecked Sendable {
         #expect(filter <= 20, "ToasterFxFilter.swift: \(filter) lines of code")
         // The WDM versions, for the record (the teaching ones stay).
         #expect(try Self.codeLines("Drivers/Toaster/Function/ToasterDriver.swift") > toaster)
+    }
+
+    /// The default tree's drivers that are shorter on the framework are on it:
+    /// every device of their stacks is a framework device. Echo keeps its ring and
+    /// readiness routine on WDM (docs/framework.md says why).
+    @Test func theDefaultTreesDriversThatAreShorterOnTheFrameworkAreOnIt() throws {
+        let (io, _) = try defaultTree()
+        for name in ["null", "zero", "ramdisk0", "ioctl-demo", "echo"] {
+            let pdo = try #require(io.allDeviceNodes.first { $0.instanceName == name }?.pdo, "\(name)")
+            var above: [DeviceObject] = []
+            var d = pdo.attachedDevice
+            while let device = d { above.append(device); d = device.attachedDevice }
+            let framework = above.map { ($0.driverObject.name, $0.deviceExtension is AnyDevice) }
+            let expected = name == "echo" ? false : true
+            #expect(framework.first { $0.0.hasSuffix("PassThroughFilter") }?.1 != false, "\(name): \(framework)")
+            #expect(framework.last { !$0.0.hasSuffix("PassThroughFilter") }?.1 == expected, "\(name): \(framework)")
+        }
+        for (driver, wdm, fx) in [("Null/NullDriver", 20, 12), ("Zero/ZeroDriver", 24, 14), ("IoctlDemo/IoctlDemoDriver", 136, 84),
+                                  ("RamDisk/RamDiskDriver", 91, 64), ("PassThroughFilter/PassThroughFilter", 32, 25)] {
+            // The counts docs/framework.md gives (their WDM versions are in git history).
+            #expect(try Self.codeLines("Drivers/\(driver).swift") <= fx, "\(driver): more than the \(fx) lines the docs say (\(wdm) on WDM)")
+        }
     }
 }

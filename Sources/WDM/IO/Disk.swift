@@ -30,24 +30,29 @@ public enum Disk {
     /// status; nil (the IRP untouched) for any other code.
     public static func answerQuery(_ irp: IRP, size: Int) -> NTStatus? {
         let p = irp.parameters.deviceIoControl
-        func answer(_ needed: Int, _ fill: (UnsafeMutableRawPointer) -> Void) -> NTStatus {
-            guard p.outputBufferLength >= needed, let out = irp.systemBuffer else {
-                irp.complete(.bufferTooSmall)
-                return .bufferTooSmall
-            }
-            fill(out)
-            irp.complete(.success, information: needed)
-            return .success
+        let out = UnsafeMutableRawBufferPointer(start: irp.systemBuffer, count: irp.systemBuffer == nil ? 0 : p.outputBufferLength)
+        guard let (status, information) = answer(p.ioControlCode, size: size, into: out) else { return nil }
+        irp.complete(status, information: information)
+        return status
+    }
+
+    /// The answer to one of those queries, written into `out` (a framework driver
+    /// completes its request with it): nil for any other code.
+    public static func answer(_ code: ControlCode, size: Int, into out: UnsafeMutableRawBufferPointer) -> (NTStatus, Int)? {
+        func fill(_ needed: Int, _ write: (UnsafeMutableRawPointer) -> Void) -> (NTStatus, Int) {
+            guard out.count >= needed, let base = out.baseAddress else { return (.bufferTooSmall, 0) }
+            write(base)
+            return (.success, needed)
         }
-        switch p.ioControlCode {
+        switch code {
         case .diskGetLengthInfo:
             // GET_LENGTH_INFORMATION { LARGE_INTEGER Length; }
-            return answer(8) { $0.storeBytes(of: Int64(size).littleEndian, as: Int64.self) }
+            return fill(8) { $0.storeBytes(of: Int64(size).littleEndian, as: Int64.self) }
         case .diskGetDriveGeometry:
-            return answer(24) { writeGeometry(size, to: $0) }
+            return fill(24) { writeGeometry(size, to: $0) }
         case .diskGetDriveGeometryEx:
             // DISK_GEOMETRY_EX up to Data[]: Geometry, then LARGE_INTEGER DiskSize.
-            return answer(32) {
+            return fill(32) {
                 writeGeometry(size, to: $0)
                 $0.storeBytes(of: Int64(size).littleEndian, toByteOffset: 24, as: Int64.self)
             }
