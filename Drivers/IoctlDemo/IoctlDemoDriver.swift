@@ -54,7 +54,8 @@ public enum IoctlDemoDriver {
 
     /// `DriverEntry`
     public static let driverEntry = Framework.functionDriver(flags: []) { (device: Device<Counts>) in
-        let waiters = device.manualQueue()
+        // Not power-managed: a signal being answered while the device goes to sleep still finds its waiters.
+        let waiters = device.manualQueue(powerManaged: false)
         // Unplugged, a waiter hears the device is gone (at a remove the framework cancels them, as KMDF does).
         device.onSurpriseRemoval { _ in waiters.purge(.noSuchDevice) }
         device.queue(.parallel(), for: [.deviceControl]) { device, request in deviceControl(device.context, request) }

@@ -33,9 +33,10 @@ public enum ToasterFx {
         device.createInterface(ToasterBus.toasterInterfaceClass)
         device.onSurpriseRemoval { $0.context.waiting.purge(.noSuchDevice) }
         // Reads and writes one at a time: a read sees the bread of every write before it.
-        device.queue(.sequential, for: [.read, .write]) { device, request in
-            let toaster = device.context, length = request.length
-            if request.major == .write {
+        device.queue(.sequential, for: [.read, .write, .flushBuffers]) { device, request in
+            let toaster = device.context, length = request.length, major = request.major
+            if major == .flushBuffers { return request.complete(.success) }  // as the WDM toaster
+            if major == .write {
                 toaster.toasts.add(1, ordering: .releasing)
                 request.complete(.success, information: length)
                 while let waiting = toaster.waiting.next() { answer(device, waiting) }

@@ -225,7 +225,7 @@ extension AnyDevice {
             setInterfaces(enabled: false)
             state.withLock { $0.surpriseRemoved = true }
             surpriseRemoval?(self)
-            for q in queues { q.purge() }
+            for q in queues { q.purgeAtSurpriseRemoval() }
             // The hardware is gone: nothing to wait for before D0 exit. What is in
             // flight is the driver's to finish; REMOVE_DEVICE waits for it.
             powerDown(to: .d3, waitForRequests: false)
@@ -258,7 +258,7 @@ extension AnyDevice {
         switch irp.pnpMinor {
         case .surpriseRemoval:
             surpriseRemoval?(self)
-            for q in queues { q.purge() }
+            for q in queues { q.purgeAtSurpriseRemoval() }
         case .removeDevice:
             for q in queues { q.drain() }
             let status = PnP.filterDispatch(deviceObject, irp)  // down, remove lock waited for, detached, deleted

@@ -14,7 +14,10 @@ public class FrameworkObject: @unchecked Sendable {
         var deleted = false
         /// Not counted: a parent owns its children, and the link is cleared when
         /// either goes (a weak reference would put every retain of the parent, a
-        /// device on the I/O path, on the runtime's slow path).
+        /// device on the I/O path, on the runtime's slow path). Safe because a
+        /// parent is deleted (which clears its children's links) before its last
+        /// reference goes: the framework deletes a device at REMOVE_DEVICE, or
+        /// when its device-add routine fails, before its device object goes.
         var parent: Unmanaged<FrameworkObject>?
     }
     private let tree = Mutex(Tree())

@@ -39,6 +39,9 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
         var active: [UInt64] = []
         var nextToken: UInt64 = 1
         var waiters: [(idleOnly: Bool, event: Event)] = []
+        /// Deleted with its device: it refuses every request from then on (its handler
+        /// must not run: it reaches the device, which is gone).
+        var deleted = false
     }
     private let state = Mutex(State())
     /// Set once in init (it calls back into the queue, so after super.init), then only read.
@@ -201,9 +204,23 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
         wait(idleOnly: false)
     }
 
-    /// Resumes taking requests after a purge (`WdfIoQueueStart`).
+    /// The framework's purge at surprise removal: STATUS_CANCELLED, unless the
+    /// driver's surprise-removal callback purged the queue with a status of its own,
+    /// which then stays what late requests are refused with.
+    func purgeAtSurpriseRemoval() {
+        let status = state.withLock { s -> NTStatus in
+            if s.accepting {
+                s.accepting = false
+                s.refusal = .cancelled
+            }
+            return s.refusal
+        }
+        completeWaiting(status)
+    }
+
+    /// Resumes taking requests after a purge (`WdfIoQueueStart`); a deleted queue stays shut.
     public func resume() {
-        state.withLock { $0.accepting = true }
+        state.withLock { s in if !s.deleted { s.accepting = true } }
         present()
     }
 
@@ -248,5 +265,12 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
         return out
     }
 
-    override func willDelete() { completeWaiting(.cancelled) }
+    override func willDelete() {
+        state.withLock { s in
+            s.deleted = true
+            s.accepting = false
+            s.refusal = .invalidDeviceState
+        }
+        completeWaiting(.cancelled)
+    }
 }

@@ -9,8 +9,8 @@
 // or a stop not answered within HostTimeout seconds; it is killed) ends the same
 // way: what was in flight completes with STATUS_DRIVER_PROCESS_TERMINATED (EIO),
 // the device shows CM_PROB_FAILED_START with that status, and the host is started
-// again, up to 5 times (the count forgets restarts older than 30 minutes, as
-// UMDF's does). Handles opened before a crash fail with that status from then on;
+// again, up to 5 times (the count starts again after 30 minutes of good
+// service, as UMDF's does). Handles opened before a crash fail with that status from then on;
 // new opens reach the new host.
 
 import CWDMSys
@@ -22,13 +22,36 @@ import WDM
 
 public enum HostProxy {
     public static let name = "DriverHost"
-    /// UMDF's limits: restarts, and the window after which one is forgotten.
+    /// UMDF's limits: restarts, and the good service after which the count starts again.
     public static let maxRestarts = 5
     /// Where the proxy waits for a host to exit, starts one again and times its
     /// cancels: a queue of its own, not the global pool, which a daemon whose
     /// global threads are all blocked in waits would leave these to starve.
     static let waits = DispatchQueue(label: "wdmfs.driver-host.proxy", attributes: .concurrent)
     public static let restartWindow: TimeInterval = 30 * 60
+
+    /// How many times a host may be started again: `limit` restarts, and the count
+    /// back to 0 once the host served `window` seconds since the last one (UMDF's
+    /// policy: 5, and 30 minutes of good service).
+    struct RestartBudget {
+        let limit: Int, window: TimeInterval
+        private(set) var used = 0
+        private var last: Date?
+
+        init(limit: Int = HostProxy.maxRestarts, window: TimeInterval = HostProxy.restartWindow) {
+            self.limit = limit
+            self.window = window
+        }
+
+        /// The host ended at `now`: true if it may be started again (counted).
+        mutating func allowsRestart(at now: Date) -> Bool {
+            if let last, now.timeIntervalSince(last) >= window { used = 0 }
+            guard used < limit else { return false }
+            used += 1
+            last = now
+            return true
+        }
+    }
 
     /// The command that runs a driver host (its channel on standard input):
     /// wdmfs's own binary with `driver-host`. Tests set it to the built `wdmfs`.
@@ -194,7 +217,7 @@ final class Connection: @unchecked Sendable {
         var startStatus = NTStatus.driverProcessTerminated
         /// The size the host's stack published, as its START answer said.
         var publishedSize: Int64?
-        var restarts: [Date] = []
+        var restarts = HostProxy.RestartBudget()
         var stopping = false
         var failed = false
         var toHost: Doorbell?
@@ -434,11 +457,7 @@ final class Connection: @unchecked Sendable {
             s.channel = nil
             s.failed = true
             guard !s.stopping, st == nil else { return (lost, st, false) }
-            let now = Date()
-            s.restarts.removeAll { now.timeIntervalSince($0) > HostProxy.restartWindow }
-            guard s.restarts.count < HostProxy.maxRestarts else { return (lost, nil, false) }
-            s.restarts.append(now)
-            return (lost, nil, true)
+            return (lost, nil, s.restarts.allowsRestart(at: Date()))
         }
         starting?.signal()
         // The problem first, then the callers: one told EIO sees the device failed.

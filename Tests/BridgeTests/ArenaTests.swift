@@ -2,6 +2,7 @@
 // answers the host wrote past the ring are a broken host, offsets outside the
 // heap are refused, and blocks given back hold nothing when asked for zeroed.
 
+import Foundation
 import Glibc
 import Testing
 @testable import WDM
@@ -79,5 +80,22 @@ import Testing
         var v: UInt64 = 0
         #expect(read(bell.fd, &v, 8) == 8 && v == full)
         #expect(read(bell.fd, &v, 8) == -1 && errno == EAGAIN)  // emptied: a reader does not block either
+    }
+}
+
+@Suite struct RestartBudgetTests {
+    @Test func fiveRestartsThenNoneUntilThirtyMinutesOfGoodService() {
+        let t0 = Date(timeIntervalSince1970: 1_000_000)
+        func decisions(_ minutes: [Double]) -> (allowed: [Bool], used: Int) {
+            var budget = HostProxy.RestartBudget()
+            let allowed = minutes.map { budget.allowsRestart(at: t0 + $0 * 60) }
+            return (allowed, budget.used)
+        }
+        // Five crashes a minute apart: each host is started again; the sixth is not.
+        #expect(decisions([0, 1, 2, 3, 4, 5]) == ([true, true, true, true, true, false], 5))
+        // The count starts again once a host served 30 minutes after its last restart:
+        // the fifth 29 minutes after the fourth still counts, a sixth right after is
+        // refused, and one 30 minutes after the fifth is counted from 0.
+        #expect(decisions([0, 1, 2, 3, 32, 32.2, 62]) == ([true, true, true, true, true, false, true], 1))
     }
 }

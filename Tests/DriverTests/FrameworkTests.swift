@@ -321,7 +321,7 @@ final class FxContext: Sendable {
 @Suite struct FrameworkRemovalTests {
     static let hardwareID = "Test\\FxQueues"
 
-    func rig() throws -> (IOManager, EmbeddedHost, FileObject, FxProbe) {
+    func rig(purgeAtSurpriseRemoval status: NTStatus? = nil) throws -> (IOManager, EmbeddedHost, FileObject, FxProbe) {
         let io = IOManager()
         try DefaultTree.build(into: io, options: .init(ramdiskSize: 1 << 20))
         io.verifier.scope = .all
@@ -330,6 +330,7 @@ final class FxContext: Sendable {
             // Writes are held (in flight); reads wait in a second queue that is stopped for good.
             let waiting = device.manualQueue()
             probe.kept.withLock { $0.append(waiting) }
+            if let status { device.onSurpriseRemoval { _ in waiting.purge(status) } }
             device.queue(.parallel(), for: [.write]) { _, request in probe.hold(request) }
             device.queue(.sequential, for: [.read]) { _, request in request.forward(to: waiting) }
             device.onCleanup { probe.log.add("device deleted") }
@@ -387,4 +388,25 @@ final class FxContext: Sendable {
         #expect(queue.parent == nil)
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
+
+    @Test func aQueueTheDriverPurgedAtSurpriseRemovalKeepsItsStatusForLateRequests() throws {
+        let (io, host, bus, probe) = try rig(purgeAtSurpriseRemoval: .noSuchDevice)
+        let queue = try #require(probe.kept.withLock { $0.first as? Queue })
+        let f = try host.open("toaster1")
+        let read = host.beginRead(f, count: 4)  // waits in the manual queue
+        let write = host.beginWrite(f, [1])  // held by the driver
+        #expect(waitUntil { probe.heldCount == 1 })
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: ToasterBus.unplugRequest(serial: 1)).status == .success)
+        io.waitForPnP()
+        #expect(read.wait() && read.status == .noSuchDevice)  // the driver's purge, not the framework's
+        // The driver moves the request it held to the purged queue: refused with the driver's status.
+        let held = probe.held.withLock { list -> CancellableRequest? in list.isEmpty ? nil : list.removeFirst() }
+        guard let request = held?.unmark() else { Issue.record("no held write, or it was cancelled"); return }
+        request.forward(to: queue)
+        #expect(write.wait() && write.status == .noSuchDevice)
+        host.close(f)
+        #expect(waitUntil { probe.log.all.contains("device deleted") })
+        #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
+    }
 }
+

@@ -72,6 +72,8 @@ final class FlavouredRig: @unchecked Sendable {
         _ = rig.host.write(t, [1, 2])
         #expect(String(decoding: rig.host.read(t, count: 100).data, as: UTF8.self) == "toaster1: 2 slices toasted\n")
         #expect(rig.host.read(t, count: 100, offset: 1000).status == .endOfFile)
+        #expect(rig.host.flush(t) == .success)  // fsync: both toasters answer it, and it toasts nothing
+        #expect(String(decoding: rig.host.read(t, count: 100).data, as: UTF8.self) == "toaster1: 2 slices toasted\n")
         rig.host.close(t)
         // A waiting read of a handle that closes is cancelled at CLEANUP.
         rig.unplug(1)
