@@ -103,7 +103,7 @@ public class AnyDevice: FrameworkObject, @unchecked Sendable {
         var selfManagedEverStarted = false
         var surpriseRemoved = false
     }
-    let state = Mutex(State())
+    let state = HandoffMutex(State())  // a Mutex whose handoffs ThreadSanitizer sees
 }
 
 /// A framework device object and its driver's context, of the driver's own type.

@@ -20,7 +20,7 @@ public class FrameworkObject: @unchecked Sendable {
         /// when its device-add routine fails, before its device object goes.
         var parent: Unmanaged<FrameworkObject>?
     }
-    private let tree = Mutex(Tree())
+    private let tree = HandoffMutex(Tree())
     /// The object this one goes with (nil for a device: it goes with its device object).
     public var parent: FrameworkObject? { tree.withLock { $0.parent?.takeUnretainedValue() } }
 

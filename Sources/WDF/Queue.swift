@@ -43,7 +43,7 @@ public final class Queue: FrameworkObject, @unchecked Sendable {
         /// must not run: it reaches the device, which is gone).
         var deleted = false
     }
-    private let state = Mutex(State())
+    private let state = HandoffMutex(State())  // (a Mutex whose handoffs ThreadSanitizer sees)
     /// Set once in init (it calls back into the queue, so after super.init), then only read.
     @exclusivity(unchecked) private var waiting: CancelSafeQueue!
 
