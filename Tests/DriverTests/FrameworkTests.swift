@@ -408,5 +408,26 @@ final class FxContext: Sendable {
         #expect(waitUntil { probe.log.all.contains("device deleted") })
         #expect(io.verifier.violations.isEmpty, "\(io.verifier.violations)")
     }
+
+    @Test func aDeletedQueueRefusesRequestsEvenWhenResumed() throws {
+        let (io, host, bus, probe) = try rig()
+        // A second toaster of the same driver: its held write is moved to the first one's queue once that is gone.
+        #expect(host.deviceIoControl(bus, ToasterBus.plugIn, input: ToasterBus.plugInRequest(serial: 2, hardwareIDs: [Self.hardwareID])).status == .success)
+        io.waitForPnP()
+        let gone = try #require(probe.kept.withLock { $0.first as? Queue })
+        #expect(host.deviceIoControl(bus, ToasterBus.unplug, input: ToasterBus.unplugRequest(serial: 1)).status == .success)
+        #expect(waitUntil { probe.log.all.contains("device deleted") })
+        #expect(gone.isDeleted)
+        gone.resume()  // a driver's mistake: the queue stays shut
+        let f = try host.open("toaster2")
+        let write = host.beginWrite(f, [1])
+        #expect(waitUntil { probe.heldCount == 1 })
+        let held = probe.held.withLock { list -> CancellableRequest? in list.isEmpty ? nil : list.removeFirst() }
+        guard let request = held?.unmark() else { Issue.record("no held write, or it was cancelled"); return }
+        request.forward(to: gone)
+        #expect(write.wait() && write.status == .invalidDeviceState)
+        #expect(gone.count == 0)
+        host.close(f)
+    }
 }
 
