@@ -36,7 +36,9 @@ extension IOManager {
             guard added !== top, added.driverObject === driver else {
                 return PnPResult(status: .invalidDeviceRequest, detail: "\(driver.name)'s AddDevice attached no device")
             }
-            added.flags.remove(.deviceInitializing)
+            // Written only if the AddDevice left it set (createFilterDevice clears it before
+            // the attach): the device is live, and a request may be reading its flags.
+            if added.flags.contains(.deviceInitializing) { added.flags.remove(.deviceInitializing) }
             added.openState.store(top.openState.load(ordering: .acquiring), ordering: .releasing)
             node.drivers = (drivers.lower, drivers.function, drivers.upper + [driver])
             pnp.dirty = true
