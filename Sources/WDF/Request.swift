@@ -135,10 +135,12 @@ public struct Request: ~Copyable, ~Escapable, @unchecked Sendable {
     /// `WdfRequestForwardToIoQueue`: the request waits in `queue` (of the same
     /// device) until that queue presents it or the driver takes it out.
     public consuming func forward(to queue: Queue) {
-        let parts = take(), kept = parts.kept()
-        queue.enqueue(kept.handle.irp)
-        // Finished here as presented: an inline presenter presents what waits once its handler returned.
-        Parts(handle: kept.handle, queue: kept.queue, presenter: parts.presenter, outcome: nil).finished()
+        let parts = take()
+        // Pending before the other queue has it (it may complete it at once); no
+        // reference to keep: the other queue holds the IRP, this one is done with it.
+        parts.pend()
+        queue.enqueue(parts.handle.irp)
+        parts.finished()
     }
 
     /// `WdfRequestSend` to the lower device. With no `completion` the request goes
@@ -187,13 +189,20 @@ public struct Request: ~Copyable, ~Escapable, @unchecked Sendable {
         /// marked pending now (its dispatch routine returns STATUS_PENDING) and
         /// takes the references a request kept beyond its dispatch needs.
         func kept() -> Parts {
-            guard let outcome else { return self }
+            guard isInline else { return self }
+            pend()
             let irp = handle.irp
-            irp.markPending()
-            outcome.pointee = .pending
             _ = queue?.retain()
             // Presenter 0: the inline call may have returned when it finishes, so its end presents more.
             return Parts(handle: irp.retainedHandle(), queue: queue, presenter: 0, outcome: nil)
+        }
+
+        /// An inline request will not be completed in its dispatch routine: marked
+        /// pending, and that routine returns STATUS_PENDING.
+        func pend() {
+            guard let outcome else { return }
+            handle.irp.markPending()
+            outcome.pointee = .pending
         }
 
         /// It is done with: its queue counts it finished, the references go.
