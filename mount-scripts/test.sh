@@ -99,7 +99,7 @@ fi
 
 if [ -d Tests/Integration ]; then
     echo "== pytest Tests/Integration (mounted, real system calls)"
-    python3 -m pytest -q -rs -p no:cacheprovider ${WDMFS_FAST:+-m "not slow"} Tests/Integration 2>&1 | tee "$log" | tail -n 15
+    python3 -m pytest -q -rfEs -p no:cacheprovider ${WDMFS_FAST:+-m "not slow"} Tests/Integration 2>&1 | tee "$log" | tail -n 15
     rc=${PIPESTATUS[0]}
     summary=$(grep -E '^=*.*(passed|failed|skipped|error|no tests ran)' "$log" | tail -n 1)
     n() { echo "$summary" | grep -oE "[0-9]+ $1" | grep -oE '^[0-9]+' | awk '{s+=$1} END {print s+0}'; }
